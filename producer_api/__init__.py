@@ -1,0 +1,1 @@
+"""The HTTP producer: validates requests, publishes them to Kafka, reports job status."""

@@ -1,0 +1,1 @@
+"""The contract: Avro schemas of every event, the wire codec, and the topic catalog."""

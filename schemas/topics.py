@@ -1,0 +1,82 @@
+"""The topic catalog: the one place that names every topic and how it is configured.
+
+Provisioning (``voicenote topics create``), the workers, the KEDA manifests (tested against this) and
+the docs all derive from it. The version in each name moves only on an incompatible change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    event: str | None  # the Avro record name its values carry
+    retention_ms: int = 7 * DAY_MS
+    cleanup_policy: str = "delete"
+    max_message_bytes: int = 1_048_576
+    compression: str = "producer"
+    doc: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        """Kafka topic configs for CreateTopics."""
+        return {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+            "max.message.bytes": str(self.max_message_bytes),
+            "compression.type": self.compression,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class TopicCatalog:
+    """All topics, with partition counts taken from settings (24 request partitions by default)."""
+
+    requests: TopicSpec
+    audio: TopicSpec
+    completions: TopicSpec
+    dead_letter: TopicSpec
+
+    def all(self) -> list[TopicSpec]:
+        return [self.requests, self.audio, self.completions, self.dead_letter]
+
+
+def build_catalog(*, prefix: str = "", request_partitions: int = 24, partitions: int = 12) -> TopicCatalog:
+    """The catalog; ``prefix`` isolates tests (and tenants) with their own topic names."""
+    return TopicCatalog(
+        requests=TopicSpec(
+            f"{prefix}voicenote.requests.v1",
+            request_partitions,
+            "SynthesisRequest",
+            doc="Synthesis requests keyed by job_id; partitioned for GPU consumers (one partition is the unit of GPU parallelism).",
+        ),
+        audio=TopicSpec(
+            f"{prefix}voicenote.audio.v1",
+            partitions,
+            "SynthesisResult",
+            retention_ms=1 * DAY_MS,
+            max_message_bytes=4 * 1_048_576,
+            doc="Synthesized audio (inline up to the claim-check threshold) or a synthesis failure.",
+        ),
+        completions=TopicSpec(
+            f"{prefix}voicenote.completions.v1",
+            partitions,
+            "JobCompletion",
+            retention_ms=14 * DAY_MS,
+            doc="Public: one completion (succeeded, failed, cancelled) per job.",
+        ),
+        dead_letter=TopicSpec(
+            f"{prefix}voicenote.deadletter.v1",
+            1,
+            "DeadLetter",
+            retention_ms=30 * DAY_MS,
+            max_message_bytes=8 * 1_048_576,
+            doc="Records a consumer could not process, with their original bytes and the reason.",
+        ),
+    )

@@ -1,0 +1,20 @@
+"""What the agents need, built once per worker process from settings and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.codec import Codecs
+from schemas.topics import TopicCatalog
+from voicenote.jobstore import JobStore
+from voicenote.settings import Settings
+from voicenote.storage import AudioStore
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    codecs: Codecs
+    catalog: TopicCatalog
+    store: AudioStore
+    jobs: JobStore | None = None  # only the completion role writes the status projection

@@ -1,0 +1,80 @@
+"""The engine interface: a batch of inputs in, one result per input out.
+
+Every engine (Piper on the CPU, S1-mini in torch) sits behind :class:`SpeechEngine`. The synthesis
+agent knows nothing else about an engine. A failing item is reported in its own result, never by
+raising for the whole batch, so its batch-mates still succeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """An engine failure with a machine-readable code (it ends the job as ``failed``)."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class EngineOutOfMemory(EngineError):
+    """The batch did not fit in device memory; the caller splits it and retries."""
+
+    code = "engine_out_of_memory"
+
+
+class UnknownVoice(EngineError):
+    code = "unknown_voice"
+
+
+@dataclass(frozen=True)
+class SynthesisInput:
+    """One item of a batch: what to say and how."""
+
+    job_id: str
+    text: str
+    voice: str = "default"
+    speed: float = 1.0
+    temperature: float | None = None  # None: the engine's default; 0 means greedy where supported
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    instructions: str | None = None
+
+
+@dataclass
+class SynthesisResult:
+    """The outcome for one input: mono float32 audio in [-1, 1], or an error."""
+
+    job_id: str
+    sample_rate: int
+    audio: np.ndarray | None = None
+    error: EngineError | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.audio is not None
+
+
+class SpeechEngine(Protocol):
+    """A batched speech engine. ``synthesize_batch`` is blocking; the agent runs it off the loop."""
+
+    name: str
+    model_version: str
+    sample_rate: int
+
+    def voices(self) -> list[str]:
+        """The voice names this engine accepts."""
+        ...
+
+    def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
+        """Synthesize every input; results are in input order, one per input."""
+        ...

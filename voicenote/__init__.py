@@ -1,0 +1,1 @@
+"""Voicenote's shared runtime: settings, errors, Kafka clients, job store, audio storage."""

@@ -1,0 +1,82 @@
+"""The job-status projection in Redis: one hash per job, forward-only, rebuildable from the topics.
+
+Transitions are applied by a Lua script so that concurrent writers (the API's initial ``queued``, the
+status agent's completion) cannot move a job backwards. Terminal transitions are also published on a
+per-job channel so a waiting HTTP request learns of them at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas.status import JobStatus
+from voicenote.errors import JobStoreError
+from voicenote.settings import RedisSettings
+
+# KEYS[1]: job hash; KEYS[2]: done channel.
+# ARGV[1]: new rank; ARGV[2]: ttl seconds; ARGV[3]: 1 if terminal; ARGV[4..]: field, value pairs.
+# Rank rule mirrors schemas.status.advances: strictly forward only. Fields of a transition that does
+# not advance still fill gaps (HSETNX) so an out-of-order write loses no information.
+_TRANSITION = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
+local new = tonumber(ARGV[1])
+if new > cur then
+  redis.call('HSET', KEYS[1], 'rank', ARGV[1], unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  if ARGV[3] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[1]) end
+  return 1
+end
+for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 0
+"""
+
+
+class JobStore:
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
+        self._redis = client
+        self._prefix = settings.key_prefix
+        self._ttl = settings.job_ttl_seconds
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> "JobStore":
+        return cls(aioredis.Redis.from_url(settings.url, decode_responses=True), settings)
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self._prefix}job:{{{job_id}}}"
+
+    def done_channel(self, job_id: str) -> str:
+        return f"{self._prefix}done:{job_id}"
+
+    async def transition(self, job_id: str, status: JobStatus, fields: Mapping[str, Any] | None = None) -> bool:
+        """Move ``job_id`` to ``status`` with ``fields``; False if that would not move it forward."""
+        args: list[Any] = [status.rank, self._ttl, "1" if status.terminal else "0", "status", status.value]
+        for name, value in (fields or {}).items():
+            if value is None:
+                continue
+            args += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
+        try:
+            result = await self._transition(keys=[self.job_key(job_id), self.done_channel(job_id)], args=args)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot record {status.value} for job {job_id}: {exc}") from exc
+        return bool(result)
+
+    async def get(self, job_id: str) -> dict[str, str] | None:
+        try:
+            record = await self._redis.hgetall(self.job_key(job_id))
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read job {job_id}: {exc}") from exc
+        return dict(record) if record else None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()

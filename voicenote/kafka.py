@@ -1,0 +1,126 @@
+"""confluent-kafka clients: an asyncio-friendly idempotent producer and topic provisioning."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Iterable
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.topics import TopicSpec
+from voicenote.errors import DependencyUnavailable, PublishError
+from voicenote.settings import KafkaSettings
+
+
+class AsyncProducer:
+    """An idempotent producer whose ``send`` resolves when the broker has acknowledged the record."""
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        conf: dict[str, Any] = {
+            **settings.client_config(),
+            "enable.idempotence": True,  # acks=all, retries without duplicates or reordering
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "delivery.timeout.ms": settings.delivery_timeout_ms,
+            "message.max.bytes": 8 * 1_048_576,
+            **overrides,
+        }
+        self._producer = Producer(conf)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Message:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                exc: Exception = PublishError(f"{topic}: {err.str()}")
+                loop.call_soon_threadsafe(_settle, fut, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, msg, None)
+
+        try:
+            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+        except BufferError as exc:
+            raise PublishError(f"producer queue full: {exc}") from exc
+        except KafkaException as exc:
+            raise PublishError(f"{topic}: {exc}") from exc
+        return await fut
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """Whether the cluster answers a metadata request."""
+        try:
+            await asyncio.to_thread(self._producer.list_topics, timeout=timeout)
+            return True
+        except KafkaException:
+            return False
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Flush what is queued and stop; returns the number of records still undelivered."""
+        remaining = self._producer.flush(timeout)
+        self._stop.set()
+        self._poller.join(timeout=1.0)
+        return int(remaining)
+
+
+def _settle(fut: "asyncio.Future[Message]", msg: Message | None, exc: Exception | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(msg)  # type: ignore[arg-type]
+
+
+def admin_client(settings: KafkaSettings) -> AdminClient:
+    return AdminClient(settings.client_config())
+
+
+def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec], *, timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise DependencyUnavailable("kafka", f"cannot list topics at {settings.bootstrap_servers}: {exc}") from exc
+    wanted = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config())
+        for s in specs
+        if s.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise DependencyUnavailable("kafka", f"cannot create topic {name}: {exc}") from exc
+    return created
+
+
+def broker_answers(settings: KafkaSettings, timeout: float = 2.0) -> bool:
+    """Whether the cluster answers a metadata request within ``timeout``."""
+    try:
+        admin_client(settings).list_topics(timeout=timeout)
+        return True
+    except KafkaException:
+        return False

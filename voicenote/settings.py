@@ -1,0 +1,112 @@
+"""Settings per component, read from the environment (``VOICENOTE_<SECTION>__<FIELD>``).
+
+Built once in each entrypoint and passed down; nothing reads the environment at import time. The
+defaults are the embedded default (a broker and Redis on loopback, local-filesystem storage).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field("", description="Prepended to every topic name (tests, tenants).")
+    request_partitions: int = Field(24, ge=1)
+    partitions: int = Field(12, ge=1, description="Partitions of the other topics.")
+    schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; none means single-object encoding.")
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # Short timeouts suit the embedded broker (Tansu holds a JoinGroup for half the session timeout);
+    # production Kafka keeps normal ones.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    fetch_max_wait_ms: int = Field(50, description="Must stay well below the batch window.")
+    delivery_timeout_ms: int = 10_000
+
+    def client_config(self) -> dict[str, str | int]:
+        """librdkafka settings shared by every confluent-kafka client."""
+        conf: dict[str, str | int] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        return conf
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "vn:"
+    job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+
+class StorageBackend(str, Enum):
+    local = "local"
+    s3 = "s3"
+
+
+class StorageSettings(BaseModel):
+    backend: StorageBackend = StorageBackend.local
+    local_dir: Path = Path("var/audio")
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    key_prefix: str = "audio/"
+    presign_expiry_seconds: int = 3600
+    claim_check_bytes: int = Field(256 * 1024, description="Audio above this rides as a storage reference, not inline.")
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> "StorageSettings":
+        if self.backend is StorageBackend.s3 and not self.s3_bucket:
+            raise ValueError("storage.backend=s3 needs storage.s3_bucket (VOICENOTE_STORAGE__S3_BUCKET)")
+        return self
+
+
+class EngineKind(str, Enum):
+    piper = "piper"
+    s1mini = "s1mini"
+    null = "null"  # zero-cost engine for pipeline benchmarks: a short tone, no model
+
+
+class EngineSettings(BaseModel):
+    kind: EngineKind = EngineKind.piper
+    threads: int = Field(2, ge=1)
+    s1mini_checkpoint_dir: Path | None = None
+    s1mini_device: str = "cpu"
+
+
+class WorkerSettings(BaseModel):
+    group_id: str = "voicenote"
+    max_batch: int = Field(8, ge=1, le=64)
+    window_seconds: float = Field(0.1, gt=0)
+    web_port: int = Field(6066, description="Faust's web server port; one per worker process.")
+    commit_interval_seconds: float = 1.0
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    max_input_chars: int = 4096
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOICENOTE_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    storage: StorageSettings = StorageSettings()
+    engine: EngineSettings = EngineSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()

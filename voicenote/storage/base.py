@@ -1,0 +1,50 @@
+"""The storage interface and the pure rules about object keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+_SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def audio_key(prefix: str, job_id: str, extension: str) -> str:
+    """The deterministic object key of a job's audio: a redelivery overwrites, never duplicates.
+
+    A two-character shard from the id spreads keys over S3 partitions.
+    """
+    if not _SAFE_JOB_ID.match(job_id):
+        raise ValueError(f"job id {job_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    return f"{prefix}{job_id[-2:]}/{job_id}.{extension}"
+
+
+def claim_key(prefix: str, job_id: str) -> str:
+    """Where the synthesis side parks audio too large for an event (claim check)."""
+    return audio_key(f"{prefix}claims/", job_id, "wav")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    uri: str
+    size: int
+    content_type: str
+
+
+class AudioStore(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> StoredObject:
+        """Write ``data`` under ``key`` (overwriting), returning where it went."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises AudioNotFound."""
+        ...
+
+    async def url_for(self, key: str, expires_in: int) -> str | None:
+        """A direct download URL (presigned), or None when the API must serve the bytes itself."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

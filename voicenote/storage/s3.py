@@ -1,0 +1,95 @@
+"""S3 audio storage through aiobotocore (AWS S3, MinIO, moto)."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from voicenote.errors import AudioNotFound, StorageError
+from voicenote.settings import StorageSettings
+from voicenote.storage.base import StoredObject
+
+
+class S3AudioStore:
+    def __init__(self, settings: StorageSettings) -> None:
+        assert settings.s3_bucket
+        self.bucket = settings.s3_bucket
+        self._settings = settings
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def _s3(self) -> Any:
+        if self._client is None:
+            s = self._settings
+            session = get_session()
+            self._client = await self._stack.enter_async_context(
+                session.create_client(
+                    "s3",
+                    region_name=s.s3_region,
+                    endpoint_url=s.s3_endpoint_url,
+                    aws_access_key_id=s.s3_access_key_id.get_secret_value() if s.s3_access_key_id else None,
+                    aws_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None,
+                    config=AioConfig(
+                        signature_version="s3v4",
+                        retries={"max_attempts": 5, "mode": "adaptive"},  # backoff on throttling and 5xx
+                        s3={"addressing_style": "path"},
+                    ),
+                )
+            )
+        return self._client
+
+    async def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> StoredObject:
+        s3 = await self._s3()
+        try:
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot upload s3://{self.bucket}/{key}: {exc}") from exc
+        return StoredObject(key=key, uri=f"s3://{self.bucket}/{key}", size=len(data), content_type=content_type)
+
+    async def get(self, key: str) -> bytes:
+        s3 = await self._s3()
+        try:
+            resp = await s3.get_object(Bucket=self.bucket, Key=key)
+            async with resp["Body"] as body:
+                return bytes(await body.read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise AudioNotFound(key) from None
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
+
+    async def url_for(self, key: str, expires_in: int) -> str | None:
+        s3 = await self._s3()
+        try:
+            return str(
+                await s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in)
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot presign s3://{self.bucket}/{key}: {exc}") from exc
+
+    async def ensure_bucket(self) -> None:
+        s3 = await self._s3()
+        try:
+            await s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            try:
+                await s3.create_bucket(Bucket=self.bucket)
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"cannot create bucket {self.bucket}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            s3 = await self._s3()
+            await s3.head_bucket(Bucket=self.bucket)
+            return True
+        except (ClientError, BotoCoreError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
