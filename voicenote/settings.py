@@ -110,3 +110,19 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``VOICENOTE_*`` environment that rebuilds ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for section, values in settings.model_dump(mode="json").items():
+        for name, value in values.items():
+            if value is None:
+                continue
+            if isinstance(values, dict) and name in _SECRETS:
+                value = getattr(getattr(settings, section), name).get_secret_value()
+            env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = str(value)
+    return env
+
+
+_SECRETS = {"sasl_password", "s3_access_key_id", "s3_secret_access_key"}

@@ -1,0 +1,47 @@
+# Voicenote: every command a newcomer needs. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean
+
+help: ## list the commands
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)
+
+run: $(STAMP) ## run the whole service here: Tansu broker, Redis, API on :8000, workers (Ctrl-C stops all)
+	$(BIN)/voicenote run
+
+test: $(STAMP) ## install and run the whole suite (unit, integration, end-to-end)
+	$(BIN)/python -m pytest -q -ra
+
+test-unit: $(STAMP) ## fast tests of the pure parts
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: $(STAMP) ## tests against the real broker, Redis and S3 server
+	$(BIN)/python -m pytest -q tests/integration
+
+test-e2e: $(STAMP) ## API and workers as real processes
+	$(BIN)/python -m pytest -q tests/e2e
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP) ## mypy
+	$(BIN)/mypy producer_api stream_workers schemas ops voicenote
+
+topics: $(STAMP) ## print the topic catalog
+	$(BIN)/voicenote topics list
+
+clean: ## remove the virtual environment and local data
+	rm -rf $(VENV) var
