@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 
 import faust
 from mode.supervisors import CrashingSupervisor
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.errors import DecodeError
 from stream_workers.completion import StatusProjector, Storer
@@ -64,9 +65,15 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         record = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
         return await dlq.send(value=ctx.codecs.dead_letter.encode(record))
 
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # Prometheus scrape endpoint on Faust's web port (result-cache hit ratio and whatever else registers).
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
     if role is Role.synthesis:
         assert engine is not None
-        synth = Synthesizer(engine, ctx.codecs, ctx.store, ctx.settings.storage, ThreadPoolExecutor(1, "engine"))
+        synth = Synthesizer(engine, ctx.codecs, ctx.store, ctx.settings.storage, ThreadPoolExecutor(1, "engine"),
+                            cache=ctx.cache)
         audio = topic[cat.audio.name]
         window = ctx.settings.worker.window_seconds
         max_batch = ctx.settings.worker.max_batch
@@ -88,7 +95,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
     else:
         assert ctx.jobs is not None
-        storer = Storer(ctx.store, ctx.settings.storage)
+        storer = Storer(ctx.store, ctx.settings.storage, public_base_url=ctx.settings.api.public_base_url, cache=ctx.cache)
         projector = StatusProjector(ctx.jobs)
         completions = topic[cat.completions.name]
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from schemas.codec import Codecs
 from schemas.topics import TopicCatalog
+from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.settings import Settings
 from voicenote.storage import AudioStore
@@ -18,3 +19,4 @@ class WorkerContext:
     catalog: TopicCatalog
     store: AudioStore
     jobs: JobStore | None = None  # only the completion role writes the status projection
+    cache: ResultCache | None = None  # result cache: looked up by synthesis, recorded by storage

@@ -13,6 +13,7 @@ from schemas.topics import build_catalog
 from stream_workers.app import Role, build_app
 from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
+from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
 from voicenote.settings import Settings
@@ -34,6 +35,8 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
         catalog=catalog,
         store=build_store(settings.storage),
         jobs=JobStore.from_settings(settings.redis) if role is Role.completion else None,
+        cache=ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds)
+        if settings.cache.enabled else None,
     )
 
 

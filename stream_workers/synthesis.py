@@ -17,6 +17,7 @@ from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.validation import request_problems
 from stream_workers.engine.base import SpeechEngine, SynthesisInput, SynthesisResult
+from stream_workers.result_cache import ResultCache, cache_key
 from voicenote.audio import to_wav
 from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore
@@ -82,8 +83,10 @@ class Synthesizer:
         store: AudioStore,
         storage: StorageSettings,
         executor: Executor | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.engine = engine
+        self._cache = cache
         self._codecs = codecs
         self._store = store
         self._storage = storage
@@ -107,6 +110,9 @@ class Synthesizer:
             else:
                 requests.append(record)
 
+        if self._cache is not None:
+            requests = await self._answer_from_cache(requests, results)
+
         if requests:
             inputs = [to_input(r) for r in requests]
             started = time.perf_counter()
@@ -122,6 +128,8 @@ class Synthesizer:
                     "batch_wait_ms": batch_wait_ms,
                     "engine_ms": engine_ms,
                 }
+                if self._cache is not None:
+                    common["cache_key"] = cache_key(request, self.engine.name, self.engine.model_version)
                 if not outcome.ok:
                     assert outcome.error is not None
                     results.append(
@@ -145,3 +153,20 @@ class Synthesizer:
                     )
                 )
         return BatchOutcome(results=results, refused=refused)
+
+    async def _answer_from_cache(self, requests: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append a result for every cache hit to ``results``; return the requests the engine must still do."""
+        assert self._cache is not None
+        misses = []
+        for request in requests:
+            key = cache_key(request, self.engine.name, self.engine.model_version)
+            hit = await self._cache.lookup(key) if request.get("use_cache", True) else None
+            if hit is None:
+                misses.append(request)
+                continue
+            results.append(result_record(
+                request, status="succeeded", audio_ref=hit.audio_key, cache_hit=True, cache_key=key,
+                sample_rate=hit.sample_rate, duration_ms=hit.duration_ms, engine=self.engine.name,
+                model_version=self.engine.model_version, batch_size=0,
+            ))
+        return misses

@@ -6,6 +6,7 @@ defaults are the embedded default (a broker and Redis on loopback, local-filesys
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 
@@ -65,6 +66,10 @@ class StorageSettings(BaseModel):
     key_prefix: str = "audio/"
     presign_expiry_seconds: int = 3600
     claim_check_bytes: int = Field(256 * 1024, description="Audio above this rides as a storage reference, not inline.")
+    multipart_threshold_bytes: int = Field(16 * 1_048_576, ge=5 * 1_048_576, description="S3 uploads above this go multipart.")
+    multipart_part_bytes: int = Field(8 * 1_048_576, ge=5 * 1_048_576, description="S3 multipart part size (S3's minimum is 5 MiB).")
+    s3_max_attempts: int = Field(5, ge=1, description="Attempts per S3 call; adaptive backoff on throttling and 5xx.")
+    lifecycle_days: int = Field(7, ge=1, description="Audio expires this long after upload (S3 lifecycle rule; local sweep).")
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> "StorageSettings":
@@ -101,6 +106,23 @@ class ApiSettings(BaseModel):
     max_input_chars: int = 4096
 
 
+class WebhookSettings(BaseModel):
+    signing_secret: SecretStr | None = Field(None, description="Standard Webhooks secret, whsec_<base64>; required to deliver.")
+    timeout_seconds: float = Field(10.0, gt=0, description="Per attempt: connect, send and read the answer.")
+    max_attempts: int = Field(8, ge=1, le=50)
+    backoff_base_seconds: float = Field(5.0, gt=0, description="Delay before the first retry; doubles per attempt.")
+    backoff_max_seconds: float = Field(3600.0, gt=0)
+    jitter: float = Field(0.2, ge=0, le=1, description="Each delay is drawn from [d*(1-jitter), d].")
+    allow_hosts: list[str] = Field(default_factory=list, description="Hosts or CIDRs delivered to even if private/loopback.")
+    max_redirects: int = Field(3, ge=0)
+    poll_seconds: float = Field(0.5, gt=0, description="Longest wait in the dispatcher loop while retries are not due.")
+
+
+class CacheSettings(BaseModel):
+    enabled: bool = True
+    ttl_seconds: int = Field(6 * 24 * 3600, ge=60, description="Keep below storage.lifecycle_days so a hit never points at expired audio.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICENOTE_", env_nested_delimiter="__", extra="ignore")
 
@@ -110,6 +132,8 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 def to_env(settings: Settings) -> dict[str, str]:
@@ -121,8 +145,8 @@ def to_env(settings: Settings) -> dict[str, str]:
                 continue
             if isinstance(values, dict) and name in _SECRETS:
                 value = getattr(getattr(settings, section), name).get_secret_value()
-            env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = str(value)
+            env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return env
 
 
-_SECRETS = {"sasl_password", "s3_access_key_id", "s3_secret_access_key"}
+_SECRETS = {"sasl_password", "s3_access_key_id", "s3_secret_access_key", "signing_secret"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from voicenote.errors import AudioNotFound, StorageError
@@ -11,8 +12,11 @@ from voicenote.storage.base import StoredObject
 
 
 class LocalAudioStore:
-    def __init__(self, root: Path) -> None:
+    """Files under ``root``; like the S3 lifecycle rule, a file older than ``ttl_seconds`` is gone."""
+
+    def __init__(self, root: Path, ttl_seconds: int | None = None) -> None:
         self.root = root.resolve()
+        self.ttl_seconds = ttl_seconds
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -28,6 +32,9 @@ class LocalAudioStore:
     async def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
+            if self._expired(path.stat().st_mtime, time.time()):
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                raise AudioNotFound(key)
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise AudioNotFound(key) from None
@@ -36,6 +43,28 @@ class LocalAudioStore:
 
     async def url_for(self, key: str, expires_in: int) -> str | None:
         return None
+
+    def _expired(self, mtime: float, now: float) -> bool:
+        return self.ttl_seconds is not None and now - mtime > self.ttl_seconds
+
+    async def provision(self) -> None:
+        """Create the root and sweep expired files (the local counterpart of the S3 lifecycle rule)."""
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        await self.expire()
+
+    async def expire(self, now: float | None = None) -> list[str]:
+        """Delete files older than the TTL; returns their keys."""
+        return await asyncio.to_thread(self._sweep, time.time() if now is None else now)
+
+    def _sweep(self, now: float) -> list[str]:
+        removed = []
+        if self.ttl_seconds is None or not self.root.is_dir():
+            return removed
+        for path in self.root.rglob("*"):
+            if path.is_file() and self._expired(path.stat().st_mtime, now):
+                path.unlink(missing_ok=True)
+                removed.append(path.relative_to(self.root).as_posix())
+        return removed
 
     async def ping(self) -> bool:
         return self.root.is_dir() or not self.root.exists()

@@ -35,7 +35,7 @@ class S3AudioStore:
                     aws_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None,
                     config=AioConfig(
                         signature_version="s3v4",
-                        retries={"max_attempts": 5, "mode": "adaptive"},  # backoff on throttling and 5xx
+                        retries={"max_attempts": s.s3_max_attempts, "mode": "adaptive"},  # backoff on throttling and 5xx
                         s3={"addressing_style": "path"},
                     ),
                 )
@@ -45,10 +45,41 @@ class S3AudioStore:
     async def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> StoredObject:
         s3 = await self._s3()
         try:
-            await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
+            if len(data) > self._settings.multipart_threshold_bytes:
+                await self._put_multipart(s3, key, data, content_type, metadata or {})
+            else:
+                await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot upload s3://{self.bucket}/{key}: {exc}") from exc
         return StoredObject(key=key, uri=f"s3://{self.bucket}/{key}", size=len(data), content_type=content_type)
+
+    async def _put_multipart(self, s3: Any, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        upload = await s3.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata)
+        upload_id = upload["UploadId"]
+        size = self._settings.multipart_part_bytes
+        try:
+            parts = []
+            for number, start in enumerate(range(0, len(data), size), start=1):
+                part = await s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                            Body=data[start:start + size])
+                parts.append({"PartNumber": number, "ETag": part["ETag"]})
+            await s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            # An abandoned upload keeps its parts (and their cost) until aborted.
+            await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    async def head(self, key: str) -> dict[str, Any]:
+        """Content type, length, ETag and metadata of ``key``; raises AudioNotFound."""
+        s3 = await self._s3()
+        try:
+            return dict(await s3.head_object(Bucket=self.bucket, Key=key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise AudioNotFound(key) from None
+            raise StorageError(f"cannot head s3://{self.bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot head s3://{self.bucket}/{key}: {exc}") from exc
 
     async def get(self, key: str) -> bytes:
         s3 = await self._s3()
@@ -81,6 +112,22 @@ class S3AudioStore:
                 await s3.create_bucket(Bucket=self.bucket)
             except (ClientError, BotoCoreError) as exc:
                 raise StorageError(f"cannot create bucket {self.bucket}: {exc}") from exc
+
+    async def provision(self) -> None:
+        """Create the bucket if missing and apply the lifecycle rule (TTL) to the audio prefix."""
+        await self.ensure_bucket()
+        s3 = await self._s3()
+        rule = {
+            "ID": "voicenote-audio-ttl",
+            "Filter": {"Prefix": self._settings.key_prefix},
+            "Status": "Enabled",
+            "Expiration": {"Days": self._settings.lifecycle_days},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+        try:
+            await s3.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]})
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot set the lifecycle of bucket {self.bucket}: {exc}") from exc
 
     async def ping(self) -> bool:
         try:

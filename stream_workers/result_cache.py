@@ -1,0 +1,91 @@
+"""The result cache: an identical earlier request (text, voice, format, speed, sampling parameters,
+engine and model version) answers with its stored audio, without the engine.
+
+Entries are recorded by the storage step once the audio is uploaded; the synthesis side looks them up
+before the engine. An entry lives in Redis for ``cache.ttl_seconds``, kept below the storage lifecycle
+so a hit never points at audio that has already expired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
+
+from voicenote.errors import JobStoreError
+
+CACHE_LOOKUPS = Counter(
+    "voicenote_result_cache_lookups", "Result-cache lookups by outcome; hit ratio = hit / (hit + miss).", ["outcome"]
+)
+CACHE_HIT_RATIO = Gauge("voicenote_result_cache_hit_ratio", "Hits over lookups since this worker started.")
+
+# The request fields that change the audio. Anything else (job id, webhook, priority) does not.
+_KEYED_FIELDS = ("text", "voice", "format", "speed", "temperature", "top_p", "repetition_penalty", "seed", "instructions")
+
+
+def cache_key(request: Mapping[str, Any], engine: str, model_version: str) -> str:
+    """A stable digest of everything that determines the audio of ``request``."""
+    material = {name: request.get(name) for name in _KEYED_FIELDS}
+    material.update(engine=engine, model_version=model_version)
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedAudio:
+    """Where the audio of an earlier identical request is stored, in the requested format."""
+
+    audio_key: str
+    content_type: str
+    size_bytes: int
+    sample_rate: int
+    duration_ms: int
+    source_job_id: str
+
+
+class ResultCache:
+    def __init__(self, client: aioredis.Redis, key_prefix: str, ttl_seconds: int) -> None:
+        self._redis = client
+        self._prefix = f"{key_prefix}cache:"
+        self._ttl = ttl_seconds
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def from_url(cls, url: str, key_prefix: str, ttl_seconds: int) -> "ResultCache":
+        return cls(aioredis.Redis.from_url(url, decode_responses=True), key_prefix, ttl_seconds)
+
+    async def lookup(self, key: str) -> CachedAudio | None:
+        """The cached audio for ``key``, counting a hit or a miss."""
+        try:
+            raw = await self._redis.get(self._prefix + key)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read the result cache: {exc}") from exc
+        self._count(hit=raw is not None)
+        return CachedAudio(**json.loads(raw)) if raw is not None else None
+
+    def _count(self, *, hit: bool) -> None:
+        CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
+        self.hits += hit
+        self.misses += not hit
+        CACHE_HIT_RATIO.set(self.hit_ratio)
+
+    @property
+    def hit_ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    async def record(self, key: str, audio: CachedAudio) -> None:
+        try:
+            await self._redis.set(self._prefix + key, json.dumps(asdict(audio)), ex=self._ttl)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot write the result cache: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+

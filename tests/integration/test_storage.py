@@ -1,0 +1,133 @@
+"""Audio storage against moto's S3 server (and the local backend): keys, types, presigned URLs,
+redelivery, multipart, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from stream_workers.completion import Storer
+from voicenote.audio import to_wav
+from voicenote.errors import AudioNotFound
+from voicenote.settings import Settings, StorageBackend
+from voicenote.storage.local import LocalAudioStore
+from voicenote.storage.s3 import S3AudioStore
+
+pytestmark = pytest.mark.integration
+
+MiB = 1_048_576
+
+
+@pytest.fixture
+async def s3(settings: Settings) -> AsyncIterator[S3AudioStore]:
+    storage = settings.storage.model_copy(update={"backend": StorageBackend.s3, "multipart_threshold_bytes": 5 * MiB,
+                                                  "multipart_part_bytes": 5 * MiB})
+    store = S3AudioStore(storage)
+    await store.provision()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _result(job_id: str, seconds: float = 0.5) -> dict:
+    tone = (0.2 * np.sin(np.linspace(0, 2 * np.pi * 440 * seconds, int(22050 * seconds)))).astype(np.float32)
+    return {"job_id": job_id, "status": "succeeded", "created_at": int(time.time() * 1000), "synthesized_at": int(time.time() * 1000),
+            "format": "wav", "audio": to_wav(tone, 22050), "audio_ref": None, "engine": "null", "model_version": "tone-1",
+            "batch_size": 1, "queued_ms": 3, "batch_wait_ms": 2, "engine_ms": 5}
+
+
+async def _keys(store: S3AudioStore) -> list[str]:
+    s3 = await store._s3()
+    listing = await s3.list_objects_v2(Bucket=store.bucket)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+async def test_completion_stores_typed_object_and_presigned_url_fetches_it(s3: S3AudioStore, settings: Settings) -> None:
+    storer = Storer(s3, s3._settings, public_base_url="http://api.invalid")
+    result = _result("job_s3typed01")
+    completion = await storer.complete(result)
+
+    assert completion["status"] == "succeeded"
+    assert completion["audio_key"] == "audio/01/job_s3typed01.wav"
+    head = await s3.head(completion["audio_key"])
+    assert head["ContentType"] == "audio/wav"
+    assert head["ContentLength"] == len(result["audio"])
+    assert head["Metadata"] == {"job-id": "job_s3typed01", "engine": "null", "model-version": "tone-1", "format": "wav"}
+    assert completion["duration_ms"] == 500 and completion["sample_rate"] == 22050
+
+    url = completion["audio_url"]
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=3600" in url  # SigV4, configured expiry
+    fetched = httpx.get(url, timeout=10)
+    assert fetched.status_code == 200
+    assert fetched.content == result["audio"]
+
+
+async def test_redelivered_result_overwrites_the_same_object(s3: S3AudioStore) -> None:
+    storer = Storer(s3, s3._settings)
+    result = _result("job_redeliver7")
+    first = await storer.complete(result)
+    second = await storer.complete(dict(result))
+    assert first["audio_key"] == second["audio_key"]
+    assert await _keys(s3) == [first["audio_key"]]
+    assert await s3.get(first["audio_key"]) == result["audio"]
+
+
+async def test_large_audio_goes_multipart(s3: S3AudioStore) -> None:
+    data = os.urandom(11 * MiB + 123)
+    stored = await s3.put("audio/xx/job_bigmultipart.wav", data, "audio/wav", {"job-id": "job_bigmultipart"})
+    head = await s3.head(stored.key)
+    # A multipart object's ETag is "<md5 of part md5s>-<part count>": 5 + 5 + 1 MiB parts.
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ContentType"] == "audio/wav"
+    assert head["Metadata"] == {"job-id": "job_bigmultipart"}
+    assert await s3.get(stored.key) == data
+
+
+async def test_small_audio_is_a_single_put(s3: S3AudioStore) -> None:
+    stored = await s3.put("audio/xx/job_smallput.wav", b"RIFF" + b"\0" * 100, "audio/wav")
+    assert "-" not in (await s3.head(stored.key))["ETag"]
+
+
+async def test_provisioning_applies_the_lifecycle_rule(s3: S3AudioStore) -> None:
+    s3_client = await s3._s3()
+    rules = (await s3_client.get_bucket_lifecycle_configuration(Bucket=s3.bucket))["Rules"]
+    assert len(rules) == 1
+    assert rules[0]["Status"] == "Enabled"
+    assert rules[0]["Expiration"]["Days"] == s3._settings.lifecycle_days
+    assert rules[0]["Filter"]["Prefix"] == s3._settings.key_prefix
+    await s3.provision()  # idempotent
+    assert len((await s3_client.get_bucket_lifecycle_configuration(Bucket=s3.bucket))["Rules"]) == 1
+
+
+async def test_missing_object_is_audio_not_found(s3: S3AudioStore) -> None:
+    with pytest.raises(AudioNotFound):
+        await s3.get("audio/zz/job_never.wav")
+
+
+async def test_local_store_serves_api_url_and_expires_like_the_lifecycle(tmp_path: Path) -> None:
+    store = LocalAudioStore(tmp_path / "audio", ttl_seconds=3600)
+    storer = Storer(store, Settings().storage, public_base_url="http://127.0.0.1:8000/")
+    completion = await storer.complete(_result("job_localexp1"))
+    assert completion["audio_url"] == "http://127.0.0.1:8000/v1/jobs/job_localexp1/audio"
+    key = completion["audio_key"]
+    assert await store.get(key)
+
+    path = tmp_path / "audio" / key
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    with pytest.raises(AudioNotFound):
+        await store.get(key)
+    assert not path.exists()
+
+    fresh = await store.put("audio/aa/job_fresh.wav", b"x", "audio/wav")
+    stale = await store.put("audio/bb/job_stale.wav", b"y", "audio/wav")
+    os.utime(tmp_path / "audio" / stale.key, (old, old))
+    assert await store.expire() == [stale.key]
+    assert await store.get(fresh.key) == b"x"
