@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=_cmd_api)
 
     worker = sub.add_parser("worker", help="run a stream worker")
-    worker.add_argument("role", choices=["synthesis", "completion"])
+    worker.add_argument("role", choices=["synthesis", "completion", "webhooks"])
     worker.add_argument("--web-port", type=int, help="Faust's web port (one per worker process)")
     worker.set_defaults(func=_cmd_worker)
 

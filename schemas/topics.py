@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DAY_MS = 24 * 3600 * 1000
+WEBHOOK_RETRY_TIERS = 5  # retry n waits in tier min(n, 5); see stream_workers/webhooks/schedule.py
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class TopicCatalog:
     audio: TopicSpec
     completions: TopicSpec
     dead_letter: TopicSpec
+    webhook_retries: tuple[TopicSpec, ...] = ()
+    webhook_dead_letter: TopicSpec | None = None
 
     def all(self) -> list[TopicSpec]:
-        return [self.requests, self.audio, self.completions, self.dead_letter]
+        webhooks = [*self.webhook_retries, *([self.webhook_dead_letter] if self.webhook_dead_letter else [])]
+        return [self.requests, self.audio, self.completions, self.dead_letter, *webhooks]
 
 
 def build_catalog(*, prefix: str = "", request_partitions: int = 24, partitions: int = 12) -> TopicCatalog:
@@ -78,5 +82,24 @@ def build_catalog(*, prefix: str = "", request_partitions: int = 24, partitions:
             retention_ms=30 * DAY_MS,
             max_message_bytes=8 * 1_048_576,
             doc="Records a consumer could not process, with their original bytes and the reason.",
+        ),
+        webhook_retries=tuple(
+            TopicSpec(
+                f"{prefix}voicenote.webhooks.retry-{tier}.v1",
+                partitions,
+                "JobCompletion",
+                retention_ms=7 * DAY_MS,
+                doc=f"Webhook deliveries waiting for retry {tier}{'+' if tier == WEBHOOK_RETRY_TIERS else ''}: the completion, "
+                    "with webhook-attempt and webhook-due-at headers. The dispatcher pauses a partition until its head is due.",
+            )
+            for tier in range(1, WEBHOOK_RETRY_TIERS + 1)
+        ),
+        webhook_dead_letter=TopicSpec(
+            f"{prefix}voicenote.webhooks.deadletter.v1",
+            1,
+            "DeadLetter",
+            retention_ms=30 * DAY_MS,
+            doc="Webhook deliveries that failed every attempt or were refused; the value is the completion, "
+                "the webhook-log header lists every attempt.",
         ),
     )

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class Role(str, Enum):
     synthesis = "synthesis"
     completion = "completion"
+    webhooks = "webhooks"  # not a Faust app: stream_workers/webhooks/worker.py
 
 
 def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:

@@ -64,8 +64,8 @@ class Storer:
         started = time.perf_counter()
         stored = await self._store.put(
             key, data, CONTENT_TYPES[fmt],
-            metadata={"job-id": result["job_id"], "engine": result.get("engine") or "", "model-version": result.get("model_version") or "",
-                      "format": fmt},
+            metadata={"job-id": result["job_id"], "engine": result.get("engine") or "",
+                      "model-version": result.get("model_version") or "", "format": fmt},
         )
         upload_ms = int((time.perf_counter() - started) * 1000)
         if self._cache is not None and result.get("cache_key") and not result.get("cache_hit"):

@@ -41,6 +41,10 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
 
 
 def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
+    if role is Role.webhooks:
+        from stream_workers.webhooks.worker import run_webhooks
+
+        return run_webhooks(settings)
     ctx = build_context(settings, role)
     ensure_topics(settings.kafka, ctx.catalog.all())
     engine = build_engine(settings.engine) if role is Role.synthesis else None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
@@ -57,7 +58,7 @@ class ResultCache:
         self.misses = 0
 
     @classmethod
-    def from_url(cls, url: str, key_prefix: str, ttl_seconds: int) -> "ResultCache":
+    def from_url(cls, url: str, key_prefix: str, ttl_seconds: int) -> ResultCache:
         return cls(aioredis.Redis.from_url(url, decode_responses=True), key_prefix, ttl_seconds)
 
     async def lookup(self, key: str) -> CachedAudio | None:

@@ -7,6 +7,7 @@ per-job channel so a waiting HTTP request learns of them at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Mapping
 
@@ -34,6 +35,17 @@ for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 0
 """
 
+# Webhook delivery state, kept in the job hash. KEYS[1]: job hash. ARGV: status, attempts, last error, ttl.
+# 'delivered' is final and the attempt count never goes down, so a redelivered old attempt changes nothing.
+_WEBHOOK = """
+local cur = redis.call('HGET', KEYS[1], 'webhook_status')
+if cur == 'delivered' then return 0 end
+if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[1], 'webhook_attempts') or '0') then return 0 end
+redis.call('HSET', KEYS[1], 'webhook_status', ARGV[1], 'webhook_attempts', ARGV[2], 'webhook_last_error', ARGV[3])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"""
+
 
 class JobStore:
     def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
@@ -41,6 +53,7 @@ class JobStore:
         self._prefix = settings.key_prefix
         self._ttl = settings.job_ttl_seconds
         self._transition = client.register_script(_TRANSITION)
+        self._webhook = client.register_script(_WEBHOOK)
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> "JobStore":
@@ -64,6 +77,36 @@ class JobStore:
         except RedisError as exc:
             raise JobStoreError(f"cannot record {status.value} for job {job_id}: {exc}") from exc
         return bool(result)
+
+    async def record_webhook(self, job_id: str, status: str, attempts: int, last_error: str = "") -> bool:
+        """Record the webhook delivery state of ``job_id`` (pending, retrying, delivered, failed, refused)."""
+        try:
+            result = await self._webhook(keys=[self.job_key(job_id)], args=[status, attempts, last_error, self._ttl])
+        except RedisError as exc:
+            raise JobStoreError(f"cannot record webhook state of job {job_id}: {exc}") from exc
+        return bool(result)
+
+    async def wait_done(self, job_id: str, timeout: float) -> dict[str, str] | None:
+        """The job's record once it is terminal, or None after ``timeout`` seconds (for synchronous callers).
+
+        Subscribes before reading the record, so a completion that lands in between is not missed.
+        """
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self.done_channel(job_id))
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                record = await self.get(job_id)
+                if record and JobStatus(record["status"]).terminal:
+                    return record
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return None
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
+        except RedisError as exc:
+            raise JobStoreError(f"cannot wait for job {job_id}: {exc}") from exc
+        finally:
+            await pubsub.aclose()
 
     async def get(self, job_id: str) -> dict[str, str] | None:
         try:

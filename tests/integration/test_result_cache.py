@@ -4,8 +4,7 @@ storage), and a request that opts out is synthesized afresh."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 

@@ -38,7 +38,8 @@ async def s3(settings: Settings) -> AsyncIterator[S3AudioStore]:
 
 def _result(job_id: str, seconds: float = 0.5) -> dict:
     tone = (0.2 * np.sin(np.linspace(0, 2 * np.pi * 440 * seconds, int(22050 * seconds)))).astype(np.float32)
-    return {"job_id": job_id, "status": "succeeded", "created_at": int(time.time() * 1000), "synthesized_at": int(time.time() * 1000),
+    now = int(time.time() * 1000)
+    return {"job_id": job_id, "status": "succeeded", "created_at": now, "synthesized_at": now,
             "format": "wav", "audio": to_wav(tone, 22050), "audio_ref": None, "engine": "null", "model_version": "tone-1",
             "batch_size": 1, "queued_ms": 3, "batch_wait_ms": 2, "engine_ms": 5}
 

@@ -1,0 +1,57 @@
+"""``voicenote worker webhooks``: builds the dispatcher from settings and runs it until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from schemas.codec import Codecs
+from schemas.registry import HttpSchemaRegistry
+from schemas.topics import build_catalog
+from stream_workers.webhooks.delivery import WebhookSender
+from stream_workers.webhooks.dispatcher import WebhookDispatcher
+from stream_workers.webhooks.policy import AddressPolicy
+from stream_workers.webhooks.signing import decode_secret
+from voicenote.errors import ConfigError
+from voicenote.jobstore import JobStore
+from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_sender(settings: Settings) -> WebhookSender:
+    hooks = settings.webhooks
+    if hooks.signing_secret is None:
+        raise ConfigError("webhooks need a signing secret: set VOICENOTE_WEBHOOKS__SIGNING_SECRET=whsec_<base64>")
+    return WebhookSender(AddressPolicy(hooks.allow_hosts), decode_secret(hooks.signing_secret.get_secret_value()),
+                         timeout=hooks.timeout_seconds, max_redirects=hooks.max_redirects)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    sender = build_sender(settings)
+    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                            partitions=settings.kafka.partitions)
+    registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
+    jobs = JobStore.from_settings(settings.redis)
+    producer = AsyncProducer(settings.kafka)
+    try:
+        await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())
+        await WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer).run(stop)
+    finally:
+        producer.close()
+        await sender.close()
+        await jobs.close()
+
+
+def run_webhooks(settings: Settings) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("webhook dispatcher starting")
+        await serve(settings, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,287 @@
+"""Webhook delivery through the real broker and Redis to a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from confluent_kafka import Consumer
+from standardwebhooks import Webhook
+
+from schemas.codec import Codecs
+from schemas.topics import TopicCatalog, build_catalog
+from stream_workers.webhooks.delivery import WebhookSender
+from stream_workers.webhooks.dispatcher import WebhookDispatcher
+from stream_workers.webhooks.policy import AddressPolicy
+from stream_workers.webhooks.worker import build_sender
+from voicenote.jobstore import JobStore
+from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.settings import Settings, WebhookSettings
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + base64.b64encode(b"integration-secret-0123456789ab").decode()
+
+
+@dataclass
+class Receiver:
+    """A loopback HTTP receiver answering with ``statuses`` in turn, then 200; records every request."""
+
+    statuses: list[int] = field(default_factory=list)
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/voicenote"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def hook_settings(settings: Settings) -> Settings:
+    settings.webhooks = WebhookSettings(signing_secret=SECRET, allow_hosts=["127.0.0.1"], max_attempts=3,  # type: ignore[arg-type]
+                                        backoff_base_seconds=0.3, backoff_max_seconds=2, jitter=0.2, timeout_seconds=5,
+                                        poll_seconds=0.2)
+    return settings
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    catalog: TopicCatalog
+    codecs: Codecs
+    jobs: JobStore
+    producer: AsyncProducer
+    sender: WebhookSender
+
+    async def publish_completion(self, job_id: str, webhook_url: str, status: str = "succeeded") -> dict:
+        now = int(time.time() * 1000)
+        completion = {"job_id": job_id, "status": status, "created_at": now - 900, "completed_at": now, "format": "wav",
+                      "audio_key": f"audio/{job_id[-2:]}/{job_id}.wav", "audio_url": f"https://audio.example/{job_id}.wav",
+                      "size_bytes": 1234, "duration_ms": 500, "engine": "null", "model_version": "tone-1",
+                      "webhook_url": webhook_url}
+        await self.producer.send(self.catalog.completions.name, self.codecs.completion.encode(completion), key=job_id.encode())
+        return self.codecs.completion.decode(self.codecs.completion.encode(completion))
+
+    async def until(self, predicate, timeout: float = 90) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await predicate():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("condition not reached in time")
+
+    def dead_letters(self, expected: int, timeout: float = 30) -> list[tuple[dict, dict[str, bytes]]]:
+        assert self.catalog.webhook_dead_letter is not None
+        consumer = Consumer({**self.settings.kafka.client_config(), "group.id": f"{self.settings.worker.group_id}-dlq-read",
+                             "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
+        consumer.subscribe([self.catalog.webhook_dead_letter.name])
+        letters = []
+        deadline = time.monotonic() + timeout
+        while len(letters) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                record = self.codecs.dead_letter.decode(msg.value())
+                letters.append((record, record["headers"]))
+        consumer.close()
+        return letters
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The real network transport, counting the requests that reach it."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.requests: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(str(request.url))
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture
+async def harness(hook_settings: Settings) -> AsyncIterator[Harness]:
+    s = hook_settings
+    catalog = build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions,
+                            partitions=s.kafka.partitions)
+    ensure_topics(s.kafka, catalog.all())
+    jobs = JobStore.from_settings(s.redis)
+    producer = AsyncProducer(s.kafka)
+    sender = build_sender(s)
+    try:
+        yield Harness(s, catalog, Codecs(), jobs, producer, sender)
+    finally:
+        producer.close()
+        await sender.close()
+        await jobs.close()
+
+
+@pytest.fixture
+async def dispatcher(harness: Harness) -> AsyncIterator[WebhookDispatcher]:
+    d = WebhookDispatcher(harness.settings, harness.catalog, harness.codecs, harness.jobs, harness.sender, harness.producer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        yield d
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_delivery_is_signed_per_standard_webhooks(harness: Harness, dispatcher: WebhookDispatcher,
+                                                        receiver: Receiver) -> None:
+    completion = await harness.publish_completion("job_whsigned1", receiver.url)
+
+    async def delivered() -> bool:
+        return (await harness.jobs.get("job_whsigned1") or {}).get("webhook_status") == "delivered"
+    await harness.until(delivered)
+
+    assert len(receiver.received) == 1
+    headers, body = receiver.received[0]
+    payload = Webhook(SECRET).verify(body, headers)
+    assert headers["webhook-id"] == "msg_job_whsigned1"
+    assert payload["type"] == "voicenote.job.succeeded"
+    assert payload["data"] == completion
+    assert headers["content-type"] == "application/json"
+    record = await harness.jobs.get("job_whsigned1")
+    assert record is not None and record["webhook_attempts"] == "1"
+
+
+async def test_receiver_failing_twice_gets_one_success_after_two_retries(harness: Harness, dispatcher: WebhookDispatcher,
+                                                                         receiver: Receiver) -> None:
+    receiver.statuses = [500, 503]
+    await harness.publish_completion("job_whflaky02", receiver.url)
+
+    async def delivered() -> bool:
+        return (await harness.jobs.get("job_whflaky02") or {}).get("webhook_status") == "delivered"
+    await harness.until(delivered)
+    await asyncio.sleep(1.5)  # room for a (wrong) extra delivery to show up
+
+    assert len(receiver.received) == 3
+    assert [h["webhook-id"] for h, _ in receiver.received] == ["msg_job_whflaky02"] * 3
+    for headers, body in receiver.received:
+        Webhook(SECRET).verify(body, headers)
+    stamps = [int(h["webhook-timestamp"]) for h, _ in receiver.received]
+    assert stamps == sorted(stamps)
+    record = await harness.jobs.get("job_whflaky02")
+    assert record is not None
+    assert (record["webhook_status"], record["webhook_attempts"]) == ("delivered", "3")
+    assert harness.dead_letters(expected=1, timeout=3) == []
+
+
+async def test_receiver_always_failing_ends_in_dead_letter_with_attempts(harness: Harness, dispatcher: WebhookDispatcher,
+                                                                          receiver: Receiver) -> None:
+    receiver.statuses = [500] * 10
+    completion = await harness.publish_completion("job_whdead03", receiver.url, status="failed")
+
+    async def failed() -> bool:
+        return (await harness.jobs.get("job_whdead03") or {}).get("webhook_status") == "failed"
+    await harness.until(failed)
+
+    assert len(receiver.received) == 3  # max_attempts
+    letters = harness.dead_letters(expected=1)
+    assert len(letters) == 1
+    letter, headers = letters[0]
+    assert letter["error_type"] == "webhook_failed"
+    assert "3 attempts failed" in letter["error_message"]
+    assert harness.codecs.completion.decode(letter["value"]) == completion
+    attempts = json.loads(headers["webhook-log"])
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert [a["status_code"] for a in attempts] == [500, 500, 500]
+    record = await harness.jobs.get("job_whdead03")
+    assert record is not None
+    assert (record["webhook_attempts"], record["webhook_last_error"]) == ("3", "HTTP 500")
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/iam", "http://10.0.0.1/hook"])
+async def test_private_and_metadata_urls_are_refused_without_traffic(harness: Harness, url: str) -> None:
+    transport = CountingTransport()
+    sender = WebhookSender(AddressPolicy(["127.0.0.1"]), b"k" * 32, timeout=5, max_redirects=3, transport=transport)
+    d = WebhookDispatcher(harness.settings, harness.catalog, harness.codecs, harness.jobs, sender, harness.producer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await harness.publish_completion("job_whrefused", url)
+
+        async def refused() -> bool:
+            return (await harness.jobs.get("job_whrefused") or {}).get("webhook_status") == "refused"
+        await harness.until(refused)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await sender.close()
+    assert transport.requests == []
+    record = await harness.jobs.get("job_whrefused")
+    assert record is not None and record["webhook_attempts"] == "1"
+    assert "webhooks only go to public addresses" in record["webhook_last_error"]
+    (letter, _), = harness.dead_letters(expected=1)
+    assert letter["error_type"] == "webhook_refused"
+
+
+async def test_redirect_to_a_private_address_is_refused(hook_settings: Settings) -> None:
+    # The receiver itself is allow-listed (loopback); where it redirects to is checked again.
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(307)
+            self.send_header("location", "http://169.254.169.254/latest/meta-data/")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    transport = CountingTransport()
+    sender = WebhookSender(AddressPolicy(["127.0.0.1"]), b"k" * 32, timeout=5, max_redirects=3, transport=transport)
+    try:
+        outcome = await sender.attempt(f"http://127.0.0.1:{server.server_address[1]}/in", "msg_x", b"{}")
+    finally:
+        await sender.close()
+        server.shutdown()
+        server.server_close()
+    assert not outcome.ok and outcome.permanent
+    assert "169.254.169.254 is a cloud metadata address" in (outcome.error or "")
+    assert len(transport.requests) == 1 and "127.0.0.1" in transport.requests[0]
