@@ -53,6 +53,45 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_storage(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from voicenote.storage import build_store
+
+    async def provision() -> None:
+        store = build_store(Settings().storage)
+        try:
+            await store.provision()
+        finally:
+            await store.close()
+
+    asyncio.run(provision())
+    s = Settings().storage
+    where = f"s3://{s.s3_bucket}/{s.key_prefix}" if s.backend.value == "s3" else str(s.local_dir)
+    print(f"provisioned {where}: audio expires after {s.lifecycle_days} days")
+    return 0
+
+
+def _cmd_projection(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ops.rebuild import rebuild
+    from voicenote.jobstore import JobStore
+
+    async def run() -> None:
+        settings = Settings()
+        jobs = JobStore.from_settings(settings.redis)
+        try:
+            report = await rebuild(settings, jobs)
+        finally:
+            await jobs.close()
+        print(f"replayed {report.requests} requests and {report.completions} completions "
+              f"({report.skipped_expired} past their TTL skipped, {report.undecodable} undecodable)")
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicenote", description="Voicenote: text to voice notes over Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="provision or list the topic catalog")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=_cmd_topics)
+
+    storage = sub.add_parser("storage", help="create the bucket (or folder) and apply the audio lifecycle (TTL)")
+    storage.add_argument("action", choices=["provision"])
+    storage.set_defaults(func=_cmd_storage)
+
+    projection = sub.add_parser("projection", help="rebuild the job-status projection in Redis by replaying the topics")
+    projection.add_argument("action", choices=["rebuild"])
+    projection.set_defaults(func=_cmd_projection)
     return parser
 
 

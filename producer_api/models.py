@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.validation import MAX_INPUT_CHARS, SPEED_RANGE
 
@@ -21,6 +21,18 @@ class SpeechRequest(BaseModel):
     speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
     instructions: str | None = Field(None, max_length=4096)
     webhook_url: str | None = Field(None, max_length=2048)
+    use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_is_callable(cls, url: str | None) -> str | None:
+        # Scheme and IP-literal checks only (no DNS here); allow-listed hosts are judged by the dispatcher.
+        from stream_workers.webhooks.policy import precheck
+
+        problem = precheck(url) if url else None
+        if problem and "allow-lists" not in problem:
+            raise ValueError(problem)
+        return url
 
 
 class AsyncAccepted(BaseModel):
@@ -34,6 +46,12 @@ class JobError(BaseModel):
     message: str
 
 
+class WebhookState(BaseModel):
+    status: str  # retrying, delivered, failed (dead-lettered after the last attempt) or refused (address policy)
+    attempts: int
+    last_error: str | None = None
+
+
 class JobView(BaseModel):
     job_id: str
     status: str
@@ -42,3 +60,4 @@ class JobView(BaseModel):
     created_at: int | None = None
     completed_at: int | None = None
     timings: dict[str, int] = Field(default_factory=dict)
+    webhook: WebhookState | None = None

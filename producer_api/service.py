@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from producer_api.errors import ApiError
-from producer_api.models import JobError, JobView, SpeechRequest
+from producer_api.models import JobError, JobView, SpeechRequest, WebhookState
 from schemas.codec import Codecs
 from schemas.status import JobStatus
 from schemas.topics import TopicCatalog
@@ -60,6 +60,7 @@ class JobService:
             "batch_id": None,
             "trace_parent": None,
             "attributes": {},
+            "use_cache": req.use_cache,
         }
         await self._producer.send(self._catalog.requests.name, self._codecs.request.encode(record), key=job_id.encode())
         # After the ack: the projection never moves backwards, so a completion recorded first stays.
@@ -73,10 +74,18 @@ class JobService:
         status = record["status"]
         timings = {k: int(record[k]) for k in ("queued_ms", "batch_wait_ms", "engine_ms", "upload_ms") if k in record}
         error = JobError(code=record.get("error_code", "unknown"), message=record.get("error_message", "")) if status == JobStatus.failed.value else None
+        audio_url = None
+        if status == JobStatus.succeeded.value:
+            # A presigned GET where storage offers one (S3), else the API's own route (local files).
+            presigned = await self._store.url_for(record["audio_key"], self._presign_expiry) if "audio_key" in record else None
+            audio_url = presigned or f"{self._base}/v1/jobs/{job_id}/audio"
+        webhook = WebhookState(status=record["webhook_status"], attempts=int(record.get("webhook_attempts", 0)),
+                               last_error=record.get("webhook_last_error") or None) if "webhook_status" in record else None
         return JobView(
             job_id=job_id,
             status=status,
-            audio_url=f"{self._base}/v1/jobs/{job_id}/audio" if status == JobStatus.succeeded.value else None,
+            audio_url=audio_url,
+            webhook=webhook,
             error=error,
             created_at=int(record["created_at"]) if "created_at" in record else None,
             completed_at=int(record["completed_at"]) if "completed_at" in record else None,

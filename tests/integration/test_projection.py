@@ -1,0 +1,116 @@
+"""The status projection: forward-only, expiring, rebuilt from the topics into an empty Redis, and
+waited on by synchronous callers (Redis pub/sub)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ops.rebuild import rebuild
+from schemas.codec import Codecs
+from schemas.status import JobStatus
+from schemas.topics import build_catalog
+from stream_workers.completion import StatusProjector
+from voicenote.jobstore import JobStore
+from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
+    store = JobStore.from_settings(settings.redis)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _request(job_id: str, created_at: int, **extra: object) -> dict:
+    return {"job_id": job_id, "created_at": created_at, "text": "hello", "voice": "joe", "format": "wav", "speed": 1.0,
+            "priority": "batch", "webhook_url": None, "batch_id": None, **extra}
+
+
+def _completion(job_id: str, status: str, created_at: int, **extra: object) -> dict:
+    return {"job_id": job_id, "status": status, "created_at": created_at, "completed_at": created_at + 800, **extra}
+
+
+async def test_rebuild_replays_topics_into_an_empty_redis(settings: Settings, jobs: JobStore) -> None:
+    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                            partitions=settings.kafka.partitions)
+    ensure_topics(settings.kafka, catalog.all())
+    codecs = Codecs()
+    producer = AsyncProducer(settings.kafka)
+    now = int(time.time() * 1000)
+    ancient = now - (settings.redis.job_ttl_seconds + 3600) * 1000
+    try:
+        # Completion of job_rbdone published before its request: replay order must not matter.
+        await producer.send(catalog.completions.name, codecs.completion.encode(_completion(
+            "job_rbdone", "succeeded", now, audio_key="audio/ne/job_rbdone.wav", size_bytes=10, engine="null")),
+            key=b"job_rbdone")
+        for request in (_request("job_rbdone", now), _request("job_rbqueued", now), _request("job_rbfailed", now),
+                        _request("job_rbancient", ancient)):
+            await producer.send(catalog.requests.name, codecs.request.encode(request), key=request["job_id"].encode())
+        await producer.send(catalog.completions.name, codecs.completion.encode(_completion(
+            "job_rbfailed", "failed", now, error_code="unknown_voice", error_message="no voice 'x'")), key=b"job_rbfailed")
+        await producer.send(catalog.requests.name, b"garbage", key=b"junk")
+    finally:
+        producer.close()
+
+    assert await jobs.get("job_rbdone") is None  # empty Redis: nothing projected yet
+    report = await rebuild(settings, jobs)
+    assert (report.requests, report.completions, report.skipped_expired, report.undecodable) == (3, 2, 1, 1)
+
+    done = await jobs.get("job_rbdone")
+    assert done is not None
+    assert done["status"] == "succeeded" and done["audio_key"] == "audio/ne/job_rbdone.wav"
+    assert done["voice"] == "joe"  # the later-replayed request still filled its fields in
+    assert (await jobs.get("job_rbqueued") or {})["status"] == "queued"
+    failed = await jobs.get("job_rbfailed")
+    assert failed is not None and (failed["status"], failed["error_code"]) == ("failed", "unknown_voice")
+    assert await jobs.get("job_rbancient") is None
+
+    ttl = await jobs._redis.ttl(jobs.job_key("job_rbdone"))
+    assert 0 < ttl <= settings.redis.job_ttl_seconds
+
+    again = await rebuild(settings, jobs)  # idempotent: replaying twice moves nothing backwards
+    assert again.requests == 3
+    assert (await jobs.get("job_rbdone") or {})["status"] == "succeeded"
+
+
+async def test_transitions_only_move_forward(jobs: JobStore) -> None:
+    projector = StatusProjector(jobs)
+    now = int(time.time() * 1000)
+    assert await projector.on_completion(_completion("job_fwd1", "failed", now, error_code="engine_error"))
+    assert not await projector.on_request(_request("job_fwd1", now))
+    assert not await projector.on_completion(_completion("job_fwd1", "succeeded", now))
+    record = await jobs.get("job_fwd1")
+    assert record is not None and (record["status"], record["error_code"]) == ("failed", "engine_error")
+
+
+async def test_waiter_learns_of_completion_promptly(jobs: JobStore) -> None:
+    now = int(time.time() * 1000)
+    await jobs.transition("job_wait1", JobStatus.queued, {"created_at": now})
+    waiter = asyncio.create_task(jobs.wait_done("job_wait1", timeout=60))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    await jobs.transition("job_wait1", JobStatus.succeeded, {"audio_key": "audio/t1/job_wait1.wav"})
+    record = await asyncio.wait_for(waiter, 30)
+    assert record is not None and record["status"] == "succeeded" and record["audio_key"] == "audio/t1/job_wait1.wav"
+
+    assert await jobs.wait_done("job_wait2", timeout=0.3) is None  # never finishes: the caller gets None
+    await jobs.transition("job_wait3", JobStatus.failed, {"error_code": "x"})
+    assert (await jobs.wait_done("job_wait3", timeout=5) or {})["status"] == "failed"  # finished before the wait
+
+
+async def test_webhook_state_never_regresses(jobs: JobStore) -> None:
+    assert await jobs.record_webhook("job_whst", "retrying", 1, "HTTP 500")
+    assert await jobs.record_webhook("job_whst", "delivered", 2)
+    assert not await jobs.record_webhook("job_whst", "retrying", 1, "HTTP 500")  # a redelivered older attempt
+    record = await jobs.get("job_whst")
+    assert record is not None and (record["webhook_status"], record["webhook_attempts"]) == ("delivered", "2")
+    assert await jobs._redis.ttl(jobs.job_key("job_whst")) > 0
