@@ -31,6 +31,8 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def env(self) -> dict[str, str]:
+        # Fixed before any process starts: workers put the API's URL into completion events (audio_url).
+        self.api_port = self.api_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
         env.update(to_env(self.settings))
         env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
