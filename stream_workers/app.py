@@ -24,6 +24,7 @@ from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.synthesis import Synthesizer
+from voicenote.storage.local import LocalAudioStore
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,16 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         storer = Storer(ctx.store, ctx.settings.storage, public_base_url=ctx.settings.api.public_base_url, cache=ctx.cache)
         projector = StatusProjector(ctx.jobs)
         completions = topic[cat.completions.name]
+
+        if isinstance(ctx.store, LocalAudioStore):
+            store = ctx.store
+
+            @app.timer(interval=3600.0)
+            async def expire_local_audio() -> None:
+                # The local counterpart of the S3 lifecycle rule (reads already refuse expired files).
+                removed = await store.expire()
+                if removed:
+                    log.info("expired %d local audio files", len(removed))
 
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
