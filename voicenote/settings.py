@@ -82,8 +82,12 @@ class EngineKind(str, Enum):
 class EngineSettings(BaseModel):
     kind: EngineKind = EngineKind.piper
     threads: int = Field(2, ge=1)
-    s1mini_checkpoint_dir: Path | None = None
+    s1mini_checkpoint_dir: Path | None = Field(None, description="Local openaudio-s1-mini directory; nothing is downloaded.")
     s1mini_device: str = "cpu"
+    s1mini_dtype: str = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
+    s1mini_max_new_tokens: int = Field(1024, ge=1, description="Per item; about 47 s of audio.")
+    s1mini_compile: bool = Field(False, description="torch.compile the per-step decode functions.")
+    s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
 
 
 class WorkerSettings(BaseModel):

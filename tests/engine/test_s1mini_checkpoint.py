@@ -131,3 +131,14 @@ def test_missing_tokenizer_files(ckpt):
 def test_settings_require_a_checkpoint():
     with pytest.raises(ValueError, match="checkpoint_dir"):
         S1MiniSettings()
+
+
+def test_settings_select_s1mini_and_a_missing_checkpoint_stops_start_up(tmp_path) -> None:
+    from stream_workers.engine import build_engine
+    from stream_workers.engine.s1mini import CheckpointError
+    from voicenote.settings import EngineKind, EngineSettings
+
+    with pytest.raises(CheckpointError, match="S1MINI_CHECKPOINT_DIR"):
+        build_engine(EngineSettings(kind=EngineKind.s1mini))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_engine(EngineSettings(kind=EngineKind.s1mini, s1mini_checkpoint_dir=tmp_path / "nowhere"))
