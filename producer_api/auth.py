@@ -2,7 +2,8 @@
 
 Tokens are never stored: settings hold ``sha256(token)`` only (``hash_token`` makes one). With
 ``api.allow_anonymous`` (the embedded default sets it explicitly) a request without a token is served
-as the ``anonymous`` caller, rate-limited per client address; a token that is sent is still checked.
+as the ``anonymous`` caller, rate-limited per client address. A token that is sent is still checked
+when keys are configured; with no keys at all it is ignored, because OpenAI's clients always send one.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Authenticator:
         self._rate, self._burst = settings.rate_per_second, settings.rate_burst
 
     def authenticate(self, authorization: str | None, client_host: str | None) -> Caller:
-        if not authorization:
+        if not authorization or (self._anonymous and not self._by_hash):
             if self._anonymous:
                 return Caller("anonymous", frozenset(SCOPES), f"ip:{client_host or 'unknown'}", self._rate, self._burst)
             raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")

@@ -75,6 +75,13 @@ def test_anonymous_only_when_explicit() -> None:
         Authenticator(ApiSettings())
     anonymous = Authenticator(ApiSettings(allow_anonymous=True)).authenticate(None, "10.0.0.9")
     assert anonymous.name == "anonymous" and anonymous.rate_key == "ip:10.0.0.9"
+    # With no keys configured, the token OpenAI's clients always send is ignored...
+    assert Authenticator(ApiSettings(allow_anonymous=True)).authenticate("Bearer sk-any", "h").name == "anonymous"
+    # ...but with keys configured, a token that is sent must be one of them.
+    mixed = Authenticator(ApiSettings(allow_anonymous=True, keys=[ApiKey(name="k", sha256=hash_token("t"))]))
+    assert mixed.authenticate(None, "h").name == "anonymous" and mixed.authenticate("Bearer t", "h").name == "k"
+    with pytest.raises(ApiError):
+        mixed.authenticate("Bearer wrong", "h")
 
 
 def test_fingerprint_depends_on_endpoint_and_body_not_key_order() -> None:
