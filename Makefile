@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,dev]'
+	$(BIN)/pip install -q -e '.[s1mini,test,dev]'
+	# The S1-mini parity reference: fish-speech's model code without its heavy optional dependencies.
+	$(BIN)/pip install -q --no-deps fish-speech==0.1.0 descript-audio-codec==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)

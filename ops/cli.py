@@ -89,6 +89,48 @@ def _cmd_projection(args: argparse.Namespace) -> int:
               f"({report.skipped_expired} past their TTL skipped, {report.undecodable} undecodable)")
 
     asyncio.run(run())
+
+def _catalog(s: Settings):  # noqa: ANN202
+    from schemas.topics import build_catalog
+
+    return build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions, partitions=s.kafka.partitions)
+
+
+def _epoch_ms(text: str | None) -> int | None:
+    from datetime import datetime, timezone
+
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import json
+
+    from ops.replay import Range, replay_requests
+    from producer_api.service import new_job_id
+
+    s = Settings()
+    start, _, end = (args.offsets or ":").partition(":")
+    rng = Range(start_ms=_epoch_ms(args.since), end_ms=_epoch_ms(args.until),
+                start_offset=int(start) if start else None, end_offset=int(end) if end else None,
+                partitions=tuple(args.partition) if args.partition else None)
+    filters = dict(f.split("=", 1) for f in args.filter)
+    report = replay_requests(s.kafka, _catalog(s).requests.name, rng, filters, new_job_id=new_job_id, dry_run=args.dry_run)
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    import json
+
+    from ops.replay import redrive_dead_letters
+
+    s = Settings()
+    report = redrive_dead_letters(s.kafka, _catalog(s).dead_letter.name, error_type=args.error_type,
+                                  source_topic=args.source_topic, dry_run=args.dry_run)
+    print(json.dumps(report.as_dict()))
     return 0
 
 
@@ -122,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     projection = sub.add_parser("projection", help="rebuild the job-status projection in Redis by replaying the topics")
     projection.add_argument("action", choices=["rebuild"])
     projection.set_defaults(func=_cmd_projection)
+    replay = sub.add_parser("replay", help="publish requests from a time or offset range again, as new jobs")
+    replay.add_argument("--since", help="ISO time, inclusive (UTC if no zone)")
+    replay.add_argument("--until", help="ISO time, exclusive")
+    replay.add_argument("--offsets", help="START:END offsets (END exclusive), per partition")
+    replay.add_argument("--partition", type=int, action="append", help="only these partitions (repeatable)")
+    replay.add_argument("--filter", action="append", default=[], help="FIELD=VALUE, e.g. voice=alloy or attributes.tenant=acme")
+    replay.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    replay.set_defaults(func=_cmd_replay)
+
+    dlq = sub.add_parser("dlq", help="dead letters")
+    dlq.add_argument("action", choices=["redrive"])
+    dlq.add_argument("--error-type", help="only letters with this reason, e.g. unknown_schema")
+    dlq.add_argument("--source-topic", help="only letters from this topic")
+    dlq.add_argument("--dry-run", action="store_true")
+    dlq.set_defaults(func=_cmd_dlq)
     return parser
 
 

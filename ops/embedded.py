@@ -39,6 +39,10 @@ def child_env(bootstrap: str, redis_url: str, api_port: int, data_dir: Path) -> 
         "VOICENOTE_STORAGE__LOCAL_DIR": str(data_dir / "audio"),
         "PYTHONUNBUFFERED": "1",
     })
+    # The embedded default serves without API keys, explicitly (the API refuses to otherwise), unless
+    # keys are configured in the environment.
+    if "VOICENOTE_API__KEYS" not in env:
+        env.setdefault("VOICENOTE_API__ALLOW_ANONYMOUS", "true")
     return env
 
 

@@ -5,42 +5,77 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from producer_api.auth import Authenticator
+from producer_api.bodylimit import BodyLimitMiddleware
 from producer_api.errors import install_error_handlers
-from producer_api.routes import health, jobs
+from producer_api.estimate import LagMonitor, ThroughputEstimator
+from producer_api.idempotency import IdempotencyStore
+from producer_api.metrics import ApiMetrics, MetricsMiddleware
+from producer_api.ratelimit import RateLimiter
+from producer_api.routes import health, jobs, speech
 from producer_api.service import JobService
+from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
 from schemas.topics import build_catalog
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer
+from voicenote.kafka import AsyncProducer, admin_client
 from voicenote.settings import Settings
 from voicenote.storage import build_store
 
+DESCRIPTION = """Text to voice notes over Kafka. `POST /v1/audio/speech` is compatible with OpenAI's speech endpoint
+(point the `openai` package's `base_url` here). Authenticate with `Authorization: Bearer <key>`.
+Every error uses OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`."""
+
 
 def create_app(settings: Settings) -> FastAPI:
+    auth = Authenticator(settings.api)  # refuses to build without keys unless anonymous use is explicit
+    metrics = ApiMetrics()
+    estimator = ThroughputEstimator(settings.api.estimate_prior_jobs_per_second)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
         catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                                 partitions=settings.kafka.partitions)
         producer = AsyncProducer(settings.kafka)
-        job_store = JobStore.from_settings(settings.redis)
+        redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        job_store = JobStore(redis, settings.redis)
         store = build_store(settings.storage)
+        prefix = settings.redis.key_prefix
+        waiter = CompletionWaiter(redis, job_store.done_channel(""))
+        monitor = LagMonitor(admin_client(settings.kafka), f"{settings.worker.group_id}-synthesis", catalog.requests.name,
+                             catalog.requests.partitions, estimator, settings.api.estimate_refresh_seconds)
         app.state.producer = producer
-        app.state.jobs = JobService(producer, job_store, store, Codecs(registry), catalog,
-                                    settings.api.public_base_url, settings.storage.presign_expiry_seconds)
+        app.state.jobs = JobService(
+            producer=producer, jobs=job_store, redis=redis, store=store, codecs=Codecs(registry), catalog=catalog,
+            api=settings.api, key_prefix=prefix, job_ttl=settings.redis.job_ttl_seconds,
+            presign_expiry=settings.storage.presign_expiry_seconds,
+            limiter=RateLimiter(redis, prefix, on_fallback=metrics.redis_fallbacks.labels("rate_limit").inc),
+            idempotency=IdempotencyStore(redis, prefix, settings.api.idempotency_ttl_seconds),
+            waiter=waiter, estimator=estimator, metrics=metrics)
+        waiter.start()
+        monitor.start()
         try:
             yield
         finally:
+            await monitor.stop()
+            await waiter.stop()
             producer.close()
-            await job_store.close()
+            await redis.aclose()
             await store.close()
 
-    app = FastAPI(title="Voicenote", version="0.1.0", lifespan=lifespan,
-                  description="Text to voice notes over Kafka. Errors use OpenAI's envelope.")
+    app = FastAPI(title="Voicenote", version="0.2.0", lifespan=lifespan, description=DESCRIPTION)
+    app.state.auth = auth
+    app.state.metrics = metrics
+    app.state.estimator = estimator
     install_error_handlers(app)
-    app.include_router(health.router)
+    app.include_router(speech.router)
     app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

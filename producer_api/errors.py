@@ -45,8 +45,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(envelope(str(exc.detail), "invalid_request_error", None, None), status_code=exc.status_code,
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        return JSONResponse(envelope(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(envelope("internal error; it has been logged", "server_error", None, "internal_error"), status_code=500)
 
     @app.exception_handler(DependencyUnavailable)
     async def _unavailable(_: Request, exc: DependencyUnavailable) -> JSONResponse:

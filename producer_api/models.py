@@ -3,42 +3,129 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.validation import MAX_INPUT_CHARS, SPEED_RANGE
+from voicenote.voices import UnknownVoiceName, resolve
 
 Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+BATCH_HARD_MAX = 1000  # the configured api.batch_max_items (default 100) is enforced below this
+
+
+def _check_voice(value: str) -> str:
+    try:
+        resolve(value)
+    except UnknownVoiceName as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _check_webhook(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("webhook_url must be an absolute http:// or https:// URL")
+    return value
 
 
 class SpeechRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model": "tts-1", "input": "Your order has shipped.", "voice": "alloy", "response_format": "wav"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "tts-1", "input": "Your order has shipped.", "voice": "alloy", "response_format": "mp3"},
+        {"model": "tts-1", "input": "Your report is ready.", "voice": "nova", "response_format": "wav", "speed": 1.2,
+         "webhook_url": "https://example.com/hooks/voicenote"},
+    ]})
 
-    model: str = Field("tts-1", description="Model name; tts-1, tts-1-hd and gpt-4o-mini-tts map to the configured engine.")
-    input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS, description="The text to speak.")
-    voice: str = Field("default", description="Voice name (OpenAI names are mapped to installed voices).")
-    response_format: Format = Field("wav", description="Audio format of the result.")
+    model: str = Field("tts-1", max_length=64, description="Model name; tts-1, tts-1-hd and gpt-4o-mini-tts map to the configured engine.")
+    input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS, description="The text to speak, at most 4,096 characters.")
+    voice: str = Field("alloy", description="An OpenAI voice name (alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, "
+                                            "shimmer, verse) or an installed voice id; see the catalog in voicenote/voices.py.")
+    response_format: Format = Field("mp3", description="Audio format of the result; pcm is raw 16-bit little-endian mono "
+                                                       "at the voice's rate (the X-Sample-Rate header).")
+    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
+    instructions: str | None = Field(None, max_length=4096, description="Accepted; used where the engine can.")
+    stream_format: Literal["audio"] | None = Field(None, description="Only 'audio' (the whole file) is supported.")
+    webhook_url: str | None = Field(None, max_length=2048, description="Receives the completion (signed) when the job ends.")
+    use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
+
+    _voice = field_validator("voice")(_check_voice)
+    _webhook = field_validator("webhook_url")(_check_webhook)
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must contain text, not only whitespace")
+        return value
+
+
+class BatchItem(BaseModel):
+    """One request of a batch; accepts both the OpenAI names (input, voice, response_format) and ours."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS, validation_alias=AliasChoices("input", "text"))
+    voice: str = Field("alloy", validation_alias=AliasChoices("voice", "voice_id"))
+    response_format: Format = Field("mp3", validation_alias=AliasChoices("response_format", "format"))
+    model: str = Field("tts-1", max_length=64)
     speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
     instructions: str | None = Field(None, max_length=4096)
     webhook_url: str | None = Field(None, max_length=2048)
-    use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
 
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook_url_is_callable(cls, url: str | None) -> str | None:
-        # Scheme and IP-literal checks only (no DNS here); allow-listed hosts are judged by the dispatcher.
-        from stream_workers.webhooks.policy import precheck
+    _voice = field_validator("voice")(_check_voice)
+    _webhook = field_validator("webhook_url")(_check_webhook)
 
-        problem = precheck(url) if url else None
-        if problem and "allow-lists" not in problem:
-            raise ValueError(problem)
-        return url
+    def as_speech(self, default_webhook: str | None) -> SpeechRequest:
+        return SpeechRequest(model=self.model, input=self.input, voice=self.voice, response_format=self.response_format,
+                             speed=self.speed, instructions=self.instructions, webhook_url=self.webhook_url or default_webhook)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"requests": [{"text": "Hello Ada.", "voice_id": "alloy", "format": "wav"},
+                      {"input": "Hello Grace.", "voice": "nova", "response_format": "mp3"}],
+         "webhook_url": "https://example.com/hooks/voicenote"},
+    ]})
+
+    requests: list[BatchItem] = Field(..., min_length=1, max_length=BATCH_HARD_MAX,
+                                      description="The requests; at most api.batch_max_items (100 by default).")
+    webhook_url: str | None = Field(None, max_length=2048, description="Default webhook for items that name none.")
+
+    _webhook = field_validator("webhook_url")(_check_webhook)
 
 
 class AsyncAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"job_id": "job_3fJq0d2w", "status_url": "http://127.0.0.1:8000/v1/jobs/job_3fJq0d2w", "estimated_seconds": 2.4}]})
+
     job_id: str
     status_url: str
+    estimated_seconds: float = Field(..., description="(synthesis lag + 1) / measured jobs per second.")
+
+
+class BatchAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"batch_id": "batch_Zx81", "job_ids": ["job_a1", "job_b2"], "status_url": "http://127.0.0.1:8000/v1/batches/batch_Zx81",
+         "estimated_seconds": 5.0}]})
+
+    batch_id: str
+    job_ids: list[str]
+    status_url: str
     estimated_seconds: float
+
+
+class BatchView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"batch_id": "batch_Zx81", "created_at": 1732492800000, "total": 2, "counts": {"queued": 1, "succeeded": 1},
+         "job_ids": ["job_a1", "job_b2"]}]})
+
+    batch_id: str
+    created_at: int
+    total: int
+    counts: dict[str, int]
+    job_ids: list[str]
 
 
 class JobError(BaseModel):
@@ -53,6 +140,13 @@ class WebhookState(BaseModel):
 
 
 class JobView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"job_id": "job_3fJq0d2w", "status": "succeeded", "audio_url": "http://127.0.0.1:8000/v1/jobs/job_3fJq0d2w/audio",
+         "created_at": 1732492800000, "completed_at": 1732492801650,
+         "timings": {"queued_ms": 40, "batch_wait_ms": 100, "engine_ms": 1400, "upload_ms": 12}},
+        {"job_id": "job_9kLm", "status": "failed", "error": {"code": "engine_error", "message": "synthesis failed"},
+         "created_at": 1732492800000, "completed_at": 1732492800900, "timings": {}}]})
+
     job_id: str
     status: str
     audio_url: str | None = None

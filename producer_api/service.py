@@ -1,110 +1,338 @@
-"""The API's one service: submit a request to Kafka, read a job back from the projection."""
+"""The API's one service: rate-limit, deduplicate and publish requests; read jobs and batches back.
+
+What happens when Redis is down (Kafka is the source of truth, Redis a projection):
+- ``/async`` without an Idempotency-Key is still accepted: the record is on the request topic, the
+  status projector writes ``queued`` from it once Redis is back, and rate limits fall back to
+  per-process buckets (counted in ``voicenote_api_redis_fallbacks``).
+- Anything that cannot be done right without Redis answers 503 with Retry-After and publishes
+  nothing: requests with an Idempotency-Key, batches (their record lives in Redis), the synchronous
+  endpoint (it waits on Redis pub/sub), and every read (job, batch, audio lookup).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from producer_api.auth import Caller
 from producer_api.errors import ApiError
-from producer_api.models import JobError, JobView, SpeechRequest, WebhookState
+from producer_api.estimate import ThroughputEstimator
+from producer_api.idempotency import IdempotencyStore, fingerprint
+from producer_api.metrics import ApiMetrics
+from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, BatchView, JobError, JobView, SpeechRequest, WebhookState
+from producer_api.ratelimit import RateLimiter
+from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.status import JobStatus
 from schemas.topics import TopicCatalog
-from voicenote.errors import AudioNotFound
+from voicenote.audio import CONTENT_TYPES
+from voicenote.errors import AudioNotFound, JobStoreError
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
+from voicenote.settings import ApiSettings
 from voicenote.storage import AudioStore
+from voicenote.voices import resolve
 
-# Rough synthesis speed of the CPU voice for the estimate (characters of text per second of work).
-_CHARS_PER_SECOND = 300.0
+log = logging.getLogger(__name__)
+
+_RECHECK_SECONDS = 2.0
 
 
 def new_job_id() -> str:
     return "job_" + secrets.token_urlsafe(16).replace("-", "x").replace("_", "y")
 
 
+def new_batch_id() -> str:
+    return "batch_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Audio:
+    data: bytes
+    content_type: str
+    headers: dict[str, str]
+
+
 class JobService:
-    def __init__(self, producer: AsyncProducer, jobs: JobStore, store: AudioStore, codecs: Codecs,
-                 catalog: TopicCatalog, public_base_url: str, presign_expiry: int) -> None:
+    def __init__(self, *, producer: AsyncProducer, jobs: JobStore, redis: aioredis.Redis, store: AudioStore, codecs: Codecs,
+                 catalog: TopicCatalog, api: ApiSettings, key_prefix: str, job_ttl: int, presign_expiry: int,
+                 limiter: RateLimiter, idempotency: IdempotencyStore, waiter: CompletionWaiter,
+                 estimator: ThroughputEstimator, metrics: ApiMetrics) -> None:
         self._producer = producer
         self._jobs = jobs
+        self._redis = redis
         self._store = store
         self._codecs = codecs
         self._catalog = catalog
-        self._base = public_base_url.rstrip("/")
+        self._api = api
+        self._base = api.public_base_url.rstrip("/")
+        self._prefix = key_prefix
+        self._job_ttl = job_ttl
         self._presign_expiry = presign_expiry
+        self._limiter = limiter
+        self._idem = idempotency
+        self._waiter = waiter
+        self._estimator = estimator
+        self._metrics = metrics
 
     def status_url(self, job_id: str) -> str:
         return f"{self._base}/v1/jobs/{job_id}"
 
-    async def submit(self, req: SpeechRequest, *, priority: str = "batch") -> tuple[str, float]:
-        """Publish the request; returns once the broker acknowledged it."""
-        job_id = new_job_id()
+    # -- limits -------------------------------------------------------------------------------
+
+    async def charge(self, caller: Caller, cost: int = 1) -> None:
+        if cost > caller.burst:
+            raise ApiError(429, f"this request costs {cost} tokens but the key's burst is {caller.burst}; send fewer items",
+                           type_="rate_limit_error", code="rate_limit_exceeded")
+        decision = await self._limiter.take(caller.rate_key, caller.rate_per_second, caller.burst, cost)
+        if not decision.allowed:
+            self._metrics.rate_limited.inc()
+            raise ApiError(429, f"rate limit of {caller.rate_per_second:g} requests/s (burst {caller.burst}) exceeded; "
+                                f"retry in {decision.retry_after_seconds}s", type_="rate_limit_error",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(decision.retry_after_seconds)})
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def submit_async(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> AsyncAccepted:
+        async def publish() -> dict[str, Any]:
+            job_id = new_job_id()
+            await self._publish(job_id, req, caller, priority="batch")
+            return {"job_id": job_id, "status_url": self.status_url(job_id), "estimated_seconds": self._estimator.estimate_seconds()}
+
+        return AsyncAccepted(**await self._idempotent(caller, idempotency_key, "speech.async", req, publish))
+
+    async def submit_batch(self, caller: Caller, batch: BatchRequest, idempotency_key: str | None) -> BatchAccepted:
+        n = len(batch.requests)
+        if n > self._api.batch_max_items:
+            raise ApiError(400, f"a batch holds at most {self._api.batch_max_items} requests; this one has {n}",
+                           param="requests", code="batch_too_large")
+        if n > 1:
+            await self.charge(caller, n - 1)  # the route's dependency already took one
+
+        async def publish() -> dict[str, Any]:
+            batch_id = new_batch_id()
+            job_ids = [new_job_id() for _ in range(n)]
+            key = self._batch_key(batch_id)
+            try:
+                await self._redis.hset(key, mapping={"owner": caller.name, "created_at": _now_ms(), "job_ids": json.dumps(job_ids)})
+                await self._redis.expire(key, self._job_ttl)
+            except (RedisError, OSError) as exc:
+                raise JobStoreError(f"cannot record batch: {exc}") from exc
+            results = await asyncio.gather(
+                *(self._publish(job_id, item.as_speech(batch.webhook_url), caller, priority="batch", batch_id=batch_id)
+                  for job_id, item in zip(job_ids, batch.requests, strict=True)),
+                return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                await self._abandon_batch(batch_id, [j for j, r in zip(job_ids, results, strict=True) if not isinstance(r, BaseException)])
+                raise failed[0]
+            return {"batch_id": batch_id, "job_ids": job_ids, "status_url": f"{self._base}/v1/batches/{batch_id}",
+                    "estimated_seconds": self._estimator.estimate_seconds(ahead=n - 1)}
+
+        return BatchAccepted(**await self._idempotent(caller, idempotency_key, "speech.batch", batch, publish))
+
+    async def speak(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> Audio:
+        """Publish as interactive and wait for the job's end; 504 with the job id past the timeout."""
+        if not self._waiter.subscribed.is_set():
+            raise JobStoreError("not subscribed to completions, cannot wait for the audio")
+
+        async def publish() -> dict[str, Any]:
+            job_id = new_job_id()
+            await self._publish(job_id, req, caller, priority="interactive")
+            return {"job_id": job_id}
+
+        # No lost wake-up: _wait_terminal registers for the job's completion, then re-reads the record.
+        job_id = (await self._idempotent(caller, idempotency_key, "speech", req, publish))["job_id"]
+        record = await self._wait_terminal(job_id, self._api.sync_timeout_seconds)
+        status = record["status"]
+        if status == JobStatus.succeeded.value:
+            try:
+                data = await self._store.get(record["audio_key"])
+            except AudioNotFound:
+                raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired") from None
+            fmt = record.get("format", req.response_format)
+            return Audio(data, record.get("content_type") or CONTENT_TYPES[fmt], self._audio_headers(job_id, fmt, record, req.voice))
+        if status == JobStatus.cancelled.value:
+            raise ApiError(409, f"job {job_id} was cancelled", code="job_cancelled", headers={"X-Job-Id": job_id})
+        code, message = record.get("error_code", "unknown"), record.get("error_message", "synthesis failed")
+        if code == "invalid_request":
+            raise ApiError(400, f"job {job_id}: {message}", code=code, headers={"X-Job-Id": job_id})
+        raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers={"X-Job-Id": job_id})
+
+    async def _wait_terminal(self, job_id: str, timeout: float) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._waiter.watch(job_id) as done:
+                record = await self._jobs.get(job_id)  # after registering: a completion in between is not lost
+                if record is not None and JobStatus(record["status"]).terminal:
+                    return record
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise ApiError(504, f"job {job_id} is not finished after {timeout:g}s; poll {self.status_url(job_id)}",
+                                   type_="server_error", code="timeout", param=None,
+                                   headers={"X-Job-Id": job_id, "Location": self.status_url(job_id)})
+                try:
+                    await asyncio.wait_for(done, min(remaining, _RECHECK_SECONDS))
+                except TimeoutError:
+                    pass
+
+    async def _publish(self, job_id: str, req: SpeechRequest, caller: Caller, *, priority: str, batch_id: str | None = None) -> None:
+        created_at = _now_ms()
+        voice = resolve(req.voice)
         record: dict[str, Any] = {
-            "job_id": job_id,
-            "created_at": int(time.time() * 1000),
-            "text": req.input,
-            "voice": req.voice,
-            "format": req.response_format,
-            "speed": req.speed,
-            "model": req.model,
-            "temperature": None,
-            "top_p": None,
-            "repetition_penalty": None,
-            "seed": None,
-            "instructions": req.instructions,
-            "webhook_url": req.webhook_url,
-            "priority": priority,
-            "deadline_at": None,
-            "batch_id": None,
-            "trace_parent": None,
-            "attributes": {},
-            "use_cache": req.use_cache,
+            "job_id": job_id, "created_at": created_at, "text": req.input, "voice": voice.id, "format": req.response_format,
+            "speed": req.speed, "model": req.model, "temperature": None, "top_p": None, "repetition_penalty": None,
+            "seed": None, "instructions": req.instructions, "webhook_url": req.webhook_url, "priority": priority,
+            "deadline_at": None, "batch_id": batch_id, "trace_parent": None,
+            "attributes": {"owner": caller.name, "voice_requested": req.voice}, "use_cache": req.use_cache,
         }
         await self._producer.send(self._catalog.requests.name, self._codecs.request.encode(record), key=job_id.encode())
+        self._metrics.jobs_submitted.labels(priority).inc()
         # After the ack: the projection never moves backwards, so a completion recorded first stays.
-        await self._jobs.transition(job_id, JobStatus.queued, {"created_at": record["created_at"], "format": req.response_format})
-        return job_id, round(0.2 + len(req.input) / _CHARS_PER_SECOND, 2)
+        try:
+            await self._jobs.transition(job_id, JobStatus.queued, {
+                "created_at": created_at, "format": req.response_format, "voice": voice.id, "owner": caller.name,
+                "priority": priority, "batch_id": batch_id})
+        except JobStoreError as exc:
+            # The job is on the request topic; the status projector records it once Redis answers.
+            self._metrics.redis_fallbacks.labels("queued_record").inc()
+            log.warning("job %s accepted without its queued record: %s", job_id, exc)
 
-    async def view(self, job_id: str) -> JobView:
+    async def _idempotent(self, caller: Caller, key: str | None, endpoint: str, body: Any,
+                          action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        if key is None:
+            return await action()
+        fp = fingerprint(endpoint, body.model_dump(mode="json"))
+        reservation = await self._idem.reserve(caller.name, key, fp)
+        if reservation.replay is not None:
+            return reservation.replay
+        try:
+            response = await action()
+        except BaseException:
+            await self._idem.release(reservation)
+            raise
+        try:
+            await self._idem.complete(reservation, fp, response)
+        except JobStoreError as exc:
+            log.warning("job accepted but its Idempotency-Key was not recorded: %s", exc)
+        return response
+
+    async def _abandon_batch(self, batch_id: str, published: list[str]) -> None:
+        """A batch that failed part-way: cancel what got published so no half batch runs, and drop the record."""
+        for job_id in published:
+            try:
+                await self._jobs.transition(job_id, JobStatus.cancelled, {
+                    "completed_at": _now_ms(), "error_code": "batch_incomplete",
+                    "error_message": f"batch {batch_id} could not be fully published"})
+            except JobStoreError as exc:
+                log.error("cannot cancel job %s of abandoned batch %s: %s", job_id, batch_id, exc)
+        try:
+            await self._redis.delete(self._batch_key(batch_id))
+        except (RedisError, OSError) as exc:
+            log.error("cannot remove abandoned batch %s: %s", batch_id, exc)
+
+    # -- reading and cancelling ---------------------------------------------------------------
+
+    async def _owned(self, caller: Caller, job_id: str) -> dict[str, str]:
         record = await self._jobs.get(job_id)
-        if record is None:
+        # Another key's job looks like no job at all: ids are not confirmed to those who do not own them.
+        if record is None or record.get("owner", caller.name) != caller.name:
             raise ApiError(404, f"no job {job_id!r} (unknown, or expired)", code="job_not_found", param="job_id")
+        return record
+
+    async def view(self, caller: Caller, job_id: str) -> JobView:
+        return self._view(job_id, await self._owned(caller, job_id))
+
+    def _view(self, job_id: str, record: dict[str, str]) -> JobView:
         status = record["status"]
         timings = {k: int(record[k]) for k in ("queued_ms", "batch_wait_ms", "engine_ms", "upload_ms") if k in record}
-        error = JobError(code=record.get("error_code", "unknown"), message=record.get("error_message", "")) if status == JobStatus.failed.value else None
-        audio_url = None
-        if status == JobStatus.succeeded.value:
-            # A presigned GET where storage offers one (S3), else the API's own route (local files).
-            presigned = await self._store.url_for(record["audio_key"], self._presign_expiry) if "audio_key" in record else None
-            audio_url = presigned or f"{self._base}/v1/jobs/{job_id}/audio"
-        webhook = WebhookState(status=record["webhook_status"], attempts=int(record.get("webhook_attempts", 0)),
-                               last_error=record.get("webhook_last_error") or None) if "webhook_status" in record else None
+        error = None
+        if status in (JobStatus.failed.value, JobStatus.cancelled.value) and (status == "failed" or "error_code" in record):
+            error = JobError(code=record.get("error_code", "cancelled" if status == "cancelled" else "unknown"),
+                             message=record.get("error_message", ""))
         return JobView(
-            job_id=job_id,
-            status=status,
-            audio_url=audio_url,
-            webhook=webhook,
+            job_id=job_id, status=status,
+            audio_url=f"{self._base}/v1/jobs/{job_id}/audio" if status == JobStatus.succeeded.value else None,
             error=error,
             created_at=int(record["created_at"]) if "created_at" in record else None,
             completed_at=int(record["completed_at"]) if "completed_at" in record else None,
             timings=timings,
+            webhook=WebhookState(status=record["webhook_status"], attempts=int(record.get("webhook_attempts", 0)),
+                                 last_error=record.get("webhook_last_error") or None) if "webhook_status" in record else None,
         )
 
-    async def audio(self, job_id: str) -> tuple[str | None, bytes | None, str]:
-        """(presigned URL, None) when storage serves it directly, else (None, bytes); plus the content type."""
-        record = await self._jobs.get(job_id)
-        if record is None or record.get("status") != JobStatus.succeeded.value or "audio_key" not in record:
+    async def cancel(self, caller: Caller, job_id: str) -> JobView:
+        record = await self._owned(caller, job_id)
+        if record["status"] != JobStatus.queued.value:
+            raise ApiError(409, f"job {job_id} is {record['status']}; only a queued job can be cancelled",
+                           code="job_not_cancellable", param="job_id")
+        moved = await self._jobs.transition(job_id, JobStatus.cancelled, {
+            "completed_at": _now_ms(), "error_code": "cancelled", "error_message": f"cancelled by {caller.name}"})
+        record = await self._owned(caller, job_id)
+        if not moved and record["status"] != JobStatus.cancelled.value:
+            raise ApiError(409, f"job {job_id} is {record['status']}; only a queued job can be cancelled",
+                           code="job_not_cancellable", param="job_id")
+        return self._view(job_id, record)
+
+    async def audio(self, caller: Caller, job_id: str) -> tuple[str | None, Audio | None]:
+        """(presigned URL, None) when storage serves it directly, else (None, the audio)."""
+        record = await self._owned(caller, job_id)
+        if record.get("status") != JobStatus.succeeded.value or "audio_key" not in record:
             raise ApiError(404, f"job {job_id!r} has no audio (yet)", code="audio_not_found", param="job_id")
-        key, content_type = record["audio_key"], record.get("content_type", "application/octet-stream")
+        key, fmt = record["audio_key"], record.get("format", "wav")
+        content_type = record.get("content_type") or CONTENT_TYPES.get(fmt, "application/octet-stream")
         url = await self._store.url_for(key, self._presign_expiry)
         if url is not None:
-            return url, None, content_type
+            return url, None
         try:
-            return None, await self._store.get(key), content_type
+            data = await self._store.get(key)
         except AudioNotFound:
             raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired", param="job_id") from None
+        return None, Audio(data, content_type, self._audio_headers(job_id, fmt, record, record.get("voice", "default")))
+
+    def _audio_headers(self, job_id: str, fmt: str, record: dict[str, str], voice: str) -> dict[str, str]:
+        headers = {"X-Job-Id": job_id}
+        if fmt == "pcm":
+            rate = record.get("sample_rate") or str(resolve(voice).sample_rate)
+            headers.update({"X-Sample-Rate": rate, "X-Channels": "1", "X-Sample-Format": "s16le"})
+        return headers
+
+    def _batch_key(self, batch_id: str) -> str:
+        return f"{self._prefix}batch:{batch_id}"
+
+    async def batch(self, caller: Caller, batch_id: str) -> BatchView:
+        try:
+            record = await self._redis.hgetall(self._batch_key(batch_id))
+            if not record or record.get("owner") != caller.name:
+                raise ApiError(404, f"no batch {batch_id!r} (unknown, or expired)", code="batch_not_found", param="batch_id")
+            job_ids: list[str] = json.loads(record["job_ids"])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(self._jobs.job_key(job_id), "status")
+                statuses = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise JobStoreError(f"cannot read batch {batch_id}: {exc}") from exc
+        counts: dict[str, int] = {}
+        for status in statuses:
+            # Accepted means on the request topic: a job without a record yet is queued.
+            counts[status or JobStatus.queued.value] = counts.get(status or JobStatus.queued.value, 0) + 1
+        return BatchView(batch_id=batch_id, created_at=int(record["created_at"]), total=len(job_ids), counts=counts, job_ids=job_ids)
 
     async def ready(self) -> dict[str, bool]:
         return {"redis": await self._jobs.ping(), "storage": await self._store.ping()}
+
+

@@ -51,7 +51,7 @@ def _load(text: str, origin: str) -> LoadedSchema:
     except (ValueError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"invalid Avro schema {origin}: {exc}") from exc
     canonical = to_parsing_canonical_form(parsed)
-    fp = int(fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+    fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))  # fastavro gives the little-endian bytes in hex
     return LoadedSchema(name=raw["name"], text=text, parsed=parsed, fingerprint=fp)
 
 

@@ -35,6 +35,8 @@ class Stack:
         self.api_port = self.api_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
         env.update(to_env(self.settings))
+        if not self.settings.api.keys:  # without keys the stack runs anonymous, explicitly, as the API demands
+            env["VOICENOTE_API__ALLOW_ANONYMOUS"] = "true"
         env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
                     "VOICENOTE_API__PORT": str(self.api_port), "VOICENOTE_API__PUBLIC_BASE_URL": self.base_url})
         env.update(self.extra_env)

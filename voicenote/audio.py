@@ -1,4 +1,9 @@
-"""Audio containers. The engines give float32 mono; events and storage carry 16-bit PCM WAV."""
+"""Audio containers. The engines give float32 mono; events and storage carry 16-bit PCM WAV.
+
+``encode`` turns that WAV into any of the six API formats with PyAV (FFmpeg inside the wheel):
+mp3 (LAME), opus (libopus in Ogg, resampled to 48 kHz as Opus requires), aac (ADTS), flac, wav, and
+pcm (raw 16-bit little-endian samples at the voice's own rate, no header).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ CONTENT_TYPES = {
     "opus": "audio/ogg",
     "aac": "audio/aac",
     "flac": "audio/flac",
-    "pcm": "audio/L16",
+    # Not audio/L16: that type is big-endian by definition (RFC 2586); ours is little-endian.
+    "pcm": "audio/pcm",
 }
 
 
@@ -39,11 +45,72 @@ class UnsupportedFormat(ValueError):
     code = "unsupported_format"
 
 
+class EncodeFailed(UnsupportedFormat):
+    """The WAV could not be encoded; a subclass so callers that catch UnsupportedFormat fail the job."""
+
+    code = "encode_failed"
+
+
+# format -> (FFmpeg container, codec, sample format, forced sample rate or None, bit rate)
+_CODECS: dict[str, tuple[str, str, str, int | None, int | None]] = {
+    "mp3": ("mp3", "libmp3lame", "s16p", None, 64_000),
+    "opus": ("ogg", "libopus", "s16", 48_000, 32_000),
+    "aac": ("adts", "aac", "fltp", None, 64_000),
+    "flac": ("flac", "flac", "s16", None, None),
+}
+
+
+def _read_wav(wav: bytes) -> tuple[np.ndarray, int]:
+    try:
+        with wave.open(io.BytesIO(wav), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise EncodeFailed(f"expected 16-bit WAV, got {8 * w.getsampwidth()}-bit")
+            channels, rate = w.getnchannels(), w.getframerate()
+            samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    except (wave.Error, EOFError) as exc:
+        raise EncodeFailed(f"not a readable WAV: {exc}") from exc
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype("<i2")
+    return samples, rate
+
+
 def encode(wav: bytes, fmt: str) -> bytes:
-    """Re-encode a WAV into ``fmt``."""
+    """Re-encode a 16-bit WAV into ``fmt`` (one of CONTENT_TYPES)."""
     if fmt == "wav":
         return wav
-    raise UnsupportedFormat(f"format {fmt!r} has no encoder installed")
+    if fmt not in CONTENT_TYPES:
+        raise UnsupportedFormat(f"format {fmt!r} is not one of {', '.join(CONTENT_TYPES)}")
+    samples, rate = _read_wav(wav)
+    if fmt == "pcm":
+        return samples.astype("<i2").tobytes()
+    return _ffmpeg_encode(samples, rate, fmt)
+
+
+def _ffmpeg_encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
+    import av  # imported here: only the storage side encodes, and the import costs ~100 ms
+
+    container_name, codec, sample_fmt, forced_rate, bit_rate = _CODECS[fmt]
+    out_rate = forced_rate or rate
+    buf = io.BytesIO()
+    try:
+        with av.open(buf, mode="w", format=container_name) as container:
+            stream = container.add_stream(codec, rate=out_rate)
+            stream.layout = "mono"
+            if bit_rate:
+                stream.bit_rate = bit_rate
+            resampler = av.AudioResampler(format=sample_fmt, layout="mono", rate=out_rate)
+            frame = av.AudioFrame.from_ndarray(samples.astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = None
+            for chunk in (*resampler.resample(frame), *resampler.resample(None)):
+                chunk.pts = None
+                for packet in stream.encode(chunk):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+    except av.FFmpegError as exc:
+        raise EncodeFailed(f"{fmt} encoding failed: {exc}") from exc
+    return buf.getvalue()
 
 
 EXTENSIONS = {"wav": "wav", "mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "pcm": "pcm"}

@@ -7,9 +7,9 @@ per-job channel so a waiting HTTP request learns of them at once.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -56,7 +56,7 @@ class JobStore:
         self._webhook = client.register_script(_WEBHOOK)
 
     @classmethod
-    def from_settings(cls, settings: RedisSettings) -> "JobStore":
+    def from_settings(cls, settings: RedisSettings) -> JobStore:
         return cls(aioredis.Redis.from_url(settings.url, decode_responses=True), settings)
 
     def job_key(self, job_id: str) -> str:
@@ -85,28 +85,6 @@ class JobStore:
         except RedisError as exc:
             raise JobStoreError(f"cannot record webhook state of job {job_id}: {exc}") from exc
         return bool(result)
-
-    async def wait_done(self, job_id: str, timeout: float) -> dict[str, str] | None:
-        """The job's record once it is terminal, or None after ``timeout`` seconds (for synchronous callers).
-
-        Subscribes before reading the record, so a completion that lands in between is not missed.
-        """
-        pubsub = self._redis.pubsub()
-        try:
-            await pubsub.subscribe(self.done_channel(job_id))
-            deadline = asyncio.get_running_loop().time() + timeout
-            while True:
-                record = await self.get(job_id)
-                if record and JobStatus(record["status"]).terminal:
-                    return record
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    return None
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-        except RedisError as exc:
-            raise JobStoreError(f"cannot wait for job {job_id}: {exc}") from exc
-        finally:
-            await pubsub.aclose()
 
     async def get(self, job_id: str) -> dict[str, str] | None:
         try:

@@ -87,8 +87,12 @@ class EngineKind(str, Enum):
 class EngineSettings(BaseModel):
     kind: EngineKind = EngineKind.piper
     threads: int = Field(2, ge=1)
-    s1mini_checkpoint_dir: Path | None = None
+    s1mini_checkpoint_dir: Path | None = Field(None, description="Local openaudio-s1-mini directory; nothing is downloaded.")
     s1mini_device: str = "cpu"
+    s1mini_dtype: str = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
+    s1mini_max_new_tokens: int = Field(1024, ge=1, description="Per item; about 47 s of audio.")
+    s1mini_compile: bool = Field(False, description="torch.compile the per-step decode functions.")
+    s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
 
 
 class WorkerSettings(BaseModel):
@@ -99,11 +103,31 @@ class WorkerSettings(BaseModel):
     commit_interval_seconds: float = 1.0
 
 
+class ApiKey(BaseModel):
+    """One API key, stored as the SHA-256 of the token (``voicenote keys new`` prints both)."""
+
+    name: str = Field(..., min_length=1, max_length=64)
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    scopes: list[str] = Field(default_factory=lambda: ["speech", "jobs"], description="speech: submit; jobs: read and cancel.")
+    rate_per_second: float | None = Field(None, gt=0, description="Overrides api.rate_per_second for this key.")
+    burst: int | None = Field(None, ge=1)
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
     max_input_chars: int = 4096
+    keys: list[ApiKey] = Field(default_factory=list, description="Accepted Bearer tokens, hashed (JSON list in the env).")
+    allow_anonymous: bool = Field(False, description="Serve without keys; only the embedded default sets this, explicitly.")
+    rate_per_second: float = Field(50.0, gt=0, description="Token-bucket refill per key (per client address when anonymous).")
+    rate_burst: int = Field(100, ge=1)
+    max_body_bytes: int = Field(2 * 1_048_576, ge=1024)
+    batch_max_items: int = Field(100, ge=1, le=1000)
+    sync_timeout_seconds: float = Field(60.0, gt=0, description="POST /v1/audio/speech answers 504 with the job id after this.")
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
+    estimate_refresh_seconds: float = Field(2.0, gt=0, description="How often the synthesis lag is sampled.")
+    estimate_prior_jobs_per_second: float = Field(1.0, gt=0, description="Throughput assumed until one is measured.")
 
 
 class WebhookSettings(BaseModel):
@@ -146,6 +170,9 @@ def to_env(settings: Settings) -> dict[str, str]:
             if isinstance(values, dict) and name in _SECRETS:
                 value = getattr(getattr(settings, section), name).get_secret_value()
             env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value)  # pydantic-settings reads complex fields as JSON
+            env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = str(value)
     return env
 
 

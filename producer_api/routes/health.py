@@ -1,21 +1,34 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-router = APIRouter()
+router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", summary="The process is alive", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready only when Kafka and Redis answer")
+@router.get("/readyz", summary="Ready only when Kafka and Redis answer",
+            responses={200: {"content": {"application/json": {"example": {"ready": True, "checks": {"kafka": True, "redis": True, "storage": True}}}}},
+                       503: {"content": {"application/json": {"example": {"ready": False, "checks": {"kafka": False, "redis": True, "storage": True}}}}}})
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks = {"kafka": await state.producer.ping(timeout=1.0), **await state.jobs.ready()}
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "voicenote_api_requests_total{method=\"POST\",...} 42.0"}}}})
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    estimator = request.app.state.estimator
+    m.synthesis_lag.set(estimator.lag)
+    m.synthesis_rate.set(estimator.rate)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

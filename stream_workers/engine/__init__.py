@@ -16,6 +16,19 @@ def build_engine(settings: EngineSettings) -> SpeechEngine:
         from stream_workers.engine.null_engine import NullEngine
 
         return NullEngine()
-    from stream_workers.engine.s1mini import build_s1mini_engine  # type: ignore[attr-defined]
+    from stream_workers.engine.s1mini import S1MiniEngine, S1MiniSettings
 
-    return build_s1mini_engine(settings)  # type: ignore[no-any-return]
+    if settings.s1mini_checkpoint_dir is None:
+        from stream_workers.engine.s1mini import CheckpointError
+
+        raise CheckpointError("engine.kind=s1mini needs VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR (a local openaudio-s1-mini directory)")
+    return S1MiniEngine(
+        S1MiniSettings(
+            checkpoint_dir=str(settings.s1mini_checkpoint_dir),
+            device=settings.s1mini_device,
+            dtype=settings.s1mini_dtype,
+            max_new_tokens=settings.s1mini_max_new_tokens,
+            compile=settings.s1mini_compile,
+            voices_dir=str(settings.s1mini_voices_dir) if settings.s1mini_voices_dir else None,
+        )
+    )

@@ -66,24 +66,6 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def _no_lookup(host: str, port: int) -> list[str]:
-    return []
-
-
-def precheck(url: str, allow: Iterable[str] = ()) -> str | None:
-    """Why ``url`` will be refused, judged without DNS (scheme, credentials, IP literals); None if it may pass.
-
-    The API uses it to answer 400 at submission; names are resolved and checked again at delivery.
-    """
-    try:
-        AddressPolicy(allow, resolver=_no_lookup).check(url)
-    except WebhookRefused as exc:
-        return str(exc)
-    except OSError:
-        return None  # a name: decided at delivery time
-    return None
-
-
 class AddressPolicy:
     """Checks webhook URLs; ``allow`` lists hostnames or CIDRs that are called even if private."""
 

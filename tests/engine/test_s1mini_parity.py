@@ -25,7 +25,6 @@ import torch
 from stream_workers.engine.s1mini.checkpoint import check_state, normalize_codec_state, normalize_llama_state
 from stream_workers.engine.s1mini.codec import CodecDecoder
 from stream_workers.engine.s1mini.config import tiny_codec_config, tiny_config
-from stream_workers.engine.s1mini.generate import RowRequest, generate_batch
 from stream_workers.engine.s1mini.model import DualARTransformer
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
 

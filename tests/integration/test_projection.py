@@ -1,9 +1,7 @@
-"""The status projection: forward-only, expiring, rebuilt from the topics into an empty Redis, and
-waited on by synchronous callers (Redis pub/sub)."""
+"""The status projection: forward-only, expiring, rebuilt from the topics into an empty Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -11,7 +9,6 @@ import pytest
 
 from ops.rebuild import rebuild
 from schemas.codec import Codecs
-from schemas.status import JobStatus
 from schemas.topics import build_catalog
 from stream_workers.completion import StatusProjector
 from voicenote.jobstore import JobStore
@@ -90,21 +87,6 @@ async def test_transitions_only_move_forward(jobs: JobStore) -> None:
     assert not await projector.on_completion(_completion("job_fwd1", "succeeded", now))
     record = await jobs.get("job_fwd1")
     assert record is not None and (record["status"], record["error_code"]) == ("failed", "engine_error")
-
-
-async def test_waiter_learns_of_completion_promptly(jobs: JobStore) -> None:
-    now = int(time.time() * 1000)
-    await jobs.transition("job_wait1", JobStatus.queued, {"created_at": now})
-    waiter = asyncio.create_task(jobs.wait_done("job_wait1", timeout=60))
-    await asyncio.sleep(0.2)
-    assert not waiter.done()
-    await jobs.transition("job_wait1", JobStatus.succeeded, {"audio_key": "audio/t1/job_wait1.wav"})
-    record = await asyncio.wait_for(waiter, 30)
-    assert record is not None and record["status"] == "succeeded" and record["audio_key"] == "audio/t1/job_wait1.wav"
-
-    assert await jobs.wait_done("job_wait2", timeout=0.3) is None  # never finishes: the caller gets None
-    await jobs.transition("job_wait3", JobStatus.failed, {"error_code": "x"})
-    assert (await jobs.wait_done("job_wait3", timeout=5) or {})["status"] == "failed"  # finished before the wait
 
 
 async def test_webhook_state_never_regresses(jobs: JobStore) -> None:

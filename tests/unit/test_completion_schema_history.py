@@ -19,7 +19,7 @@ V1_RECORDS = {
 
 
 def _encode_v1(name: str, record: dict) -> bytes:
-    (v1,) = history(name)
+    v1 = history(name)[0]
     buf = io.BytesIO()
     buf.write(SINGLE_OBJECT_MAGIC + v1.fingerprint)
     fastavro.schemaless_writer(buf, v1.parsed, record)

@@ -112,16 +112,3 @@ def test_retry_tiers_one_per_retry_then_the_last_shared() -> None:
     assert [retry_tier(n, 5) for n in range(1, 9)] == [0, 1, 2, 3, 4, 4, 4, 4]
     assert retry_tier(3, 1) == 0
 
-
-def test_api_refuses_uncallable_webhook_urls_at_submission() -> None:
-    from pydantic import ValidationError
-
-    from producer_api.models import SpeechRequest
-    from stream_workers.webhooks.policy import precheck
-
-    assert precheck("https://hooks.example/in") is None  # names are judged at delivery, after DNS
-    with pytest.raises(ValidationError, match="must be http or https"):
-        SpeechRequest(input="hi", webhook_url="ftp://hooks.example/in")
-    with pytest.raises(ValidationError, match="must not carry credentials"):
-        SpeechRequest(input="hi", webhook_url="https://user:pw@hooks.example/in")
-    assert SpeechRequest(input="hi", webhook_url="https://hooks.example/in").use_cache is True

@@ -1,0 +1,35 @@
+"""Submission routes: OpenAI-compatible synchronous speech, asynchronous jobs and batches."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from producer_api.deps import IdempotencyKey, Jobs, Submitter
+from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, SpeechRequest
+from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
+from voicenote.audio import CONTENT_TYPES
+
+router = APIRouter(prefix="/v1/audio", tags=["speech"])
+
+_AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format",
+                "content": {ct: {"example": "(binary audio)"} for ct in CONTENT_TYPES.values()}}}
+
+
+@router.post("/speech", response_class=Response, summary="Speak now (OpenAI-compatible): answers with the audio",
+             responses={**_AUDIO, **ERRORS, **CONFLICT_IDEMPOTENCY, **TIMEOUT})
+async def speech(body: SpeechRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> Response:
+    audio = await jobs.speak(caller, body, idempotency_key)
+    return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
+
+
+@router.post("/speech/async", status_code=202, response_model=AsyncAccepted, summary="Queue a voice note",
+             responses={**ERRORS, **CONFLICT_IDEMPOTENCY})
+async def speech_async(body: SpeechRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> AsyncAccepted:
+    return await jobs.submit_async(caller, body, idempotency_key)
+
+
+@router.post("/speech/batch", status_code=202, response_model=BatchAccepted, summary="Queue many voice notes at once",
+             responses={**ERRORS, **CONFLICT_IDEMPOTENCY})
+async def speech_batch(body: BatchRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> BatchAccepted:
+    return await jobs.submit_batch(caller, body, idempotency_key)

@@ -1,0 +1,76 @@
+"""The status projection against the real Redis: forward-only, gap-filling, published on completion."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from schemas.status import JobStatus
+from voicenote.jobstore import JobStore
+from voicenote.settings import Settings
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+async def test_late_queued_never_overwrites_succeeded(settings: Settings) -> None:
+    store = JobStore.from_settings(settings.redis)
+    try:
+        assert await store.transition("job_a", JobStatus.succeeded, {"audio_key": "k", "completed_at": 5})
+        assert not await store.transition("job_a", JobStatus.queued, {"created_at": 1, "audio_key": "other"})
+        record = await store.get("job_a")
+        assert record is not None
+        assert record["status"] == "succeeded"
+        assert record["audio_key"] == "k"  # not overwritten by the stale write
+        assert record["created_at"] == "1"  # but the gap it could fill is filled
+        assert not await store.transition("job_a", JobStatus.failed, {"error_code": "x"})
+        assert (await store.get("job_a"))["status"] == "succeeded"  # type: ignore[index]
+    finally:
+        await store.close()
+
+
+async def test_concurrent_writers_end_in_the_terminal_state(settings: Settings) -> None:
+    store = JobStore.from_settings(settings.redis)
+    try:
+        writes = [store.transition(f"job_{i % 10}", JobStatus.queued, {"n": i}) for i in range(50)]
+        writes += [store.transition(f"job_{i}", JobStatus.succeeded) for i in range(10)]
+        await asyncio.gather(*writes)
+        for i in range(10):
+            assert (await store.get(f"job_{i}"))["status"] == "succeeded"  # type: ignore[index]
+    finally:
+        await store.close()
+
+
+async def test_terminal_transition_is_published_and_records_expire(settings: Settings) -> None:
+    store = JobStore.from_settings(settings.redis)
+    client = aioredis.Redis.from_url(settings.redis.url)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(store.done_channel("job_p"))
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        await store.transition("job_p", JobStatus.queued)
+        await store.transition("job_p", JobStatus.failed, {"error_code": "engine_error"})
+        message = None
+        for _ in range(20):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message:
+                break
+        assert message is not None and message["type"] == "message"
+        ttl = await client.ttl(store.job_key("job_p"))
+        assert 0 < ttl <= settings.redis.job_ttl_seconds
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+        await store.close()
+
+
+async def test_unreachable_redis_is_translated(settings: Settings) -> None:
+    from voicenote.errors import JobStoreError
+    from voicenote.settings import RedisSettings
+
+    store = JobStore.from_settings(RedisSettings(url="redis://127.0.0.1:1/0"))
+    with pytest.raises(JobStoreError):
+        await store.transition("job_x", JobStatus.queued)
+    assert not await store.ping()

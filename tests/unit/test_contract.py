@@ -1,0 +1,59 @@
+"""Pure contract rules: job status transitions, request validation, object keys, topic catalog."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.status import JobStatus, advances
+from schemas.topics import build_catalog
+from schemas.validation import request_problems
+from voicenote.storage.base import audio_key, claim_key
+
+
+def test_status_moves_only_forward_and_first_terminal_wins() -> None:
+    assert advances(None, JobStatus.queued)
+    assert advances(JobStatus.queued, JobStatus.running)
+    assert advances(JobStatus.queued, JobStatus.succeeded)
+    assert not advances(JobStatus.succeeded, JobStatus.queued)
+    assert not advances(JobStatus.running, JobStatus.queued)
+    assert not advances(JobStatus.succeeded, JobStatus.failed)
+    assert not advances(JobStatus.cancelled, JobStatus.succeeded)
+    assert all(s.terminal for s in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled))
+
+
+def test_valid_request_has_no_problems() -> None:
+    assert request_problems({"job_id": "job_1", "text": "hi", "format": "wav", "speed": 1.0, "priority": "batch"}) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"job_id": "has space"}, "job_id"),
+        ({"text": "   "}, "text must not be empty"),
+        ({"text": "x" * 4097}, "maximum is 4096"),
+        ({"format": "ogg"}, "format must be one of"),
+        ({"speed": 9.0}, "speed must be between"),
+        ({"priority": "urgent"}, "priority"),
+    ],
+)
+def test_each_invalid_field_is_named(change: dict, fragment: str) -> None:
+    record = {"job_id": "job_1", "text": "hi", "format": "wav", "speed": 1.0, "priority": "batch", **change}
+    assert any(fragment in p for p in request_problems(record))
+
+
+def test_audio_keys_are_deterministic_sharded_and_safe() -> None:
+    assert audio_key("audio/", "job_abc12", "wav") == "audio/12/job_abc12.wav"
+    assert audio_key("audio/", "job_abc12", "wav") == audio_key("audio/", "job_abc12", "wav")
+    assert claim_key("audio/", "job_abc12") == "audio/claims/12/job_abc12.wav"
+    with pytest.raises(ValueError):
+        audio_key("audio/", "../etc/passwd", "wav")
+
+
+def test_catalog_names_are_versioned_and_request_topic_has_24_partitions_by_default() -> None:
+    catalog = build_catalog()
+    assert catalog.requests.partitions == 24
+    assert all(spec.name.startswith("voicenote.") and spec.name.endswith(".v1") for spec in catalog.all())
+    assert len({spec.name for spec in catalog.all()}) == len(catalog.all())
+    assert catalog.requests.config()["cleanup.policy"] == "delete"
+    prefixed = build_catalog(prefix="t1.")
+    assert prefixed.requests.name == "t1.voicenote.requests.v1"
