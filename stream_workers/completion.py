@@ -116,4 +116,8 @@ class StatusProjector:
             "sample_rate", "engine", "model_version", "batch_size", "queued_ms", "batch_wait_ms", "engine_ms",
             "upload_ms", "error_code", "error_message", "cache_hit")}
         fields["cache_hit"] = int(bool(fields["cache_hit"]))
-        return await self._jobs.transition(completion["job_id"], JobStatus(completion["status"]), fields)
+        moved = await self._jobs.transition(completion["job_id"], JobStatus(completion["status"]), fields)
+        if completion.get("webhook_url"):
+            # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
+            await self._jobs.record_webhook(completion["job_id"], "pending", 0)
+        return moved

@@ -89,6 +89,18 @@ async def test_transitions_only_move_forward(jobs: JobStore) -> None:
     assert record is not None and (record["status"], record["error_code"]) == ("failed", "engine_error")
 
 
+async def test_completion_with_webhook_shows_pending_until_the_dispatcher_reports(jobs: JobStore) -> None:
+    projector = StatusProjector(jobs)
+    now = int(time.time() * 1000)
+    await projector.on_completion(_completion("job_whpend", "succeeded", now, webhook_url="https://hooks.example/in"))
+    assert (await jobs.get("job_whpend") or {})["webhook_status"] == "pending"
+    await jobs.record_webhook("job_whpend", "delivered", 1)
+    await projector.on_completion(_completion("job_whpend", "succeeded", now, webhook_url="https://hooks.example/in"))  # redelivery
+    assert (await jobs.get("job_whpend") or {})["webhook_status"] == "delivered"
+    await projector.on_completion(_completion("job_nohook", "succeeded", now))
+    assert "webhook_status" not in (await jobs.get("job_nohook") or {})
+
+
 async def test_webhook_state_never_regresses(jobs: JobStore) -> None:
     assert await jobs.record_webhook("job_whst", "retrying", 1, "HTTP 500")
     assert await jobs.record_webhook("job_whst", "delivered", 2)
