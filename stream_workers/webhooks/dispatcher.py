@@ -5,6 +5,10 @@ with a ``webhook-due-at`` header. Records of one retry topic wait nearly equally
 head is always the next due; the dispatcher pauses that partition until then (seeking back to the head)
 and keeps serving every other partition. After the last attempt, or at once when the policy refuses the
 URL, the completion goes to the webhook dead-letter topic with every attempt listed.
+
+Each partition has its own worker task, which takes that partition's records one at a time: a slow or
+hanging receiver holds up its own partition (up to the attempt timeout), not the others, and offsets
+are stored in order.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
@@ -54,7 +60,8 @@ def message_id(job_id: str) -> str:
 
 class WebhookDispatcher:
     def __init__(self, settings: Settings, catalog: TopicCatalog, codecs: Codecs, jobs: JobStore, sender: WebhookSender,
-                 producer: AsyncProducer, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
+                 producer: AsyncProducer, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
+                 max_queued: int = 64) -> None:
         assert catalog.webhook_dead_letter is not None and catalog.webhook_retries
         self._hooks: WebhookSettings = settings.webhooks
         self._catalog = catalog
@@ -76,13 +83,29 @@ class WebhookDispatcher:
             "fetch.wait.max.ms": settings.kafka.fetch_max_wait_ms,
         })
         self._paused: dict[tuple[str, int], tuple[int, TopicPartition]] = {}  # (topic, partition) -> (due ms, head)
+        # One worker task per partition, each working through its partition's records in order: a slow
+        # receiver holds up its own partition only, and offsets are stored in order.
+        self._queues: dict[tuple[str, int], deque[Message]] = {}
+        self._workers: dict[tuple[str, int], tuple[deque[Message], asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._throttled: set[tuple[str, int]] = set()
+        self._revoked: list[tuple[str, int]] = []  # appended by the rebalance callback (poll's thread)
+        self._max_queued = max_queued
+        # Consumer calls made while poll() runs in its thread block until it returns (librdkafka serialises
+        # them), so workers leave theirs here and the loop applies them between polls.
+        self._ops: list[Callable[[], None]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         self._consumer.subscribe([self._catalog.completions.name, *self._retry_topics], on_revoke=self._on_revoke)
         try:
             while not stop.is_set():
+                self._check_workers()
+                self._forget_revoked()
                 self._resume_due()
+                self._apply_ops()
                 msg = await asyncio.to_thread(self._consumer.poll, self._poll_timeout())
+                self._forget_revoked()
+                self._apply_ops()
                 if msg is None:
                     continue
                 error = msg.error()
@@ -92,18 +115,75 @@ class WebhookDispatcher:
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("webhook consumer: %s", error)
                     continue
-                await self.handle(msg)
+                self._enqueue(msg)
+            # Finish the attempts in hand (each bounded by the attempt timeout) before leaving the group.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._apply_ops()
+            self._check_workers()
         finally:
+            for task in self._tasks:
+                task.cancel()
             await asyncio.to_thread(self._consumer.close)
+
+    def _check_workers(self) -> None:
+        """Re-raise a worker's failure (Redis or Kafka down): the process stops rather than losing records."""
+        for task in [t for t in self._tasks if t.done()]:
+            self._tasks.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
+
+    def _apply_ops(self) -> None:
+        ops, self._ops = self._ops, []
+        for op in ops:
+            op()
+
+    def _enqueue(self, msg: Message) -> None:
+        key = (str(msg.topic()), int(msg.partition() or 0))
+        if key in self._paused:
+            return  # fetched before the hold took effect; it comes again after the head, once due
+        queue = self._queues.setdefault(key, deque())
+        queue.append(msg)
+        worker = self._workers.get(key)
+        if worker is None or worker[0] is not queue or worker[1].done():
+            task = asyncio.create_task(self._work(key, queue), name=f"webhooks-{key[0]}-{key[1]}")
+            self._workers[key] = (queue, task)
+            self._tasks.add(task)
+        if len(queue) >= self._max_queued and key not in self._throttled:
+            self._consumer.pause([TopicPartition(*key)])
+            self._throttled.add(key)
+
+    async def _work(self, key: tuple[str, int], queue: deque[Message]) -> None:
+        while queue:
+            msg = queue[0]
+            await self.handle(msg)
+            if queue and queue[0] is msg:
+                queue.popleft()
+            if key in self._throttled and len(queue) < self._max_queued // 2 and key not in self._paused:
+                self._throttled.discard(key)
+                self._ops.append(partial(self._consumer.resume, [TopicPartition(*key)]))
+        if self._queues.get(key) is queue:
+            del self._queues[key]
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._paused.pop((tp.topic, tp.partition), None)
+        self._revoked.extend((tp.topic, tp.partition) for tp in partitions)
+
+    def _forget_revoked(self) -> None:
+        # Records queued for a partition we lost are the new owner's now; an attempt in flight finishes,
+        # and its offset (no longer ours to store) is redelivered there: at least once, same webhook-id.
+        while self._revoked:
+            key = self._revoked.pop()
+            self._paused.pop(key, None)
+            self._throttled.discard(key)
+            queue = self._queues.pop(key, None)
+            if queue is not None:
+                queue.clear()  # its worker stops after the record in hand
 
     def _poll_timeout(self) -> float:
+        if self._tasks:
+            return 0.05  # workers are busy: come back soon to apply what they leave in _ops
         if not self._paused:
             return self._hooks.poll_seconds
         soonest = min(due for due, _ in self._paused.values())
@@ -116,11 +196,29 @@ class WebhookDispatcher:
             self._consumer.resume([self._paused.pop(key)[1] for key in due])
 
     def _hold(self, msg: Message, due_ms: int) -> None:
+        """Park the partition at ``msg`` until it is due: pause, and seek back so it is fetched again then."""
         topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
         head = TopicPartition(topic, partition, offset)
-        self._consumer.pause([head])
-        self._consumer.seek(head)
+        def park() -> None:
+            self._consumer.pause([head])
+            self._consumer.seek(head)
+
+        self._ops.append(park)
         self._paused[(topic, partition)] = (due_ms, head)
+        self._throttled.discard((topic, partition))
+        queue = self._queues.get((topic, partition))
+        if queue is not None:
+            queue.clear()  # everything behind the head is fetched again after it
+
+    def _store(self, msg: Message) -> None:
+        self._ops.append(lambda: self._store_now(msg))
+
+    def _store_now(self, msg: Message) -> None:
+        try:
+            self._consumer.store_offsets(msg)
+        except KafkaException as exc:
+            # The partition was revoked meanwhile; its new owner redelivers from the committed offset.
+            log.info("offset of %s[%s]@%s not stored: %s", msg.topic(), msg.partition(), msg.offset(), exc)
 
     async def handle(self, msg: Message) -> None:
         """Deliver (or park, or dead-letter) one record; its offset is stored only afterwards."""
@@ -139,12 +237,12 @@ class WebhookDispatcher:
             if retrying:
                 await self._dead_letter(msg, headers, "undecodable", str(exc))
             # An undecodable completion is dead-lettered once, by the status agent.
-            self._consumer.store_offsets(msg)
+            self._store(msg)
             return
         url = completion.get("webhook_url")
         if url:
             await self._deliver(msg, headers, completion, url)
-        self._consumer.store_offsets(msg)
+        self._store(msg)
 
     async def _deliver(self, msg: Message, headers: dict[str, bytes], completion: dict[str, Any], url: str) -> None:
         job_id = completion["job_id"]

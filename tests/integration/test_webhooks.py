@@ -285,3 +285,63 @@ async def test_redirect_to_a_private_address_is_refused(hook_settings: Settings)
     assert not outcome.ok and outcome.permanent
     assert "169.254.169.254 is a cloud metadata address" in (outcome.error or "")
     assert len(transport.requests) == 1 and "127.0.0.1" in transport.requests[0]
+
+
+async def test_slow_receiver_holds_up_only_its_own_partition(hook_settings: Settings, receiver: Receiver) -> None:
+    release = threading.Event()
+    slow_hits: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            slow_hits.append(self.headers["webhook-id"])
+            release.wait(60)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    hook_settings.webhooks.timeout_seconds = 60  # the slow attempt stays in flight throughout
+    s = hook_settings
+    catalog = build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions,
+                            partitions=s.kafka.partitions)
+    ensure_topics(s.kafka, catalog.all())
+    jobs, producer, sender, codecs = JobStore.from_settings(s.redis), AsyncProducer(s.kafka), build_sender(s), Codecs()
+    d = WebhookDispatcher(s, catalog, codecs, jobs, sender, producer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    now = int(time.time() * 1000)
+
+    async def publish(job_id: str, url: str) -> int:
+        record = {"job_id": job_id, "status": "succeeded", "created_at": now, "completed_at": now, "webhook_url": url}
+        msg = await producer.send(catalog.completions.name, codecs.completion.encode(record), key=job_id.encode())
+        return int(msg.partition())
+
+    try:
+        slow_partition = await publish("job_slowone", f"http://127.0.0.1:{slow.server_address[1]}/in")
+        fast_id = ""
+        for i in range(100):  # a job whose key lands in the other partition
+            if await publish(f"job_fast{i}", receiver.url) != slow_partition:
+                fast_id = f"job_fast{i}"
+                break
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and (await jobs.get(fast_id) or {}).get("webhook_status") != "delivered":
+            await asyncio.sleep(0.1)
+        assert (await jobs.get(fast_id) or {}).get("webhook_status") == "delivered"
+        assert slow_hits == ["msg_job_slowone"] and not release.is_set()  # still in flight on its own partition
+        release.set()
+        while (await jobs.get("job_slowone") or {}).get("webhook_status") != "delivered":
+            await asyncio.sleep(0.1)
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        producer.close()
+        await sender.close()
+        await jobs.close()
+        slow.shutdown()
+        slow.server_close()
