@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics bench-completion clean
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ typecheck: $(STAMP) ## mypy
 
 topics: $(STAMP) ## print the topic catalog
 	$(BIN)/voicenote topics list
+
+bench-completion: $(STAMP) ## benchmark result cache, storage and webhook delivery (writes results/)
+	$(BIN)/python -m ops.bench_completion
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var

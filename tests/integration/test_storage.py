@@ -132,3 +132,20 @@ async def test_local_store_serves_api_url_and_expires_like_the_lifecycle(tmp_pat
     os.utime(tmp_path / "audio" / stale.key, (old, old))
     assert await store.expire() == [stale.key]
     assert await store.get(fresh.key) == b"x"
+
+
+async def test_s3_client_retries_with_adaptive_backoff(s3: S3AudioStore) -> None:
+    # Throttling (SlowDown, 503) and 5xx are retried by botocore's adaptive mode, which also rate-limits the client.
+    client = await s3._s3()
+    assert client.meta.config.retries == {"total_max_attempts": s3._settings.s3_max_attempts, "mode": "adaptive"}
+    assert client.meta.config.signature_version == "s3v4"
+
+
+async def test_cache_hit_whose_audio_expired_fails_with_a_code(tmp_path: Path) -> None:
+    store = LocalAudioStore(tmp_path / "audio")
+    storer = Storer(store, Settings().storage)
+    result = {**_result("job_cachegone"), "audio": None, "audio_ref": "audio/zz/job_expiredsrc.wav", "cache_hit": True}
+    completion = await storer.complete(result)
+    assert completion["status"] == "failed"
+    assert completion["error_code"] == "audio_missing"
+    assert "submit the request again" in completion["error_message"]

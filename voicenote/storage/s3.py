@@ -35,7 +35,7 @@ class S3AudioStore:
                     aws_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None,
                     config=AioConfig(
                         signature_version="s3v4",
-                        retries={"max_attempts": s.s3_max_attempts, "mode": "adaptive"},  # backoff on throttling and 5xx
+                        retries={"total_max_attempts": s.s3_max_attempts, "mode": "adaptive"},  # backoff on throttling and 5xx
                         s3={"addressing_style": "path"},
                     ),
                 )
