@@ -94,6 +94,15 @@ class WorkerSettings(BaseModel):
     commit_interval_seconds: float = 1.0
 
 
+class SynthesisSettings(BaseModel):
+    """The synthesis role (batch size and window are ``worker.max_batch`` / ``worker.window_seconds``)."""
+
+    max_segment_chars: int = Field(300, ge=20, description="Long inputs are cut at sentence boundaries into segments this long.")
+    intake_size: int = Field(512, ge=1, description="Requests read ahead of the engine (admitted, waiting for a batch).")
+    shutdown_grace_seconds: float = Field(20.0, gt=0, description="SIGTERM: finish the batch, publish, commit, exit within this.")
+    lag_interval_seconds: float = Field(5.0, gt=0, description="How often consumer lag is sampled for the metrics.")
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -109,6 +118,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     engine: EngineSettings = EngineSettings()
     worker: WorkerSettings = WorkerSettings()
+    synthesis: SynthesisSettings = SynthesisSettings()
     api: ApiSettings = ApiSettings()
 
 
