@@ -15,7 +15,7 @@ def build_engine(settings: EngineSettings) -> SpeechEngine:
     if settings.kind is EngineKind.null:
         from stream_workers.engine.null_engine import NullEngine
 
-        return NullEngine()
+        return NullEngine(batch_seconds=settings.null_batch_seconds, fail_marker=settings.null_fail_marker)
     from stream_workers.engine.s1mini import build_s1mini_engine  # type: ignore[attr-defined]
 
     return build_s1mini_engine(settings)  # type: ignore[no-any-return]
