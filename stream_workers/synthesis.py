@@ -41,7 +41,7 @@ class Refused:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)
 class Segment:
     """One batch item: a bounded piece of one job's text."""
 
@@ -64,7 +64,7 @@ class Segment:
         )
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two jobs are never "equal", and comparing audio arrays is costly
 class Job:
     """An accepted request on its way through the engine, one segment at a time."""
 

@@ -131,16 +131,18 @@ class SynthesisLoop(Generic[H]):
             self.batches += 1
             audio_seconds = sum(len(r.audio) / r.sample_rate for r in results if r.ok and r.audio is not None and r.sample_rate)
             self.metrics.batch(len(segments), waited, engine_seconds, audio_seconds, padding_waste([len(s.text) for s in segments]))
-            finished: list[Job] = []
+            finished: dict[int, Job] = {}
             for segment in segments:
                 job = segment.job
                 job.batch_sizes.append(len(segments))
                 job.engine_ms += int(engine_seconds * 1000)
-                if job.done and job not in finished:
-                    finished.append(job)
+                if job.done:
+                    finished[id(job)] = job
             if finished:
-                self._batcher.remove(lambda s: s.job not in finished)  # segments of a job that already failed
-                self._spawn_finish(finished)
+                if any(job.error is not None for job in finished.values()):
+                    # a failed job's other segments need no engine time
+                    self._batcher.remove(lambda s: id(s.job) not in finished)
+                self._spawn_finish(list(finished.values()))
             self._in_engine = False
 
     def _drop_expired(self, segments: list[Segment]) -> list[Segment]:
