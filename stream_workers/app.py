@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import faust
 from mode.supervisors import CrashingSupervisor
 
 from schemas.errors import DecodeError
+from stream_workers.acks import InOrderAcks
+from stream_workers.batching import BatchPolicy
 from stream_workers.completion import StatusProjector, Storer
 from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
-from stream_workers.batching import BatchPolicy
 from stream_workers.metrics import SynthesisMetrics
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
@@ -136,12 +138,15 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     @app.agent(requests, name="synthesis", supervisor_strategy=CrashingSupervisor)
     async def synthesis_agent(stream: faust.StreamT[bytes]) -> None:
         manual = stream.noack()
+        in_order: InOrderAcks[Any] = InOrderAcks(lambda event: event.message.tp)
 
         async def ack(event: Any) -> None:
-            await manual.ack(event)
+            for released in in_order.done(event):
+                await manual.ack(released)
 
         async def source() -> AsyncIterator[tuple[Any, bytes | None]]:
             async for event in manual.events():
+                in_order.register(event)
                 yield event, event.value
 
         loop: SynthesisLoop[Any] = SynthesisLoop(synth, policy, publish=publish, dead_letter=dead_letter, ack=ack,

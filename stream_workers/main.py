@@ -80,7 +80,7 @@ class DrainingWorker(faust.Worker):
             log.info("SIGTERM: draining (grace %.1fs)", self._grace)
             try:
                 await asyncio.wait_for(hook(), self._grace * 0.7)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("drain did not finish in %.1fs; stopping anyway (unacknowledged requests are redelivered)",
                             self._grace * 0.7)
         self._schedule_shutdown(signal.SIGTERM)

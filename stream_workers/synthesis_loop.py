@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from stream_workers.batching import BatchPolicy, Batcher, padding_waste
+from stream_workers.batching import Batcher, BatchPolicy, padding_waste
 from stream_workers.metrics import SynthesisMetrics
 from stream_workers.synthesis import Job, Refused, Segment, Synthesizer, now_ms
 
@@ -141,7 +142,7 @@ class SynthesisLoop(Generic[H]):
             if finished:
                 if any(job.error is not None for job in finished.values()):
                     # a failed job's other segments need no engine time
-                    self._batcher.remove(lambda s: id(s.job) not in finished)
+                    self._batcher.remove(lambda s, done=finished: id(s.job) not in done)
                 self._spawn_finish(list(finished.values()))
             self._in_engine = False
 

@@ -8,8 +8,9 @@ import asyncio
 import io
 import time
 import wave
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 

@@ -1,6 +1,6 @@
 """A failing batch stays small: per-item retries, out-of-memory splits."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
