@@ -57,6 +57,8 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         key_serializer="raw",
         value_serializer="raw",
         producer_max_request_size=8 * 1_048_576,
+        # aiokafka's 16 KiB default fits one audio event a batch; every other sender then waits for a drain.
+        producer_max_batch_size=1_048_576,
     )
 
 

@@ -46,6 +46,7 @@ class SynthesisLoop(Generic[H]):
         metrics: SynthesisMetrics | None = None,
         intake_size: int = 512,
         admit_group: int = 256,
+        publishing: int = 8,
     ) -> None:
         self.synth = synth
         self.metrics = metrics or SynthesisMetrics()
@@ -56,6 +57,9 @@ class SynthesisLoop(Generic[H]):
         self._batcher: Batcher[Segment] = Batcher(policy)
         self._intake: asyncio.Queue[tuple[H, bytes | None]] = asyncio.Queue(intake_size)
         self._admit_group = admit_group
+        # Bounds result groups in flight: backpressure on the engine loop, and no herd of senders
+        # waking on every drained producer batch.
+        self._publish_slots = asyncio.Semaphore(publishing)
         self._stopping = False
         self._in_engine = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -101,7 +105,7 @@ class SynthesisLoop(Generic[H]):
                 await self._ack(handles[i])
                 self.metrics.skipped.inc()
             if admission.results:
-                self._spawn_publish([(handles[i], record) for i, record in admission.results])
+                await self._spawn_publish([(handles[i], record) for i, record in admission.results])
             for i, job in admission.jobs:
                 job.handle = handles[i]
                 for segment in job.segments():
@@ -112,7 +116,7 @@ class SynthesisLoop(Generic[H]):
         while not self._stopping:
             segments, waited = await self._batcher.next_batch()
             self._in_engine = True  # from here on a drain lets this batch finish (no await before the engine)
-            segments = self._drop_expired(segments)
+            segments = await self._drop_expired(segments)
             if not segments:
                 self._in_engine = False
                 continue
@@ -143,32 +147,40 @@ class SynthesisLoop(Generic[H]):
                 if any(job.error is not None for job in finished.values()):
                     # a failed job's other segments need no engine time
                     self._batcher.remove(lambda s, done=finished: id(s.job) not in done)
-                self._spawn_finish(list(finished.values()))
+                await self._spawn_finish(list(finished.values()))
             self._in_engine = False
 
-    def _drop_expired(self, segments: list[Segment]) -> list[Segment]:
+    async def _drop_expired(self, segments: list[Segment]) -> list[Segment]:
         now = now_ms()
         expired = {id(s.job): s.job for s in segments if s.job.past_deadline(now) and s.job.error is None}
         if not expired:
             return segments
         self._batcher.remove(lambda s: id(s.job) not in expired)
-        self._spawn_publish([(job.handle, self.synth.deadline_result(job.request)) for job in expired.values()])
+        await self._spawn_publish([(job.handle, self.synth.deadline_result(job.request)) for job in expired.values()])
         return [s for s in segments if id(s.job) not in expired]
 
-    def _spawn_finish(self, jobs: list[Job]) -> None:
+    async def _spawn_finish(self, jobs: list[Job]) -> None:
         async def finish_and_publish() -> None:
             records = [await self.synth.finish(job) for job in jobs]
             await self._publish_acked([(job.handle, record) for job, record in zip(jobs, records, strict=True)])
 
-        self._spawn(finish_and_publish())
+        await self._spawn(finish_and_publish)
 
-    def _spawn_publish(self, items: list[tuple[H, dict[str, Any]]]) -> None:
-        self._spawn(self._publish_acked(items))
+    async def _spawn_publish(self, items: list[tuple[H, dict[str, Any]]]) -> None:
+        await self._spawn(lambda: self._publish_acked(items))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    async def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
         assert self._group is not None
+        await self._publish_slots.acquire()
+
+        async def run() -> None:
+            try:
+                await work()
+            finally:
+                self._publish_slots.release()
+
         # Publishing runs beside the engine; a failure here still fails the whole loop (TaskGroup).
-        self._group.create_task(coro)  # type: ignore[arg-type]
+        self._group.create_task(run())
 
     async def _publish_acked(self, items: list[tuple[H, dict[str, Any]]]) -> None:
         await asyncio.gather(*(self._publish(record) for _, record in items))
