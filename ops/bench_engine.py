@@ -34,8 +34,12 @@ def build(name: str) -> list[tuple[str, SpeechEngine]]:
     if name == "piper":
         from stream_workers.engine.piper_engine import PiperEngine
 
-        return [("piper-2x1thread-sessions", PiperEngine.joe(threads=2, sessions=2)),
-                ("piper-1x2thread-session", PiperEngine.joe(threads=2, sessions=1))]
+        from stream_workers.engine.piper_engine import PiperBatchedEngine
+
+        batched = PiperBatchedEngine.joe(threads=2)
+        return [("piper-sessions-2x1thread", PiperEngine.joe(threads=2, sessions=2)),
+                ("piper-sequential-1x2thread", PiperEngine.joe(threads=2, sessions=1)),
+                (f"piper-padded-batch-{batched.providers[0]}", batched)]
     if name == "null":
         from stream_workers.engine.null_engine import NullEngine
 

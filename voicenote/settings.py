@@ -84,6 +84,7 @@ class EngineSettings(BaseModel):
     threads: int = Field(2, ge=1)
     s1mini_checkpoint_dir: Path | None = None
     s1mini_device: str = "cpu"
+    piper_batched: bool = Field(False, description="Piper as one padded run per batch (the GPU path, CUDA provider when present).")
     null_batch_seconds: float = Field(0.0, ge=0, description="null engine: simulated cost per batch (fault tests).")
     null_fail_marker: str | None = Field(None, description="null engine: items whose text contains this fail.")
 
