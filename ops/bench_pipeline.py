@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--low-rate", type=float, default=20.0, help="requests/s for the latency run")
     parser.add_argument("--low-jobs", type=int, default=200)
+    parser.add_argument("--fetch-wait-ms", type=int, default=KafkaSettings().fetch_max_wait_ms)
     parser.add_argument("--out", default="results/bench_pipeline.json")
     args = parser.parse_args()
 
@@ -98,7 +99,8 @@ def main() -> int:
     redis = RedisServer().start()
     tag = "b" + uuid.uuid4().hex[:8]
     settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=f"{tag}.", request_partitions=4, partitions=2),
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=f"{tag}.", request_partitions=4, partitions=2,
+                            fetch_max_wait_ms=args.fetch_wait_ms),
         redis=RedisSettings(url=redis.url, key_prefix=f"{tag}:"),
         storage=StorageSettings(local_dir=tmp / "audio"),
         worker={"group_id": tag},  # type: ignore[arg-type]
