@@ -15,28 +15,22 @@ class SynthesisMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.batch_size = Histogram("voicenote_synthesis_batch_size", "Items (segments) per engine batch.", buckets=_SIZES,
-            registry=r)
-        self.batch_fill_wait = Histogram("voicenote_synthesis_batch_fill_wait_seconds",
-                                         "First item's arrival to the batch closing.", buckets=_SECONDS, registry=r)
-        self.engine_seconds = Histogram("voicenote_synthesis_engine_seconds", "Engine wall time per batch.", buckets=_SECONDS,
-            registry=r)
-        self.padding_waste = Histogram("voicenote_synthesis_padding_waste_ratio", "Fraction of a padded batch that is padding (by characters).",
+        prefix = "voicenote_synthesis_"
+        self.batch_size = Histogram(prefix + "batch_size", "Items (segments) per engine batch.", buckets=_SIZES, registry=r)
+        self.batch_fill_wait = Histogram(prefix + "batch_fill_wait_seconds", "First item's arrival to the batch closing.",
+                                         buckets=_SECONDS, registry=r)
+        self.engine_seconds = Histogram(prefix + "engine_seconds", "Engine wall time per batch.", buckets=_SECONDS, registry=r)
+        self.padding_waste = Histogram(prefix + "padding_waste_ratio", "Padding share of a padded batch (by characters).",
                                        buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9), registry=r)
-        self.real_time_factor = Gauge("voicenote_synthesis_real_time_factor", "Engine seconds per second of audio, last batch.",
-            registry=r)
-        self.audio_seconds = Counter("voicenote_synthesis_audio_seconds", "Seconds of audio synthesized.", registry=r)
-        self.engine_busy = Counter("voicenote_synthesis_engine_busy_seconds", "Time the engine spent on batches.", registry=r)
-        self.engine_idle = Counter("voicenote_synthesis_engine_idle_seconds", "Time the engine waited between batches.",
-            registry=r)
-        self.engine_idle_fraction = Gauge("voicenote_synthesis_engine_idle_fraction", "idle / (idle + busy) since start.",
-            registry=r)
-        self.results = Counter("voicenote_synthesis_results", "Result events published, by status.", ["status"], registry=r)
-        self.dead_letters = Counter("voicenote_synthesis_dead_letters", "Request events dead-lettered.", registry=r)
-        self.skipped = Counter("voicenote_synthesis_skipped_redeliveries", "Redelivered requests whose job was already done.",
-            registry=r)
-        self.consumer_lag = Gauge("voicenote_synthesis_consumer_lag", "Request events not yet committed by this worker.",
-            registry=r)
+        self.real_time_factor = Gauge(prefix + "real_time_factor", "Engine seconds per second of audio, last batch.", registry=r)
+        self.audio_seconds = Counter(prefix + "audio_seconds", "Seconds of audio synthesized.", registry=r)
+        self.engine_busy = Counter(prefix + "engine_busy_seconds", "Time the engine spent on batches.", registry=r)
+        self.engine_idle = Counter(prefix + "engine_idle_seconds", "Time the engine waited between batches.", registry=r)
+        self.engine_idle_fraction = Gauge(prefix + "engine_idle_fraction", "idle / (idle + busy) since start.", registry=r)
+        self.results = Counter(prefix + "results", "Result events published, by status.", ["status"], registry=r)
+        self.dead_letters = Counter(prefix + "dead_letters", "Request events dead-lettered.", registry=r)
+        self.skipped = Counter(prefix + "skipped_redeliveries", "Redelivered requests whose job was already done.", registry=r)
+        self.consumer_lag = Gauge(prefix + "consumer_lag", "Request events not yet committed by this worker.", registry=r)
         self._busy = 0.0
         self._idle = 0.0
 

@@ -46,7 +46,7 @@ class Refused:
 class Segment:
     """One batch item: a bounded piece of one job's text."""
 
-    job: "Job"
+    job: Job
     index: int
     text: str
 
@@ -197,7 +197,9 @@ class Synthesizer:
                                                       error_message="; ".join(problems))))
             else:
                 decoded.append((i, record))
-        records = await self._jobs.get_many([r["job_id"] for _, r in decoded]) if self._jobs and decoded else [None] * len(decoded)
+        records: list[dict[str, str] | None] = [None] * len(decoded)
+        if self._jobs and decoded:
+            records = await self._jobs.get_many([r["job_id"] for _, r in decoded])
         now = now_ms()
         for (i, request), record in zip(decoded, records, strict=True):
             status = (record or {}).get("status")

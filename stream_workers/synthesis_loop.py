@@ -135,7 +135,8 @@ class SynthesisLoop(Generic[H]):
             engine_seconds = self._last_engine_end - started
             self.batches += 1
             audio_seconds = sum(len(r.audio) / r.sample_rate for r in results if r.ok and r.audio is not None and r.sample_rate)
-            self.metrics.batch(len(segments), waited, engine_seconds, audio_seconds, padding_waste([len(s.text) for s in segments]))
+            waste = padding_waste([len(s.text) for s in segments])
+            self.metrics.batch(len(segments), waited, engine_seconds, audio_seconds, waste)
             finished: dict[int, Job] = {}
             for segment in segments:
                 job = segment.job

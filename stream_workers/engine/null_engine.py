@@ -33,7 +33,8 @@ class NullEngine:
         results = []
         for item in inputs:
             if self._fail_marker and self._fail_marker in item.text:
-                results.append(SynthesisResult(item.job_id, self.sample_rate, error=EngineError("poisoned input", code="test_poison")))
+                error = EngineError("poisoned input", code="test_poison")
+                results.append(SynthesisResult(item.job_id, self.sample_rate, error=error))
             else:
                 results.append(SynthesisResult(item.job_id, self.sample_rate, audio=self._tone))
         return results

