@@ -32,9 +32,7 @@ SENTENCES = [
 
 def build(name: str) -> list[tuple[str, SpeechEngine]]:
     if name == "piper":
-        from stream_workers.engine.piper_engine import PiperEngine
-
-        from stream_workers.engine.piper_engine import PiperBatchedEngine
+        from stream_workers.engine.piper_engine import PiperBatchedEngine, PiperEngine
 
         batched = PiperBatchedEngine.joe(threads=2)
         return [("piper-sessions-2x1thread", PiperEngine.joe(threads=2, sessions=2)),
