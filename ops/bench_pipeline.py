@@ -57,6 +57,7 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.seen: dict[str, float] = {}
         self.created: dict[str, int] = {}
+        self.records: dict[str, dict[str, Any]] = {}
         self._halt = threading.Event()
         self._decode = decode
         self._consumer = Consumer({**settings.kafka.client_config(), "group.id": f"bench-{uuid.uuid4().hex[:8]}",
@@ -70,6 +71,7 @@ class Watcher(threading.Thread):
                     record = self._decode(msg.value())
                     self.seen.setdefault(record["job_id"], time.time())
                     self.created[record["job_id"]] = record["created_at"]
+                    self.records.setdefault(record["job_id"], {k: v for k, v in record.items() if k != "audio"})
 
     def stop(self) -> None:
         self._halt.set()
@@ -142,6 +144,11 @@ def main() -> int:
         completions.wait(low, 120)
         to_result = [1000 * results.seen[j] - results.created[j] for j in low]
         to_completion = [1000 * completions.seen[j] - completions.created[j] for j in low]
+        # Where the time goes: request created -> batch start (broker, fetch, admission, window) of
+        # which the window wait; batch start -> result seen (engine, publish, the watcher's fetch).
+        before_batch = [float(results.records[j]["queued_ms"]) for j in low]
+        window_wait = [float(results.records[j]["batch_wait_ms"]) for j in low]
+        after_batch = [r - q for r, q in zip(to_result, before_batch, strict=True)]
 
         # Backlog: as fast as one producer goes; throughput from first send to last completion.
         burst = [f"hot{i}" for i in range(args.jobs)]
@@ -175,7 +182,10 @@ def main() -> int:
         "low_load": {"rate_per_s": args.low_rate, "jobs": args.low_jobs,
                      "request_to_result_ms": {"p50": pct(to_result, 50), "p99": pct(to_result, 99)},
                      "request_to_completion_ms": {"p50": pct(to_completion, 50), "p99": pct(to_completion, 99)},
-                     "window_plus_50ms": settings.worker.window_seconds * 1000 + 50},
+                     "window_plus_50ms": settings.worker.window_seconds * 1000 + 50,
+                     "breakdown_ms": {"created_to_batch_start": {"p50": pct(before_batch, 50), "p99": pct(before_batch, 99)},
+                                      "of_which_window_wait": {"p50": pct(window_wait, 50), "p99": pct(window_wait, 99)},
+                                      "batch_start_to_result_seen": {"p50": pct(after_batch, 50), "p99": pct(after_batch, 99)}}},
         "backlog": {"jobs": args.jobs, "produce_seconds": round(produced - started, 3),
                     "synthesis_jobs_per_s": round(args.jobs / (last_result - started), 1),
                     "end_to_end_jobs_per_s": round(args.jobs / (last_completion - started), 1)},

@@ -58,6 +58,19 @@ def _completions(stack: Stack) -> list[dict]:
     return out
 
 
+def _check_metrics(stack: Stack) -> None:
+    """The worker exports its batch metrics on its web port."""
+    args = stack.procs["worker-synthesis"].args
+    port = args[args.index("--web-port") + 1]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["voicenote_synthesis_batch_size_count"] >= 1
+    assert values["voicenote_synthesis_batch_size_sum"] >= values["voicenote_synthesis_batch_size_count"]
+    assert values["voicenote_synthesis_engine_busy_seconds_total"] >= 1.0  # a second per batch
+    assert 0.0 <= values["voicenote_synthesis_engine_idle_fraction"] < 1.0
+    assert "voicenote_synthesis_consumer_lag" in values
+
+
 def _slow_stack(stack: Stack) -> None:
     # A zero-cost voice that takes a second per batch of up to four: there is always a batch in hand.
     stack.extra_env.update({"VOICENOTE_ENGINE__KIND": "null", "VOICENOTE_ENGINE__NULL_BATCH_SECONDS": "1.0",
@@ -72,6 +85,7 @@ def test_worker_stopped_mid_batch_then_restarted_ends_every_job_exactly_once(sta
     stack.start_api()
     ids = _submit(stack, JOBS)
     _wait_some_succeeded(stack, ids)
+    _check_metrics(stack)
 
     started = time.monotonic()
     code = stack.stop("worker-synthesis", sig, timeout=30)
