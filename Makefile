@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics bench-completion clean
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ topics: $(STAMP) ## print the topic catalog
 
 bench-completion: $(STAMP) ## benchmark result cache, storage and webhook delivery (writes results/)
 	$(BIN)/python -m ops.bench_completion
+
+bench-engine: $(STAMP) ## engine audio-seconds per second at batch 1, 2, 4, 8 -> results/bench_engine.json
+	$(BIN)/python -m ops.bench_engine
+
+bench-pipeline: $(STAMP) ## pipeline ceiling with the zero-cost engine -> results/bench_pipeline.json
+	$(BIN)/python -m ops.bench_pipeline
+
+bench-e2e: $(STAMP) ## real voice, HTTP to completion at several loads -> results/bench_e2e.json
+	$(BIN)/python -m ops.bench_e2e
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var

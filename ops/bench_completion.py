@@ -40,7 +40,15 @@ from stream_workers.synthesis import Synthesizer
 from voicenote.audio import to_wav
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, ensure_topics
-from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageBackend, StorageSettings, WebhookSettings
+from voicenote.settings import (
+    KafkaSettings,
+    RedisSettings,
+    Settings,
+    StorageBackend,
+    StorageSettings,
+    SynthesisSettings,
+    WebhookSettings,
+)
 from voicenote.storage.local import LocalAudioStore
 from voicenote.storage.s3 import S3AudioStore
 
@@ -79,13 +87,19 @@ async def bench_cache(redis_url: str, jobs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         storage = StorageSettings(local_dir=Path(tmp))
         store = LocalAudioStore(Path(tmp))
-        synth = Synthesizer(engine, codecs, store, storage, cache=cache)
+        synth = Synthesizer(engine, codecs, store, storage, SynthesisSettings(), cache=cache)
         storer = Storer(store, storage, public_base_url="http://api", cache=cache)
 
         async def one(job_id: str, text: str) -> tuple[float, bool]:
             started = time.perf_counter()
-            outcome = await synth.process([codecs.request.encode(_request(job_id, text))], 0, 0)
-            result = codecs.result.decode(codecs.result.encode(outcome.results[0]))
+            admission = await synth.admit([codecs.request.encode(_request(job_id, text))])
+            if admission.jobs:
+                [(_, job)] = admission.jobs
+                await asyncio.get_running_loop().run_in_executor(None, synth.run_batch, job.segments())
+                record = await synth.finish(job)
+            else:
+                [(_, record)] = admission.results
+            result = codecs.result.decode(codecs.result.encode(record))
             done = await storer.complete(result)
             assert done["status"] == "succeeded", done
             return time.perf_counter() - started, bool(done["cache_hit"])

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
-from typing import Any, AsyncIterator
+from typing import Any
 
 import faust
 from mode.supervisors import CrashingSupervisor
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from schemas.errors import DecodeError
+from stream_workers.acks import InOrderAcks
+from stream_workers.batching import BatchPolicy
 from stream_workers.completion import StatusProjector, Storer
 from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
-from stream_workers.synthesis import Synthesizer
+from stream_workers.metrics import SynthesisMetrics
+from stream_workers.result_cache import CACHE_REGISTRY
+from stream_workers.synthesis import Refused, Synthesizer
+from stream_workers.synthesis_loop import SynthesisLoop
 from voicenote.storage.local import LocalAudioStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,9 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
     s = ctx.settings
     return FetchWaitApp(
         f"{s.worker.group_id}-{role.value}",
+        # The synthesis loop leaves read-ahead requests unacknowledged on shutdown; stopping commits
+        # what is acknowledged instead of waiting for them.
+        stream_wait_empty=role is not Role.synthesis,
         broker=";".join(f"kafka://{h}" for h in s.kafka.bootstrap_servers.split(",")),
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
         broker_session_timeout=s.kafka.session_timeout_ms / 1000,
@@ -53,6 +61,8 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         key_serializer="raw",
         value_serializer="raw",
         producer_max_request_size=8 * 1_048_576,
+        # aiokafka's 16 KiB default fits one audio event a batch; every other sender then waits for a drain.
+        producer_max_batch_size=1_048_576,
     )
 
 
@@ -67,33 +77,9 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         record = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
         return await dlq.send(value=ctx.codecs.dead_letter.encode(record))
 
-    @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
-        # Prometheus scrape endpoint on Faust's web port (result-cache hit ratio and whatever else registers).
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
-
     if role is Role.synthesis:
         assert engine is not None
-        synth = Synthesizer(engine, ctx.codecs, ctx.store, ctx.settings.storage, ThreadPoolExecutor(1, "engine"),
-                            cache=ctx.cache)
-        audio = topic[cat.audio.name]
-        window = ctx.settings.worker.window_seconds
-        max_batch = ctx.settings.worker.max_batch
-
-        @app.agent(topic[cat.requests.name], name="synthesis", supervisor_strategy=CrashingSupervisor)
-        async def synthesis_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for events in stream.take_events(max_batch, within=window):
-                started_ms = int(time.time() * 1000)
-                first_ms = min(int((e.message.timestamp or time.time()) * 1000) for e in events)
-                outcome = await synth.process([e.value for e in events], started_ms, max(0, started_ms - first_ms))
-                pending = []
-                for refused in outcome.refused:
-                    pending.append(await send_dead_letter(events[refused.index], "synthesis", DecodeError(refused.reason, refused.message)))
-                for record in outcome.results:
-                    pending.append(await audio.send(key=record["job_id"].encode(), value=ctx.codecs.result.encode(record)))
-                # The batch is acknowledged (and later committed) only once every output is on the broker.
-                await asyncio.gather(*pending)
-                yield None
+        _wire_synthesis(app, ctx, engine, topic[cat.requests.name], topic[cat.audio.name], send_dead_letter)
 
     else:
         assert ctx.jobs is not None
@@ -146,3 +132,67 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 yield None
 
     return app
+
+
+def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine, requests: Any, audio: Any,
+                    send_dead_letter: Callable[[Any, str, DecodeError], Awaitable[Any]]) -> None:
+    """The synthesis agent: a :class:`SynthesisLoop` over the request topic, plus its metrics and drain hook."""
+    s = ctx.settings
+    synth = Synthesizer(engine, ctx.codecs, ctx.store, s.storage, s.synthesis, ctx.jobs, cache=ctx.cache)
+    metrics = SynthesisMetrics()
+    policy = BatchPolicy(s.worker.max_batch, s.worker.window_seconds)
+    executor = ThreadPoolExecutor(1, "engine")
+    running: list[SynthesisLoop[Any]] = []
+    finished = asyncio.Event()
+
+    async def publish(record: dict[str, Any]) -> None:
+        await (await audio.send(key=record["job_id"].encode(), value=ctx.codecs.result.encode(record)))
+
+    async def dead_letter(event: Any, refused: Refused) -> None:
+        await (await send_dead_letter(event, "synthesis", DecodeError(refused.reason, refused.message)))
+
+    @app.agent(requests, name="synthesis", supervisor_strategy=CrashingSupervisor)
+    async def synthesis_agent(stream: faust.StreamT[bytes]) -> None:
+        manual = stream.noack()
+        in_order: InOrderAcks[Any] = InOrderAcks(lambda event: event.message.tp)
+
+        async def ack(event: Any) -> None:
+            for released in in_order.done(event):
+                await manual.ack(released)
+
+        async def source() -> AsyncIterator[tuple[Any, bytes | None]]:
+            async for event in manual.events():
+                in_order.register(event)
+                yield event, event.value
+
+        loop: SynthesisLoop[Any] = SynthesisLoop(synth, policy, publish=publish, dead_letter=dead_letter, ack=ack,
+                                                 executor=executor, metrics=metrics, intake_size=s.synthesis.intake_size)
+        running.append(loop)
+        try:
+            await loop.run(source())
+        finally:
+            finished.set()
+        await asyncio.Event().wait()  # drained: idle until the worker stops the agent
+
+    async def drain() -> None:
+        for loop in running:
+            await loop.drain()
+        if running:
+            await finished.wait()
+        await app.consumer.commit()
+        log.info("synthesis drained: batch in hand published and committed")
+
+    app.drain_hook = drain
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render() + generate_latest(CACHE_REGISTRY), content_type="text/plain; version=0.0.4")
+
+    @app.timer(s.synthesis.lag_interval_seconds)
+    async def sample_lag() -> None:
+        consumer = app.consumer
+        lag = 0
+        for tp in consumer.assignment():
+            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
+            lag += max(0, consumer.highwater(tp) - (committed or 0))
+        metrics.consumer_lag.set(lag)

@@ -42,6 +42,9 @@ class Storer:
     async def complete(self, result: dict[str, Any]) -> dict[str, Any]:
         base = {name: result.get(name) for name in _CARRIED}
         base["cache_hit"] = bool(result.get("cache_hit"))
+        if result["status"] == "cancelled":
+            return {**base, "status": "cancelled", "completed_at": _now_ms(), "error_code": result.get("error_code") or "cancelled",
+                    "error_message": result.get("error_message") or "the job was cancelled"}
         if result["status"] != "succeeded":
             return _failed(base, result.get("error_code") or "engine_error", result.get("error_message") or "synthesis failed")
         fmt = result.get("format") or "wav"

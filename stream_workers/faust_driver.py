@@ -9,7 +9,7 @@ aiokafka: the consumer thread builds the aiokafka consumer as usual, then takes 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiokafka
 import faust
@@ -41,6 +41,8 @@ class FetchWaitApp(faust.App):
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int = 50, **kwargs: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        # Set by a role that must finish work in hand before the worker stops (see main.run_worker).
+        self.drain_hook: Callable[[], Awaitable[None]] | None = None
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> TransportT:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
+from typing import Any
 
 import faust
 
@@ -34,7 +38,7 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
         codecs=Codecs(registry),
         catalog=catalog,
         store=build_store(settings.storage),
-        jobs=JobStore.from_settings(settings.redis) if role is Role.completion else None,
+        jobs=JobStore.from_settings(settings.redis),  # completion: the projection; synthesis: cancel/redelivery checks
         cache=ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds)
         if settings.cache.enabled else None,
     )
@@ -51,5 +55,44 @@ def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
     if engine is not None:
         log.info("engine %s %s loaded (%d Hz)", engine.name, engine.model_version, engine.sample_rate)
     app = build_app(ctx, role, engine)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = DrainingWorker(app, grace_seconds=settings.synthesis.shutdown_grace_seconds, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
+
+
+class DrainingWorker(faust.Worker):
+    """On SIGTERM, first lets the app finish its work in hand (its ``drain_hook``), then stops as usual.
+
+    The whole shutdown is bounded by ``grace_seconds``: past it the process exits hard, leaving what
+    was not committed to be redelivered (spot interruptions give a fixed notice; losing the pod is
+    worse than redoing a batch).
+    """
+
+    def __init__(self, app: faust.App, *, grace_seconds: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._grace = grace_seconds
+        self._draining = False
+
+    def _on_sigterm(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        watchdog = threading.Timer(self._grace, self._exit_hard)
+        watchdog.daemon = True
+        watchdog.start()
+        asyncio.ensure_future(self._drain_then_stop(), loop=self.loop)
+
+    async def _drain_then_stop(self) -> None:
+        hook = getattr(self.app, "drain_hook", None)
+        if hook is not None:
+            log.info("SIGTERM: draining (grace %.1fs)", self._grace)
+            try:
+                await asyncio.wait_for(hook(), self._grace * 0.7)
+            except TimeoutError:
+                log.warning("drain did not finish in %.1fs; stopping anyway (unacknowledged requests are redelivered)",
+                            self._grace * 0.7)
+        self._schedule_shutdown(signal.SIGTERM)
+
+    @staticmethod
+    def _exit_hard() -> None:
+        log.error("shutdown exceeded its grace period; exiting now")
+        os._exit(1)

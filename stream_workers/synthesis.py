@@ -1,29 +1,37 @@
-"""The synthesis step: a batch of request events in, one result event per request out.
+"""The synthesis step: request events in, one result event per request out.
 
-Only reads requests and writes results: the engine never waits on S3 uploads of finished audio or on
-webhooks. Audio too large to ride in an event is parked in storage (claim check).
+decode -> validate -> filter (job records: already done, cancelled, past deadline) -> segment ->
+engine (micro-batches of segments, see synthesis_loop.py) -> join -> result. Only reads requests and
+writes results: the engine never waits on S3 uploads of finished audio or on webhooks. Audio too large
+to ride in an event is parked in storage (claim check).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
+from schemas.status import JobStatus
 from schemas.validation import request_problems
-from stream_workers.engine.base import SpeechEngine, SynthesisInput, SynthesisResult
+from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.result_cache import ResultCache, cache_key
+from stream_workers.segmentation import join_audio, split_text
 from voicenote.audio import to_wav
-from voicenote.settings import StorageSettings
+from voicenote.jobstore import JobStore
+from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage import AudioStore
 from voicenote.storage.base import claim_key
 
 log = logging.getLogger(__name__)
+
+SYNTHESIZED_FIELD = "synthesized_at"  # set on a job record once its result is on the audio topic
 
 
 @dataclass
@@ -35,28 +43,76 @@ class Refused:
     message: str
 
 
+@dataclass(eq=False)
+class Segment:
+    """One batch item: a bounded piece of one job's text."""
+
+    job: Job
+    index: int
+    text: str
+
+    def to_input(self) -> SynthesisInput:
+        r = self.job.request
+        return SynthesisInput(
+            job_id=f"{r['job_id']}#{self.index}",
+            text=self.text,
+            voice=r["voice"],
+            speed=r["speed"],
+            temperature=r["temperature"],
+            top_p=r["top_p"],
+            repetition_penalty=r["repetition_penalty"],
+            seed=r["seed"],
+            instructions=r["instructions"],
+        )
+
+
+@dataclass(eq=False)  # identity: two jobs are never "equal", and comparing audio arrays is costly
+class Job:
+    """An accepted request on its way through the engine, one segment at a time."""
+
+    request: dict[str, Any]
+    texts: list[str]
+    handle: Any = None  # the source event, acknowledged once the result is published
+    admitted_ms: int = 0
+    audio: list[np.ndarray | None] = field(default_factory=list)
+    sample_rate: int = 0
+    error: EngineError | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_wait_ms: int = 0
+    engine_ms: int = 0
+    started_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self.audio = [None] * len(self.texts)
+
+    @property
+    def job_id(self) -> str:
+        return str(self.request["job_id"])
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or all(a is not None for a in self.audio)
+
+    def segments(self) -> list[Segment]:
+        return [Segment(self, i, t) for i, t in enumerate(self.texts)]
+
+    def past_deadline(self, now_ms: int) -> bool:
+        deadline = self.request.get("deadline_at")
+        return deadline is not None and now_ms > deadline
+
+
 @dataclass
-class BatchOutcome:
-    results: list[dict[str, Any]]  # SynthesisResult records, in input order of the accepted requests
-    refused: list[Refused]
+class Admission:
+    """What :meth:`Synthesizer.admit` made of a group of raw request values (by index)."""
+
+    refused: list[Refused] = field(default_factory=list)
+    results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # ends without the engine
+    skipped: list[int] = field(default_factory=list)  # finished before (a redelivery): no new result
+    jobs: list[tuple[int, Job]] = field(default_factory=list)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def to_input(record: dict[str, Any]) -> SynthesisInput:
-    return SynthesisInput(
-        job_id=record["job_id"],
-        text=record["text"],
-        voice=record["voice"],
-        speed=record["speed"],
-        temperature=record["temperature"],
-        top_p=record["top_p"],
-        repetition_penalty=record["repetition_penalty"],
-        seed=record["seed"],
-        instructions=record["instructions"],
-    )
 
 
 def result_record(request: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -73,8 +129,40 @@ def result_record(request: dict[str, Any], **fields: Any) -> dict[str, Any]:
     }
 
 
+def synthesize_resilient(engine: SpeechEngine, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
+    """``engine.synthesize_batch`` with failures kept small. Blocking; run it off the event loop.
+
+    An out-of-memory batch is split in halves and each retried; a batch that raises is retried item by
+    item; an item that failed next to others is retried alone. Only what still fails alone is a failure.
+    """
+    if not inputs:
+        return []
+    try:
+        results = engine.synthesize_batch(inputs)
+        if len(results) != len(inputs):
+            raise EngineError(f"engine returned {len(results)} results for {len(inputs)} inputs")
+    except EngineOutOfMemory as exc:
+        if len(inputs) == 1:
+            return [SynthesisResult(inputs[0].job_id, engine.sample_rate, error=exc)]
+        mid = len(inputs) // 2
+        log.warning("engine out of memory at batch %d; splitting into %d + %d", len(inputs), mid, len(inputs) - mid)
+        return synthesize_resilient(engine, inputs[:mid]) + synthesize_resilient(engine, inputs[mid:])
+    except Exception as exc:  # noqa: BLE001 - translated into per-item failures below, never dropped
+        if len(inputs) == 1:
+            log.warning("engine failed on %s: %s: %s", inputs[0].job_id, type(exc).__name__, exc)
+            error = exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}")
+            return [SynthesisResult(inputs[0].job_id, engine.sample_rate, error=error)]
+        log.warning("engine failed on a batch of %d (%s: %s); retrying item by item", len(inputs), type(exc).__name__, exc)
+        return [synthesize_resilient(engine, [item])[0] for item in inputs]
+    if len(inputs) > 1:
+        for i, result in enumerate(results):
+            if not result.ok:
+                results[i] = synthesize_resilient(engine, [inputs[i]])[0]
+    return results
+
+
 class Synthesizer:
-    """Turns batches of raw request values into result records."""
+    """The steps of synthesis that are not about concurrency: admit requests, run a batch, finish a job."""
 
     def __init__(
         self,
@@ -82,7 +170,8 @@ class Synthesizer:
         codecs: Codecs,
         store: AudioStore,
         storage: StorageSettings,
-        executor: Executor | None = None,
+        settings: SynthesisSettings,
+        jobs: JobStore | None = None,
         cache: ResultCache | None = None,
     ) -> None:
         self.engine = engine
@@ -90,83 +179,100 @@ class Synthesizer:
         self._codecs = codecs
         self._store = store
         self._storage = storage
-        self._executor = executor
+        self._settings = settings
+        self._jobs = jobs
 
-    async def process(self, values: Sequence[bytes | None], batch_started_ms: int, batch_wait_ms: int) -> BatchOutcome:
-        refused: list[Refused] = []
-        requests: list[dict[str, Any]] = []
-        results: list[dict[str, Any]] = []
+    async def admit(self, values: Sequence[bytes | None]) -> Admission:
+        """decode -> validate -> filter, with one pipelined job-record read for the whole group."""
+        out = Admission()
+        decoded: list[tuple[int, dict[str, Any]]] = []
         for i, value in enumerate(values):
             try:
                 record = self._codecs.request.decode(value)
             except DecodeError as exc:
-                refused.append(Refused(i, exc.reason, str(exc)))
+                out.refused.append(Refused(i, exc.reason, str(exc)))
                 continue
             problems = request_problems(record)
             if problems and "job_id" in problems[0]:
-                refused.append(Refused(i, "invalid_request", "; ".join(problems)))
+                out.refused.append(Refused(i, "invalid_request", "; ".join(problems)))
             elif problems:
-                results.append(result_record(record, status="failed", error_code="invalid_request", error_message="; ".join(problems)))
+                out.results.append((i, result_record(record, status="failed", error_code="invalid_request",
+                                                      error_message="; ".join(problems))))
             else:
-                requests.append(record)
+                decoded.append((i, record))
+        records: list[dict[str, str] | None] = [None] * len(decoded)
+        if self._jobs and decoded:
+            records = await self._jobs.get_many([r["job_id"] for _, r in decoded])
+        now = now_ms()
+        for (i, request), record in zip(decoded, records, strict=True):
+            status = (record or {}).get("status")
+            if record and (record.get(SYNTHESIZED_FIELD) or status in (JobStatus.succeeded.value, JobStatus.failed.value)):
+                out.skipped.append(i)
+            elif status == JobStatus.cancelled.value:
+                out.results.append((i, result_record(request, status="cancelled", error_code="cancelled",
+                                                      error_message="the job was cancelled before synthesis")))
+            elif request.get("deadline_at") is not None and now > request["deadline_at"]:
+                out.results.append((i, self.deadline_result(request)))
+            elif (hit := await self._from_cache(request)) is not None:
+                out.results.append((i, hit))
+            else:
+                texts = split_text(request["text"], self._settings.max_segment_chars)
+                out.jobs.append((i, Job(request, texts, admitted_ms=now)))
+        return out
 
+    def deadline_result(self, request: dict[str, Any]) -> dict[str, Any]:
+        return result_record(request, status="failed", error_code="deadline_exceeded",
+                             error_message=f"the job's deadline {request['deadline_at']} passed before synthesis")
+
+    def run_batch(self, segments: Sequence[Segment]) -> list[SynthesisResult]:
+        """Synthesize one batch of segments (blocking) and record each outcome on its job."""
+        results = synthesize_resilient(self.engine, [s.to_input() for s in segments])
+        for segment, result in zip(segments, results, strict=True):
+            job = segment.job
+            job.sample_rate = result.sample_rate
+            if result.ok:
+                job.audio[segment.index] = result.audio
+            elif job.error is None:
+                job.error = result.error
+        return results
+
+    async def finish(self, job: Job) -> dict[str, Any]:
+        """The result record of a job whose segments are all done (or one of which failed)."""
+        request = job.request
+        common = {
+            "engine": self.engine.name,
+            "model_version": self.engine.model_version,
+            "batch_size": max(job.batch_sizes, default=0),
+            "queued_ms": max(0, job.started_ms - request["created_at"]),
+            "batch_wait_ms": job.batch_wait_ms,
+            "engine_ms": job.engine_ms,
+        }
         if self._cache is not None:
-            requests = await self._answer_from_cache(requests, results)
+            common["cache_key"] = cache_key(request, self.engine.name, self.engine.model_version)
+        if job.error is not None:
+            return result_record(request, status="failed", error_code=job.error.code, error_message=str(job.error), **common)
+        audio = join_audio([a for a in job.audio if a is not None], job.sample_rate)
+        wav = to_wav(audio, job.sample_rate)
+        audio_fields: dict[str, Any] = {"audio": wav}
+        if len(wav) > self._storage.claim_check_bytes:
+            stored = await self._store.put(claim_key(self._storage.key_prefix, job.job_id), wav, "audio/wav")
+            audio_fields = {"audio_ref": stored.key}
+        return result_record(request, status="succeeded", sample_rate=job.sample_rate,
+                             duration_ms=int(1000 * len(audio) / job.sample_rate), **audio_fields, **common)
 
-        if requests:
-            inputs = [to_input(r) for r in requests]
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            engine_results: list[SynthesisResult] = await loop.run_in_executor(self._executor, self.engine.synthesize_batch, inputs)
-            engine_ms = int((time.perf_counter() - started) * 1000)
-            for request, outcome in zip(requests, engine_results, strict=True):
-                common = {
-                    "engine": self.engine.name,
-                    "model_version": self.engine.model_version,
-                    "batch_size": len(requests),
-                    "queued_ms": max(0, batch_started_ms - request["created_at"]),
-                    "batch_wait_ms": batch_wait_ms,
-                    "engine_ms": engine_ms,
-                }
-                if self._cache is not None:
-                    common["cache_key"] = cache_key(request, self.engine.name, self.engine.model_version)
-                if not outcome.ok:
-                    assert outcome.error is not None
-                    results.append(
-                        result_record(request, status="failed", error_code=outcome.error.code, error_message=str(outcome.error), **common)
-                    )
-                    continue
-                assert outcome.audio is not None
-                wav = to_wav(outcome.audio, outcome.sample_rate)
-                audio_fields: dict[str, Any] = {"audio": wav}
-                if len(wav) > self._storage.claim_check_bytes:
-                    stored = await self._store.put(claim_key(self._storage.key_prefix, request["job_id"]), wav, "audio/wav")
-                    audio_fields = {"audio_ref": stored.key}
-                results.append(
-                    result_record(
-                        request,
-                        status="succeeded",
-                        sample_rate=outcome.sample_rate,
-                        duration_ms=int(1000 * len(outcome.audio) / outcome.sample_rate),
-                        **audio_fields,
-                        **common,
-                    )
-                )
-        return BatchOutcome(results=results, refused=refused)
+    async def _from_cache(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """A result pointing at the stored audio of an identical earlier request, or None (engine needed)."""
+        if self._cache is None or not request.get("use_cache", True):
+            return None
+        key = cache_key(request, self.engine.name, self.engine.model_version)
+        hit = await self._cache.lookup(key)
+        if hit is None:
+            return None
+        return result_record(request, status="succeeded", audio_ref=hit.audio_key, cache_hit=True, cache_key=key,
+                             sample_rate=hit.sample_rate, duration_ms=hit.duration_ms, engine=self.engine.name,
+                             model_version=self.engine.model_version, batch_size=0)
 
-    async def _answer_from_cache(self, requests: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Append a result for every cache hit to ``results``; return the requests the engine must still do."""
-        assert self._cache is not None
-        misses = []
-        for request in requests:
-            key = cache_key(request, self.engine.name, self.engine.model_version)
-            hit = await self._cache.lookup(key) if request.get("use_cache", True) else None
-            if hit is None:
-                misses.append(request)
-                continue
-            results.append(result_record(
-                request, status="succeeded", audio_ref=hit.audio_key, cache_hit=True, cache_key=key,
-                sample_rate=hit.sample_rate, duration_ms=hit.duration_ms, engine=self.engine.name,
-                model_version=self.engine.model_version, batch_size=0,
-            ))
-        return misses
+    async def mark_synthesized(self, job_ids: Sequence[str]) -> None:
+        """Note on the job records that these results are published, so a redelivery is not redone."""
+        if self._jobs and job_ids:
+            await self._jobs.transition_many(job_ids, JobStatus.running, {SYNTHESIZED_FIELD: now_ms()})

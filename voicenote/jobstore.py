@@ -93,6 +93,32 @@ class JobStore:
             raise JobStoreError(f"cannot read job {job_id}: {exc}") from exc
         return dict(record) if record else None
 
+    async def get_many(self, job_ids: list[str]) -> list[dict[str, str] | None]:
+        """The records of ``job_ids`` (None where absent), in one pipelined round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hgetall(self.job_key(job_id))
+                records = await pipe.execute()
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read {len(job_ids)} jobs: {exc}") from exc
+        return [dict(r) if r else None for r in records]
+
+    async def transition_many(self, job_ids: list[str] | tuple[str, ...], status: JobStatus, fields: Mapping[str, Any]) -> None:
+        """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
+        extra: list[Any] = []
+        for name, value in fields.items():
+            if value is not None:
+                extra += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
+        args = [status.rank, self._ttl, "1" if status.terminal else "0", "status", status.value, *extra]
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    await self._transition(keys=[self.job_key(job_id), self.done_channel(job_id)], args=args, client=pipe)
+                await pipe.execute()
+        except RedisError as exc:
+            raise JobStoreError(f"cannot record {status.value} for {len(job_ids)} jobs: {exc}") from exc
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

@@ -93,6 +93,9 @@ class EngineSettings(BaseModel):
     s1mini_max_new_tokens: int = Field(1024, ge=1, description="Per item; about 47 s of audio.")
     s1mini_compile: bool = Field(False, description="torch.compile the per-step decode functions.")
     s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
+    piper_batched: bool = Field(False, description="Piper as one padded run per batch (the GPU path, CUDA provider when present).")
+    null_batch_seconds: float = Field(0.0, ge=0, description="null engine: simulated cost per batch (fault tests).")
+    null_fail_marker: str | None = Field(None, description="null engine: items whose text contains this fail.")
 
 
 class WorkerSettings(BaseModel):
@@ -104,13 +107,22 @@ class WorkerSettings(BaseModel):
 
 
 class ApiKey(BaseModel):
-    """One API key, stored as the SHA-256 of the token (``voicenote keys new`` prints both)."""
+    """One API key, stored as the SHA-256 of the token (``producer_api.auth.new_token()`` makes a pair)."""
 
     name: str = Field(..., min_length=1, max_length=64)
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
     scopes: list[str] = Field(default_factory=lambda: ["speech", "jobs"], description="speech: submit; jobs: read and cancel.")
     rate_per_second: float | None = Field(None, gt=0, description="Overrides api.rate_per_second for this key.")
     burst: int | None = Field(None, ge=1)
+
+
+class SynthesisSettings(BaseModel):
+    """The synthesis role (batch size and window are ``worker.max_batch`` / ``worker.window_seconds``)."""
+
+    max_segment_chars: int = Field(300, ge=20, description="Long inputs are cut at sentence boundaries into segments this long.")
+    intake_size: int = Field(512, ge=1, description="Requests read ahead of the engine (admitted, waiting for a batch).")
+    shutdown_grace_seconds: float = Field(20.0, gt=0, description="SIGTERM: finish the batch, publish, commit, exit within this.")
+    lag_interval_seconds: float = Field(5.0, gt=0, description="How often consumer lag is sampled for the metrics.")
 
 
 class ApiSettings(BaseModel):
@@ -155,6 +167,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     engine: EngineSettings = EngineSettings()
     worker: WorkerSettings = WorkerSettings()
+    synthesis: SynthesisSettings = SynthesisSettings()
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
     cache: CacheSettings = CacheSettings()

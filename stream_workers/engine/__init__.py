@@ -9,13 +9,15 @@ from voicenote.settings import EngineKind, EngineSettings
 def build_engine(settings: EngineSettings) -> SpeechEngine:
     """The engine the settings name, loaded and ready."""
     if settings.kind is EngineKind.piper:
-        from stream_workers.engine.piper_engine import PiperEngine
+        from stream_workers.engine.piper_engine import PiperBatchedEngine, PiperEngine
 
+        if settings.piper_batched:
+            return PiperBatchedEngine.joe(threads=settings.threads)
         return PiperEngine.joe(threads=settings.threads)
     if settings.kind is EngineKind.null:
         from stream_workers.engine.null_engine import NullEngine
 
-        return NullEngine()
+        return NullEngine(batch_seconds=settings.null_batch_seconds, fail_marker=settings.null_fail_marker)
     from stream_workers.engine.s1mini import S1MiniEngine, S1MiniSettings
 
     if settings.s1mini_checkpoint_dir is None:

@@ -14,10 +14,20 @@ from stream_workers.engine.base import SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
 from stream_workers.result_cache import ResultCache, cache_key
 from stream_workers.synthesis import Synthesizer
-from voicenote.settings import Settings
+from voicenote.settings import Settings, SynthesisSettings
 from voicenote.storage.local import LocalAudioStore
 
 pytestmark = pytest.mark.integration
+
+
+async def _process(synth: Synthesizer, values: list[bytes]) -> list[dict]:
+    """Admission, then the engine for what the cache did not answer (as the synthesis loop does)."""
+    admission = await synth.admit(values)
+    results = [result for _, result in admission.results]
+    for _, job in admission.jobs:
+        synth.run_batch(job.segments())
+        results.append(await synth.finish(job))
+    return results
 
 
 class CountingEngine(NullEngine):
@@ -28,7 +38,7 @@ class CountingEngine(NullEngine):
         self.calls: list[str] = []
 
     def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
-        self.calls += [i.job_id for i in inputs]
+        self.calls += [i.job_id.split("#")[0] for i in inputs]  # segments are "<job_id>#<n>"
         return super().synthesize_batch(inputs)
 
 
@@ -52,18 +62,18 @@ async def test_identical_request_reuses_stored_audio_without_the_engine(settings
     codecs = Codecs()
     engine = CountingEngine()
     store = LocalAudioStore(settings.storage.local_dir)
-    synth = Synthesizer(engine, codecs, store, settings.storage, cache=cache)
+    synth = Synthesizer(engine, codecs, store, settings.storage, SynthesisSettings(), cache=cache)
     storer = Storer(store, settings.storage, public_base_url="http://api", cache=cache)
 
-    first = await synth.process([codecs.request.encode(_request("job_cachefirst"))], 0, 0)
+    first = await _process(synth, [codecs.request.encode(_request("job_cachefirst"))])
     assert engine.calls == ["job_cachefirst"]
-    assert first.results[0]["cache_key"]
-    first_done = await storer.complete(codecs.result.decode(codecs.result.encode(first.results[0])))
+    assert first[0]["cache_key"]
+    first_done = await storer.complete(codecs.result.decode(codecs.result.encode(first[0])))
     assert first_done["cache_hit"] is False
 
-    second = await synth.process([codecs.request.encode(_request("job_cachesecond"))], 0, 0)
+    second = await _process(synth, [codecs.request.encode(_request("job_cachesecond"))])
     assert engine.calls == ["job_cachefirst"], "a cache hit must not call the engine"
-    hit = codecs.result.decode(codecs.result.encode(second.results[0]))
+    hit = codecs.result.decode(codecs.result.encode(second[0]))
     assert hit["cache_hit"] is True
     assert hit["audio_ref"] == first_done["audio_key"]
     second_done = await storer.complete(hit)
@@ -74,10 +84,10 @@ async def test_identical_request_reuses_stored_audio_without_the_engine(settings
     assert cache.hits == 1 and cache.misses == 1 and cache.hit_ratio == 0.5
 
     # Opt-out, and a different text: both go to the engine.
-    third = await synth.process([codecs.request.encode(_request("job_cacheoptout", use_cache=False)),
-                                 codecs.request.encode(_request("job_cacheother", text="Other words."))], 0, 0)
+    third = await _process(synth, [codecs.request.encode(_request("job_cacheoptout", use_cache=False)),
+                                   codecs.request.encode(_request("job_cacheother", text="Other words."))])
     assert engine.calls == ["job_cachefirst", "job_cacheoptout", "job_cacheother"]
-    assert [r.get("cache_hit", False) for r in third.results] == [False, False]
+    assert [r.get("cache_hit", False) for r in third] == [False, False]
 
 
 def test_cache_key_covers_what_changes_the_audio() -> None:

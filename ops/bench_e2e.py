@@ -1,0 +1,154 @@
+"""Real voice end to end: HTTP in, completion event out, at several offered loads.
+
+Starts the embedded broker (Tansu), Redis, the API and both workers with the Piper voice, offers
+open-loop load on ``POST /v1/audio/speech/async`` at each rate, and measures achieved throughput,
+latency from the POST to the completion event (p50/p90/p99), and the synthesis worker's mean batch
+size (from its /metrics). Writes results/bench_e2e.json with the machine.
+
+    python -m ops.bench_e2e [--rates 1,3,6,12] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ops.bench_pipeline import REPO, Watcher, machine, pct
+from ops.services import RedisServer, TansuBroker, free_port
+from schemas.codec import Codecs
+from schemas.topics import build_catalog
+from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
+
+NOTES = [
+    "Your order has shipped and will arrive on Thursday.",
+    "Please call the front desk when you get a moment.",
+    "The meeting moved to three o'clock in room twelve.",
+    "Remember to pick up milk and bread on the way home.",
+]
+
+
+def batch_totals(metrics_url: str) -> tuple[float, float]:
+    """(sum, count) of the synthesis worker's batch-size histogram."""
+    total = count = 0.0
+    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
+        if line.startswith("voicenote_synthesis_batch_size_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("voicenote_synthesis_batch_size_count"):
+            count = float(line.split()[-1])
+    return total, count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", default="1,3,6,12", help="offered requests/s, one run each")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    parser.add_argument("--out", default="results/bench_e2e.json")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="vn-e2e-"))
+    broker = TansuBroker(log_path=tmp / "tansu.log").start()
+    redis = RedisServer().start()
+    tag = "e" + uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=f"{tag}.", request_partitions=4, partitions=2),
+        redis=RedisSettings(url=redis.url, key_prefix=f"{tag}:"),
+        storage=StorageSettings(local_dir=tmp / "audio"),
+        worker={"group_id": tag},  # type: ignore[arg-type]
+    )
+    api_port, synth_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
+    env.update(to_env(settings))
+    env.update({"PYTHONPATH": str(REPO), "VOICENOTE_API__PORT": str(api_port),
+                "VOICENOTE_API__PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}"})
+    procs = []
+    for name, cmd in (("synthesis", ["worker", "synthesis", "--web-port", str(synth_port)]),
+                      ("completion", ["worker", "completion", "--web-port", str(free_port())]), ("api", ["api"])):
+        log = open(tmp / f"{name}.log", "ab")
+        procs.append(subprocess.Popen([sys.executable, "-m", "ops.cli", *cmd], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    base = f"http://127.0.0.1:{api_port}"
+    catalog = build_catalog(prefix=f"{tag}.", request_partitions=4, partitions=2)
+    completions = Watcher(settings, catalog.completions.name, Codecs().completion.decode)
+    completions.start()
+    runs: list[dict[str, Any]] = []
+    client = httpx.Client(timeout=30)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"API not ready; see {tmp}")
+            time.sleep(0.5)
+        warm = client.post(f"{base}/v1/audio/speech/async", json={"input": "Warming up."}).json()["job_id"]
+        completions.wait([warm], 120)
+
+        for rate in (float(r) for r in args.rates.split(",")):
+            posted: dict[str, float] = {}
+            lock = threading.Lock()
+            before = batch_totals(f"http://127.0.0.1:{synth_port}/metrics")
+
+            def post(i: int) -> None:
+                t0 = time.time()
+                resp = httpx.post(f"{base}/v1/audio/speech/async", json={"input": NOTES[i % len(NOTES)]}, timeout=30)
+                resp.raise_for_status()
+                with lock:
+                    posted[resp.json()["job_id"]] = t0
+
+            threads = []
+            started = time.time()
+            n = int(rate * args.seconds)
+            for i in range(n):  # open loop: requests go out on schedule whatever the service does
+                delay = started + i / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                t = threading.Thread(target=post, args=(i,))
+                t.start()
+                threads.append(t)
+            for t in threads:
+                t.join()
+            ids = list(posted)
+            completions.wait(ids, 900)
+            after = batch_totals(f"http://127.0.0.1:{synth_port}/metrics")
+            latencies = [1000 * (completions.seen[j] - posted[j]) for j in ids]
+            last = max(completions.seen[j] for j in ids)
+            batches = after[1] - before[1]
+            runs.append({"offered_per_s": rate, "jobs": len(ids), "achieved_per_s": round(len(ids) / (last - started), 2),
+                         "latency_ms": {"p50": round(pct(latencies, 50)), "p90": round(pct(latencies, 90)), "p99": round(pct(latencies, 99))},
+                         "mean_batch_size": round((after[0] - before[0]) / batches, 2) if batches else None})
+            print(json.dumps(runs[-1]))
+    finally:
+        completions.stop()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        redis.stop()
+        broker.stop()
+    figures = {"benchmark": "real voice (Piper joe, CPU sessions) end to end, HTTP POST to completion event",
+               "machine": machine(), "settings": {"max_batch": settings.worker.max_batch, "window_ms": settings.worker.window_seconds * 1000,
+                                                  "engine_threads": settings.engine.threads},
+               "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The synthesis loop against real Redis: poisoned items, cancelled, expired and redelivered jobs,
+and a drain that finishes the batch in hand. Publishing is captured in-process here; the worker
+tests in tests/e2e run the same loop against the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import wave
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from schemas.codec import Codecs
+from schemas.status import JobStatus
+from stream_workers.batching import BatchPolicy
+from stream_workers.engine.base import SynthesisInput, SynthesisResult
+from stream_workers.engine.null_engine import NullEngine
+from stream_workers.synthesis import SYNTHESIZED_FIELD, Refused, Synthesizer
+from stream_workers.synthesis_loop import SynthesisLoop
+from voicenote.jobstore import JobStore
+from voicenote.settings import Settings, SynthesisSettings
+from voicenote.storage.local import LocalAudioStore
+
+pytestmark = pytest.mark.integration
+
+
+def request(job_id: str, text: str, **fields: Any) -> dict[str, Any]:
+    return {"job_id": job_id, "created_at": int(time.time() * 1000), "text": text, "voice": "default", "format": "wav",
+            "speed": 1.0, "model": "default", "temperature": None, "top_p": None, "repetition_penalty": None, "seed": None,
+            "instructions": None, "webhook_url": None, "priority": "batch", "deadline_at": None, "batch_id": None,
+            "trace_parent": None, "attributes": {}, **fields}
+
+
+class SlowEngine(NullEngine):
+    """The null engine with a per-batch cost, recording the batches it saw."""
+
+    def __init__(self, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(sample_rate=8000, seconds=0.05, **kwargs)
+        self.delay = delay
+        self.batches: list[list[str]] = []
+        self.started = asyncio.Event()
+
+    def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
+        self.batches.append([i.job_id for i in inputs])
+        time.sleep(self.delay)
+        return super().synthesize_batch(inputs)
+
+
+class Harness:
+    def __init__(self, settings: Settings, engine: SlowEngine, jobs: JobStore, *, max_segment_chars: int = 300) -> None:
+        self.codecs = Codecs()
+        self.published: list[dict[str, Any]] = []
+        self.acked: list[int] = []
+        self.dead: list[tuple[int, Refused]] = []
+        synth = Synthesizer(engine, self.codecs, LocalAudioStore(settings.storage.local_dir), settings.storage,
+                            SynthesisSettings(max_segment_chars=max_segment_chars), jobs)
+        self.loop: SynthesisLoop[int] = SynthesisLoop(
+            synth, BatchPolicy(max_batch=4, window=0.05), publish=self._publish, dead_letter=self._dead, ack=self._ack,
+            executor=ThreadPoolExecutor(1))
+        self.queue: asyncio.Queue[tuple[int, bytes | None]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self._n = 0
+
+    async def _publish(self, record: dict[str, Any]) -> None:
+        self.published.append(record)
+
+    async def _dead(self, handle: int, refused: Refused) -> None:
+        self.dead.append((handle, refused))
+
+    async def _ack(self, handle: int) -> None:
+        self.acked.append(handle)
+
+    async def _source(self) -> AsyncIterator[tuple[int, bytes | None]]:
+        while True:
+            yield await self.queue.get()
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self.loop.run(self._source()))
+
+    def send(self, value: bytes | None) -> int:
+        self._n += 1
+        self.queue.put_nowait((self._n, value))
+        return self._n
+
+    def send_request(self, job_id: str, text: str, **fields: Any) -> int:
+        return self.send(self.codecs.request.encode(request(job_id, text, **fields)))
+
+    async def wait_acked(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count:
+            assert self.task is not None
+            if self.task.done():
+                self.task.result()
+            assert time.monotonic() < deadline, f"only {len(self.acked)} of {count} acknowledged"
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        await self.loop.drain()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 30)
+
+    def by_job(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for record in self.published:
+            assert record["job_id"] not in out, f"{record['job_id']} published twice"
+            out[record["job_id"]] = record
+        return out
+
+
+@pytest.fixture
+async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
+    store = JobStore.from_settings(settings.redis)
+    yield store
+    await store.close()
+
+
+async def test_one_poisoned_item_fails_alone_and_its_batch_mates_succeed(settings: Settings, jobs: JobStore) -> None:
+    engine = SlowEngine(fail_marker="POISON")
+    h = Harness(settings, engine, jobs)
+    h.start()
+    for i in range(4):
+        h.send_request(f"ok{i}" if i != 2 else "bad", "Say POISON now." if i == 2 else f"Item number {i}.")
+    await h.wait_acked(4)
+    await h.stop()
+    results = h.by_job()
+    assert {k: v["status"] for k, v in results.items()} == {"ok0": "succeeded", "ok1": "succeeded", "ok3": "succeeded", "bad": "failed"}
+    assert results["bad"]["error_code"] == "test_poison"
+    assert engine.batches[0] == ["ok0#0", "ok1#0", "bad#0", "ok3#0"]  # one real batch of four
+    for job_id in ("ok0", "ok1", "ok3"):
+        with wave.open(io.BytesIO(results[job_id]["audio"])) as w:
+            assert w.getnframes() == 400
+    record = await jobs.get("ok0")
+    assert record is not None and record[SYNTHESIZED_FIELD]
+
+
+async def test_undecodable_is_dead_lettered_cancelled_skipped_expired_failed_done_not_redone(settings: Settings, jobs: JobStore) -> None:
+    engine = SlowEngine()
+    h = Harness(settings, engine, jobs)
+    await jobs.transition("cancelled1", JobStatus.cancelled)
+    await jobs.transition("finished1", JobStatus.succeeded)
+    h.start()
+    garbage = h.send(b"\x00not avro")
+    h.send_request("cancelled1", "Never mind.")
+    h.send_request("finished1", "A redelivery of a finished job.")
+    h.send_request("late1", "Too late.", deadline_at=int(time.time() * 1000) - 1000)
+    h.send_request("fine1", "On time.", deadline_at=int(time.time() * 1000) + 600_000)
+    await h.wait_acked(5)
+    await h.stop()
+    assert [handle for handle, _ in h.dead] == [garbage]
+    results = h.by_job()
+    assert set(results) == {"cancelled1", "late1", "fine1"}  # finished1 is acknowledged without a result
+    assert results["cancelled1"]["status"] == "cancelled"
+    assert results["late1"]["status"] == "failed" and results["late1"]["error_code"] == "deadline_exceeded"
+    assert results["fine1"]["status"] == "succeeded"
+    assert [b for batch in engine.batches for b in batch] == ["fine1#0"]
+
+    # A redelivery of the published job (say the worker died before committing) is not synthesized again.
+    h2 = Harness(settings, engine, jobs)
+    h2.start()
+    h2.send_request("fine1", "On time.")
+    await h2.wait_acked(1)
+    await h2.stop()
+    assert h2.published == []
+    assert [b for batch in engine.batches for b in batch] == ["fine1#0"]
+
+
+async def test_a_long_note_is_segmented_and_joined_in_order(settings: Settings, jobs: JobStore) -> None:
+    engine = SlowEngine()
+    h = Harness(settings, engine, jobs, max_segment_chars=41)  # two 20-character sentences a segment
+    h.start()
+    text = " ".join(f"Sentence {i} is short." for i in range(10))
+    h.send_request("long1", text)
+    h.send_request("short1", "Hi.")
+    await h.wait_acked(2)
+    await h.stop()
+    results = h.by_job()
+    items = [b for batch in engine.batches for b in batch]
+    assert sorted(i for i in items if i.startswith("long1#")) == sorted(f"long1#{i}" for i in range(5))
+    # Four equal segments batch together; the short note waits for one batch of bounded segments, not
+    # for a ten-sentence item, and rides with the last one.
+    assert engine.batches == [["long1#0", "long1#1", "long1#2", "long1#3"], ["long1#4", "short1#0"]]
+    with wave.open(io.BytesIO(results["long1"]["audio"])) as w:
+        assert w.getnframes() == 5 * 400 + 4 * int(8000 * 0.06)  # five segments and four pauses
+
+
+async def test_drain_finishes_the_batch_in_hand_and_leaves_the_rest_unacknowledged(settings: Settings, jobs: JobStore) -> None:
+    engine = SlowEngine(delay=1.0)
+    h = Harness(settings, engine, jobs)
+    h.start()
+    handles = [h.send_request(f"d{i}", f"Drain item {i}.") for i in range(12)]
+    deadline = time.monotonic() + 30
+    while not engine.batches and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert engine.batches, "the engine never started"
+    await h.stop()  # the first batch is in the engine now
+    in_hand = {b.split("#")[0] for b in engine.batches[0]}
+    assert len(engine.batches) == 1
+    assert {r["job_id"] for r in h.published} == in_hand
+    acked_jobs = {f"d{handles.index(a)}" for a in h.acked}
+    assert acked_jobs == in_hand  # the others are redelivered after the restart, nothing lost

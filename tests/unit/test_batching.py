@@ -1,0 +1,99 @@
+import asyncio
+
+import pytest
+
+from stream_workers.batching import Batcher, BatchPolicy, Pending, padding_waste, pick_batch
+
+
+def _pool(sizes: list[int]) -> list[Pending[int]]:
+    return [Pending(i, size, arrived=float(i)) for i, size in enumerate(sizes)]
+
+
+def test_everything_waiting_fits_in_one_batch() -> None:
+    assert pick_batch(_pool([5, 500, 50]), 8) == [0, 1, 2]
+
+
+def test_backlog_batches_similar_lengths_around_the_oldest_item() -> None:
+    sizes = [100, 10, 300, 11, 99, 12, 101, 13, 98, 290]
+    chosen = pick_batch(_pool(sizes), 4)
+    assert 0 in chosen  # the oldest is never passed over
+    assert sorted(sizes[i] for i in chosen) == [98, 99, 100, 101]
+
+
+def test_the_oldest_item_is_served_even_when_it_is_an_outlier() -> None:
+    sizes = [1000, 10, 11, 12, 13, 14]
+    chosen = pick_batch(_pool(sizes), 3)
+    assert 0 in chosen and len(chosen) == 3
+
+
+def test_similar_length_batches_waste_less_padding_than_arrival_order() -> None:
+    sizes = [20, 300, 22, 310, 25, 305, 21, 290, 24, 299, 23, 301, 26, 295, 27, 298]
+    pool = _pool(sizes)
+    by_length, fifo = [], []
+    while pool:
+        chosen = pick_batch(pool, 8)
+        by_length.append(padding_waste([pool[i].size for i in chosen]))
+        pool = [p for i, p in enumerate(pool) if i not in chosen]
+    for start in range(0, len(sizes), 8):
+        fifo.append(padding_waste(sizes[start : start + 8]))
+    assert sum(by_length) < 0.2 * sum(fifo)
+
+
+def test_padding_waste() -> None:
+    assert padding_waste([10, 10]) == 0
+    assert padding_waste([10, 0]) == 0.5
+    assert padding_waste([]) == 0
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BatchPolicy(max_batch=0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_full_batch_is_released_at_once() -> None:
+    batcher: Batcher[int] = Batcher(BatchPolicy(max_batch=3, window=10.0))
+    for i in range(4):
+        batcher.add(i, 1)
+    batch, _ = await asyncio.wait_for(batcher.next_batch(), 5)
+    assert batch == [0, 1, 2]
+    assert len(batcher) == 1
+
+
+async def test_window_counts_from_the_first_item_not_from_the_last_wait() -> None:
+    clock = FakeClock()
+    batcher: Batcher[str] = Batcher(BatchPolicy(max_batch=8, window=0.1), clock=clock)
+    batcher.add("first", 1)
+    clock.now = 0.09
+    batcher.add("late", 1)  # a restarting timer would now wait until 0.19
+    clock.now = 0.1
+    batch, waited = await asyncio.wait_for(batcher.next_batch(), 5)
+    assert batch == ["first", "late"]
+    assert waited == pytest.approx(0.1)
+
+
+async def test_waits_for_the_first_item_then_closes_after_the_window() -> None:
+    batcher: Batcher[int] = Batcher(BatchPolicy(max_batch=8, window=0.05))
+    task = asyncio.ensure_future(batcher.next_batch())
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    batcher.add(1, 1)
+    batch, waited = await asyncio.wait_for(task, 5)
+    assert batch == [1]
+    assert waited >= 0.05
+
+
+async def test_remove_drops_matching_items() -> None:
+    batcher: Batcher[int] = Batcher(BatchPolicy(max_batch=8, window=0.0))
+    for i in range(5):
+        batcher.add(i, 1)
+    assert batcher.remove(lambda i: i % 2 == 0) == [1, 3]
+    batch, _ = await batcher.next_batch()
+    assert batch == [0, 2, 4]
