@@ -220,7 +220,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         return {
             "benchmark": "completion side",
-            "machine": machine(),
+            "machine": {**machine(), "note": "Tansu, Redis, moto's S3 server, the receiver and this process share the machine, "
+                                             "with other engineers' test runs alongside"},
             "result_cache": await bench_cache(redis.url, args.jobs),
             "storage": await bench_storage(s3.endpoint_url),
             "webhooks": await bench_webhooks(broker.bootstrap, redis.url, args.deliveries),
