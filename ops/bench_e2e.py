@@ -103,7 +103,7 @@ def main() -> int:
 
             def post(i: int) -> None:
                 t0 = time.time()
-                resp = httpx.post(f"{base}/v1/audio/speech/async", json={"input": NOTES[i % len(NOTES)]}, timeout=30)
+                resp = httpx.post(f"{base}/v1/audio/speech/async", json={"input": NOTES[i % len(NOTES)], "use_cache": False}, timeout=30)
                 resp.raise_for_status()
                 with lock:
                     posted[resp.json()["job_id"]] = t0

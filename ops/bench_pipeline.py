@@ -47,7 +47,7 @@ def request(job_id: str) -> dict[str, Any]:
     return {"job_id": job_id, "created_at": int(time.time() * 1000), "text": "A short benchmark note.", "voice": "default",
             "format": "wav", "speed": 1.0, "model": "default", "temperature": None, "top_p": None, "repetition_penalty": None,
             "seed": None, "instructions": None, "webhook_url": None, "priority": "batch", "deadline_at": None, "batch_id": None,
-            "trace_parent": None, "attributes": {}}
+            "trace_parent": None, "attributes": {}, "use_cache": False}  # measure the engine path, not cache hits
 
 
 class Watcher(threading.Thread):

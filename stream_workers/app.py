@@ -34,6 +34,11 @@ from voicenote.storage.local import LocalAudioStore
 log = logging.getLogger(__name__)
 
 
+# Records the completion role handles concurrently, and how long it waits to fill a group.
+COMPLETION_GROUP_SIZE = 64
+COMPLETION_GROUP_SECONDS = 0.01
+
+
 class Role(str, Enum):
     synthesis = "synthesis"
     completion = "completion"
@@ -97,38 +102,52 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 if removed:
                     log.info("expired %d local audio files", len(removed))
 
+        # The completion side handles what a fetch brings in small groups, concurrently: each record's
+        # work (store, project) and its output's broker acknowledgement overlap with the others'. The
+        # group is acknowledged only once every output is on the broker (at-least-once; the work is
+        # idempotent per job).
+        group, within = COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS
+
+        async def store_one(event: Any) -> Any:
+            try:
+                result = ctx.codecs.result.decode(event.value)
+            except DecodeError as exc:
+                return await send_dead_letter(event, "storage", exc)
+            completion = await storer.complete(result)
+            return await completions.send(key=completion["job_id"].encode(), value=ctx.codecs.completion.encode(completion))
+
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for event in stream.events():
-                try:
-                    result = ctx.codecs.result.decode(event.value)
-                except DecodeError as exc:
-                    await (await send_dead_letter(event, "storage", exc))
-                    continue
-                completion = await storer.complete(result)
-                await (await completions.send(key=completion["job_id"].encode(), value=ctx.codecs.completion.encode(completion)))
+            async for events in stream.take_events(group, within=within):
+                sent = await asyncio.gather(*(store_one(e) for e in events))
+                await asyncio.gather(*sent)
                 yield None
+
+        async def project_request(value: bytes) -> None:
+            try:
+                request = ctx.codecs.request.decode(value)
+            except DecodeError:
+                return  # the synthesis group owns dead-lettering of request records; one copy is enough
+            await projector.on_request(request)
 
         @app.agent(topic[cat.requests.name], name="status-requests", supervisor_strategy=CrashingSupervisor)
         async def status_requests_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for value in stream:
-                try:
-                    request = ctx.codecs.request.decode(value)
-                except DecodeError:
-                    # The synthesis group owns dead-lettering of request records; one copy is enough.
-                    continue
-                await projector.on_request(request)
+            async for events in stream.take_events(group, within=within):
+                await asyncio.gather(*(project_request(e.value) for e in events))
                 yield None
+
+        async def project_completion(event: Any) -> None:
+            try:
+                completion = ctx.codecs.completion.decode(event.value)
+            except DecodeError as exc:
+                await (await send_dead_letter(event, "status", exc))
+                return
+            await projector.on_completion(completion)
 
         @app.agent(topic[cat.completions.name], name="status-completions", supervisor_strategy=CrashingSupervisor)
         async def status_completions_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for event in stream.events():
-                try:
-                    completion = ctx.codecs.completion.decode(event.value)
-                except DecodeError as exc:
-                    await (await send_dead_letter(event, "status", exc))
-                    continue
-                await projector.on_completion(completion)
+            async for events in stream.take_events(group, within=within):
+                await asyncio.gather(*(project_completion(e) for e in events))
                 yield None
 
     return app
