@@ -101,7 +101,7 @@ def main() -> int:
             lock = threading.Lock()
             before = batch_totals(f"http://127.0.0.1:{synth_port}/metrics")
 
-            def post(i: int) -> None:
+            def post(i: int, posted: dict[str, float] = posted, lock: threading.Lock = lock) -> None:
                 t0 = time.time()
                 resp = httpx.post(f"{base}/v1/audio/speech/async", json={"input": NOTES[i % len(NOTES)], "use_cache": False}, timeout=30)
                 resp.raise_for_status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from voicenote.settings import Settings
@@ -97,12 +98,12 @@ def _catalog(s: Settings):  # noqa: ANN202
 
 
 def _epoch_ms(text: str | None) -> int | None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if text is None:
         return None
     moment = datetime.fromisoformat(text)
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

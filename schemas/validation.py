@@ -4,7 +4,8 @@ publishers skip the API, so the workers check again and fail the job with ``inva
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_INPUT_CHARS = 4096

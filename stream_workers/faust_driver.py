@@ -9,7 +9,8 @@ aiokafka: the consumer thread builds the aiokafka consumer as usual, then takes 
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiokafka
 import faust
@@ -18,7 +19,7 @@ from faust.types import TransportT
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: "faust_aiokafka.Transport") -> aiokafka.AIOKafkaConsumer:
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         app = self.app
         assert isinstance(app, FetchWaitApp)

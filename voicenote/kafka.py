@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -78,7 +79,7 @@ class AsyncProducer:
         return int(remaining)
 
 
-def _settle(fut: "asyncio.Future[Message]", msg: Message | None, exc: Exception | None) -> None:
+def _settle(fut: asyncio.Future[Message], msg: Message | None, exc: Exception | None) -> None:
     if fut.done():
         return
     if exc is not None:

@@ -72,7 +72,7 @@ class StorageSettings(BaseModel):
     lifecycle_days: int = Field(7, ge=1, description="Audio expires this long after upload (S3 lifecycle rule; local sweep).")
 
     @model_validator(mode="after")
-    def _s3_needs_bucket(self) -> "StorageSettings":
+    def _s3_needs_bucket(self) -> StorageSettings:
         if self.backend is StorageBackend.s3 and not self.s3_bucket:
             raise ValueError("storage.backend=s3 needs storage.s3_bucket (VOICENOTE_STORAGE__S3_BUCKET)")
         return self

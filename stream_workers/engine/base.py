@@ -7,8 +7,9 @@ raising for the whole batch, so its batch-mates still succeed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -4,7 +4,7 @@ plumbing; it measures what the pipeline costs with the engine taken out."""
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

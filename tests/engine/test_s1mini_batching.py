@@ -33,7 +33,7 @@ def test_greedy_batched_equals_one_at_a_time(s1_model, s1_tok):
     ]
     batched = run(s1_model, s1_tok, rows)
     assert [r.codes.shape for r in batched] == [(10, 12), (10, 7), (10, 15), (10, 1)]
-    for row, got in zip(rows, batched):
+    for row, got in zip(rows, batched, strict=True):
         alone = run(s1_model, s1_tok, [row])[0]
         assert torch.equal(got.codes, alone.codes)
         assert not got.finished
@@ -79,7 +79,7 @@ def test_cached_batched_logits_match_naive_forward(s1_model, s1_tok):
     out = run(m, s1_tok, rows, slow_logits_hook=hook)
     sb, n_sem = s1_tok.semantic_begin_id, s1_tok.num_semantic
     worst = 0.0
-    for b, (p, r) in enumerate(zip(prompts, out)):
+    for b, (p, r) in enumerate(zip(prompts, out, strict=True)):
         frames = torch.cat([r.codes[:1] + sb, r.codes], dim=0)  # (11, T)
         full = torch.cat([p, frames], dim=1)
         logits, hidden = m.forward_slow(full[None], torch.arange(full.shape[1])[None], None, return_all=True)

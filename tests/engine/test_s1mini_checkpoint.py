@@ -73,7 +73,7 @@ def test_loads_real_layout_and_matches_in_memory_model(ckpt, s1_tok):
     assert eng.model_version.startswith("openaudio-s1-mini-")
     items = [SynthesisInput("a", "hello", temperature=0), SynthesisInput("b", "bye now", temperature=0)]
     got, want = eng.synthesize_batch(items), ref.synthesize_batch(items)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.ok and w.ok
         np.testing.assert_allclose(g.audio, w.audio, atol=1e-5)
 

@@ -30,7 +30,7 @@ def test_batched_audio_equals_single(make_engine):
     eng = make_engine(max_new_tokens=6)
     items = [SynthesisInput(f"j{i}", t, temperature=0) for i, t in enumerate(["one", "two words", "three little words"])]
     batched = eng.synthesize_batch(items)
-    for item, got in zip(items, batched):
+    for item, got in zip(items, batched, strict=True):
         alone = eng.synthesize_batch([item])[0]
         np.testing.assert_allclose(got.audio, alone.audio, atol=1e-5)
 
@@ -39,7 +39,7 @@ def test_codec_batch_of_different_lengths_equals_rows(s1_codec):
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(0, 32, (10, n), generator=g) for n in (3, 7, 1)]
     together = s1_codec.decode_rows(rows, max_batch=8)
-    for r, a in zip(rows, together):
+    for r, a in zip(rows, together, strict=True):
         alone = s1_codec.decode_rows([r])[0]
         assert a.shape == (r.shape[1] * 2048,)
         torch.testing.assert_close(a, alone, atol=1e-5, rtol=0)

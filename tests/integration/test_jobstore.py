@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from schemas.status import JobStatus
 from voicenote.jobstore import JobStore
 from voicenote.settings import Settings
-
-import pytest
 
 pytestmark = pytest.mark.integration
 

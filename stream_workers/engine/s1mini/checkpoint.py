@@ -73,7 +73,7 @@ def normalize_llama_state(state: dict) -> dict[str, Tensor]:
     """Unwrap Lightning checkpoints, strip ``model.``, drop audio keys, fuse split wq/wk/wv."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    out: OrderedDict[str, Tensor] = OrderedDict()
     for k, v in state.items():
         if k.startswith("model."):
             k = k[len("model.") :]
@@ -106,7 +106,7 @@ def normalize_codec_state(state: dict) -> dict[str, Tensor]:
         state = state["state_dict"]
     if any(k.startswith("generator.") for k in state):
         state = {k[len("generator.") :]: v for k, v in state.items() if k.startswith("generator.")}
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    out: OrderedDict[str, Tensor] = OrderedDict()
     pending: dict[str, dict[str, Tensor]] = {}
     for k, v in state.items():
         if _CODEC_IGNORED.search(k):

@@ -205,7 +205,7 @@ class CodecDecoder(nn.Module):
     def hop_length(self) -> int:
         return self.config.hop_length
 
-    def init_random(self, seed: int = 0) -> "CodecDecoder":
+    def init_random(self, seed: int = 0) -> CodecDecoder:
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         for m in self.modules():

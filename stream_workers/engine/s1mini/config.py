@@ -75,13 +75,13 @@ class DualARConfig:
             raise ValueError("n_head must be a multiple of n_local_heads")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DualARConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DualARConfig:
         """Build from a fish-speech ``config.json``; keys we do not model are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "DualARConfig":
+    def from_json(cls, path: str | Path) -> DualARConfig:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 

@@ -7,9 +7,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -215,7 +215,7 @@ class S1MiniEngine:
                     results[i] = SynthesisResult(inputs[i].job_id, sr, error=EngineError(f"S1-mini: {e}"))
             return
         self.last_stats = stats
-        for j, a in zip(decode_ix, audio):
+        for j, a in zip(decode_ix, audio, strict=True):
             i = where[j]
             wav = np.clip(a.numpy().astype(np.float32, copy=False), -1.0, 1.0)
             results[i] = SynthesisResult(

@@ -17,8 +17,8 @@ finished rows. Under greedy decoding, batched output equals one-at-a-time output
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -120,7 +120,7 @@ def generate_batch(
     top_ps = torch.tensor([r.top_p for r in rows], dtype=torch.float32, device=device)
     rps = torch.tensor([r.repetition_penalty for r in rows], dtype=torch.float32, device=device)
     greedy = [r.temperature <= 0 for r in rows]
-    gens = [None if g else _make_generator(r.seed, device) for g, r in zip(greedy, rows)]
+    gens = [None if g else _make_generator(r.seed, device) for g, r in zip(greedy, rows, strict=True)]
     limits = [r.max_new_tokens for r in rows]
 
     # only the logits we sample from: the semantic tokens, then the end token (last slot)

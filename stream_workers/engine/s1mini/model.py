@@ -33,7 +33,7 @@ class KVCache:
     def allocate(
         cls, n_layer: int, batch: int, n_kv_head: int, capacity: int, head_dim: int,
         dtype: torch.dtype, device: torch.device | str,
-    ) -> "KVCache":
+    ) -> KVCache:
         shape = (batch, n_kv_head, capacity, head_dim)
         return cls(
             [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)],
@@ -100,7 +100,7 @@ class DualARTransformer(nn.Module):
         )
 
     # ------------------------------------------------------------------ set-up
-    def init_random(self, seed: int = 0, std: float = 0.02) -> "DualARTransformer":
+    def init_random(self, seed: int = 0, std: float = 0.02) -> DualARTransformer:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         init_linear_embedding(self, std)
