@@ -10,16 +10,13 @@ records would already have expired.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
+from ops.replay import Range, read_range
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.topics import build_catalog
 from stream_workers.completion import StatusProjector
-from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
 from voicenote.settings import Settings
 
@@ -32,14 +29,7 @@ class RebuildReport:
     undecodable: int = 0
 
 
-def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[TopicPartition]:
-    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise DependencyUnavailable("kafka", f"topic {topic} is not available: {getattr(meta, 'error', 'missing')}")
-    return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
-
-
-async def rebuild(settings: Settings, jobs: JobStore, *, timeout: float = 15.0) -> RebuildReport:
+async def rebuild(settings: Settings, jobs: JobStore) -> RebuildReport:
     """Replay both topics from their beginning up to their current end; returns what was applied."""
     catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                             partitions=settings.kafka.partitions)
@@ -47,31 +37,11 @@ async def rebuild(settings: Settings, jobs: JobStore, *, timeout: float = 15.0) 
     projector = StatusProjector(jobs)
     report = RebuildReport()
     oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"voicenote-rebuild-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        assignment = [*_partitions(consumer, catalog.requests.name, timeout),
-                      *_partitions(consumer, catalog.completions.name, timeout)]
-        ends: dict[tuple[str, int], int] = {}
-        for tp in assignment:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            if high > low:
-                ends[(tp.topic, tp.partition)] = high
-        consumer.assign([tp for tp in assignment if (tp.topic, tp.partition) in ends])
-        deadline = time.monotonic() + max(timeout, 60.0)
-        while ends:
-            if time.monotonic() > deadline:
-                raise DependencyUnavailable("kafka", f"replay stalled with {len(ends)} partitions unfinished")
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None:
-                continue
-            key = (str(msg.topic()), int(msg.partition() or 0))
-            offset = int(msg.offset() or 0)
-            if key in ends and offset + 1 >= ends[key]:
-                del ends[key]
-            is_request = key[0] == catalog.requests.name
+    for topic, codec in ((catalog.requests.name, codecs.request), (catalog.completions.name, codecs.completion)):
+        is_request = topic == catalog.requests.name
+        for msg in read_range(settings.kafka, topic, Range()):
             try:
-                record = (codecs.request if is_request else codecs.completion).decode(msg.value())
+                record = codec.decode(msg.value())
             except DecodeError:
                 report.undecodable += 1  # already dead-lettered by the workers when it first arrived
                 continue
@@ -84,6 +54,4 @@ async def rebuild(settings: Settings, jobs: JobStore, *, timeout: float = 15.0) 
             else:
                 await projector.on_completion(record)
                 report.completions += 1
-    finally:
-        consumer.close()
     return report

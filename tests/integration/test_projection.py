@@ -108,3 +108,24 @@ async def test_webhook_state_never_regresses(jobs: JobStore) -> None:
     record = await jobs.get("job_whst")
     assert record is not None and (record["webhook_status"], record["webhook_attempts"]) == ("delivered", "2")
     assert await jobs._redis.ttl(jobs.job_key("job_whst")) > 0
+
+
+async def test_rebuild_reads_every_record_of_batched_produces(settings: Settings, jobs: JobStore) -> None:
+    # Regression: Tansu reports the high watermark in batches after a batched produce; the rebuild must
+    # read to the partition's end, not to that watermark.
+    from confluent_kafka import Producer
+
+    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=1, partitions=1)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"request_partitions": 1, "partitions": 1})})
+    ensure_topics(settings.kafka, catalog.all())
+    codecs = Codecs()
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 50})
+    now = int(time.time() * 1000)
+    for i in range(40):
+        producer.produce(catalog.completions.name, key=f"job_b{i}".encode(),
+                         value=codecs.completion.encode(_completion(f"job_b{i}", "succeeded", now)))
+    assert producer.flush(10) == 0
+    report = await rebuild(settings, jobs)
+    assert report.completions == 40
+    statuses = [((await jobs.get(f"job_b{i}")) or {}).get("status") for i in range(40)]
+    assert statuses == ["succeeded"] * 40
