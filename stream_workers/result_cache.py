@@ -85,6 +85,17 @@ class ResultCache:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
 
+    async def forget_stale(self, key: str) -> None:
+        """Drop an entry whose audio is gone from storage (expired, deleted, another store): a miss after all."""
+        CACHE_LOOKUPS.labels("stale").inc()  # counted as a hit by lookup(); the ratio below is corrected
+        self.hits -= 1
+        self.misses += 1
+        CACHE_HIT_RATIO.set(self.hit_ratio)
+        try:
+            await self._redis.delete(self._prefix + key)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot write the result cache: {exc}") from exc
+
     async def record(self, key: str, audio: CachedAudio) -> None:
         try:
             await self._redis.set(self._prefix + key, json.dumps(asdict(audio)), ex=self._ttl)

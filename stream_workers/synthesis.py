@@ -268,6 +268,11 @@ class Synthesizer:
         hit = await self._cache.lookup(key)
         if hit is None:
             return None
+        if not await self._store.exists(hit.audio_key):
+            # The cache is only an optimization: audio that expired or lives in another store means
+            # synthesizing again, never a failed job.
+            await self._cache.forget_stale(key)
+            return None
         return result_record(request, status="succeeded", audio_ref=hit.audio_key, cache_hit=True, cache_key=key,
                              sample_rate=hit.sample_rate, duration_ms=hit.duration_ms, engine=self.engine.name,
                              model_version=self.engine.model_version, batch_size=0)

@@ -100,3 +100,25 @@ def test_cache_key_covers_what_changes_the_audio() -> None:
         assert cache_key({**base, **change}, "piper", "joe-medium-1") != key, change
     assert cache_key(base, "s1mini", "joe-medium-1") != key
     assert cache_key(base, "piper", "joe-medium-2") != key
+
+
+async def test_a_stale_entry_means_synthesizing_again_not_a_failed_job(settings: Settings, cache: ResultCache) -> None:
+    # Regression: one Redis shared by two stores (two `make run` data dirs), or audio expired before its
+    # cache entry: the entry points at nothing. The job must be synthesized, and the entry dropped.
+    codecs = Codecs()
+    engine = CountingEngine()
+    first_store = LocalAudioStore(settings.storage.local_dir / "first")
+    synth = Synthesizer(engine, codecs, first_store, settings.storage, SynthesisSettings(), cache=cache)
+    storer = Storer(first_store, settings.storage, public_base_url="http://api", cache=cache)
+    first = await _process(synth, [codecs.request.encode(_request("job_stalefirst"))])
+    await storer.complete(codecs.result.decode(codecs.result.encode(first[0])))
+
+    other_store = LocalAudioStore(settings.storage.local_dir / "other")
+    synth_elsewhere = Synthesizer(engine, codecs, other_store, settings.storage, SynthesisSettings(), cache=cache)
+    again = await _process(synth_elsewhere, [codecs.request.encode(_request("job_staleagain"))])
+    assert engine.calls == ["job_stalefirst", "job_staleagain"]
+    assert again[0]["status"] == "succeeded" and not again[0].get("cache_hit")
+    assert cache.hits == 0 and cache.misses == 2
+    done = await Storer(other_store, settings.storage, public_base_url="http://api", cache=cache).complete(
+        codecs.result.decode(codecs.result.encode(again[0])))
+    assert done["status"] == "succeeded"

@@ -41,6 +41,10 @@ class AudioStore(Protocol):
         """The bytes under ``key``; raises AudioNotFound."""
         ...
 
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired object."""
+        ...
+
     async def url_for(self, key: str, expires_in: int) -> str | None:
         """A direct download URL (presigned), or None when the API must serve the bytes itself."""
         ...

@@ -41,6 +41,13 @@ class LocalAudioStore:
         except OSError as exc:
             raise StorageError(f"cannot read {key}: {exc}") from exc
 
+    async def exists(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            return not self._expired(path.stat().st_mtime, time.time())
+        except FileNotFoundError:
+            return False
+
     async def url_for(self, key: str, expires_in: int) -> str | None:
         return None
 

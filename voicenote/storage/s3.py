@@ -81,6 +81,13 @@ class S3AudioStore:
         except BotoCoreError as exc:
             raise StorageError(f"cannot head s3://{self.bucket}/{key}: {exc}") from exc
 
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.head(key)
+            return True
+        except AudioNotFound:
+            return False
+
     async def get(self, key: str) -> bytes:
         s3 = await self._s3()
         try:
