@@ -17,16 +17,15 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 
+from ops import benchmarking
 from ops.services import RedisServer, TansuBroker, free_port
 from producer_api.auth import new_token
 from schemas.topics import build_catalog
@@ -38,25 +37,8 @@ BODY = json.dumps({"model": "tts-1", "input": "Your parcel is on its way and wil
 
 
 def machine() -> dict[str, object]:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    mem_kib = 0
-    try:
-        mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
-    except (OSError, StopIteration):
-        pass
-    libs = {}
-    for lib in ("fastapi", "uvicorn", "confluent-kafka", "redis", "uvloop", "httptools"):
-        try:
-            libs[lib] = version(lib)
-        except Exception:  # noqa: BLE001 - a missing optional library is simply not listed
-            libs[lib] = None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": round(mem_kib / 1048576, 1), "os": platform.platform(),
-            "python": platform.python_version(), "libraries": libs,
-            "note": "broker (Tansu), Redis, the API and this load generator share the machine"}
+    return benchmarking.machine(("fastapi", "uvicorn", "confluent-kafka", "redis", "uvloop", "httptools"),
+                                "broker (Tansu), Redis, the API and this load generator share the machine")
 
 
 async def _client(host: str, port: int, token: str, deadline_count: list[int], latencies: list[float], codes: dict[int, int]) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ops.bench_api import machine
+from ops.benchmarking import machine
 from ops.services import MotoS3, RedisServer, TansuBroker
 from schemas.codec import Codecs
 from schemas.topics import build_catalog

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from ops.bench_pipeline import REPO, Watcher, machine, pct
+from ops.bench_pipeline import REPO, Watcher
+from ops.benchmarking import machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
@@ -132,13 +133,7 @@ def main() -> int:
             print(json.dumps(runs[-1]))
     finally:
         completions.stop()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         redis.stop()
         broker.stop()
     figures = {"benchmark": "real voice (Piper joe, CPU sessions) end to end, HTTP POST to completion event",

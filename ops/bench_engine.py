@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.bench_pipeline import machine
+from ops.benchmarking import machine
 from stream_workers.engine.base import SpeechEngine, SynthesisInput
 
 SENTENCES = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,23 +23,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
+from ops.benchmarking import machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
 
 
 def request(job_id: str) -> dict[str, Any]:
@@ -163,13 +152,7 @@ def main() -> int:
     finally:
         results.stop()
         completions.stop()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         redis.stop()
         broker.stop()
 
