@@ -131,6 +131,7 @@ def main() -> int:
             producer.flush(5)
             time.sleep(1 / args.low_rate)
         completions.wait(low, 120)
+        results.wait(low, 30)  # a separate consumer: it may see the last result after the completion watcher
         to_result = [1000 * results.seen[j] - results.created[j] for j in low]
         to_completion = [1000 * completions.seen[j] - completions.created[j] for j in low]
         # Where the time goes: request created -> batch start (broker, fetch, admission, window) of
@@ -147,6 +148,7 @@ def main() -> int:
         producer.flush(60)
         produced = time.time()
         completions.wait(burst, 600)
+        results.wait(burst, 60)
         last_result = max(results.seen[j] for j in burst)
         last_completion = max(completions.seen[j] for j in burst)
     finally:
