@@ -40,11 +40,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from schemas.topics import build_catalog
     from voicenote.kafka import ensure_topics
 
     s = Settings()
-    catalog = build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions, partitions=s.kafka.partitions)
+    catalog = s.kafka.catalog()
     if args.action == "list":
         for spec in catalog.all():
             print(f"{spec.name:40} partitions={spec.partitions:<3} {spec.config()}")
@@ -91,12 +90,6 @@ def _cmd_projection(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
 
-def _catalog(s: Settings):  # noqa: ANN202
-    from schemas.topics import build_catalog
-
-    return build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions, partitions=s.kafka.partitions)
-
-
 def _epoch_ms(text: str | None) -> int | None:
     from datetime import datetime
 
@@ -118,7 +111,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 start_offset=int(start) if start else None, end_offset=int(end) if end else None,
                 partitions=tuple(args.partition) if args.partition else None)
     filters = dict(f.split("=", 1) for f in args.filter)
-    report = replay_requests(s.kafka, _catalog(s).requests.name, rng, filters, new_job_id=new_job_id, dry_run=args.dry_run)
+    report = replay_requests(s.kafka, s.kafka.catalog().requests.name, rng, filters, new_job_id=new_job_id, dry_run=args.dry_run)
     print(json.dumps(report.as_dict()))
     return 0
 
@@ -129,7 +122,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     from ops.replay import redrive_dead_letters
 
     s = Settings()
-    report = redrive_dead_letters(s.kafka, _catalog(s).dead_letter.name, error_type=args.error_type,
+    report = redrive_dead_letters(s.kafka, s.kafka.catalog().dead_letter.name, error_type=args.error_type,
                                   source_topic=args.source_topic, dry_run=args.dry_run)
     print(json.dumps(report.as_dict()))
     return 0

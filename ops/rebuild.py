@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from ops.replay import Range, read_range
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
-from schemas.topics import build_catalog
 from stream_workers.completion import StatusProjector
 from voicenote.jobstore import JobStore
 from voicenote.settings import Settings
@@ -31,8 +30,7 @@ class RebuildReport:
 
 async def rebuild(settings: Settings, jobs: JobStore) -> RebuildReport:
     """Replay both topics from their beginning up to their current end; returns what was applied."""
-    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
-                            partitions=settings.kafka.partitions)
+    catalog = settings.kafka.catalog()
     codecs = Codecs()
     projector = StatusProjector(jobs)
     report = RebuildReport()

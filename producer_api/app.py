@@ -20,7 +20,6 @@ from producer_api.service import JobService
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
-from schemas.topics import build_catalog
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, admin_client
 from voicenote.settings import Settings
@@ -39,8 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
-        catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
-                                partitions=settings.kafka.partitions)
+        catalog = settings.kafka.catalog()
         producer = AsyncProducer(settings.kafka)
         redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
         job_store = JobStore(redis, settings.redis)

@@ -13,7 +13,6 @@ import faust
 
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
-from schemas.topics import build_catalog
 from stream_workers.app import Role, build_app
 from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
@@ -28,11 +27,7 @@ log = logging.getLogger(__name__)
 
 def build_context(settings: Settings, role: Role) -> WorkerContext:
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
-    catalog = build_catalog(
-        prefix=settings.kafka.topic_prefix,
-        request_partitions=settings.kafka.request_partitions,
-        partitions=settings.kafka.partitions,
-    )
+    catalog = settings.kafka.catalog()
     return WorkerContext(
         settings=settings,
         codecs=Codecs(registry),

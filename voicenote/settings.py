@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.topics import TopicCatalog, build_catalog
+
 
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -30,6 +32,10 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = Field(50, description="Must stay well below the batch window.")
     delivery_timeout_ms: int = 10_000
+
+    def catalog(self) -> TopicCatalog:
+        """The topic catalog these settings name (prefix and partition counts)."""
+        return build_catalog(prefix=self.topic_prefix, request_partitions=self.request_partitions, partitions=self.partitions)
 
     def client_config(self) -> dict[str, str | int]:
         """librdkafka settings shared by every confluent-kafka client."""

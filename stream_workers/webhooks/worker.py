@@ -8,7 +8,6 @@ import signal
 
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
-from schemas.topics import build_catalog
 from stream_workers.webhooks.delivery import WebhookSender
 from stream_workers.webhooks.dispatcher import WebhookDispatcher
 from stream_workers.webhooks.policy import AddressPolicy
@@ -31,8 +30,7 @@ def build_sender(settings: Settings) -> WebhookSender:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     sender = build_sender(settings)
-    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
-                            partitions=settings.kafka.partitions)
+    catalog = settings.kafka.catalog()
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
     jobs = JobStore.from_settings(settings.redis)
     producer = AsyncProducer(settings.kafka)
