@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -109,6 +109,10 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
     report = ReplayReport()
     producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
     failures: list[str] = []
+    # Replay writes into the topic it reads: stop at what was there when it started, or it would read
+    # (and replay) its own output.
+    started_ms = int(time.time() * 1000)
+    rng = replace(rng, end_ms=min(rng.end_ms, started_ms) if rng.end_ms is not None else started_ms)
     for msg in read_range(settings, topic, rng):
         report.read += 1
         try:
