@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from ops.benchmarking import machine, pct, stop_processes
+from ops.benchmarking import CpuMeter, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
@@ -142,6 +142,9 @@ def main() -> int:
 
         # Backlog: as fast as one producer goes; throughput from first send to last completion.
         burst = [f"hot{i}" for i in range(args.jobs)]
+        pids = {"synthesis_worker": procs[0].pid, "completion_worker": procs[1].pid, "broker": broker.pid,
+                "redis": redis.pid, "benchmark_client": os.getpid()}
+        meter = CpuMeter({name: pid for name, pid in pids.items() if pid is not None})
         started = time.time()
         for job_id in burst:
             send(job_id)
@@ -151,6 +154,7 @@ def main() -> int:
         results.wait(burst, 60)
         last_result = max(results.seen[j] for j in burst)
         last_completion = max(completions.seen[j] for j in burst)
+        cpu = meter.used()
     finally:
         results.stop()
         completions.stop()
@@ -173,7 +177,10 @@ def main() -> int:
                                       "batch_start_to_result_seen": {"p50": pct(after_batch, 50), "p99": pct(after_batch, 99)}}},
         "backlog": {"jobs": args.jobs, "produce_seconds": round(produced - started, 3),
                     "synthesis_jobs_per_s": round(args.jobs / (last_result - started), 1),
-                    "end_to_end_jobs_per_s": round(args.jobs / (last_completion - started), 1)},
+                    "end_to_end_jobs_per_s": round(args.jobs / (last_completion - started), 1),
+                    "seconds": round(last_completion - started, 3),
+                    # CPU seconds each process used over the backlog, and per job: where the cores went.
+                    "cpu_seconds": cpu, "cpu_ms_per_job": {k: round(1000 * v / args.jobs, 3) for k, v in cpu.items()}},
         "goal_jobs_per_s": 1000,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

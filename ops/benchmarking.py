@@ -51,3 +51,20 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 30
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per named process over a stretch of a benchmark: where a 2-core budget goes."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    def used(self) -> dict[str, float]:
+        return {name: round(cpu_seconds(pid) - self._start[name], 3) for name, pid in self._pids.items()}

