@@ -102,52 +102,46 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 if removed:
                     log.info("expired %d local audio files", len(removed))
 
-        # The completion side handles what a fetch brings in small groups, concurrently: each record's
-        # work (store, project) and its output's broker acknowledgement overlap with the others'. The
-        # group is acknowledged only once every output is on the broker (at-least-once; the work is
-        # idempotent per job).
+        # The completion side handles what a fetch brings as a group: one storage call, one Redis round
+        # trip and the group's sends in flight together. The group is acknowledged only once every
+        # output is on the broker (at-least-once; the work is idempotent per job).
         group, within = COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS
 
-        async def store_one(event: Any) -> Any:
-            try:
-                result = ctx.codecs.result.decode(event.value)
-            except DecodeError as exc:
-                return await send_dead_letter(event, "storage", exc)
-            completion = await storer.complete(result)
-            return await completions.send(key=completion["job_id"].encode(), value=ctx.codecs.completion.encode(completion))
+        async def decode_group(events: list[Any], codec: Any, consumer: str | None) -> tuple[list[Any], list[Any]]:
+            """The decoded records, and the pending dead-letter sends of the rest (None: leave them to another consumer)."""
+            records, dead = [], []
+            for event in events:
+                try:
+                    records.append(codec.decode(event.value))
+                except DecodeError as exc:
+                    if consumer is not None:
+                        dead.append(await send_dead_letter(event, consumer, exc))
+            return records, dead
 
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
-                sent = await asyncio.gather(*(store_one(e) for e in events))
+                results, sent = await decode_group(events, ctx.codecs.result, "storage")
+                for completion in await storer.complete_many(results):
+                    sent.append(await completions.send(key=completion["job_id"].encode(),
+                                                       value=ctx.codecs.completion.encode(completion)))
                 await asyncio.gather(*sent)
                 yield None
-
-        async def project_request(value: bytes) -> None:
-            try:
-                request = ctx.codecs.request.decode(value)
-            except DecodeError:
-                return  # the synthesis group owns dead-lettering of request records; one copy is enough
-            await projector.on_request(request)
 
         @app.agent(topic[cat.requests.name], name="status-requests", supervisor_strategy=CrashingSupervisor)
         async def status_requests_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
-                await asyncio.gather(*(project_request(e.value) for e in events))
+                # The synthesis group owns dead-lettering of request records; one copy is enough.
+                requests, _ = await decode_group(events, ctx.codecs.request, None)
+                await projector.on_requests(requests)
                 yield None
-
-        async def project_completion(event: Any) -> None:
-            try:
-                completion = ctx.codecs.completion.decode(event.value)
-            except DecodeError as exc:
-                await (await send_dead_letter(event, "status", exc))
-                return
-            await projector.on_completion(completion)
 
         @app.agent(topic[cat.completions.name], name="status-completions", supervisor_strategy=CrashingSupervisor)
         async def status_completions_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
-                await asyncio.gather(*(project_completion(e) for e in events))
+                completions_, dead = await decode_group(events, ctx.codecs.completion, "status")
+                await projector.on_completions(completions_)
+                await asyncio.gather(*dead)
                 yield None
 
     return app

@@ -5,16 +5,20 @@ The storage step is idempotent: a redelivered result writes the same bytes under
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.status import JobStatus
 from stream_workers.result_cache import CachedAudio, ResultCache
 from voicenote.audio import CONTENT_TYPES, EXTENSIONS, UnsupportedFormat, encode, wav_info
 from voicenote.errors import AudioNotFound
-from voicenote.jobstore import JobStore
+from voicenote.jobstore import JobStore, Transition, WebhookState
 from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore, audio_key
+from voicenote.storage.base import Put
 
 _CARRIED = ("job_id", "created_at", "format", "engine", "model_version", "batch_size", "queued_ms",
             "batch_wait_ms", "engine_ms", "webhook_url", "batch_id", "trace_parent")
@@ -40,6 +44,45 @@ class Storer:
         self._cache = cache
 
     async def complete(self, result: dict[str, Any]) -> dict[str, Any]:
+        return (await self.complete_many([result]))[0]
+
+    async def complete_many(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The completions of ``results``, in order. The group's audio is written in one storage call and
+        its cache entries in one Redis round trip; ``upload_ms`` is that call's time."""
+        prepared = await asyncio.gather(*(self._prepare(result) for result in results))
+        uploads = [p for p in prepared if isinstance(p, _Upload)]
+        started = time.perf_counter()
+        stored = await self._store.put_many([u.put for u in uploads]) if uploads else []
+        upload_ms = int((time.perf_counter() - started) * 1000)
+        if self._cache is not None:
+            await self._cache.record_many([(u.cache_key, CachedAudio(
+                audio_key=s.key, content_type=s.content_type, size_bytes=s.size, sample_rate=u.sample_rate,
+                duration_ms=u.duration_ms, source_job_id=u.base["job_id"])) for u, s in zip(uploads, stored, strict=True)
+                if u.cache_key])
+        done = iter(zip(uploads, stored, strict=True))
+        completions = []
+        for p in prepared:
+            if not isinstance(p, _Upload):
+                completions.append(p)
+                continue
+            upload, obj = next(done)
+            completions.append({
+                **upload.base,
+                "status": "succeeded",
+                "completed_at": _now_ms(),
+                "audio_key": obj.key,
+                "audio_uri": obj.uri,
+                "audio_url": await self.audio_url(upload.base["job_id"], obj.key),
+                "content_type": obj.content_type,
+                "size_bytes": obj.size,
+                "sample_rate": upload.sample_rate,
+                "duration_ms": upload.duration_ms,
+                "upload_ms": upload_ms,
+            })
+        return completions
+
+    async def _prepare(self, result: dict[str, Any]) -> dict[str, Any] | _Upload:
+        """A finished completion (cancelled, failed, unusable audio) or the upload a success needs."""
         base = {name: result.get(name) for name in _CARRIED}
         base["cache_hit"] = bool(result.get("cache_hit"))
         if result["status"] == "cancelled":
@@ -63,31 +106,11 @@ class Storer:
             return _failed(base, "audio_missing", f"stored audio {exc} is gone (expired or deleted); submit the request again")
         except UnsupportedFormat as exc:
             return _failed(base, exc.code, str(exc))
-        key = audio_key(self._settings.key_prefix, result["job_id"], EXTENSIONS[fmt])
-        started = time.perf_counter()
-        stored = await self._store.put(
-            key, data, CONTENT_TYPES[fmt],
-            metadata={"job-id": result["job_id"], "engine": result.get("engine") or "",
-                      "model-version": result.get("model_version") or "", "format": fmt},
-        )
-        upload_ms = int((time.perf_counter() - started) * 1000)
-        if self._cache is not None and result.get("cache_key") and not result.get("cache_hit"):
-            await self._cache.record(result["cache_key"], CachedAudio(
-                audio_key=stored.key, content_type=stored.content_type, size_bytes=stored.size, sample_rate=sample_rate,
-                duration_ms=duration_ms, source_job_id=result["job_id"]))
-        return {
-            **base,
-            "status": "succeeded",
-            "completed_at": _now_ms(),
-            "audio_key": stored.key,
-            "audio_uri": stored.uri,
-            "audio_url": await self.audio_url(result["job_id"], stored.key),
-            "content_type": stored.content_type,
-            "size_bytes": stored.size,
-            "sample_rate": sample_rate,
-            "duration_ms": duration_ms,
-            "upload_ms": upload_ms,
-        }
+        put = Put(audio_key(self._settings.key_prefix, result["job_id"], EXTENSIONS[fmt]), data, CONTENT_TYPES[fmt],
+                  {"job-id": result["job_id"], "engine": result.get("engine") or "",
+                   "model-version": result.get("model_version") or "", "format": fmt})
+        cache_key = result.get("cache_key") if not result.get("cache_hit") else None
+        return _Upload(base, put, sample_rate, duration_ms, cache_key or None)
 
     async def audio_url(self, job_id: str, key: str) -> str:
         """A presigned GET where storage has one, else the API's audio route (which serves local files)."""
@@ -95,32 +118,51 @@ class Storer:
         return url if url is not None else f"{self._base}/v1/jobs/{job_id}/audio"
 
 
+@dataclass(frozen=True)
+class _Upload:
+    base: dict[str, Any]
+    put: Put
+    sample_rate: int
+    duration_ms: int
+    cache_key: str | None
+
+
 def _failed(base: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     return {**base, "status": "failed", "completed_at": _now_ms(), "error_code": code, "error_message": message}
 
 
 class StatusProjector:
-    """Requests and completions in, forward-only job records in Redis out."""
+    """Requests and completions in, forward-only job records in Redis out.
+
+    The ``*_many`` forms apply what one fetch brought in one Redis round trip; the single forms are
+    the same with one record.
+    """
 
     def __init__(self, jobs: JobStore) -> None:
         self._jobs = jobs
 
     async def on_request(self, request: dict[str, Any]) -> bool:
-        return await self._jobs.transition(
-            request["job_id"],
-            JobStatus.queued,
-            {"created_at": request["created_at"], "format": request["format"], "voice": request["voice"],
-             "priority": request["priority"], "batch_id": request.get("batch_id"), "webhook_url": request.get("webhook_url")},
-        )
+        return (await self.on_requests([request]))[0]
 
     async def on_completion(self, completion: dict[str, Any]) -> bool:
-        fields = {k: completion.get(k) for k in (
-            "created_at", "completed_at", "audio_key", "content_type", "format", "size_bytes", "duration_ms",
-            "sample_rate", "engine", "model_version", "batch_size", "queued_ms", "batch_wait_ms", "engine_ms",
-            "upload_ms", "error_code", "error_message", "cache_hit")}
-        fields["cache_hit"] = int(bool(fields["cache_hit"]))
-        moved = await self._jobs.transition(completion["job_id"], JobStatus(completion["status"]), fields)
-        if completion.get("webhook_url"):
-            # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
-            await self._jobs.record_webhook(completion["job_id"], "pending", 0)
-        return moved
+        return (await self.on_completions([completion]))[0]
+
+    async def on_requests(self, requests: Sequence[dict[str, Any]]) -> list[bool]:
+        return await self._jobs.apply([Transition(r["job_id"], JobStatus.queued, {
+            "created_at": r["created_at"], "format": r["format"], "voice": r["voice"], "priority": r["priority"],
+            "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url")}) for r in requests])
+
+    async def on_completions(self, completions: Sequence[dict[str, Any]]) -> list[bool]:
+        transitions = []
+        for completion in completions:
+            fields = {k: completion.get(k) for k in _PROJECTED}
+            fields["cache_hit"] = int(bool(fields["cache_hit"]))
+            transitions.append(Transition(completion["job_id"], JobStatus(completion["status"]), fields))
+        # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
+        pending = [WebhookState(c["job_id"], "pending", 0) for c in completions if c.get("webhook_url")]
+        return await self._jobs.apply(transitions, pending)
+
+
+_PROJECTED = ("created_at", "completed_at", "audio_key", "content_type", "format", "size_bytes", "duration_ms", "sample_rate",
+              "engine", "model_version", "batch_size", "queued_ms", "batch_wait_ms", "engine_ms", "upload_ms", "error_code",
+              "error_message", "cache_hit")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,12 +67,19 @@ class ResultCache:
 
     async def lookup(self, key: str) -> CachedAudio | None:
         """The cached audio for ``key``, counting a hit or a miss."""
+        return (await self.lookup_many([key]))[0]
+
+    async def lookup_many(self, keys: Sequence[str]) -> list[CachedAudio | None]:
+        """:meth:`lookup` for several keys in one round trip (MGET)."""
+        if not keys:
+            return []
         try:
-            raw = await self._redis.get(self._prefix + key)
+            raws = await self._redis.mget([self._prefix + key for key in keys])
         except RedisError as exc:
             raise JobStoreError(f"cannot read the result cache: {exc}") from exc
-        self._count(hit=raw is not None)
-        return CachedAudio(**json.loads(raw)) if raw is not None else None
+        for raw in raws:
+            self._count(hit=raw is not None)
+        return [CachedAudio(**json.loads(raw)) if raw is not None else None for raw in raws]
 
     def _count(self, *, hit: bool) -> None:
         CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
@@ -97,8 +104,17 @@ class ResultCache:
             raise JobStoreError(f"cannot write the result cache: {exc}") from exc
 
     async def record(self, key: str, audio: CachedAudio) -> None:
+        await self.record_many([(key, audio)])
+
+    async def record_many(self, entries: Sequence[tuple[str, CachedAudio]]) -> None:
+        """Record several entries in one pipelined round trip."""
+        if not entries:
+            return
         try:
-            await self._redis.set(self._prefix + key, json.dumps(asdict(audio)), ex=self._ttl)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, audio in entries:
+                    pipe.set(self._prefix + key, json.dumps(asdict(audio)), ex=self._ttl)
+                await pipe.execute()
         except RedisError as exc:
             raise JobStoreError(f"cannot write the result cache: {exc}") from exc
 

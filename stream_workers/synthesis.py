@@ -8,6 +8,7 @@ to ride in an event is parked in storage (claim check).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -202,8 +203,9 @@ class Synthesizer:
                 decoded.append((i, record))
         records: list[dict[str, str] | None] = [None] * len(decoded)
         if self._jobs and decoded:
-            records = await self._jobs.get_many([r["job_id"] for _, r in decoded])
+            records = await self._jobs.get_fields_many([r["job_id"] for _, r in decoded], ("status", SYNTHESIZED_FIELD))
         now = now_ms()
+        to_synthesize: list[tuple[int, dict[str, Any]]] = []
         for (i, request), record in zip(decoded, records, strict=True):
             status = (record or {}).get("status")
             if record and (record.get(SYNTHESIZED_FIELD) or status in (JobStatus.succeeded.value, JobStatus.failed.value)):
@@ -213,7 +215,11 @@ class Synthesizer:
                                                       error_message="the job was cancelled before synthesis")))
             elif request.get("deadline_at") is not None and now > request["deadline_at"]:
                 out.results.append((i, self.deadline_result(request)))
-            elif (hit := await self._from_cache(request)) is not None:
+            else:
+                to_synthesize.append((i, request))
+        hits = await self._from_cache([request for _, request in to_synthesize])
+        for (i, request), hit in zip(to_synthesize, hits, strict=True):
+            if hit is not None:
                 out.results.append((i, hit))
             else:
                 texts = split_text(request["text"], self._settings.max_segment_chars)
@@ -260,22 +266,27 @@ class Synthesizer:
         return result_record(request, status="succeeded", sample_rate=job.sample_rate,
                              duration_ms=int(1000 * len(audio) / job.sample_rate), **audio_fields, **common)
 
-    async def _from_cache(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        """A result pointing at the stored audio of an identical earlier request, or None (engine needed)."""
-        if self._cache is None or not request.get("use_cache", True):
-            return None
-        key = cache_key(request, self.engine.name, self.engine.model_version)
-        hit = await self._cache.lookup(key)
-        if hit is None:
-            return None
-        if not await self._store.exists(hit.audio_key):
-            # The cache is only an optimization: audio that expired or lives in another store means
-            # synthesizing again, never a failed job.
-            await self._cache.forget_stale(key)
-            return None
-        return result_record(request, status="succeeded", audio_ref=hit.audio_key, cache_hit=True, cache_key=key,
-                             sample_rate=hit.sample_rate, duration_ms=hit.duration_ms, engine=self.engine.name,
-                             model_version=self.engine.model_version, batch_size=0)
+    async def _from_cache(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """Per request, a result pointing at the stored audio of an identical earlier request, or None
+        (engine needed); one cache round trip for the group."""
+        found: list[dict[str, Any] | None] = [None] * len(requests)
+        if self._cache is None:
+            return found
+        wanted = [(i, cache_key(r, self.engine.name, self.engine.model_version)) for i, r in enumerate(requests)
+                  if r.get("use_cache", True)]
+        entries = await self._cache.lookup_many([key for _, key in wanted])
+        hits = [(i, key, hit) for (i, key), hit in zip(wanted, entries, strict=True) if hit is not None]
+        present = await asyncio.gather(*(self._store.exists(hit.audio_key) for _, _, hit in hits))
+        for (i, key, hit), exists in zip(hits, present, strict=True):
+            if not exists:
+                # The cache is only an optimization: audio that expired or lives in another store means
+                # synthesizing again, never a failed job.
+                await self._cache.forget_stale(key)
+                continue
+            found[i] = result_record(requests[i], status="succeeded", audio_ref=hit.audio_key, cache_hit=True, cache_key=key,
+                                     sample_rate=hit.sample_rate, duration_ms=hit.duration_ms, engine=self.engine.name,
+                                     model_version=self.engine.model_version, batch_size=0)
+        return found
 
     async def mark_synthesized(self, job_ids: Sequence[str]) -> None:
         """Note on the job records that these results are published, so a redelivery is not redone."""

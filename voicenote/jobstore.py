@@ -8,7 +8,8 @@ per-job channel so a waiting HTTP request learns of them at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -47,6 +48,33 @@ return 1
 """
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One forward-only status change: see :meth:`JobStore.transition`."""
+
+    job_id: str
+    status: JobStatus
+    fields: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WebhookState:
+    """One webhook delivery state: see :meth:`JobStore.record_webhook`."""
+
+    job_id: str
+    status: str
+    attempts: int
+    last_error: str = ""
+
+
+def _field_args(fields: Mapping[str, Any] | None) -> list[Any]:
+    args: list[Any] = []
+    for name, value in (fields or {}).items():
+        if value is not None:
+            args += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
+    return args
+
+
 class JobStore:
     def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
         self._redis = client
@@ -67,13 +95,8 @@ class JobStore:
 
     async def transition(self, job_id: str, status: JobStatus, fields: Mapping[str, Any] | None = None) -> bool:
         """Move ``job_id`` to ``status`` with ``fields``; False if that would not move it forward."""
-        args: list[Any] = [status.rank, self._ttl, "1" if status.terminal else "0", "status", status.value]
-        for name, value in (fields or {}).items():
-            if value is None:
-                continue
-            args += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
         try:
-            result = await self._transition(keys=[self.job_key(job_id), self.done_channel(job_id)], args=args)
+            result = await self._transition(keys=self._transition_keys(job_id), args=self._transition_args(status, fields))
         except RedisError as exc:
             raise JobStoreError(f"cannot record {status.value} for job {job_id}: {exc}") from exc
         return bool(result)
@@ -85,6 +108,30 @@ class JobStore:
         except RedisError as exc:
             raise JobStoreError(f"cannot record webhook state of job {job_id}: {exc}") from exc
         return bool(result)
+
+    async def apply(self, transitions: Sequence[Transition], webhooks: Sequence[WebhookState] = ()) -> list[bool]:
+        """Many transitions, then many webhook states, in one pipelined round trip (the projection's
+        agents apply what one fetch brought this way). Returns, per transition, whether it moved the job."""
+        if not transitions and not webhooks:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for t in transitions:
+                    await self._transition(keys=self._transition_keys(t.job_id), args=self._transition_args(t.status, t.fields),
+                                           client=pipe)
+                for w in webhooks:
+                    await self._webhook(keys=[self.job_key(w.job_id)], args=[w.status, w.attempts, w.last_error, self._ttl],
+                                        client=pipe)
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise JobStoreError(f"cannot record {len(transitions)} transitions and {len(webhooks)} webhook states: {exc}") from exc
+        return [bool(r) for r in results[: len(transitions)]]
+
+    def _transition_keys(self, job_id: str) -> list[str]:
+        return [self.job_key(job_id), self.done_channel(job_id)]
+
+    def _transition_args(self, status: JobStatus, fields: Mapping[str, Any] | None) -> list[Any]:
+        return [status.rank, self._ttl, "1" if status.terminal else "0", "status", status.value, *_field_args(fields)]
 
     async def get(self, job_id: str) -> dict[str, str] | None:
         try:
@@ -104,20 +151,20 @@ class JobStore:
             raise JobStoreError(f"cannot read {len(job_ids)} jobs: {exc}") from exc
         return [dict(r) if r else None for r in records]
 
-    async def transition_many(self, job_ids: list[str] | tuple[str, ...], status: JobStatus, fields: Mapping[str, Any]) -> None:
-        """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
-        extra: list[Any] = []
-        for name, value in fields.items():
-            if value is not None:
-                extra += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
-        args = [status.rank, self._ttl, "1" if status.terminal else "0", "status", status.value, *extra]
+    async def get_fields_many(self, job_ids: Sequence[str], fields: Sequence[str]) -> list[dict[str, str] | None]:
+        """Only ``fields`` of each job's record (None where the job has no record), in one pipelined round trip."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
-                    await self._transition(keys=[self.job_key(job_id), self.done_channel(job_id)], args=args, client=pipe)
-                await pipe.execute()
+                    pipe.hmget(self.job_key(job_id), list(fields))
+                rows = await pipe.execute()
         except RedisError as exc:
-            raise JobStoreError(f"cannot record {status.value} for {len(job_ids)} jobs: {exc}") from exc
+            raise JobStoreError(f"cannot read {len(job_ids)} jobs: {exc}") from exc
+        return [{f: v for f, v in zip(fields, row, strict=True) if v is not None} or None for row in rows]
+
+    async def transition_many(self, job_ids: list[str] | tuple[str, ...], status: JobStatus, fields: Mapping[str, Any]) -> None:
+        """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
+        await self.apply([Transition(job_id, status, fields) for job_id in job_ids])
 
     async def ping(self) -> bool:
         try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -32,9 +33,23 @@ class StoredObject:
     content_type: str
 
 
+@dataclass(frozen=True)
+class Put:
+    """One object to write: see :meth:`AudioStore.put`."""
+
+    key: str
+    data: bytes
+    content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
 class AudioStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> StoredObject:
         """Write ``data`` under ``key`` (overwriting), returning where it went."""
+        ...
+
+    async def put_many(self, puts: Sequence[Put]) -> list[StoredObject]:
+        """Write several objects (what one group of completions brings), in order; raises on the first failure."""
         ...
 
     async def get(self, key: str) -> bytes:

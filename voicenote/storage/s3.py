@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -11,7 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from voicenote.errors import AudioNotFound, StorageError
 from voicenote.settings import StorageSettings
-from voicenote.storage.base import StoredObject
+from voicenote.storage.base import Put, StoredObject
 
 
 class S3AudioStore:
@@ -52,6 +54,10 @@ class S3AudioStore:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot upload s3://{self.bucket}/{key}: {exc}") from exc
         return StoredObject(key=key, uri=f"s3://{self.bucket}/{key}", size=len(data), content_type=content_type)
+
+    async def put_many(self, puts: Sequence[Put]) -> list[StoredObject]:
+        # Concurrent PUTs over the client's connection pool.
+        return list(await asyncio.gather(*(self.put(p.key, p.data, p.content_type, p.metadata) for p in puts)))
 
     async def _put_multipart(self, s3: Any, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         upload = await s3.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata)
