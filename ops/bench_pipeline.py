@@ -55,10 +55,16 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            for msg in self._consumer.consume(500, 0.05):
+            # poll() returns as soon as a record is there; consume(n, t) would wait for n records or t,
+            # stamping every record of a quiet topic up to t late. Then drain what is queued without waiting.
+            first = self._consumer.poll(0.05)
+            if first is None:
+                continue
+            now = time.time()
+            for msg in [first, *self._consumer.consume(500, 0)]:
                 if msg.error() is None:
                     record = self._decode(msg.value())
-                    self.seen.setdefault(record["job_id"], time.time())
+                    self.seen.setdefault(record["job_id"], now)
                     self.created[record["job_id"]] = record["created_at"]
                     self.records.setdefault(record["job_id"], {k: v for k, v in record.items() if k != "audio"})
 
