@@ -66,6 +66,7 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         key_serializer="raw",
         value_serializer="raw",
         producer_max_request_size=8 * 1_048_576,
+        producer_linger=s.kafka.worker_linger_ms / 1000,
         # aiokafka's 16 KiB default fits one audio event a batch; every other sender then waits for a drain.
         producer_max_batch_size=1_048_576,
     )
@@ -156,8 +157,10 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     running: list[SynthesisLoop[Any]] = []
     finished = asyncio.Event()
 
-    async def publish(record: dict[str, Any]) -> None:
-        await (await audio.send(key=record["job_id"].encode(), value=ctx.codecs.result.encode(record)))
+    async def publish(records: list[dict[str, Any]]) -> None:
+        # Queue every record with the producer first, then wait for the broker's acknowledgements together.
+        sent = [await audio.send(key=r["job_id"].encode(), value=ctx.codecs.result.encode(r)) for r in records]
+        await asyncio.gather(*sent)
 
     async def dead_letter(event: Any, refused: Refused) -> None:
         await (await send_dead_letter(event, "synthesis", DecodeError(refused.reason, refused.message)))

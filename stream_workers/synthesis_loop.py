@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 H = TypeVar("H")  # the source event handle (a Faust event in the worker)
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
+# Puts a group of result records on the broker: returns once every one is acknowledged.
+Publish = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class SynthesisLoop(Generic[H]):
@@ -184,7 +185,7 @@ class SynthesisLoop(Generic[H]):
         self._group.create_task(run())
 
     async def _publish_acked(self, items: list[tuple[H, dict[str, Any]]]) -> None:
-        await asyncio.gather(*(self._publish(record) for _, record in items))
+        await self._publish([record for _, record in items])
         await self.synth.mark_synthesized([record["job_id"] for _, record in items])
         for handle, record in items:
             await self._ack(handle)

@@ -31,6 +31,7 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = Field(50, description="Must stay well below the batch window.")
+    worker_linger_ms: int = Field(0, ge=0, description="How long the workers' producers wait to fill a produce request.")
     delivery_timeout_ms: int = 10_000
 
     def catalog(self) -> TopicCatalog:

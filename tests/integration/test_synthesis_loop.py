@@ -65,8 +65,8 @@ class Harness:
         self.task: asyncio.Task[None] | None = None
         self._n = 0
 
-    async def _publish(self, record: dict[str, Any]) -> None:
-        self.published.append(record)
+    async def _publish(self, records: list[dict[str, Any]]) -> None:
+        self.published.extend(records)
 
     async def _dead(self, handle: int, refused: Refused) -> None:
         self.dead.append((handle, refused))
