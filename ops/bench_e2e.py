@@ -28,7 +28,6 @@ from ops.bench_pipeline import REPO, Watcher
 from ops.benchmarking import machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
-from schemas.topics import build_catalog
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
 
 NOTES = [
@@ -70,7 +69,7 @@ def main() -> int:
     api_port, synth_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
     env.update(to_env(settings))
-    env.update({"PYTHONPATH": str(REPO), "VOICENOTE_API__PORT": str(api_port),
+    env.update({"PYTHONPATH": str(REPO), "VOICENOTE_API__PORT": str(api_port), "VOICENOTE_API__ALLOW_ANONYMOUS": "true",
                 "VOICENOTE_API__PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}"})
     procs = []
     for name, cmd in (("synthesis", ["worker", "synthesis", "--web-port", str(synth_port)]),
@@ -78,7 +77,7 @@ def main() -> int:
         log = open(tmp / f"{name}.log", "ab")
         procs.append(subprocess.Popen([sys.executable, "-m", "ops.cli", *cmd], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     base = f"http://127.0.0.1:{api_port}"
-    catalog = build_catalog(prefix=f"{tag}.", request_partitions=4, partitions=2)
+    catalog = settings.kafka.catalog()
     completions = Watcher(settings, catalog.completions.name, Codecs().completion.decode)
     completions.start()
     runs: list[dict[str, Any]] = []

@@ -73,3 +73,23 @@ async def test_unreachable_redis_is_translated(settings: Settings) -> None:
     with pytest.raises(JobStoreError):
         await store.transition("job_x", JobStatus.queued)
     assert not await store.ping()
+
+
+async def test_apply_moves_many_jobs_in_one_round_trip_forward_only(settings: Settings) -> None:
+    from voicenote.jobstore import Transition, WebhookState
+
+    store = JobStore.from_settings(settings.redis)
+    try:
+        await store.transition("job_ap2", JobStatus.succeeded, {"audio_key": "k2"})
+        moved = await store.apply(
+            [Transition("job_ap1", JobStatus.queued, {"voice": "joe"}), Transition("job_ap2", JobStatus.queued, {"voice": "joe"}),
+             Transition("job_ap1", JobStatus.failed, {"error_code": "engine_error"})],
+            [WebhookState("job_ap1", "pending", 0)])
+        assert moved == [True, False, True]  # job_ap2 was already finished
+        one, two = await store.get("job_ap1"), await store.get("job_ap2")
+        assert one is not None and two is not None
+        assert (one["status"], one["voice"], one["error_code"], one["webhook_status"]) == ("failed", "joe", "engine_error", "pending")
+        assert (two["status"], two["voice"]) == ("succeeded", "joe")  # a gap filled, the status kept
+        assert await store.apply([]) == []
+    finally:
+        await store.close()

@@ -149,3 +149,32 @@ async def test_cache_hit_whose_audio_expired_fails_with_a_code(tmp_path: Path) -
     assert completion["status"] == "failed"
     assert completion["error_code"] == "audio_missing"
     assert "submit the request again" in completion["error_message"]
+
+
+async def test_a_group_of_results_is_stored_in_one_call_with_failures_kept_apart(s3: S3AudioStore, settings: Settings) -> None:
+    storer = Storer(s3, settings.storage)
+    failed = {**_result("job_grpfail"), "status": "failed", "audio": None, "error_code": "engine_error",
+              "error_message": "boom"}
+    group = [_result("job_grp1"), failed, {**_result("job_grp2"), "format": "flac"}]
+    done = await storer.complete_many(group)
+    assert [c["job_id"] for c in done] == ["job_grp1", "job_grpfail", "job_grp2"]  # in order
+    assert [c["status"] for c in done] == ["succeeded", "failed", "succeeded"]
+    assert done[1]["error_code"] == "engine_error" and "audio_key" not in done[1]
+    assert done[2]["content_type"] == "audio/flac" and done[2]["audio_key"].endswith("job_grp2.flac")
+    assert sorted(await _keys(s3)) == sorted([done[0]["audio_key"], done[2]["audio_key"]])
+    assert await s3.get(done[0]["audio_key"]) == group[0]["audio"]
+
+
+async def test_local_put_many_writes_every_file_and_refuses_keys_outside_the_root(tmp_path: Path) -> None:
+    from voicenote.errors import StorageError
+    from voicenote.storage.base import Put
+
+    store = LocalAudioStore(tmp_path / "audio")
+    stored = await store.put_many([Put("audio/aa/job_1.wav", b"one", "audio/wav"), Put("audio/bb/job_2.wav", b"two", "audio/wav"),
+                                   Put("audio/aa/job_3.wav", b"three", "audio/wav")])
+    assert [await store.get(s.key) for s in stored] == [b"one", b"two", b"three"]
+    assert not list((tmp_path / "audio").rglob(".*.tmp"))  # written through a temporary file, renamed
+    for key in ("../outside.wav", "audio/../../outside.wav", "/etc/outside.wav"):
+        with pytest.raises(StorageError, match="escapes"):
+            await store.put(key, b"x", "audio/wav")
+    assert not (tmp_path / "outside.wav").exists()
