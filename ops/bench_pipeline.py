@@ -28,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from ops.benchmarking import CpuMeter, machine, pct, stop_processes
+from ops.benchmarking import CpuMeter, calibration_ms, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from voicenote.kafka import ensure_topics
@@ -248,8 +248,9 @@ def main() -> int:
                 stack.warm_up()
                 if r == 0:
                     latency = low_load(stack, args.low_rate, args.low_jobs)
+                calibration = calibration_ms()
                 for name, figures in backlog_round(stack, args.jobs).items():
-                    rounds[name].append(figures)
+                    rounds[name].append({**figures, "calibration_ms": calibration})
             finally:
                 stack.stop()
     finally:
@@ -267,7 +268,8 @@ def main() -> int:
         # jobs/s over each backlog: A request -> result event, B result -> completion event (the
         # completion role also projects the requests), C request -> completion event. CPU seconds each
         # process used, and per job: where the two cores went. Several rounds because this machine is
-        # shared and noisy: the median and range of jobs/s, and every round.
+        # shared and noisy: the median and range of jobs/s, and every round with its calibration_ms (a
+        # fixed pure-Python workload timed just before the round: higher means a slower machine then).
         "backlog": {"jobs": args.jobs, "rounds": args.rounds,
                     **{name: {"median_jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs),
                               "min_jobs_per_s": min(r["jobs_per_s"] for r in runs),

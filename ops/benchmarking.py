@@ -68,3 +68,22 @@ class CpuMeter:
 
     def used(self) -> dict[str, float]:
         return {name: round(cpu_seconds(pid) - self._start[name], 3) for name, pid in self._pids.items()}
+
+
+def calibration_ms(repeat: int = 5) -> float:
+    """Milliseconds a fixed pure-Python workload takes (the best of ``repeat``): how fast this shared
+    machine is right now. Written beside figures so runs taken at different moments can be told apart."""
+    import time
+
+    def work() -> int:
+        total = 0
+        for i in range(200_000):
+            total += (i * i) % 7
+        return total
+
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return round(1000 * best, 2)

@@ -152,7 +152,7 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     s = ctx.settings
     synth = Synthesizer(engine, ctx.codecs, ctx.store, s.storage, s.synthesis, ctx.jobs, cache=ctx.cache)
     metrics = SynthesisMetrics()
-    policy = BatchPolicy(s.worker.max_batch, s.worker.window_seconds)
+    policy = BatchPolicy(s.worker.max_batch, s.worker.window_seconds, max(s.worker.batch_lookahead, s.worker.max_batch))
     executor = ThreadPoolExecutor(1, "engine")
     running: list[SynthesisLoop[Any]] = []
     finished = asyncio.Event()

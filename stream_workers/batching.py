@@ -21,12 +21,17 @@ T = TypeVar("T")
 class BatchPolicy:
     max_batch: int = 8
     window: float = 0.1  # seconds from the first item of the batch
+    # How many of the oldest waiting items a batch is chosen from. Bounds the cost of choosing (a sort)
+    # when a backlog piles up, and how far ahead of its turn a short item can jump.
+    lookahead: int = 64
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if self.window < 0:
             raise ValueError("window must not be negative")
+        if self.lookahead < self.max_batch:
+            raise ValueError("lookahead must be at least max_batch")
 
 
 @dataclass
@@ -71,7 +76,8 @@ def padding_waste(sizes: Sequence[int]) -> float:
 
 
 class Batcher(Generic[T]):
-    """Collects items on the event loop and hands out batches by :func:`pick_batch`."""
+    """Collects items on the event loop and hands out batches by :func:`pick_batch`, chosen from the
+    ``policy.lookahead`` oldest. The pool is kept in arrival order, so its head is the oldest item."""
 
     def __init__(self, policy: BatchPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
@@ -105,7 +111,7 @@ class Batcher(Generic[T]):
         """
         while True:
             if self._pool:
-                oldest = min(p.arrived for p in self._pool)
+                oldest = self._pool[0].arrived
                 remaining = oldest + self.policy.window - self._clock()
                 if len(self._pool) >= self.policy.max_batch or remaining <= 0:
                     return self._cut(oldest)
@@ -119,7 +125,7 @@ class Batcher(Generic[T]):
                 await self._changed.wait()
 
     def _cut(self, oldest: float) -> tuple[list[T], float]:
-        chosen = pick_batch(self._pool, self.policy.max_batch)
+        chosen = pick_batch(self._pool[: self.policy.lookahead], self.policy.max_batch)
         batch = [self._pool[i].item for i in chosen]
         taken = set(chosen)
         self._pool = [p for i, p in enumerate(self._pool) if i not in taken]

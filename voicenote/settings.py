@@ -109,6 +109,7 @@ class WorkerSettings(BaseModel):
     group_id: str = "voicenote"
     max_batch: int = Field(8, ge=1, le=64)
     window_seconds: float = Field(0.1, gt=0)
+    batch_lookahead: int = Field(64, ge=1, description="A batch is chosen from this many of the oldest waiting items (>= max_batch).")
     web_port: int = Field(6066, description="Faust's web server port; one per worker process.")
     commit_interval_seconds: float = 1.0
 

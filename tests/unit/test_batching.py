@@ -39,6 +39,20 @@ def test_similar_length_batches_waste_less_padding_than_arrival_order() -> None:
     assert sum(by_length) < 0.2 * sum(fifo)
 
 
+async def test_a_backlog_is_batched_from_its_oldest_items_only() -> None:
+    # 8 short items wait at the back of a long backlog; with a lookahead of 16 the batch is chosen
+    # from the 16 oldest, so those short ones do not jump 200 places.
+    batcher: Batcher[int] = Batcher(BatchPolicy(max_batch=4, window=10.0, lookahead=16))
+    sizes = [100 + i % 50 for i in range(200)] + [5] * 8
+    for i, size in enumerate(sizes):
+        batcher.add(i, size)
+    batch, _ = await asyncio.wait_for(batcher.next_batch(), 5)
+    assert 0 in batch and all(i < 16 for i in batch)
+    assert len(batcher) == len(sizes) - 4
+    with pytest.raises(ValueError):
+        BatchPolicy(max_batch=8, lookahead=4)
+
+
 def test_padding_waste() -> None:
     assert padding_waste([10, 10]) == 0
     assert padding_waste([10, 0]) == 0.5
