@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 from schemas.errors import DecodeError
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
-from stream_workers.completion import StatusProjector, Storer
+from stream_workers.completion import StatusProjector, Storer, fresh_results
 from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
@@ -123,7 +123,10 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
                 results, sent = await decode_group(events, ctx.codecs.result, "storage")
-                done = await storer.complete_many(results)
+                fresh = fresh_results(results, await projector.already_completed([r["job_id"] for r in results]))
+                if len(fresh) < len(results):
+                    log.info("dropping %d results of jobs already completed (redelivered requests)", len(results) - len(fresh))
+                done = await storer.complete_many(fresh)
                 for completion in done:
                     sent.append(await completions.send(key=completion["job_id"].encode(),
                                                        value=ctx.codecs.completion.encode(completion)))

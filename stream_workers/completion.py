@@ -157,11 +157,39 @@ class StatusProjector:
         for completion in completions:
             fields = {k: completion.get(k) for k in _PROJECTED}
             fields["cache_hit"] = int(bool(fields["cache_hit"]))
+            # Kept even when the status does not move (filled as a gap): the job has its completion event.
+            fields[COMPLETION_EMITTED_FIELD] = completion.get("completed_at") or _now_ms()
             transitions.append(Transition(completion["job_id"], JobStatus(completion["status"]), fields))
         # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
         pending = [WebhookState(c["job_id"], "pending", 0) for c in completions if c.get("webhook_url")]
         return await self._jobs.apply(transitions, pending)
 
+
+    async def already_completed(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` whose completion event was already emitted and projected (one round trip).
+
+        A redelivered request can be synthesized twice (a synthesis worker killed between publishing a
+        result and marking the job); its second result must not become a second completion. A job
+        cancelled through the API is terminal but has no completion yet, so the mark is its own field.
+        """
+        if not job_ids:
+            return set()
+        records = await self._jobs.get_fields_many(job_ids, (COMPLETION_EMITTED_FIELD,))
+        return {job_id for job_id, record in zip(job_ids, records, strict=True) if record}
+
+
+COMPLETION_EMITTED_FIELD = "completion_emitted_at"
+
+
+def fresh_results(results: Sequence[dict[str, Any]], emitted: set[str]) -> list[dict[str, Any]]:
+    """The first result of each job not in ``emitted``, in order: one completion per job."""
+    seen = set(emitted)
+    fresh = []
+    for result in results:
+        if result["job_id"] not in seen:
+            seen.add(result["job_id"])
+            fresh.append(result)
+    return fresh
 
 _PROJECTED = ("created_at", "completed_at", "audio_key", "content_type", "format", "size_bytes", "duration_ms", "sample_rate",
               "engine", "model_version", "batch_size", "queued_ms", "batch_wait_ms", "engine_ms", "upload_ms", "error_code",

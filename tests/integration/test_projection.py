@@ -101,6 +101,21 @@ async def test_completion_with_webhook_shows_pending_until_the_dispatcher_report
     assert "webhook_status" not in (await jobs.get("job_nohook") or {})
 
 
+async def test_a_second_result_of_a_completed_job_makes_no_second_completion(jobs: JobStore) -> None:
+    from schemas.status import JobStatus
+    from stream_workers.completion import fresh_results
+
+    projector = StatusProjector(jobs)
+    now = int(time.time() * 1000)
+    await projector.on_completions([_completion("job_dupa", "succeeded", now)])
+    await jobs.transition("job_dupc", JobStatus.cancelled, {"completed_at": now})  # cancelled by the API: no event yet
+    emitted = await projector.already_completed(["job_dupa", "job_dupb", "job_dupc"])
+    assert emitted == {"job_dupa"}
+    results = [{"job_id": "job_dupa"}, {"job_id": "job_dupb"}, {"job_id": "job_dupc"}, {"job_id": "job_dupb"}]
+    assert [r["job_id"] for r in fresh_results(results, emitted)] == ["job_dupb", "job_dupc"]  # once each, in order
+    assert await projector.already_completed([]) == set()
+
+
 async def test_webhook_state_never_regresses(jobs: JobStore) -> None:
     assert await jobs.record_webhook("job_whst", "retrying", 1, "HTTP 500")
     assert await jobs.record_webhook("job_whst", "delivered", 2)
