@@ -140,17 +140,6 @@ class JobStore:
             raise JobStoreError(f"cannot read job {job_id}: {exc}") from exc
         return dict(record) if record else None
 
-    async def get_many(self, job_ids: list[str]) -> list[dict[str, str] | None]:
-        """The records of ``job_ids`` (None where absent), in one pipelined round trip."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.hgetall(self.job_key(job_id))
-                records = await pipe.execute()
-        except RedisError as exc:
-            raise JobStoreError(f"cannot read {len(job_ids)} jobs: {exc}") from exc
-        return [dict(r) if r else None for r in records]
-
     async def get_fields_many(self, job_ids: Sequence[str], fields: Sequence[str]) -> list[dict[str, str] | None]:
         """Only ``fields`` of each job's record (None where the job has no record), in one pipelined round trip."""
         try:

@@ -20,7 +20,6 @@ class LocalAudioStore:
         self.root = root.resolve()
         self.ttl_seconds = ttl_seconds
         self._root_prefix = str(self.root) + os.sep
-        self._made: set[str] = set()  # directories known to exist (saves a mkdir per write)
 
     def _path(self, key: str) -> Path:
         # Lexical: keys are ours or come from events; ".." or an absolute key cannot leave the root.
@@ -35,17 +34,9 @@ class LocalAudioStore:
     async def put_many(self, puts: Sequence[Put]) -> list[StoredObject]:
         paths = [self._path(p.key) for p in puts]
         # One trip to a thread for the whole group: the hop costs more than writing a short note.
-        await asyncio.to_thread(self._write_all, [(path, p.data) for path, p in zip(paths, puts, strict=True)])
+        await asyncio.to_thread(_write_all, [(path, p.data) for path, p in zip(paths, puts, strict=True)])
         return [StoredObject(key=p.key, uri=path.as_uri(), size=len(p.data), content_type=p.content_type)
                 for path, p in zip(paths, puts, strict=True)]
-
-    def _write_all(self, writes: list[tuple[Path, bytes]]) -> None:
-        for path, data in writes:
-            parent = str(path.parent)
-            if parent not in self._made:
-                _make_dir(path.parent)
-                self._made.add(parent)
-            _atomic_write(path, data)
 
     async def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -98,11 +89,9 @@ class LocalAudioStore:
         return None
 
 
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create {path}: {exc}") from exc
+def _write_all(writes: list[tuple[Path, bytes]]) -> None:
+    for path, data in writes:
+        _atomic_write(path, data)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -110,16 +99,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = f"{path.parent}{os.sep}.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:  # the directory went away (an expiry sweep of an empty shard, an operator)
+            out = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:  # a new shard directory (made once, not checked per write)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+            out = open(tmp, "wb")  # noqa: SIM115
+        with out:
+            out.write(data)
         os.replace(tmp, path)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc}") from exc
