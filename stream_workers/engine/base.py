@@ -8,6 +8,7 @@ raising for the whole batch, so its batch-mates still succeed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -78,4 +79,35 @@ class SpeechEngine(Protocol):
 
     def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
         """Synthesize every input; results are in input order, one per input."""
+        ...
+
+
+class ContinuousEngine(Protocol):
+    """An engine that keeps live rows in slots (iteration-level batching).
+
+    Submitted inputs join the running decode at the next step boundary (an idle engine starts them at
+    once); a finished row leaves its slot at once and its future resolves without waiting for its
+    batch-mates. Futures resolve from the engine's own thread: an asyncio caller wraps them with
+    ``asyncio.wrap_future``. A failing row resolves with a result carrying its error, never raises.
+    """
+
+    name: str
+    model_version: str
+    sample_rate: int
+    slots: int  # the most rows decoding at once
+
+    def voices(self) -> list[str]:
+        """The voice names this engine accepts."""
+        ...
+
+    def free_slots(self) -> int:
+        """Slots not taken by live or queued rows (back-pressure for admission)."""
+        ...
+
+    def submit(self, inputs: Sequence[SynthesisInput]) -> list[Future[SynthesisResult]]:
+        """Queue ``inputs`` for decoding; one future per input, in input order."""
+        ...
+
+    def close(self) -> None:
+        """Finish the rows in hand, then stop the engine thread."""
         ...
