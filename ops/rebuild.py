@@ -29,14 +29,15 @@ class RebuildReport:
 
 
 async def rebuild(settings: Settings, jobs: JobStore) -> RebuildReport:
-    """Replay both topics from their beginning up to their current end; returns what was applied."""
+    """Replay the request topics and the completion topic from their beginning up to their current end; returns what was applied."""
     catalog = settings.kafka.catalog()
     codecs = Codecs()
     projector = StatusProjector(jobs)
     report = RebuildReport()
     oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
-    for topic, codec in ((catalog.requests.name, codecs.request), (catalog.completions.name, codecs.completion)):
-        is_request = topic == catalog.requests.name
+    request_topics = [spec.name for spec in catalog.request_topics()]  # every model family's
+    for topic, codec in (*((name, codecs.request) for name in request_topics), (catalog.completions.name, codecs.completion)):
+        is_request = topic in request_topics
         for msg in read_range(settings.kafka, topic, Range()):
             try:
                 record = codec.decode(msg.value())

@@ -15,13 +15,14 @@ from producer_api.estimate import LagMonitor, ThroughputEstimator
 from producer_api.idempotency import IdempotencyStore
 from producer_api.metrics import ApiMetrics, MetricsMiddleware
 from producer_api.ratelimit import RateLimiter
-from producer_api.routes import health, jobs, speech
+from producer_api.routes import health, jobs, models, speech
 from producer_api.service import JobService
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, admin_client
+from voicenote.models import ModelRegistry
 from voicenote.settings import Settings
 from voicenote.storage import build_store
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     auth = Authenticator(settings.api)  # refuses to build without keys unless anonymous use is explicit
     metrics = ApiMetrics()
     estimator = ThroughputEstimator(settings.api.estimate_prior_jobs_per_second)
+    model_registry = ModelRegistry.from_settings(settings)  # built here: a bad model setting stops start-up
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
             presign_expiry=settings.storage.presign_expiry_seconds,
             limiter=RateLimiter(redis, prefix, on_fallback=metrics.redis_fallbacks.labels("rate_limit").inc),
             idempotency=IdempotencyStore(redis, prefix, settings.api.idempotency_ttl_seconds),
-            waiter=waiter, estimator=estimator, metrics=metrics)
+            waiter=waiter, estimator=estimator, metrics=metrics, models=model_registry)
         waiter.start()
         monitor.start()
         try:
@@ -73,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(speech.router)
     app.include_router(jobs.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -7,19 +7,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from schemas.validation import MAX_INPUT_CHARS, SPEED_RANGE
-from voicenote.voices import UnknownVoiceName, resolve
+from schemas.validation import MAX_INPUT_CHARS, REPETITION_PENALTY_RANGE, SEED_RANGE, SPEED_RANGE, TEMPERATURE_RANGE, TOP_P_RANGE
 
 Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 BATCH_HARD_MAX = 1000  # the configured api.batch_max_items (default 100) is enforced below this
-
-
-def _check_voice(value: str) -> str:
-    try:
-        resolve(value)
-    except UnknownVoiceName as exc:
-        raise ValueError(str(exc)) from None
-    return value
 
 
 def _check_webhook(value: str | None) -> str | None:
@@ -38,19 +29,27 @@ class SpeechRequest(BaseModel):
          "webhook_url": "https://example.com/hooks/voicenote"},
     ]})
 
-    model: str = Field("tts-1", max_length=64, description="Model name; tts-1, tts-1-hd and gpt-4o-mini-tts map to the configured engine.")
+    model: str = Field("tts-1", max_length=64, description="A model of GET /v1/models: tts-1, tts-1-hd and gpt-4o-mini-tts "
+                                                          "(the CPU voice), s1-mini (OpenAudio S1-mini on the GPU workers).")
     input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS, description="The text to speak, at most 4,096 characters.")
-    voice: str = Field("alloy", description="An OpenAI voice name (alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, "
-                                            "shimmer, verse) or an installed voice id; see the catalog in voicenote/voices.py.")
+    voice: str = Field("alloy", max_length=64, description="An OpenAI voice name (alloy, ash, ballad, coral, echo, fable, nova, "
+                                                           "onyx, sage, shimmer, verse, marin, cedar) or a voice of the model; "
+                                                           "GET /v1/audio/voices lists them.")
     response_format: Format = Field("mp3", description="Audio format of the result; pcm is raw 16-bit little-endian mono "
                                                        "at the voice's rate (the X-Sample-Rate header).")
-    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
-    instructions: str | None = Field(None, max_length=4096, description="Accepted; used where the engine can.")
+    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description="Honoured by the CPU models; S1-mini ignores it.")
+    instructions: str | None = Field(None, max_length=4096, description="No engine uses it yet; when set it is reported as "
+                                                                        "ignored (X-Voicenote-Ignored-Params).")
+    temperature: float | None = Field(None, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1],
+                                      description="S1-mini sampling temperature (0 is greedy); the engine's default when unset.")
+    top_p: float | None = Field(None, gt=TOP_P_RANGE[0], le=TOP_P_RANGE[1], description="S1-mini nucleus sampling.")
+    repetition_penalty: float | None = Field(None, gt=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1],
+                                             description="S1-mini repetition penalty over recent frames.")
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="S1-mini sampling seed: same seed, same audio.")
     stream_format: Literal["audio"] | None = Field(None, description="Only 'audio' (the whole file) is supported.")
     webhook_url: str | None = Field(None, max_length=2048, description="Receives the completion (signed) when the job ends.")
     use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
 
-    _voice = field_validator("voice")(_check_voice)
     _webhook = field_validator("webhook_url")(_check_webhook)
 
     @field_validator("input")
@@ -67,19 +66,24 @@ class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS, validation_alias=AliasChoices("input", "text"))
-    voice: str = Field("alloy", validation_alias=AliasChoices("voice", "voice_id"))
+    voice: str = Field("alloy", max_length=64, validation_alias=AliasChoices("voice", "voice_id"))
     response_format: Format = Field("mp3", validation_alias=AliasChoices("response_format", "format"))
     model: str = Field("tts-1", max_length=64)
     speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
     instructions: str | None = Field(None, max_length=4096)
+    temperature: float | None = Field(None, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
+    top_p: float | None = Field(None, gt=TOP_P_RANGE[0], le=TOP_P_RANGE[1])
+    repetition_penalty: float | None = Field(None, gt=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     webhook_url: str | None = Field(None, max_length=2048)
 
-    _voice = field_validator("voice")(_check_voice)
     _webhook = field_validator("webhook_url")(_check_webhook)
 
     def as_speech(self, default_webhook: str | None) -> SpeechRequest:
         return SpeechRequest(model=self.model, input=self.input, voice=self.voice, response_format=self.response_format,
-                             speed=self.speed, instructions=self.instructions, webhook_url=self.webhook_url or default_webhook)
+                             speed=self.speed, instructions=self.instructions, temperature=self.temperature, top_p=self.top_p,
+                             repetition_penalty=self.repetition_penalty, seed=self.seed,
+                             webhook_url=self.webhook_url or default_webhook)
 
 
 class BatchRequest(BaseModel):
@@ -103,6 +107,8 @@ class AsyncAccepted(BaseModel):
     job_id: str
     status_url: str
     estimated_seconds: float = Field(..., description="(synthesis lag + 1) / measured jobs per second.")
+    ignored_params: list[str] = Field(default_factory=list, description="Parameters set in the request that the model's "
+                                                                        "engine does not use (also the X-Voicenote-Ignored-Params header).")
 
 
 class BatchAccepted(BaseModel):
@@ -114,6 +120,8 @@ class BatchAccepted(BaseModel):
     job_ids: list[str]
     status_url: str
     estimated_seconds: float
+    ignored_params: dict[str, list[str]] = Field(default_factory=dict, description="Per job id, the parameters its model "
+                                                                                   "ignores (jobs with none are left out).")
 
 
 class BatchView(BaseModel):
@@ -149,9 +157,62 @@ class JobView(BaseModel):
 
     job_id: str
     status: str
+    model: str | None = None
+    ignored_params: list[str] | None = Field(None, description="Parameters of the request that the model's engine did not use.")
     audio_url: str | None = None
     error: JobError | None = None
     created_at: int | None = None
     completed_at: int | None = None
     timings: dict[str, int] = Field(default_factory=dict)
     webhook: WebhookState | None = None
+
+
+class ModelCard(BaseModel):
+    """One model, in OpenAI's shape (id, object, created, owned_by) plus what Voicenote knows of it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "voicenote"
+    aliases: list[str]
+    engine: str
+    family: str
+    description: str
+    sample_rate: int
+    default_voice: str
+    parameters: list[str] = Field(..., description="The optional parameters this model's engine uses.")
+    ignored_parameters: dict[str, str] = Field(..., description="The ones it does not use, and why.")
+
+
+class ModelList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [
+        {"id": "tts-1", "object": "model", "created": 0, "owned_by": "voicenote", "aliases": [], "engine": "piper", "family": "piper",
+         "description": "Piper en_US-joe-medium on the CPU.", "sample_rate": 22050, "default_voice": "en_US-joe-medium",
+         "parameters": ["speed"], "ignored_parameters": {"seed": "Piper has no sampling"}}]}]})
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class VoiceInfo(BaseModel):
+    id: str
+    description: str
+
+
+class ModelVoices(BaseModel):
+    model: str
+    aliases: list[str]
+    engine: str
+    default_voice: str
+    voices: list[VoiceInfo] = Field(..., description="The voices the model's engine serves.")
+    voice_names: dict[str, str] = Field(..., description="Every accepted name (OpenAI's included) and the voice it resolves to.")
+
+
+class VoiceList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [
+        {"model": "tts-1", "aliases": [], "engine": "piper", "default_voice": "en_US-joe-medium",
+         "voices": [{"id": "en_US-joe-medium", "description": "Piper, US English, male, medium quality"}],
+         "voice_names": {"alloy": "en_US-joe-medium", "en_US-joe-medium": "en_US-joe-medium"}}]}]})
+
+    object: Literal["list"] = "list"
+    data: list[ModelVoices]

@@ -47,9 +47,9 @@ from voicenote.audio import CONTENT_TYPES
 from voicenote.errors import AudioNotFound, JobStoreError
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
+from voicenote.models import Model, ModelRegistry, UnknownModel, UnknownVoiceName, Voice
 from voicenote.settings import ApiSettings
 from voicenote.storage import AudioStore
-from voicenote.voices import resolve
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+IGNORED_HEADER = "X-Voicenote-Ignored-Params"
+
+
 @dataclass(frozen=True)
 class Audio:
     data: bytes
@@ -75,11 +78,25 @@ class Audio:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A request resolved against the model registry: where it goes and what its engine will ignore."""
+
+    request: SpeechRequest
+    model: Model
+    voice: Voice
+    ignored: list[str]
+
+
+def ignored_header(ignored: list[str]) -> dict[str, str]:
+    return {IGNORED_HEADER: ", ".join(ignored)} if ignored else {}
+
+
 class JobService:
     def __init__(self, *, producer: AsyncProducer, jobs: JobStore, redis: aioredis.Redis, store: AudioStore, codecs: Codecs,
                  catalog: TopicCatalog, api: ApiSettings, key_prefix: str, job_ttl: int, presign_expiry: int,
                  limiter: RateLimiter, idempotency: IdempotencyStore, waiter: CompletionWaiter,
-                 estimator: ThroughputEstimator, metrics: ApiMetrics) -> None:
+                 estimator: ThroughputEstimator, metrics: ApiMetrics, models: ModelRegistry) -> None:
         self._producer = producer
         self._jobs = jobs
         self._redis = redis
@@ -96,6 +113,7 @@ class JobService:
         self._waiter = waiter
         self._estimator = estimator
         self._metrics = metrics
+        self.models = models
 
     def status_url(self, job_id: str) -> str:
         return f"{self._base}/v1/jobs/{job_id}"
@@ -113,13 +131,30 @@ class JobService:
                                 f"retry in {decision.retry_after_seconds}s", type_="rate_limit_error",
                            code="rate_limit_exceeded", headers={"Retry-After": str(decision.retry_after_seconds)})
 
+    # -- routing ------------------------------------------------------------------------------
+
+    def route(self, req: SpeechRequest, where: str = "") -> Routed:
+        """Resolve ``model`` and ``voice``; 400 naming the valid ones when either is unknown."""
+        try:
+            model = self.models.get(req.model)
+        except UnknownModel as exc:
+            raise ApiError(400, str(exc), param=f"{where}model", code="model_not_found") from None
+        try:
+            voice = model.resolve_voice(req.voice)
+        except UnknownVoiceName as exc:
+            raise ApiError(400, str(exc), param=f"{where}voice", code="unknown_voice") from None
+        return Routed(req, model, voice, model.ignored(req.model_dump()))
+
     # -- submission ---------------------------------------------------------------------------
 
     async def submit_async(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> AsyncAccepted:
+        routed = self.route(req)
+
         async def publish() -> dict[str, Any]:
             job_id = new_job_id()
-            await self._publish(job_id, req, caller, priority="batch")
-            return {"job_id": job_id, "status_url": self.status_url(job_id), "estimated_seconds": self._estimator.estimate_seconds()}
+            await self._publish(job_id, routed, caller, priority="batch")
+            return {"job_id": job_id, "status_url": self.status_url(job_id), "estimated_seconds": self._estimator.estimate_seconds(),
+                    "ignored_params": routed.ignored}
 
         return AsyncAccepted(**await self._idempotent(caller, idempotency_key, "speech.async", req, publish))
 
@@ -130,6 +165,7 @@ class JobService:
                            param="requests", code="batch_too_large")
         if n > 1:
             await self.charge(caller, n - 1)  # the route's dependency already took one
+        routed = [self.route(item.as_speech(batch.webhook_url), f"requests.{i}.") for i, item in enumerate(batch.requests)]
 
         async def publish() -> dict[str, Any]:
             batch_id = new_batch_id()
@@ -141,26 +177,28 @@ class JobService:
             except (RedisError, OSError) as exc:
                 raise JobStoreError(f"cannot record batch: {exc}") from exc
             results = await asyncio.gather(
-                *(self._publish(job_id, item.as_speech(batch.webhook_url), caller, priority="batch", batch_id=batch_id)
-                  for job_id, item in zip(job_ids, batch.requests, strict=True)),
+                *(self._publish(job_id, item, caller, priority="batch", batch_id=batch_id)
+                  for job_id, item in zip(job_ids, routed, strict=True)),
                 return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 await self._abandon_batch(batch_id, [j for j, r in zip(job_ids, results, strict=True) if not isinstance(r, BaseException)])
                 raise failed[0]
             return {"batch_id": batch_id, "job_ids": job_ids, "status_url": f"{self._base}/v1/batches/{batch_id}",
-                    "estimated_seconds": self._estimator.estimate_seconds(ahead=n - 1)}
+                    "estimated_seconds": self._estimator.estimate_seconds(ahead=n - 1),
+                    "ignored_params": {job_id: item.ignored for job_id, item in zip(job_ids, routed, strict=True) if item.ignored}}
 
         return BatchAccepted(**await self._idempotent(caller, idempotency_key, "speech.batch", batch, publish))
 
     async def speak(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> Audio:
         """Publish as interactive and wait for the job's end; 504 with the job id past the timeout."""
+        routed = self.route(req)
         if not self._waiter.subscribed.is_set():
             raise JobStoreError("not subscribed to completions, cannot wait for the audio")
 
         async def publish() -> dict[str, Any]:
             job_id = new_job_id()
-            await self._publish(job_id, req, caller, priority="interactive")
+            await self._publish(job_id, routed, caller, priority="interactive")
             return {"job_id": job_id}
 
         # No lost wake-up: _wait_terminal registers for the job's completion, then re-reads the record.
@@ -173,13 +211,15 @@ class JobService:
             except AudioNotFound:
                 raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired") from None
             fmt = record.get("format", req.response_format)
-            return Audio(data, record.get("content_type") or CONTENT_TYPES[fmt], self._audio_headers(job_id, fmt, record, req.voice))
+            headers = {**self._audio_headers(job_id, fmt, record, routed.model.sample_rate), **ignored_header(routed.ignored)}
+            return Audio(data, record.get("content_type") or CONTENT_TYPES[fmt], headers)
+        headers = {"X-Job-Id": job_id, **ignored_header(routed.ignored)}
         if status == JobStatus.cancelled.value:
-            raise ApiError(409, f"job {job_id} was cancelled", code="job_cancelled", headers={"X-Job-Id": job_id})
+            raise ApiError(409, f"job {job_id} was cancelled", code="job_cancelled", headers=headers)
         code, message = record.get("error_code", "unknown"), record.get("error_message", "synthesis failed")
         if code == "invalid_request":
-            raise ApiError(400, f"job {job_id}: {message}", code=code, headers={"X-Job-Id": job_id})
-        raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers={"X-Job-Id": job_id})
+            raise ApiError(400, f"job {job_id}: {message}", code=code, headers=headers)
+        raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers=headers)
 
     async def _wait_terminal(self, job_id: str, timeout: float) -> dict[str, str]:
         loop = asyncio.get_running_loop()
@@ -199,23 +239,27 @@ class JobService:
                 except TimeoutError:
                     pass
 
-    async def _publish(self, job_id: str, req: SpeechRequest, caller: Caller, *, priority: str, batch_id: str | None = None) -> None:
+    async def _publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None) -> None:
         created_at = _now_ms()
-        voice = resolve(req.voice)
+        req, model, voice = routed.request, routed.model, routed.voice
+        attributes = {"owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
+        if routed.ignored:
+            attributes["ignored_params"] = ",".join(routed.ignored)
         record: dict[str, Any] = {
             "job_id": job_id, "created_at": created_at, "text": req.input, "voice": voice.id, "format": req.response_format,
-            "speed": req.speed, "model": req.model, "temperature": None, "top_p": None, "repetition_penalty": None,
-            "seed": None, "instructions": req.instructions, "webhook_url": req.webhook_url, "priority": priority,
-            "deadline_at": None, "batch_id": batch_id, "trace_parent": None,
-            "attributes": {"owner": caller.name, "voice_requested": req.voice}, "use_cache": req.use_cache,
+            "speed": req.speed, "model": model.id, "temperature": req.temperature, "top_p": req.top_p,
+            "repetition_penalty": req.repetition_penalty, "seed": req.seed, "instructions": req.instructions,
+            "webhook_url": req.webhook_url, "priority": priority, "deadline_at": None, "batch_id": batch_id, "trace_parent": None,
+            "attributes": attributes, "use_cache": req.use_cache,
         }
-        await self._producer.send(self._catalog.requests.name, self._codecs.request.encode(record), key=job_id.encode())
+        await self._producer.send(model.request_topic, self._codecs.request.encode(record), key=job_id.encode())
         self._metrics.jobs_submitted.labels(priority).inc()
         # After the ack: the projection never moves backwards, so a completion recorded first stays.
         try:
             await self._jobs.transition(job_id, JobStatus.queued, {
                 "created_at": created_at, "format": req.response_format, "voice": voice.id, "owner": caller.name,
-                "priority": priority, "batch_id": batch_id})
+                "priority": priority, "batch_id": batch_id, "model": model.id,
+                "ignored_params": attributes.get("ignored_params")})
         except JobStoreError as exc:
             # The job is on the request topic; the status projector records it once Redis answers.
             self._metrics.redis_fallbacks.labels("queued_record").inc()
@@ -273,8 +317,10 @@ class JobService:
         if status in (JobStatus.failed.value, JobStatus.cancelled.value) and (status == "failed" or "error_code" in record):
             error = JobError(code=record.get("error_code", "cancelled" if status == "cancelled" else "unknown"),
                              message=record.get("error_message", ""))
+        ignored = record.get("ignored_params")
         return JobView(
-            job_id=job_id, status=status,
+            job_id=job_id, status=status, model=record.get("model"),
+            ignored_params=ignored.split(",") if ignored else None,
             audio_url=f"{self._base}/v1/jobs/{job_id}/audio" if status == JobStatus.succeeded.value else None,
             error=error,
             created_at=int(record["created_at"]) if "created_at" in record else None,
@@ -311,12 +357,16 @@ class JobService:
             data = await self._store.get(key)
         except AudioNotFound:
             raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired", param="job_id") from None
-        return None, Audio(data, content_type, self._audio_headers(job_id, fmt, record, record.get("voice", "default")))
+        try:
+            rate = self.models.get(record.get("model", "tts-1")).sample_rate
+        except UnknownModel:  # a model this deployment no longer serves: the stored rate (below) still answers
+            rate = 0
+        return None, Audio(data, content_type, self._audio_headers(job_id, fmt, record, rate))
 
-    def _audio_headers(self, job_id: str, fmt: str, record: dict[str, str], voice: str) -> dict[str, str]:
+    def _audio_headers(self, job_id: str, fmt: str, record: dict[str, str], model_rate: int) -> dict[str, str]:
         headers = {"X-Job-Id": job_id}
         if fmt == "pcm":
-            rate = record.get("sample_rate") or str(resolve(voice).sample_rate)
+            rate = record.get("sample_rate") or str(model_rate)
             headers.update({"X-Sample-Rate": rate, "X-Channels": "1", "X-Sample-Format": "s16le"})
         return headers
 

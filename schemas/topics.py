@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 DAY_MS = 24 * 3600 * 1000
 WEBHOOK_RETRY_TIERS = 5  # retry n waits in tier min(n, 5); see stream_workers/webhooks/schedule.py
 
+# One request topic per model family, so each engine's deployment (and its KEDA scaler) sees only its
+# own lag. The CPU family keeps the original name: direct publishers written before families existed
+# still reach it. voicenote/models.py maps each served model onto a family.
+CPU_FAMILY = "piper"
+REQUEST_FAMILIES = (CPU_FAMILY, "s1mini")
+
+
+def request_topic_name(family: str, prefix: str = "") -> str:
+    """``voicenote.requests.v1`` for the CPU family, ``voicenote.requests.<family>.v1`` for the others."""
+    return f"{prefix}voicenote.requests.v1" if family == CPU_FAMILY else f"{prefix}voicenote.requests.{family}.v1"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -39,26 +50,51 @@ class TopicSpec:
 class TopicCatalog:
     """All topics, with partition counts taken from settings (24 request partitions by default)."""
 
-    requests: TopicSpec
+    requests: TopicSpec  # the CPU family's request topic
     audio: TopicSpec
     completions: TopicSpec
     dead_letter: TopicSpec
     webhook_retries: tuple[TopicSpec, ...] = ()
     webhook_dead_letter: TopicSpec | None = None
+    family_requests: tuple[tuple[str, TopicSpec], ...] = ()  # (family, topic) of the families beyond the CPU one
 
     def all(self) -> list[TopicSpec]:
         webhooks = [*self.webhook_retries, *([self.webhook_dead_letter] if self.webhook_dead_letter else [])]
-        return [self.requests, self.audio, self.completions, self.dead_letter, *webhooks]
+        return [self.requests, *(spec for _, spec in self.family_requests), self.audio, self.completions, self.dead_letter,
+                *webhooks]
+
+    def request_topics(self) -> list[TopicSpec]:
+        """Every model family's request topic, the CPU family's first."""
+        return [self.requests, *(spec for _, spec in self.family_requests)]
+
+    def requests_for(self, family: str) -> TopicSpec:
+        """The request topic of one model family."""
+        if family == CPU_FAMILY:
+            return self.requests
+        for name, spec in self.family_requests:
+            if name == family:
+                return spec
+        raise KeyError(f"no request topic for model family {family!r}; families: {', '.join(REQUEST_FAMILIES)}")
 
 
 def build_catalog(*, prefix: str = "", request_partitions: int = 24, partitions: int = 12) -> TopicCatalog:
     """The catalog; ``prefix`` isolates tests (and tenants) with their own topic names."""
     return TopicCatalog(
         requests=TopicSpec(
-            f"{prefix}voicenote.requests.v1",
+            request_topic_name(CPU_FAMILY, prefix),
             request_partitions,
             "SynthesisRequest",
-            doc="Synthesis requests keyed by job_id; partitioned for GPU consumers (one partition is the unit of GPU parallelism).",
+            doc="Synthesis requests for the CPU (Piper) models tts-1, tts-1-hd and gpt-4o-mini-tts, keyed by job_id; "
+                "one partition is the unit of worker parallelism.",
+        ),
+        family_requests=tuple(
+            (family, TopicSpec(
+                request_topic_name(family, prefix),
+                request_partitions,
+                "SynthesisRequest",
+                doc=f"Synthesis requests for the {family} model family (its GPU workers consume only this topic), keyed by job_id.",
+            ))
+            for family in REQUEST_FAMILIES if family != CPU_FAMILY
         ),
         audio=TopicSpec(
             f"{prefix}voicenote.audio.v1",

@@ -12,6 +12,11 @@ MAX_INPUT_CHARS = 4096
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 PRIORITIES = ("interactive", "batch")
 SPEED_RANGE = (0.25, 4.0)
+# Sampling parameters (S1-mini's); the ranges the engine accepts. top_p and repetition_penalty exclude 0.
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.0, 1.0)
+REPETITION_PENALTY_RANGE = (0.0, 2.0)
+SEED_RANGE = (0, 2**63 - 1)  # an Avro long
 
 
 def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
@@ -29,6 +34,21 @@ def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CH
     speed = record.get("speed", 1.0)
     if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
         problems.append(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
+    problems += _sampling_problems(record)
     if record.get("priority", "batch") not in PRIORITIES:
         problems.append(f"priority must be one of {', '.join(PRIORITIES)}")
+    return problems
+
+
+def _sampling_problems(record: Mapping[str, Any]) -> list[str]:
+    problems = []
+    temperature, top_p, penalty, seed = (record.get(k) for k in ("temperature", "top_p", "repetition_penalty", "seed"))
+    if temperature is not None and not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
+        problems.append(f"temperature must be between {TEMPERATURE_RANGE[0]} and {TEMPERATURE_RANGE[1]}")
+    if top_p is not None and not TOP_P_RANGE[0] < top_p <= TOP_P_RANGE[1]:
+        problems.append(f"top_p must be above {TOP_P_RANGE[0]} and at most {TOP_P_RANGE[1]}")
+    if penalty is not None and not REPETITION_PENALTY_RANGE[0] < penalty <= REPETITION_PENALTY_RANGE[1]:
+        problems.append(f"repetition_penalty must be above {REPETITION_PENALTY_RANGE[0]} and at most {REPETITION_PENALTY_RANGE[1]}")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        problems.append("seed must be a non-negative 64-bit integer")
     return problems

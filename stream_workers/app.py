@@ -2,6 +2,8 @@
 
 Roles are separate consumer groups so they scale apart: ``synthesis`` (the GPU pods, scaled by KEDA
 on this group's lag) and ``completion`` (storage, completion events and the status projection).
+A synthesis worker consumes only the request topic of its engine's model family, in that family's
+group (voicenote/models.py); the completion role projects the requests of every family.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from stream_workers.metrics import SynthesisMetrics
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
+from voicenote.models import family_of, synthesis_group
 from voicenote.storage.local import LocalAudioStore
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,18 @@ class Role(str, Enum):
     webhooks = "webhooks"  # not a Faust app: stream_workers/webhooks/worker.py
 
 
+def consumer_group(ctx: WorkerContext, role: Role) -> str:
+    """The role's consumer group; a synthesis worker's depends on the model family its engine serves."""
+    s = ctx.settings
+    if role is Role.synthesis:
+        return synthesis_group(s.worker.group_id, family_of(s.engine.kind))
+    return f"{s.worker.group_id}-{role.value}"
+
+
 def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
     s = ctx.settings
     return FetchWaitApp(
-        f"{s.worker.group_id}-{role.value}",
+        consumer_group(ctx, role),
         # The synthesis loop leaves read-ahead requests unacknowledged on shutdown; stopping commits
         # what is acknowledged instead of waiting for them.
         stream_wait_empty=role is not Role.synthesis,
@@ -85,7 +96,9 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
     if role is Role.synthesis:
         assert engine is not None
-        _wire_synthesis(app, ctx, engine, topic[cat.requests.name], topic[cat.audio.name], send_dead_letter)
+        requests = cat.requests_for(family_of(ctx.settings.engine.kind))
+        log.info("synthesis consumes %s in group %s", requests.name, consumer_group(ctx, role))
+        _wire_synthesis(app, ctx, engine, topic[requests.name], topic[cat.audio.name], send_dead_letter)
 
     else:
         assert ctx.jobs is not None
@@ -138,7 +151,9 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 await projector.on_completions(done)
                 yield None
 
-        @app.agent(topic[cat.requests.name], name="status-requests", supervisor_strategy=CrashingSupervisor)
+        every_request_topic = app.topic(*(spec.name for spec in cat.request_topics()), key_type=bytes, value_type=bytes)
+
+        @app.agent(every_request_topic, name="status-requests", supervisor_strategy=CrashingSupervisor)
         async def status_requests_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
                 # The synthesis group owns dead-lettering of request records; one copy is enough.

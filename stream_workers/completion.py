@@ -150,7 +150,8 @@ class StatusProjector:
     async def on_requests(self, requests: Sequence[dict[str, Any]]) -> list[bool]:
         return await self._jobs.apply([Transition(r["job_id"], JobStatus.queued, {
             "created_at": r["created_at"], "format": r["format"], "voice": r["voice"], "priority": r["priority"],
-            "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url")}) for r in requests])
+            "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url"), "model": r.get("model"),
+            "ignored_params": (r.get("attributes") or {}).get("ignored_params")}) for r in requests])
 
     async def on_completions(self, completions: Sequence[dict[str, Any]]) -> list[bool]:
         transitions = []

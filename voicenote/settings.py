@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import TopicCatalog, build_catalog
+from schemas.topics import REQUEST_FAMILIES, TopicCatalog, build_catalog
 
 
 class KafkaSettings(BaseModel):
@@ -98,11 +99,29 @@ class EngineSettings(BaseModel):
     s1mini_device: str = "cpu"
     s1mini_dtype: str = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     s1mini_max_new_tokens: int = Field(1024, ge=1, description="Per item; about 47 s of audio.")
+    s1mini_on_max_tokens: Literal["error", "truncate"] = Field(
+        "error", description="An item that reaches max_new_tokens without ending: fail it, or keep the audio made so far.")
     s1mini_compile: bool = Field(False, description="torch.compile the per-step decode functions.")
     s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
     piper_batched: bool = Field(False, description="Piper as one padded run per batch (the GPU path, CUDA provider when present).")
     null_batch_seconds: float = Field(0.0, ge=0, description="null engine: simulated cost per batch (fault tests).")
     null_fail_marker: str | None = Field(None, description="null engine: items whose text contains this fail.")
+
+
+class ModelSettings(BaseModel):
+    """Which model families this deployment serves (voicenote/models.py holds the models themselves)."""
+
+    families: list[str] = Field(default_factory=lambda: list(REQUEST_FAMILIES),
+                                description="Model families the API routes to; a model of another family gets a 400.")
+    s1mini_voices: list[str] = Field(default_factory=list, description="S1-mini reference voices the GPU workers serve, "
+                                     "besides 'default' and those found in engine.s1mini_voices_dir.")
+
+    @model_validator(mode="after")
+    def _known_families(self) -> ModelSettings:
+        unknown = sorted(set(self.families) - set(REQUEST_FAMILIES))
+        if unknown or not self.families:
+            raise ValueError(f"models.families must name some of {', '.join(REQUEST_FAMILIES)}; got {self.families}")
+        return self
 
 
 class WorkerSettings(BaseModel):
@@ -174,6 +193,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     storage: StorageSettings = StorageSettings()
     engine: EngineSettings = EngineSettings()
+    models: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
     synthesis: SynthesisSettings = SynthesisSettings()
     api: ApiSettings = ApiSettings()

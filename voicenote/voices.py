@@ -1,8 +1,10 @@
-"""The voice catalog: which voices are installed and which names (OpenAI's included) reach them.
+"""The CPU (Piper) voice catalog: which Piper voices are installed and which names reach them.
 
-The API reads it to validate and map ``voice`` without loading any engine; the request event carries
-the installed voice id. Piper's ``en_US-joe-medium`` is the one installed voice today, so every
-OpenAI name maps to it; a new voice is one entry in ``INSTALLED`` and a change of aliases.
+The API reads it (through the model registry, voicenote/models.py) to validate and map ``voice``
+without loading any engine; the request event carries the installed voice id. Piper's
+``en_US-joe-medium`` is the one installed voice today and it has a single speaker, so every OpenAI
+name maps to it unchanged: the names are accepted for compatibility, they do not sound different. A
+new voice is one entry in ``INSTALLED`` and a change of aliases.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ INSTALLED: dict[str, Voice] = {
     "en_US-joe-medium": Voice("en_US-joe-medium", 22050, "Piper, US English, male, medium quality"),
 }
 
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse")
+# OpenAI's current speech voices (marin and cedar came with gpt-4o-mini-tts).
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar")
 
 ALIASES: dict[str, str] = {"default": "en_US-joe-medium", **{name: "en_US-joe-medium" for name in OPENAI_VOICES}}
 

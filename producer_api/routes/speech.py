@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from producer_api.deps import IdempotencyKey, Jobs, Submitter
 from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, SpeechRequest
 from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
+from producer_api.service import ignored_header
 from voicenote.audio import CONTENT_TYPES
 
 router = APIRouter(prefix="/v1/audio", tags=["speech"])
@@ -25,11 +26,18 @@ async def speech(body: SpeechRequest, caller: Submitter, jobs: Jobs, idempotency
 
 @router.post("/speech/async", status_code=202, response_model=AsyncAccepted, summary="Queue a voice note",
              responses={**ERRORS, **CONFLICT_IDEMPOTENCY})
-async def speech_async(body: SpeechRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> AsyncAccepted:
-    return await jobs.submit_async(caller, body, idempotency_key)
+async def speech_async(body: SpeechRequest, caller: Submitter, jobs: Jobs, response: Response,
+                       idempotency_key: IdempotencyKey = None) -> AsyncAccepted:
+    accepted = await jobs.submit_async(caller, body, idempotency_key)
+    response.headers.update(ignored_header(accepted.ignored_params))
+    return accepted
 
 
 @router.post("/speech/batch", status_code=202, response_model=BatchAccepted, summary="Queue many voice notes at once",
              responses={**ERRORS, **CONFLICT_IDEMPOTENCY})
-async def speech_batch(body: BatchRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> BatchAccepted:
-    return await jobs.submit_batch(caller, body, idempotency_key)
+async def speech_batch(body: BatchRequest, caller: Submitter, jobs: Jobs, response: Response,
+                       idempotency_key: IdempotencyKey = None) -> BatchAccepted:
+    accepted = await jobs.submit_batch(caller, body, idempotency_key)
+    # The union over the batch; the body and each job's record say which job ignores what.
+    response.headers.update(ignored_header(sorted({p for params in accepted.ignored_params.values() for p in params})))
+    return accepted

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 from stream_workers.engine.base import SpeechEngine
 from voicenote.settings import EngineKind, EngineSettings
 
@@ -30,7 +35,31 @@ def build_engine(settings: EngineSettings) -> SpeechEngine:
             device=settings.s1mini_device,
             dtype=settings.s1mini_dtype,
             max_new_tokens=settings.s1mini_max_new_tokens,
+            on_max_tokens=settings.s1mini_on_max_tokens,
+            codec_config=_codec_config(settings.s1mini_checkpoint_dir),
             compile=settings.s1mini_compile,
             voices_dir=str(settings.s1mini_voices_dir) if settings.s1mini_voices_dir else None,
         )
     )
+
+
+def _codec_config(checkpoint_dir: Path) -> Any:
+    """The codec's shapes from an optional ``codec_config.json`` beside ``codec.pth``; None: the published codec.
+
+    The published checkpoint ships no codec config (its shapes are fixed), so the file only exists for
+    other shapes, such as the tiny random checkpoint the end-to-end test writes.
+    """
+    from stream_workers.engine.s1mini import CheckpointError, CodecConfig
+
+    path = checkpoint_dir / "codec_config.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(CodecConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"{path}: unknown codec settings {', '.join(unknown)}")
+        return CodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a readable codec config: {exc}") from exc
