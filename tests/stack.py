@@ -42,9 +42,11 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``voicenote <args>``; ``env`` overrides the stack's environment for this process only."""
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env={**self.env(), **(env or {})}, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 
@@ -62,8 +64,8 @@ class Stack:
             time.sleep(0.2)
         raise AssertionError(f"API not ready; log:\n{self.log('api')}")
 
-    def start_worker(self, role: str, name: str | None = None) -> subprocess.Popen[bytes]:
-        return self.start(name or f"worker-{role}", "worker", role, "--web-port", str(free_port()))
+    def start_worker(self, role: str, name: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self.start(name or f"worker-{role}", "worker", role, "--web-port", str(free_port()), env=env)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

@@ -1,0 +1,125 @@
+"""S1-mini end to end: the API, a CPU (Piper) synthesis worker, an S1-mini synthesis worker on a tiny
+random checkpoint and the completion worker as real processes. Each model reaches the engine that
+serves it through its own topic; sampling parameters change S1-mini's audio and Piper reports them ignored."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import wave
+from base64 import b64encode
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+IGNORED = "X-Voicenote-Ignored-Params"
+TEXT = "Hello there."
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A tiny openaudio-s1-mini directory with random weights, laid out as the published one (plus the codec's shapes)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("tiktoken")  # the checkpoint's BPE tokenizer needs it
+    from stream_workers.engine.s1mini import S1MiniEngine, S1MiniSettings, tiny_codec_config, tiny_config
+    from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer(num_semantic=64)
+    codec = tiny_codec_config(64)
+    engine = S1MiniEngine(S1MiniSettings(random_init=True, seed=11, model_config=tiny_config(tok.vocab_size, 64),
+                                         codec_config=codec), tokenizer=tok)
+    # Random codec weights speak at about 1e-7, below one step of 16-bit audio: louden the output layer so
+    # that the audio that comes back as WAV still tells one sampling from another.
+    last = max(int(m.group(1)) for k in engine.codec.state_dict() if (m := re.match(r"decoder\.model\.(\d+)\.conv\.", k)))
+    with torch.no_grad():
+        for name, param in engine.codec.named_parameters():
+            if name.startswith(f"decoder.model.{last}.conv."):
+                param.mul_(1e6)
+    d = tmp_path / "openaudio-s1-mini-tiny"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(engine.config.to_dict()))
+    (d / "codec_config.json").write_text(json.dumps(codec.__dict__))
+    torch.save(engine.model.state_dict(), d / "model.pth")
+    torch.save(engine.codec.state_dict(), d / "codec.pth")
+    # One BPE rank per byte: the real tokenizer then encodes exactly as the byte tokenizer the weights were made with.
+    (d / "tokenizer.tiktoken").write_text("".join(f"{b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
+    (d / "special_tokens.json").write_text(json.dumps(tok.special))
+    return d
+
+
+def _wav(data: bytes) -> tuple[int, np.ndarray]:
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnchannels() == 1
+        return w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+def _submit(stack: Stack, body: dict) -> httpx.Response:
+    resp = httpx.post(f"{stack.base_url}/v1/audio/speech/async", json={"input": TEXT, "response_format": "wav", **body}, timeout=10)
+    assert resp.status_code == 202, resp.text
+    return resp
+
+
+def _audio(stack: Stack, job_id: str, worker: str) -> tuple[int, np.ndarray]:
+    try:
+        job = stack.wait_job(job_id, timeout=240)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker} log:\n{stack.log(worker)[-3000:]}") from None
+    assert job["status"] == "succeeded", f"{job}\n{stack.log(worker)[-3000:]}"
+    audio = httpx.get(job["audio_url"], timeout=10, follow_redirects=True)
+    assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
+    return _wav(audio.content)
+
+
+def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_audio(stack: Stack, tiny_checkpoint: Path) -> None:
+    stack.start_worker("synthesis", "worker-piper")
+    stack.start_worker("synthesis", "worker-s1mini", env={
+        "VOICENOTE_ENGINE__KIND": "s1mini", "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR": str(tiny_checkpoint),
+        "VOICENOTE_ENGINE__S1MINI_MAX_NEW_TOKENS": "24",
+        # Random weights rarely say "end of speech": keep what 24 frames made instead of failing the job.
+        "VOICENOTE_ENGINE__S1MINI_ON_MAX_TOKENS": "truncate"})
+    stack.start_worker("completion")
+    stack.start_api()
+
+    # Sampled (temperature 0.9) with a seed, one request at a time so no batch-mate is involved.
+    first = _submit(stack, {"model": "s1-mini", "voice": "alloy", "temperature": 0.9, "seed": 1, "use_cache": False})
+    assert IGNORED not in first.headers
+    rate, seed_1 = _audio(stack, first.json()["job_id"], "worker-s1mini")
+    assert rate == 44100 and seed_1.size > 0 and np.abs(seed_1).max() > 0
+    again = _submit(stack, {"model": "openaudio-s1-mini", "temperature": 0.9, "seed": 1, "use_cache": False})
+    _, seed_1_again = _audio(stack, again.json()["job_id"], "worker-s1mini")
+    other = _submit(stack, {"model": "s1-mini", "temperature": 0.9, "seed": 2, "use_cache": False})
+    _, seed_2 = _audio(stack, other.json()["job_id"], "worker-s1mini")
+    greedy = _submit(stack, {"model": "s1-mini", "temperature": 0.0, "use_cache": False})
+    _, greedy_audio = _audio(stack, greedy.json()["job_id"], "worker-s1mini")
+    assert np.array_equal(seed_1, seed_1_again)  # the same seed, the same audio
+    assert not np.array_equal(seed_1, seed_2)  # another seed, other audio
+    assert not np.array_equal(seed_1, greedy_audio)  # the temperature reaches the engine too
+
+    # The OpenAI-compatible synchronous endpoint on S1-mini: speed is not S1-mini's to honour, and says so.
+    sync = httpx.post(f"{stack.base_url}/v1/audio/speech", json={"model": "s1-mini", "input": TEXT, "voice": "cedar",
+                                                                 "response_format": "wav", "speed": 1.5, "seed": 3}, timeout=90)
+    assert sync.status_code == 200, sync.text
+    assert sync.headers[IGNORED] == "speed" and _wav(sync.content)[0] == 44100
+
+    # Piper, on the CPU topic, uses none of the sampling parameters: the header and the job record say so.
+    piper = _submit(stack, {"model": "tts-1", "voice": "marin", "temperature": 0.9, "seed": 1, "instructions": "Softly."})
+    assert piper.headers[IGNORED] == "instructions, temperature, seed"
+    rate, speech = _audio(stack, piper.json()["job_id"], "worker-piper")
+    assert rate == 22050 and speech.size > 22050 // 2
+    job = httpx.get(piper.json()["status_url"], timeout=5).json()
+    assert job["model"] == "tts-1" and job["ignored_params"] == ["instructions", "temperature", "seed"]
+
+    # Each synthesis worker consumed only its own family's topic.
+    assert "voicenote.requests.s1mini.v1" in stack.log("worker-s1mini") and "-synthesis-s1mini" in stack.log("worker-s1mini")
+    assert "synthesis consumes" in stack.log("worker-piper") and ".requests.s1mini." not in _consumes_line(stack.log("worker-piper"))
+
+
+def _consumes_line(log: str) -> str:
+    return next(line for line in log.splitlines() if "synthesis consumes" in line)
