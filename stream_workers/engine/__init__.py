@@ -55,11 +55,14 @@ def _codec_config(checkpoint_dir: Path) -> Any:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         known = {f.name for f in dataclasses.fields(CodecConfig)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(f"{path}: unknown codec settings {', '.join(unknown)}")
-        return CodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        shapes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        config = CodecConfig(**shapes)
+        _ = config.hop_length  # a wrongly typed rate list fails here, at start-up, not in the first batch
+        return config
     except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} is not a readable codec config: {exc}") from exc
