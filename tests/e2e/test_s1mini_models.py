@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import wave
 from base64 import b64encode
 from pathlib import Path
@@ -14,7 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from confluent_kafka import Producer
 
+from schemas.codec import Codecs
+from schemas.topics import build_catalog
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -115,6 +119,18 @@ def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_
     assert rate == 22050 and speech.size > 22050 // 2
     job = httpx.get(piper.json()["status_url"], timeout=5).json()
     assert job["model"] == "tts-1" and job["ignored_params"] == ["instructions", "temperature", "seed"]
+
+    # A direct publisher writes to the S1-mini topic: the S1-mini worker speaks it, the completion role projects it.
+    settings = stack.settings
+    topic = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                          partitions=settings.kafka.partitions).requests_for("s1mini").name
+    producer = Producer(settings.kafka.client_config())
+    producer.produce(topic, key=b"job_direct_s1", value=Codecs().request.encode({
+        "job_id": "job_direct_s1", "created_at": int(time.time() * 1000), "text": TEXT, "voice": "default", "format": "wav",
+        "model": "s1-mini", "seed": 7, "temperature": 0.5}))
+    assert producer.flush(10) == 0
+    assert _audio(stack, "job_direct_s1", "worker-s1mini")[0] == 44100
+    assert httpx.get(f"{stack.base_url}/v1/jobs/job_direct_s1", timeout=5).json()["model"] == "s1-mini"
 
     # Each synthesis worker consumed only its own family's topic.
     assert "voicenote.requests.s1mini.v1" in stack.log("worker-s1mini") and "-synthesis-s1mini" in stack.log("worker-s1mini")

@@ -132,3 +132,34 @@ async def test_a_family_this_deployment_does_not_serve_is_refused(api_factory: A
         models = (await api.get("/v1/models")).json()
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "model_not_found"
     assert "s1-mini" not in [m["id"] for m in models["data"]]
+
+
+async def test_projection_rebuild_reads_every_familys_request_topic(settings: Settings) -> None:
+    from ops.rebuild import rebuild
+    from schemas.topics import build_catalog
+    from voicenote.jobstore import JobStore
+    from voicenote.kafka import AsyncProducer, ensure_topics
+
+    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                            partitions=settings.kafka.partitions)
+    ensure_topics(settings.kafka, catalog.all())
+    codecs, producer = Codecs(), AsyncProducer(settings.kafka)
+    now = int(time.time() * 1000)
+    base = {"created_at": now, "text": "hello", "format": "wav", "speed": 1.0, "priority": "batch"}
+    try:
+        await producer.send(catalog.requests.name, codecs.request.encode(
+            {**base, "job_id": "job_cpu", "voice": "en_US-joe-medium", "model": "tts-1"}), key=b"job_cpu")
+        await producer.send(catalog.requests_for("s1mini").name, codecs.request.encode(
+            {**base, "job_id": "job_s1", "voice": "default", "model": "s1-mini", "attributes": {"ignored_params": "speed"}}),
+            key=b"job_s1")
+    finally:
+        producer.close()
+    jobs = JobStore.from_settings(settings.redis)
+    try:
+        report = await rebuild(settings, jobs)
+        cpu, s1 = await jobs.get("job_cpu"), await jobs.get("job_s1")
+    finally:
+        await jobs.close()
+    assert report.requests == 2
+    assert cpu is not None and (cpu["status"], cpu["model"]) == ("queued", "tts-1") and "ignored_params" not in cpu
+    assert s1 is not None and (s1["status"], s1["model"], s1["ignored_params"]) == ("queued", "s1-mini", "speed")
