@@ -20,9 +20,10 @@ from producer_api.service import JobService
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
+from schemas.topics import CPU_FAMILY
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, admin_client
-from voicenote.models import ModelRegistry
+from voicenote.models import ModelRegistry, synthesis_group
 from voicenote.settings import Settings
 from voicenote.storage import build_store
 
@@ -34,8 +35,10 @@ Every error uses OpenAI's envelope `{"error": {"message", "type", "param", "code
 def create_app(settings: Settings) -> FastAPI:
     auth = Authenticator(settings.api)  # refuses to build without keys unless anonymous use is explicit
     metrics = ApiMetrics()
-    estimator = ThroughputEstimator(settings.api.estimate_prior_jobs_per_second)
     model_registry = ModelRegistry.from_settings(settings)  # built here: a bad model setting stops start-up
+    # One estimate per model family: each family's workers have their own lag and speed.
+    estimators = {family: ThroughputEstimator(settings.api.estimate_prior_jobs_per_second) for family in settings.models.families}
+    estimator = estimators.get(CPU_FAMILY) or next(iter(estimators.values()))  # the one /metrics shows
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,8 +50,10 @@ def create_app(settings: Settings) -> FastAPI:
         store = build_store(settings.storage)
         prefix = settings.redis.key_prefix
         waiter = CompletionWaiter(redis, job_store.done_channel(""))
-        monitor = LagMonitor(admin_client(settings.kafka), f"{settings.worker.group_id}-synthesis", catalog.requests.name,
-                             catalog.requests.partitions, estimator, settings.api.estimate_refresh_seconds)
+        admin = admin_client(settings.kafka)
+        monitors = [LagMonitor(admin, synthesis_group(settings.worker.group_id, family), catalog.requests_for(family).name,
+                               catalog.requests_for(family).partitions, family_estimator, settings.api.estimate_refresh_seconds)
+                    for family, family_estimator in estimators.items()]
         app.state.producer = producer
         app.state.jobs = JobService(
             producer=producer, jobs=job_store, redis=redis, store=store, codecs=Codecs(registry), catalog=catalog,
@@ -56,13 +61,15 @@ def create_app(settings: Settings) -> FastAPI:
             presign_expiry=settings.storage.presign_expiry_seconds,
             limiter=RateLimiter(redis, prefix, on_fallback=metrics.redis_fallbacks.labels("rate_limit").inc),
             idempotency=IdempotencyStore(redis, prefix, settings.api.idempotency_ttl_seconds),
-            waiter=waiter, estimator=estimator, metrics=metrics, models=model_registry)
+            waiter=waiter, estimators=estimators, metrics=metrics, models=model_registry)
         waiter.start()
-        monitor.start()
+        for monitor in monitors:
+            monitor.start()
         try:
             yield
         finally:
-            await monitor.stop()
+            for monitor in monitors:
+                await monitor.stop()
             await waiter.stop()
             producer.close()
             await redis.aclose()

@@ -16,7 +16,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ class JobService:
     def __init__(self, *, producer: AsyncProducer, jobs: JobStore, redis: aioredis.Redis, store: AudioStore, codecs: Codecs,
                  catalog: TopicCatalog, api: ApiSettings, key_prefix: str, job_ttl: int, presign_expiry: int,
                  limiter: RateLimiter, idempotency: IdempotencyStore, waiter: CompletionWaiter,
-                 estimator: ThroughputEstimator, metrics: ApiMetrics, models: ModelRegistry) -> None:
+                 estimators: Mapping[str, ThroughputEstimator], metrics: ApiMetrics, models: ModelRegistry) -> None:
         self._producer = producer
         self._jobs = jobs
         self._redis = redis
@@ -111,7 +112,7 @@ class JobService:
         self._limiter = limiter
         self._idem = idempotency
         self._waiter = waiter
-        self._estimator = estimator
+        self._estimators = estimators  # by model family
         self._metrics = metrics
         self.models = models
 
@@ -153,8 +154,8 @@ class JobService:
         async def publish() -> dict[str, Any]:
             job_id = new_job_id()
             await self._publish(job_id, routed, caller, priority="batch")
-            return {"job_id": job_id, "status_url": self.status_url(job_id), "estimated_seconds": self._estimator.estimate_seconds(),
-                    "ignored_params": routed.ignored}
+            return {"job_id": job_id, "status_url": self.status_url(job_id),
+                    "estimated_seconds": self._estimators[routed.model.family].estimate_seconds(), "ignored_params": routed.ignored}
 
         return AsyncAccepted(**await self._idempotent(caller, idempotency_key, "speech.async", req, publish))
 
@@ -185,7 +186,9 @@ class JobService:
                 await self._abandon_batch(batch_id, [j for j, r in zip(job_ids, results, strict=True) if not isinstance(r, BaseException)])
                 raise failed[0]
             return {"batch_id": batch_id, "job_ids": job_ids, "status_url": f"{self._base}/v1/batches/{batch_id}",
-                    "estimated_seconds": self._estimator.estimate_seconds(ahead=n - 1),
+                    # Each family's workers go through their own share of the batch; the slowest answers.
+                    "estimated_seconds": max(self._estimators[family].estimate_seconds(ahead=count - 1)
+                                             for family, count in Counter(item.model.family for item in routed).items()),
                     "ignored_params": {job_id: item.ignored for job_id, item in zip(job_ids, routed, strict=True) if item.ignored}}
 
         return BatchAccepted(**await self._idempotent(caller, idempotency_key, "speech.batch", batch, publish))

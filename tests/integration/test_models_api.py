@@ -3,6 +3,7 @@ family's topic, voices resolved per engine, sampling parameters carried, ignored
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -163,3 +164,16 @@ async def test_projection_rebuild_reads_every_familys_request_topic(settings: Se
     assert report.requests == 2
     assert cpu is not None and (cpu["status"], cpu["model"]) == ("queued", "tts-1") and "ignored_params" not in cpu
     assert s1 is not None and (s1["status"], s1["model"], s1["ignored_params"]) == ("queued", "s1-mini", "speed")
+
+
+async def test_estimated_seconds_come_from_the_models_own_family(api_factory: Any) -> None:
+    # No workers run: S1-mini's lag grows with each submission, the CPU family's stays empty.
+    async with api_factory(estimate_refresh_seconds=0.2, estimate_prior_jobs_per_second=1.0) as api:
+        s1_estimate, deadline = 0.0, time.monotonic() + 30
+        while s1_estimate < 3 and time.monotonic() < deadline:
+            resp = await api.post("/v1/audio/speech/async", json={**SPEECH, "model": "s1-mini"})
+            s1_estimate = resp.json()["estimated_seconds"]
+            await asyncio.sleep(0.3)
+        cpu = await api.post("/v1/audio/speech/async", json={**SPEECH, "model": "tts-1"})
+    assert s1_estimate >= 3, "S1-mini's lag never reached its estimate"
+    assert cpu.json()["estimated_seconds"] == 1.0  # (no lag + this job) / the prior rate
