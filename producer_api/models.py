@@ -199,13 +199,23 @@ class VoiceInfo(BaseModel):
     description: str
 
 
+class RunningEngine(BaseModel):
+    engine: str
+    model_version: str
+    sample_rate: int
+    voices: list[str] = Field(..., description="The voice ids the running engine accepts.")
+    seen_at: int = Field(..., description="When a worker last said so (epoch ms); adverts expire 90 s after the last one.")
+
+
 class ModelVoices(BaseModel):
     model: str
     aliases: list[str]
     engine: str
     default_voice: str
-    voices: list[VoiceInfo] = Field(..., description="The voices the model's engine serves.")
+    voices: list[VoiceInfo] = Field(..., description="The voices the model's engine serves (as configured; the API accepts these).")
     voice_names: dict[str, str] = Field(..., description="Every accepted name (OpenAI's included) and the voice it resolves to.")
+    running: RunningEngine | None = Field(..., description="What the family's running workers advertise; null when none "
+                                                           "has been seen lately (requests then wait on the topic).")
 
 
 class VoiceList(BaseModel):

@@ -44,6 +44,7 @@ from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.status import JobStatus
 from schemas.topics import TopicCatalog
+from voicenote.adverts import EngineAdvert, read_adverts
 from voicenote.audio import CONTENT_TYPES
 from voicenote.errors import AudioNotFound, JobStoreError
 from voicenote.jobstore import JobStore
@@ -145,6 +146,10 @@ class JobService:
         except UnknownVoiceName as exc:
             raise ApiError(400, str(exc), param=f"{where}voice", code="unknown_voice") from None
         return Routed(req, model, voice, model.ignored(req.model_dump()))
+
+    async def running_engines(self) -> dict[str, EngineAdvert]:
+        """By model family, what the running synthesis workers advertise (families with no live worker are absent)."""
+        return await read_adverts(self._redis, self._prefix, sorted({m.family for m in self.models.models}))
 
     # -- submission ---------------------------------------------------------------------------
 

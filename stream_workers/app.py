@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 import faust
+import redis.asyncio as aioredis
 from mode.supervisors import CrashingSupervisor
 from prometheus_client import generate_latest
 
@@ -31,6 +32,8 @@ from stream_workers.metrics import SynthesisMetrics
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
+from voicenote.adverts import ADVERT_INTERVAL_SECONDS, publish_advert
+from voicenote.errors import JobStoreError
 from voicenote.models import family_of, synthesis_group
 from voicenote.storage.local import LocalAudioStore
 
@@ -215,6 +218,22 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
         log.info("synthesis drained: batch in hand published and committed")
 
     app.drain_hook = drain
+
+    @app.task
+    async def advertise() -> None:
+        # Not a consumer: a missed advert only leaves GET /v1/audio/voices without this engine for a while.
+        client = aioredis.Redis.from_url(s.redis.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        family = family_of(s.engine.kind)
+        try:
+            while True:
+                try:
+                    await publish_advert(client, s.redis.key_prefix, family, engine=engine.name, model_version=engine.model_version,
+                                         sample_rate=engine.sample_rate, voices=engine.voices())
+                except JobStoreError as exc:
+                    log.warning("%s; retrying in %.0fs", exc, ADVERT_INTERVAL_SECONDS)
+                await asyncio.sleep(ADVERT_INTERVAL_SECONDS)
+        finally:
+            await client.aclose()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Path, Query
 
 from producer_api.deps import Jobs, Submitter
 from producer_api.errors import ApiError
-from producer_api.models import ModelCard, ModelList, ModelVoices, VoiceInfo, VoiceList
+from producer_api.models import ModelCard, ModelList, ModelVoices, RunningEngine, VoiceInfo, VoiceList
 from producer_api.routes.examples import ERRORS, NOT_FOUND
+from voicenote.adverts import EngineAdvert
 from voicenote.models import Model, UnknownModel
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -19,10 +22,11 @@ def _card(model: Model) -> ModelCard:
                      parameters=sorted(model.honours), ignored_parameters=dict(sorted(model.ignored_notes.items())))
 
 
-def _voices(model: Model) -> ModelVoices:
+def _voices(model: Model, advert: EngineAdvert | None) -> ModelVoices:
     names = {name: model.resolve_voice(name).id for name in model.voice_names()}
     return ModelVoices(model=model.id, aliases=list(model.aliases), engine=model.engine.value, default_voice=model.default_voice,
-                       voices=[VoiceInfo(id=v.id, description=v.description) for v in model.voices], voice_names=names)
+                       voices=[VoiceInfo(id=v.id, description=v.description) for v in model.voices], voice_names=names,
+                       running=RunningEngine(**asdict(advert)) if advert else None)
 
 
 def _model(jobs: Jobs, name: str) -> Model:
@@ -43,9 +47,11 @@ async def get_model(caller: Submitter, jobs: Jobs, model: str = Path(..., max_le
     return _card(_model(jobs, model))
 
 
-@router.get("/audio/voices", response_model=VoiceList, summary="Per model, the voices its engine serves and the names that reach them",
+@router.get("/audio/voices", response_model=VoiceList,
+            summary="Per model, the voices its engine serves, the names that reach them, and what its running workers advertise",
             responses={**ERRORS, **NOT_FOUND})
 async def list_voices(caller: Submitter, jobs: Jobs,
                       model: str | None = Query(None, max_length=64, description="Only this model (id or alias).")) -> VoiceList:
     models = [_model(jobs, model)] if model else list(jobs.models.models)
-    return VoiceList(data=[_voices(m) for m in models])
+    running = await jobs.running_engines()
+    return VoiceList(data=[_voices(m, running.get(m.family)) for m in models])

@@ -132,6 +132,11 @@ def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_
     assert _audio(stack, "job_direct_s1", "worker-s1mini")[0] == 44100
     assert httpx.get(f"{stack.base_url}/v1/jobs/job_direct_s1", timeout=5).json()["model"] == "s1-mini"
 
+    # Both running engines advertised what they serve.
+    running = {e["model"]: e["running"] for e in httpx.get(f"{stack.base_url}/v1/audio/voices", timeout=5).json()["data"]}
+    assert running["s1-mini"]["voices"] == ["default"] and running["s1-mini"]["model_version"].startswith("openaudio-s1-mini-")
+    assert "en_US-joe-medium" in running["tts-1"]["voices"] and running["tts-1"]["sample_rate"] == 22050
+
     # Each synthesis worker consumed only its own family's topic.
     assert "voicenote.requests.s1mini.v1" in stack.log("worker-s1mini") and "-synthesis-s1mini" in stack.log("worker-s1mini")
     assert "synthesis consumes" in stack.log("worker-piper") and ".requests.s1mini." not in _consumes_line(stack.log("worker-piper"))

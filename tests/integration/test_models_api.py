@@ -177,3 +177,24 @@ async def test_estimated_seconds_come_from_the_models_own_family(api_factory: An
         cpu = await api.post("/v1/audio/speech/async", json={**SPEECH, "model": "tts-1"})
     assert s1_estimate >= 3, "S1-mini's lag never reached its estimate"
     assert cpu.json()["estimated_seconds"] == 1.0  # (no lag + this job) / the prior rate
+
+
+async def test_voices_show_what_the_running_engines_advertise(api_factory: Any, settings: Settings) -> None:
+    import redis.asyncio as aioredis
+
+    from voicenote.adverts import ADVERT_TTL_SECONDS, advert_key, publish_advert
+
+    client = aioredis.Redis.from_url(settings.redis.url, decode_responses=True)
+    try:
+        async with api_factory() as api:
+            before = {e["model"]: e["running"] for e in (await api.get("/v1/audio/voices")).json()["data"]}
+            await publish_advert(client, settings.redis.key_prefix, "s1mini", engine="s1mini", model_version="openaudio-s1-mini-x",
+                                 sample_rate=44100, voices=["default", "narrator"])
+            after = {e["model"]: e["running"] for e in (await api.get("/v1/audio/voices")).json()["data"]}
+        ttl = await client.ttl(advert_key(settings.redis.key_prefix, "s1mini"))
+    finally:
+        await client.aclose()
+    assert before == {"tts-1": None, "tts-1-hd": None, "gpt-4o-mini-tts": None, "s1-mini": None}
+    assert after["tts-1"] is None
+    assert after["s1-mini"]["voices"] == ["default", "narrator"] and after["s1-mini"]["model_version"] == "openaudio-s1-mini-x"
+    assert after["s1-mini"]["seen_at"] > 0 and 0 < ttl <= ADVERT_TTL_SECONDS
