@@ -13,7 +13,7 @@ from typing import Protocol
 
 import httpx
 
-from voicenote.errors import DependencyUnavailable
+from schemas.errors import DependencyUnavailable
 
 
 class SchemaRegistry(Protocol):

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from voicenote.errors import JobStoreError
+from voicenote.errors import ResultCacheError
 
 # Rendered on the synthesis worker's /metrics next to its SynthesisMetrics (stream_workers/app.py).
 CACHE_REGISTRY = CollectorRegistry()
@@ -76,7 +76,7 @@ class ResultCache:
         try:
             raws = await self._redis.mget([self._prefix + key for key in keys])
         except RedisError as exc:
-            raise JobStoreError(f"cannot read the result cache: {exc}") from exc
+            raise ResultCacheError(f"cannot read the result cache: {exc}") from exc
         for raw in raws:
             self._count(hit=raw is not None)
         return [CachedAudio(**json.loads(raw)) if raw is not None else None for raw in raws]
@@ -101,7 +101,7 @@ class ResultCache:
         try:
             await self._redis.delete(self._prefix + key)
         except RedisError as exc:
-            raise JobStoreError(f"cannot write the result cache: {exc}") from exc
+            raise ResultCacheError(f"cannot write the result cache: {exc}") from exc
 
     async def record(self, key: str, audio: CachedAudio) -> None:
         await self.record_many([(key, audio)])
@@ -116,7 +116,7 @@ class ResultCache:
                     pipe.set(self._prefix + key, json.dumps(asdict(audio)), ex=self._ttl)
                 await pipe.execute()
         except RedisError as exc:
-            raise JobStoreError(f"cannot write the result cache: {exc}") from exc
+            raise ResultCacheError(f"cannot write the result cache: {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()
