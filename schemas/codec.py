@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Generic
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import DecodeError, EncodeError, SchemaError
+from schemas.events import EVENT_TYPES, DeadLetter, E, JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.registry import SchemaRegistry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -83,11 +84,16 @@ def history(name: str) -> tuple[LoadedSchema, ...]:
     return tuple(found)
 
 
-class AvroCodec:
-    """Encodes and decodes one event type. Thread-safe; build one per event type at start-up."""
+class AvroCodec(Generic[E]):
+    """Encodes and decodes one event type. Thread-safe; build one per event type at start-up.
+
+    ``encode``/``decode`` speak dicts (the records fastavro reads and writes); ``encode_event``/
+    ``decode_event`` speak the typed classes of :mod:`schemas.events`.
+    """
 
     def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None:
         self.schema = load_schema(name)
+        self.event_type: type[E] = EVENT_TYPES[name]  # type: ignore[assignment]
         self._registry = registry
         self._subject = subject or f"ai.voicenote.v1.{name}"
         self._writers: dict[bytes, LoadedSchema] = {s.fingerprint: s for s in (*history(name), self.schema)}
@@ -112,6 +118,15 @@ class AvroCodec:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise EncodeError(f"{self.schema.name} does not match its schema: {exc}") from exc
         return buf.getvalue()
+
+    def encode_event(self, event: E) -> bytes:
+        if not isinstance(event, self.event_type):
+            raise EncodeError(f"{self.schema.name} codec cannot encode a {type(event).__name__}")
+        return self.encode(event.to_record())
+
+    def decode_event(self, data: bytes | None) -> E:
+        """Decode either framing into the typed event, or raise DecodeError."""
+        return self.event_type.from_record(self.decode(data))
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         """Decode either framing into a dict of the current schema, or raise DecodeError."""
@@ -169,7 +184,7 @@ class Codecs:
     """One codec per event type, all sharing a registry (or none)."""
 
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
-        self.request = AvroCodec("SynthesisRequest", registry=registry)
-        self.result = AvroCodec("SynthesisResult", registry=registry)
-        self.completion = AvroCodec("JobCompletion", registry=registry)
-        self.dead_letter = AvroCodec("DeadLetter", registry=registry)
+        self.request: AvroCodec[SynthesisRequest] = AvroCodec("SynthesisRequest", registry=registry)
+        self.result: AvroCodec[SynthesisResult] = AvroCodec("SynthesisResult", registry=registry)
+        self.completion: AvroCodec[JobCompletion] = AvroCodec("JobCompletion", registry=registry)
+        self.dead_letter: AvroCodec[DeadLetter] = AvroCodec("DeadLetter", registry=registry)
