@@ -1,6 +1,8 @@
 """The synthesis worker's metrics, in one place (Prometheus text format on the worker's web port).
 
-The loop reports events here; nothing else in the worker touches counters.
+The loop reports events to :class:`SynthesisMetrics`; the result cache counts its lookups in the two
+module-level metrics at the end (module-level because a worker has one cache and the bench and tests build
+several). Nothing else in the worker defines or touches counters.
 """
 
 from __future__ import annotations
@@ -61,3 +63,14 @@ class SynthesisMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# The result cache's lookups (stream_workers/result_cache.py), rendered on the synthesis worker's /metrics
+# next to SynthesisMetrics (stream_workers/app.py).
+CACHE_REGISTRY = CollectorRegistry()
+CACHE_LOOKUPS = Counter(
+    "voicenote_result_cache_lookups", "Result-cache lookups by outcome; hit ratio = hit / (hit + miss).", ["outcome"],
+    registry=CACHE_REGISTRY,
+)
+CACHE_HIT_RATIO = Gauge("voicenote_result_cache_hit_ratio", "Hits over lookups since this worker started.",
+                        registry=CACHE_REGISTRY)

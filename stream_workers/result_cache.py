@@ -15,19 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
+# CACHE_REGISTRY is re-exported: app.py renders it from here.
+from stream_workers.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_REGISTRY  # noqa: F401
 from voicenote.errors import ResultCacheError
-
-# Rendered on the synthesis worker's /metrics next to its SynthesisMetrics (stream_workers/app.py).
-CACHE_REGISTRY = CollectorRegistry()
-CACHE_LOOKUPS = Counter(
-    "voicenote_result_cache_lookups", "Result-cache lookups by outcome; hit ratio = hit / (hit + miss).", ["outcome"],
-    registry=CACHE_REGISTRY,
-)
-CACHE_HIT_RATIO = Gauge("voicenote_result_cache_hit_ratio", "Hits over lookups since this worker started.",
-                        registry=CACHE_REGISTRY)
 
 # The request fields that change the audio. Anything else (job id, webhook, priority) does not.
 _KEYED_FIELDS = ("text", "voice", "format", "speed", "temperature", "top_p", "repetition_penalty", "seed", "instructions")
