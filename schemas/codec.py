@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any, Generic
+from typing import Any, Generic, Literal, overload
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -90,6 +90,22 @@ class AvroCodec(Generic[E]):
     ``encode``/``decode`` speak dicts (the records fastavro reads and writes); ``encode_event``/
     ``decode_event`` speak the typed classes of :mod:`schemas.events`.
     """
+
+    # One overload per event, so ``AvroCodec("SynthesisRequest")`` is an ``AvroCodec[SynthesisRequest]`` to mypy.
+    @overload
+    def __init__(self: AvroCodec[SynthesisRequest], name: Literal["SynthesisRequest"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[SynthesisResult], name: Literal["SynthesisResult"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[JobCompletion], name: Literal["JobCompletion"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[DeadLetter], name: Literal["DeadLetter"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
 
     def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None:
         self.schema = load_schema(name)
@@ -184,7 +200,7 @@ class Codecs:
     """One codec per event type, all sharing a registry (or none)."""
 
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
-        self.request: AvroCodec[SynthesisRequest] = AvroCodec("SynthesisRequest", registry=registry)
-        self.result: AvroCodec[SynthesisResult] = AvroCodec("SynthesisResult", registry=registry)
-        self.completion: AvroCodec[JobCompletion] = AvroCodec("JobCompletion", registry=registry)
-        self.dead_letter: AvroCodec[DeadLetter] = AvroCodec("DeadLetter", registry=registry)
+        self.request = AvroCodec("SynthesisRequest", registry=registry)
+        self.result = AvroCodec("SynthesisResult", registry=registry)
+        self.completion = AvroCodec("JobCompletion", registry=registry)
+        self.dead_letter = AvroCodec("DeadLetter", registry=registry)

@@ -53,7 +53,7 @@ def test_input_errors_stay_value_errors_for_validators() -> None:
 
 
 @pytest.mark.parametrize("cls", [JobStoreError, ResultCacheError])
-def test_redis_failures_name_their_dependency_but_are_distinct(cls: type[DependencyUnavailable]) -> None:
+def test_redis_failures_name_their_dependency_but_are_distinct(cls: type[JobStoreError] | type[ResultCacheError]) -> None:
     err = cls("down")
     assert err.dependency == "redis" and str(err) == "down"
     assert not issubclass(ResultCacheError, JobStoreError) and not issubclass(JobStoreError, ResultCacheError)

@@ -132,4 +132,4 @@ def test_from_record_refuses_unknown_and_missing_fields() -> None:
 
 def test_a_codec_refuses_an_event_of_another_type() -> None:
     with pytest.raises(EncodeError, match="JobCompletion"):
-        AvroCodec("SynthesisRequest").encode_event(JobCompletion(job_id="j", status="failed", created_at=1, completed_at=2))
+        AvroCodec("SynthesisRequest").encode_event(JobCompletion(job_id="j", status="failed", created_at=1, completed_at=2))  # type: ignore[arg-type]
