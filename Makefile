@@ -38,7 +38,7 @@ test-e2e: $(STAMP) ## API and workers as real processes
 
 lint: $(STAMP) ## ruff, and the layering contract (lint-imports: schemas < voicenote < producer_api | stream_workers < ops)
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy producer_api stream_workers schemas ops voicenote
