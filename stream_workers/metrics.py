@@ -72,4 +72,3 @@ class SynthesisMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
