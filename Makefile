@@ -36,8 +36,9 @@ test-integration: $(STAMP) ## tests against the real broker, Redis and S3 server
 test-e2e: $(STAMP) ## API and workers as real processes
 	$(BIN)/python -m pytest -q tests/e2e
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the layering contract (lint-imports: schemas < voicenote < producer_api | stream_workers < ops)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy producer_api stream_workers schemas ops voicenote

@@ -8,10 +8,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer_api.errors import envelope
+from voicenote.errors import VoicenoteError
 
 
-class BodyTooLarge(HTTPException):
-    """An HTTPException, so FastAPI's body reading passes it through (it turns other errors into 400s)."""
+class BodyTooLarge(HTTPException, VoicenoteError):
+    """An HTTPException first, so FastAPI's body reading passes it through (it turns other errors into 400s)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body too large: the limit is {limit} bytes")

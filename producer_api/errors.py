@@ -9,12 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from voicenote.errors import DependencyUnavailable
+from voicenote.errors import DependencyUnavailable, VoicenoteError
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(VoicenoteError):
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

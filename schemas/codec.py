@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, Literal, overload
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import DecodeError, EncodeError, SchemaError
+from schemas.events import EVENT_TYPES, DeadLetter, E, JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.registry import SchemaRegistry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -83,11 +84,32 @@ def history(name: str) -> tuple[LoadedSchema, ...]:
     return tuple(found)
 
 
-class AvroCodec:
-    """Encodes and decodes one event type. Thread-safe; build one per event type at start-up."""
+class AvroCodec(Generic[E]):
+    """Encodes and decodes one event type. Thread-safe; build one per event type at start-up.
+
+    ``encode``/``decode`` speak dicts (the records fastavro reads and writes); ``encode_event``/
+    ``decode_event`` speak the typed classes of :mod:`schemas.events`.
+    """
+
+    # One overload per event, so ``AvroCodec("SynthesisRequest")`` is an ``AvroCodec[SynthesisRequest]`` to mypy.
+    @overload
+    def __init__(self: AvroCodec[SynthesisRequest], name: Literal["SynthesisRequest"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[SynthesisResult], name: Literal["SynthesisResult"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[JobCompletion], name: Literal["JobCompletion"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[DeadLetter], name: Literal["DeadLetter"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
 
     def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None:
         self.schema = load_schema(name)
+        self.event_type: type[E] = EVENT_TYPES[name]  # type: ignore[assignment]
         self._registry = registry
         self._subject = subject or f"ai.voicenote.v1.{name}"
         self._writers: dict[bytes, LoadedSchema] = {s.fingerprint: s for s in (*history(name), self.schema)}
@@ -112,6 +134,15 @@ class AvroCodec:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise EncodeError(f"{self.schema.name} does not match its schema: {exc}") from exc
         return buf.getvalue()
+
+    def encode_event(self, event: E) -> bytes:
+        if not isinstance(event, self.event_type):
+            raise EncodeError(f"{self.schema.name} codec cannot encode a {type(event).__name__}")
+        return self.encode(event.to_record())
+
+    def decode_event(self, data: bytes | None) -> E:
+        """Decode either framing into the typed event, or raise DecodeError."""
+        return self.event_type.from_record(self.decode(data))
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         """Decode either framing into a dict of the current schema, or raise DecodeError."""

@@ -1,6 +1,21 @@
-"""Errors of the contract layer."""
+"""The root of Voicenote's exception tree, and the errors of the contract layer.
 
-from voicenote.errors import VoicenoteError
+The root lives here, on the ground floor, so that ``schemas/`` imports nothing of ours above it and
+every other package reaches the one root by importing downwards. ``voicenote.errors`` re-exports it
+together with the runtime's own errors; import from there outside ``schemas/``.
+"""
+
+
+class VoicenoteError(Exception):
+    """Root of every error Voicenote raises on purpose."""
+
+
+class DependencyUnavailable(VoicenoteError):
+    """A backing service (Kafka, Redis, storage, registry) did not answer."""
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
 
 
 class SchemaError(VoicenoteError):

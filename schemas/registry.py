@@ -1,19 +1,30 @@
 """Schema registry clients for the Confluent wire format.
 
-``HttpSchemaRegistry`` speaks the Confluent Schema Registry REST API (also served by Karapace and
-Redpanda). ``InMemorySchemaRegistry`` keeps ids in a dict; it stands in for a registry in unit tests of
-the framing only.
+``HttpSchemaRegistry`` is confluent-kafka's ``SchemaRegistryClient`` (the Confluent Schema Registry REST
+API, also served by Karapace and Redpanda; basic auth in the URL or in ``config``, TLS, retries, caching)
+behind our two-method :class:`SchemaRegistry` protocol; the framing stays in ``schemas.codec``, which
+also reads the registry-less single-object encoding. ``InMemorySchemaRegistry`` keeps ids in a dict; it
+stands in for a registry in unit tests of the framing only.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-import httpx
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
-from voicenote.errors import DependencyUnavailable
+from schemas.errors import DependencyUnavailable
+
+try:  # the HTTP library confluent-kafka's client runs on: httpx2 where installed, else httpx
+    import httpx2 as _http  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on what the extra pulled in
+    import httpx as _http  # type: ignore[no-redef]
+
+# The registry's "not found" error codes (subject, version, schema): a caller error, not an outage.
+_NOT_FOUND = {40401, 40402, 40403}
 
 
 class SchemaRegistry(Protocol):
@@ -49,42 +60,28 @@ class InMemorySchemaRegistry:
 
 
 class HttpSchemaRegistry:
-    """Confluent Schema Registry REST client with a local cache (ids never change meaning)."""
+    """A Confluent-compatible registry through confluent-kafka's client (ids never change meaning, so it caches)."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
-        self._url = url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout)
-        self._by_id: dict[int, str] = {}
-        self._by_subject: dict[tuple[str, str], int] = {}
+    def __init__(self, url: str, *, timeout: float = 5.0, config: Mapping[str, Any] | None = None) -> None:
+        """``config`` takes the client's other keys: ``basic.auth.user.info``, ``ssl.ca.location``, ``max.retries``..."""
+        self._client = SchemaRegistryClient({"url": url, "timeout": timeout, **(config or {})})
 
     def register(self, subject: str, schema: str) -> int:
-        cached = self._by_subject.get((subject, schema))
-        if cached is not None:
-            return cached
         try:
-            resp = self._client.post(
-                f"{self._url}/subjects/{subject}/versions",
-                json={"schema": schema, "schemaType": "AVRO"},
-                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-            )
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
+            return int(self._client.register_schema(subject, Schema(schema, "AVRO")))
+        except (SchemaRegistryError, _http.HTTPError, OSError) as exc:
             raise DependencyUnavailable("schema_registry", f"cannot register {subject}: {exc}") from exc
-        schema_id = int(resp.json()["id"])
-        self._by_subject[(subject, schema)] = schema_id
-        self._by_id[schema_id] = schema
-        return schema_id
 
     def schema_by_id(self, schema_id: int) -> str:
-        if schema_id in self._by_id:
-            return self._by_id[schema_id]
         try:
-            resp = self._client.get(f"{self._url}/schemas/ids/{schema_id}")
-        except httpx.HTTPError as exc:
+            found = self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 or exc.error_code in _NOT_FOUND:
+                raise LookupError(f"schema id {schema_id} is not registered") from exc
             raise DependencyUnavailable("schema_registry", f"cannot fetch schema {schema_id}: {exc}") from exc
-        if resp.status_code == 404:
-            raise LookupError(f"schema id {schema_id} is not registered")
-        resp.raise_for_status()
-        schema = str(resp.json()["schema"])
-        self._by_id[schema_id] = schema
-        return schema
+        except (_http.HTTPError, OSError) as exc:
+            raise DependencyUnavailable("schema_registry", f"cannot fetch schema {schema_id}: {exc}") from exc
+        return str(found.schema_str)
+
+    def close(self) -> None:
+        self._client.close()

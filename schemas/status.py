@@ -1,4 +1,5 @@
-"""Job states and the one rule about them: a job's status only moves forward."""
+"""Job states and their ranks. A job moves only to a strictly higher rank, so the first terminal state
+wins; the job store's Lua script (voicenote/jobstore.py) applies that rule atomically in Redis."""
 
 from __future__ import annotations
 
@@ -30,7 +31,3 @@ _RANK = {
     JobStatus.cancelled: _TERMINAL,
 }
 
-
-def advances(current: JobStatus | None, new: JobStatus) -> bool:
-    """Whether ``new`` may replace ``current``: strictly forward, and the first terminal state wins."""
-    return current is None or new.rank > current.rank

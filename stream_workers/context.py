@@ -18,5 +18,7 @@ class WorkerContext:
     codecs: Codecs
     catalog: TopicCatalog
     store: AudioStore
-    jobs: JobStore | None = None  # only the completion role writes the status projection
+    # Job records in Redis: completion writes the projection (queued, terminal states); synthesis writes
+    # running and reads cancellations. docs/architecture.md, "Who writes what in Redis", has every writer.
+    jobs: JobStore | None = None
     cache: ResultCache | None = None  # result cache: looked up by synthesis, recorded by storage

@@ -1,6 +1,6 @@
 """The synthesis worker's metrics, in one place (Prometheus text format on the worker's web port).
 
-The loop reports events here; nothing else in the worker touches counters.
+The loop and the result cache report events here; no other module of the worker defines metrics.
 """
 
 from __future__ import annotations
@@ -9,6 +9,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 _SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 32, 64)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# The result cache (stream_workers/result_cache.py) counts its lookups here; module-level because a worker
+# has one cache while benchmarks and tests build several. Rendered on the synthesis worker's /metrics next
+# to SynthesisMetrics (stream_workers/app.py).
+CACHE_REGISTRY = CollectorRegistry()
+CACHE_LOOKUPS = Counter(
+    "voicenote_result_cache_lookups", "Result-cache lookups by outcome; hit ratio = hit / (hit + miss).", ["outcome"],
+    registry=CACHE_REGISTRY,
+)
+CACHE_HIT_RATIO = Gauge("voicenote_result_cache_hit_ratio", "Hits over lookups since this worker started.",
+                        registry=CACHE_REGISTRY)
 
 
 class SynthesisMetrics:

@@ -15,19 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from voicenote.errors import JobStoreError
-
-# Rendered on the synthesis worker's /metrics next to its SynthesisMetrics (stream_workers/app.py).
-CACHE_REGISTRY = CollectorRegistry()
-CACHE_LOOKUPS = Counter(
-    "voicenote_result_cache_lookups", "Result-cache lookups by outcome; hit ratio = hit / (hit + miss).", ["outcome"],
-    registry=CACHE_REGISTRY,
-)
-CACHE_HIT_RATIO = Gauge("voicenote_result_cache_hit_ratio", "Hits over lookups since this worker started.",
-                        registry=CACHE_REGISTRY)
+# CACHE_REGISTRY is re-exported: app.py renders it from here.
+from stream_workers.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_REGISTRY  # noqa: F401
+from voicenote.errors import ResultCacheError
 
 # The request fields that change the audio. Anything else (job id, webhook, priority) does not.
 _KEYED_FIELDS = ("text", "voice", "format", "speed", "temperature", "top_p", "repetition_penalty", "seed", "instructions")
@@ -76,7 +68,7 @@ class ResultCache:
         try:
             raws = await self._redis.mget([self._prefix + key for key in keys])
         except RedisError as exc:
-            raise JobStoreError(f"cannot read the result cache: {exc}") from exc
+            raise ResultCacheError(f"cannot read the result cache: {exc}") from exc
         for raw in raws:
             self._count(hit=raw is not None)
         return [CachedAudio(**json.loads(raw)) if raw is not None else None for raw in raws]
@@ -101,7 +93,7 @@ class ResultCache:
         try:
             await self._redis.delete(self._prefix + key)
         except RedisError as exc:
-            raise JobStoreError(f"cannot write the result cache: {exc}") from exc
+            raise ResultCacheError(f"cannot write the result cache: {exc}") from exc
 
     async def record(self, key: str, audio: CachedAudio) -> None:
         await self.record_many([(key, audio)])
@@ -116,7 +108,7 @@ class ResultCache:
                     pipe.set(self._prefix + key, json.dumps(asdict(audio)), ex=self._ttl)
                 await pipe.execute()
         except RedisError as exc:
-            raise JobStoreError(f"cannot write the result cache: {exc}") from exc
+            raise ResultCacheError(f"cannot write the result cache: {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -12,6 +12,8 @@ import wave
 
 import numpy as np
 
+from voicenote.errors import InvalidInput
+
 
 def to_wav(samples: np.ndarray, sample_rate: int) -> bytes:
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
@@ -41,7 +43,7 @@ CONTENT_TYPES = {
 }
 
 
-class UnsupportedFormat(ValueError):
+class UnsupportedFormat(InvalidInput):
     code = "unsupported_format"
 
 

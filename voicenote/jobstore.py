@@ -1,7 +1,7 @@
 """The job-status projection in Redis: one hash per job, forward-only, rebuildable from the topics.
 
 Transitions are applied by a Lua script so that concurrent writers (the API's initial ``queued``, the
-status agent's completion) cannot move a job backwards. Terminal transitions are also published on a
+completion role's terminal state) cannot move a job backwards. Terminal transitions are also published on a
 per-job channel so a waiting HTTP request learns of them at once.
 """
 
@@ -21,7 +21,7 @@ from voicenote.settings import RedisSettings
 
 # KEYS[1]: job hash; KEYS[2]: done channel.
 # ARGV[1]: new rank; ARGV[2]: ttl seconds; ARGV[3]: 1 if terminal; ARGV[4..]: field, value pairs.
-# Rank rule mirrors schemas.status.advances: strictly forward only. Fields of a transition that does
+# The rule: a job moves only to a strictly higher JobStatus.rank (terminal states share one rank). Fields of a transition that does
 # not advance still fill gaps (HSETNX) so an out-of-order write loses no information.
 _TRANSITION = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')

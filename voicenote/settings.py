@@ -156,7 +156,6 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
-    max_input_chars: int = 4096
     keys: list[ApiKey] = Field(default_factory=list, description="Accepted Bearer tokens, hashed (JSON list in the env).")
     allow_anonymous: bool = Field(False, description="Serve without keys; only the embedded default sets this, explicitly.")
     rate_per_second: float = Field(50.0, gt=0, description="Token-bucket refill per key (per client address when anonymous).")
@@ -210,7 +209,6 @@ def to_env(settings: Settings) -> dict[str, str]:
                 continue
             if isinstance(values, dict) and name in _SECRETS:
                 value = getattr(getattr(settings, section), name).get_secret_value()
-            env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             if isinstance(value, (list, dict)):
                 value = json.dumps(value)  # pydantic-settings reads complex fields as JSON
             env[f"VOICENOTE_{section.upper()}__{name.upper()}"] = str(value)

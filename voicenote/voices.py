@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from voicenote.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class Voice:
@@ -29,7 +31,7 @@ OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "on
 ALIASES: dict[str, str] = {"default": "en_US-joe-medium", **{name: "en_US-joe-medium" for name in OPENAI_VOICES}}
 
 
-class UnknownVoiceName(ValueError):
+class UnknownVoiceName(InvalidInput):
     pass
 
 

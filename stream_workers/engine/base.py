@@ -14,8 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
+from voicenote.errors import VoicenoteError
 
-class EngineError(Exception):
+
+class EngineError(VoicenoteError):
     """An engine failure with a machine-readable code (it ends the job as ``failed``)."""
 
     code = "engine_error"

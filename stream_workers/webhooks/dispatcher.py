@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
+from schemas.events import DeadLetter
 from schemas.topics import TopicCatalog
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
 from stream_workers.webhooks.schedule import retry_delay, retry_tier
@@ -234,9 +235,9 @@ class WebhookDispatcher:
         try:
             completion = self._codecs.completion.decode(msg.value())
         except DecodeError as exc:
-            if retrying:
-                await self._dead_letter(msg, headers, "undecodable", str(exc))
-            # An undecodable completion is dead-lettered once, by the status agent.
+            # The dispatcher is the only consumer of the completion topic in the product (the completion
+            # role projects what it publishes without reading it back), so it dead-letters what it cannot read.
+            await self._dead_letter(msg, headers, exc.reason, str(exc))
             self._store(msg)
             return
         url = completion.get("webhook_url")
@@ -275,14 +276,14 @@ class WebhookDispatcher:
     async def _dead_letter(self, msg: Message, headers: dict[str, bytes], error_type: str, error_message: str) -> None:
         assert self._catalog.webhook_dead_letter is not None
         ts_type, ts = msg.timestamp()
-        record = {
-            "source_topic": msg.topic(), "source_partition": msg.partition(), "source_offset": msg.offset(),
-            "source_timestamp": ts if ts_type and ts > 0 else None, "key": msg.key(), "value": msg.value(),
-            "headers": headers, "consumer": "webhooks", "error_type": error_type, "error_message": error_message[:4000],
-            "failed_at": self._now_ms(),
-        }
+        letter = DeadLetter(
+            source_topic=str(msg.topic()), source_partition=int(msg.partition() or 0), source_offset=int(msg.offset() or 0),
+            source_timestamp=ts if ts_type and ts > 0 else None, key=msg.key(), value=msg.value(),
+            headers=headers, consumer="webhooks", error_type=error_type, error_message=error_message[:4000],
+            failed_at=self._now_ms(),
+        )
         topic = self._catalog.webhook_dead_letter.name if error_type.startswith("webhook_") else self._catalog.dead_letter.name
-        await self._producer.send(topic, self._codecs.dead_letter.encode(record), key=msg.key())
+        await self._producer.send(topic, self._codecs.dead_letter.encode_event(letter), key=msg.key())
         log.warning("webhook record %s[%d]@%d dead-lettered: %s", msg.topic(), msg.partition(), msg.offset(), error_message)
 
 

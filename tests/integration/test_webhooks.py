@@ -112,11 +112,11 @@ class Harness:
             await asyncio.sleep(0.1)
         raise AssertionError("condition not reached in time")
 
-    def dead_letters(self, expected: int, timeout: float = 30) -> list[tuple[dict, dict[str, bytes]]]:
+    def dead_letters(self, expected: int, timeout: float = 30, topic: str | None = None) -> list[tuple[dict, dict[str, bytes]]]:
         assert self.catalog.webhook_dead_letter is not None
         consumer = Consumer({**self.settings.kafka.client_config(), "group.id": f"{self.settings.worker.group_id}-dlq-read",
                              "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
-        consumer.subscribe([self.catalog.webhook_dead_letter.name])
+        consumer.subscribe([topic or self.catalog.webhook_dead_letter.name])
         letters = []
         deadline = time.monotonic() + timeout
         while len(letters) < expected and time.monotonic() < deadline:
@@ -345,3 +345,32 @@ async def test_slow_receiver_holds_up_only_its_own_partition(hook_settings: Sett
         await jobs.close()
         slow.shutdown()
         slow.server_close()
+
+
+async def test_undecodable_completions_are_dead_lettered_with_their_bytes_and_reason(
+        harness: Harness, dispatcher: WebhookDispatcher, receiver: Receiver) -> None:
+    garbage = b"not an avro event"
+    unknown = b"\xc3\x01" + bytes(8) + b"body"  # single-object framing, a fingerprint no schema of ours has
+    completions = harness.catalog.completions.name
+    await harness.producer.send(completions, garbage, key=b"job_garbage")
+    await harness.producer.send(completions, unknown, key=b"job_unknown")
+    # A good completion behind them on the topic is still delivered: the bad ones hold nothing up.
+    await harness.publish_completion("job_after_garbage", receiver.url)
+
+    # In a thread: the dispatcher runs on this event loop, and the reader's poll blocks.
+    letters = await asyncio.to_thread(harness.dead_letters, 2, 60, harness.catalog.dead_letter.name)
+    by_key = {letter["key"]: letter for letter, _ in letters}
+    assert set(by_key) == {b"job_garbage", b"job_unknown"}
+    assert by_key[b"job_garbage"]["value"] == garbage
+    assert by_key[b"job_garbage"]["error_type"] == "undecodable"
+    assert by_key[b"job_unknown"]["value"] == unknown
+    assert by_key[b"job_unknown"]["error_type"] == "unknown_schema"
+    for letter in by_key.values():
+        assert letter["source_topic"] == completions and letter["consumer"] == "webhooks" and letter["error_message"]
+
+    async def delivered() -> bool:
+        return any(json.loads(body)["data"]["job_id"] == "job_after_garbage" for _, body in receiver.received)
+
+    await harness.until(delivered)
+    # Neither went to the webhook dead-letter topic, which is for deliveries that failed.
+    assert await asyncio.to_thread(harness.dead_letters, 1, 3) == []

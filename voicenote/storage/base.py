@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-_SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from schemas.validation import JOB_ID
 
 
 def audio_key(prefix: str, job_id: str, extension: str) -> str:
@@ -15,7 +14,7 @@ def audio_key(prefix: str, job_id: str, extension: str) -> str:
 
     A two-character shard from the id spreads keys over S3 partitions.
     """
-    if not _SAFE_JOB_ID.match(job_id):
+    if not JOB_ID.match(job_id):
         raise ValueError(f"job id {job_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
     return f"{prefix}{job_id[-2:]}/{job_id}.{extension}"
 

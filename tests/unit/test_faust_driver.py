@@ -1,0 +1,37 @@
+"""The upgrade guard of stream_workers/faust_driver.py: the private Faust and aiokafka hooks it relies on
+(there is no public way to set the consumer's fetch wait) are still there and still do what we need."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_workers import faust_driver
+from stream_workers.faust_driver import FetchWaitApp
+from voicenote.errors import ConfigError
+
+
+def test_the_installed_faust_and_aiokafka_have_every_hook_the_driver_uses() -> None:
+    assert faust_driver.hook_problems() == []
+
+
+async def test_a_worker_consumer_is_built_with_the_configured_fetch_wait() -> None:
+    app = FetchWaitApp("guard", broker="kafka://127.0.0.1:9", fetch_max_wait_ms=37, web_enabled=False)
+    thread = app.consumer._thread  # type: ignore[attr-defined]  # the aiokafka Consumer's, built by our _Consumer
+    consumer = thread._create_worker_consumer(app.transport)  # what the thread does when it starts
+    assert consumer._fetch_max_wait_ms == 37
+
+
+def test_a_missing_hook_stops_start_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    # What an upgrade that renames the hook looks like to the guard.
+    monkeypatch.delattr(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer")
+    problems = faust_driver.hook_problems()
+    assert len(problems) == 1 and "_create_worker_consumer" in problems[0]
+    with pytest.raises(ConfigError, match="_create_worker_consumer"):
+        FetchWaitApp("guard", broker="kafka://127.0.0.1:9", web_enabled=False)
+
+
+def test_aiokafka_reading_the_fetch_wait_elsewhere_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_driver, "_source", lambda obj: "def start(self): self._fetcher = Fetcher(fetch_max_wait_ms=500)")
+    assert any("fetch_max_wait_ms=self._fetch_max_wait_ms" in p for p in faust_driver.hook_problems())

@@ -1,0 +1,41 @@
+"""The layering contract (pyproject.toml [tool.importlinter]) holds, and it does catch a back-arrow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+PACKAGES = ("schemas", "voicenote", "producer_api", "stream_workers", "ops")
+
+
+def _lint(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_the_tree_keeps_every_layering_contract() -> None:
+    done = _lint(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 kept, 0 broken" in done.stdout
+
+
+def test_a_contract_importing_the_runtime_breaks_the_build(tmp_path: Path) -> None:
+    # A stand-in tree with the same package names, shadowing ours on the path: schemas imports the runtime
+    # (the arrow this issue removed) and the runtime imports a worker module.
+    for name in PACKAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "schemas" / "codec.py").write_text("from voicenote import errors\n")
+    (tmp_path / "voicenote" / "errors.py").write_text("")
+    (tmp_path / "voicenote" / "jobs.py").write_text("import stream_workers.app\n")
+    (tmp_path / "stream_workers" / "app.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = _lint(tmp_path, env)
+    assert done.returncode != 0
+    assert "0 kept, 2 broken" in done.stdout, done.stdout
+    assert "schemas.codec -> voicenote.errors" in done.stdout
+    assert "voicenote.jobs -> stream_workers.app" in done.stdout
