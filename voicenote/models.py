@@ -22,6 +22,7 @@ from typing import Any
 
 from schemas.topics import CPU_FAMILY, TopicCatalog
 from voicenote import voices as piper_voices
+from voicenote.errors import InvalidInput
 from voicenote.settings import EngineKind, Settings
 
 SAMPLING_PARAMS = ("temperature", "top_p", "repetition_penalty", "seed")
@@ -31,11 +32,11 @@ S1MINI_SAMPLE_RATE = 44100
 _S1MINI_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as stream_workers/engine/s1mini/voices.py
 
 
-class UnknownModel(ValueError):
+class UnknownModel(InvalidInput):
     pass
 
 
-class UnknownVoiceName(ValueError):
+class UnknownVoiceName(InvalidInput):
     pass
 
 
