@@ -298,9 +298,10 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     settings = _kafka(args)
     catalog = settings.kafka.catalog()
     assert catalog.webhook_dead_letter is not None and catalog.webhook_retries
+    dead_letters = catalog.webhook_dead_letter.name
     group = args.group or redrive_group(settings.worker.group_id, "webhooks", error_type=args.error_type, job_id=args.job_id)
     report = _with_progress(args, "webhooks redrive", lambda bar: redrive_webhooks(
-        settings.kafka, catalog.webhook_dead_letter.name, catalog.webhook_retries[0].name, group_id=group,
+        settings.kafka, dead_letters, catalog.webhook_retries[0].name, group_id=group,
         error_type=args.error_type, job_id=args.job_id, dry_run=not args.execute, progress=bar))
     print(json.dumps(report.as_dict()))
     _dry_run_note(report, "webhook deliveries", args)

@@ -28,7 +28,7 @@ class PartitionLag:
 
 def list_groups(settings: KafkaSettings, timeout: float = 10.0) -> list[str]:
     """Every consumer group the cluster knows."""
-    admin = AdminClient(settings.client_config())
+    admin = AdminClient(dict(settings.client_config()))
     try:
         result = admin.list_consumer_groups(request_timeout=timeout).result()
     except KafkaException as exc:
@@ -38,7 +38,7 @@ def list_groups(settings: KafkaSettings, timeout: float = 10.0) -> list[str]:
 
 def group_lag(settings: KafkaSettings, group: str, timeout: float = 10.0) -> list[PartitionLag]:
     """Committed position, end and lag of every partition ``group`` has committed on; empty for an unknown group."""
-    admin = AdminClient(settings.client_config())
+    admin = AdminClient(dict(settings.client_config()))
     try:
         answer = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)[group].result()
         committed = [tp for tp in answer.topic_partitions or [] if tp.offset >= 0]

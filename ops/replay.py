@@ -3,7 +3,9 @@
 Replay reads request events in a time or offset range (optionally filtered) and publishes them again
 as new jobs: the old job ids already reached a terminal state, which the workers never redo, so each
 replayed request gets a fresh job id and keeps the old one in ``attributes["replay_of"]``.
-Redrive publishes dead letters' original bytes back to their source topic once the cause is fixed.
+Redrive publishes dead letters' original bytes back to their source topic once the cause is fixed
+(webhook letters go to the first webhook retry topic instead); a consumer group per selection records
+what has been redriven, so a second run publishes only letters that arrived since.
 """
 
 from __future__ import annotations
@@ -184,12 +186,13 @@ class GroupCursor:
                     msg = self._consumer.poll(0.2)
                     if msg is None:
                         continue
-                    if msg.error() is not None:
-                        if msg.error().code() == -191:  # _PARTITION_EOF
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == -191:  # _PARTITION_EOF
                             break
-                        raise DependencyUnavailable("kafka", f"reading {self.topic}[{tp.partition}]: {msg.error()}")
+                        raise DependencyUnavailable("kafka", f"reading {self.topic}[{tp.partition}]: {error}")
                     deadline = time.monotonic() + self._idle_timeout
-                    self._next[tp.partition] = msg.offset() + 1
+                    self._next[tp.partition] = (msg.offset() or 0) + 1
                     yield msg
                 self._consumer.unassign()
         except KafkaException as exc:
@@ -208,12 +211,15 @@ class GroupCursor:
         self._consumer.close()
 
 
+Headers = list[tuple[str, str | bytes | None]]
+
+
 def redrive_dead_letters(settings: KafkaSettings, dead_letter_topic: str, *, group_id: str, error_type: str | None = None,
                          source_topic: str | None = None, dry_run: bool = False,
                          progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
     """Publish the letters not yet redriven by ``group_id`` back to their source topic (original bytes)."""
 
-    def target(letter: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
+    def target(letter: dict[str, Any]) -> tuple[str, Headers]:
         origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
         return letter["source_topic"], [*letter["headers"].items(), ("voicenote-redrive-of", origin.encode())]
 
@@ -231,7 +237,7 @@ def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, fi
     there every completion consumer would see the job complete a second time.
     """
 
-    def target(letter: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
+    def target(letter: dict[str, Any]) -> tuple[str, Headers]:
         origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
         return first_retry_topic, [("webhook-attempt", b"1"), ("webhook-due-at", str(int(time.time() * 1000)).encode()),
                                    ("webhook-log", letter["headers"].get("webhook-log", b"[]")),
@@ -243,7 +249,7 @@ def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, fi
 
 
 def _redrive(settings: KafkaSettings, topic: str, group_id: str,
-             target: Callable[[dict[str, Any]], tuple[str, list[tuple[str, bytes]]]], *,
+             target: Callable[[dict[str, Any]], tuple[str, Headers]], *,
              select: Callable[[dict[str, Any]], bool], dry_run: bool,
              progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
     codec = AvroCodec("DeadLetter")

@@ -205,7 +205,7 @@ class VoicenoteClient:
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
+                        at_end.add(msg.partition() or 0)
                         if until_end and at_end >= set(partitions):
                             return
                         continue
@@ -245,7 +245,7 @@ class VoicenoteClient:
                 if time.monotonic() > deadline:
                     break
         finally:
-            stream.close()
+            stream.close()  # type: ignore[attr-defined]  # a generator
         raise JobTimeout(f"no completion for {job_id} on {self.completions_topic} within {timeout:g}s")
 
     def _ensure_producer(self) -> Producer:
