@@ -231,15 +231,18 @@ def redrive_dead_letters(settings: KafkaSettings, dead_letter_topic: str, *, gro
 def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, first_retry_topic: str, *, group_id: str,
                      error_type: str | None = None, job_id: str | None = None, dry_run: bool = False,
                      progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
-    """Send dead-lettered webhook deliveries again, with a fresh set of attempts.
+    """Send dead-lettered webhook deliveries again: one more attempt each, due now.
 
-    The completion goes to the first retry topic, due now, rather than back to the completion topic:
-    there every completion consumer would see the job complete a second time.
+    The completion goes to the first retry topic rather than back to the completion topic, where every
+    completion consumer would see the job complete a second time. The attempt count goes on from the
+    letter's (the job record never counts backwards); a redriven attempt that fails is dead-lettered
+    again at once, and can be redriven again.
     """
 
     def target(letter: dict[str, Any]) -> tuple[str, Headers]:
         origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
-        return first_retry_topic, [("webhook-attempt", b"1"), ("webhook-due-at", str(int(time.time() * 1000)).encode()),
+        attempt = int(letter["headers"].get("webhook-attempt", b"0") or 0) + 1
+        return first_retry_topic, [("webhook-attempt", str(attempt).encode()), ("webhook-due-at", str(int(time.time() * 1000)).encode()),
                                    ("webhook-log", letter["headers"].get("webhook-log", b"[]")),
                                    ("voicenote-redrive-of", origin.encode())]
 
