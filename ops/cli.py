@@ -110,6 +110,25 @@ def _schema_fields(event: str) -> list[str]:
     return [f["name"] for f in load_schema(event).parsed["fields"] if f["name"] != "attributes"]
 
 
+class Pacer:
+    """Spaces calls ``1/rate`` seconds apart; a pause (a slow broker) is not made up by a burst afterwards."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next: float | None = None
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        now = self._clock()
+        if self._next is not None and self._next > now:
+            self._sleep(self._next - now)
+            now = self._next
+        self._next = now + self._interval
+
+
 class _Progress:
     """A tqdm counter on stderr (count and rate), shown on a terminal or with --progress on."""
 
@@ -369,14 +388,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             raise UsageError(f"{f'line {n} of {args.file}' if n else 'the text'}: {exc}; nothing was submitted") from None
     started_ms = int(time.time() * 1000)
     job_ids = []
-    interval = 1.0 / args.rate if args.rate else 0.0
-    next_at = time.monotonic()
+    pacer = Pacer(args.rate)
     bar = _Progress(args, "submit", "requests")
     try:
         for _n, text in texts:
-            if interval:
-                time.sleep(max(0.0, next_at - time.monotonic()))
-                next_at = max(next_at + interval, time.monotonic() - interval)
+            pacer.wait()
             job_ids.append(client.publish(text, **options))
             bar(None)
             print(job_ids[-1], flush=True)
