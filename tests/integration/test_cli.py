@@ -325,3 +325,13 @@ def test_watch_tails_completions_with_filters(cli, settings: Settings, topics: N
     assert code == 0 and [json.loads(line)["job_id"] for line in out.splitlines()] == ["job_bad"]
     code, out, _ = cli("watch", "--from-beginning", "--count", "1")
     assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_projection_rebuild_without_redis_is_one_line(cli, settings: Settings, topics: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    codecs = Codecs()
+    produce(settings, settings.kafka.catalog().requests.name, [(b"job_p2", codecs.request.encode(api_request("job_p2", "alloy")))])
+    monkeypatch.setenv("VOICENOTE_REDIS__URL", "redis://127.0.0.1:1/0")
+    code, out, err = cli("projection", "rebuild")
+    assert code == 1 and out == ""
+    assert "VOICENOTE_REDIS__URL" in one_line(err)
