@@ -175,7 +175,8 @@ class VoicenoteClient:
 
         With ``group_id`` the consumer group keeps the position (at-least-once: a completion's offset is
         stored only after the loop body ran for it); without one the read starts at ``since_ms``, the
-        beginning, or the end. ``until_end`` stops at the end of every partition; ``idle_timeout`` stops
+        beginning, or the end. ``until_end`` stops at the end of every partition of the topic (with a group,
+only when this consumer is the group's only member); ``idle_timeout`` stops
         after that many seconds without a record. An undecodable record raises DecodeError unless
         ``on_undecodable`` takes it.
         """
