@@ -52,7 +52,7 @@ def run(records: int, rate: float) -> dict[str, object]:
         started = time.perf_counter()
         for _ in range(records):
             client.publish(TEXT, voice="alloy")
-        client.flush()
+        client.close()
         publish_s = time.perf_counter() - started
 
         now = int(time.time() * 1000)

@@ -396,9 +396,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             job_ids.append(client.publish(text, **options))
             bar(None)
             print(job_ids[-1], flush=True)
-        client.flush()
     finally:
         bar.close()
+        client.close()  # confirms every request; a PublishError names what the broker did not take
     if not args.wait:
         return EXIT_OK
     return _await_jobs(client, job_ids, started_ms, args.timeout)

@@ -165,8 +165,15 @@ class VoicenoteClient:
         if failures:
             raise PublishError(f"{len(failures)} requests refused by the broker: {failures[:3]}")
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, then let the producer go; what is still unacknowledged is dropped and reported by the PublishError."""
+        try:
+            self.flush(timeout)
+        finally:
+            if self._producer is not None:
+                self._producer.purge()  # else librdkafka keeps retrying (and logging) until the process exits
+                self._producer.flush(0)
+                self._producer = None
 
     def completions(self, *, group_id: str | None = None, since_ms: int | None = None, from_beginning: bool = False,
                     until_end: bool = False, idle_timeout: float | None = None,

@@ -109,4 +109,4 @@ def test_an_unreachable_broker_is_a_publish_error(settings: Settings) -> None:
     client = VoicenoteClient(settings.kafka, bootstrap_servers="127.0.0.1:1")
     client.publish("Hello.")
     with pytest.raises(PublishError, match="not acknowledged|refused"):
-        client.flush(timeout=3)
+        client.close(timeout=3)
