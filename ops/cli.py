@@ -481,45 +481,61 @@ def _execute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_false", dest="execute", help="count only (the default)")
 
 
+def _global_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument("--bootstrap-server", metavar="HOST:PORT", default=default(None),
+                   help="Kafka brokers (overrides VOICENOTE_KAFKA__BOOTSTRAP_SERVERS)")
+    p.add_argument("--topic-prefix", metavar="PREFIX", default=default(None),
+                   help="prepended to every topic name (overrides VOICENOTE_KAFKA__TOPIC_PREFIX)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=default(None),
+                   help="default: info for run, api and worker; warning otherwise")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default=default("auto"),
+                   help="progress counters on stderr (auto: on a terminal)")
+    p.add_argument("--connect-timeout", type=float, default=default(10.0), metavar="SECONDS",
+                   help="how long to wait for the broker before giving up (default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="voicenote", description="Voicenote: text to voice notes over Kafka.",
                      epilog="exit codes: 0 done, 1 failed, 2 usage (nothing was done), 130 interrupted. "
                             "Settings come from VOICENOTE_* variables; the flags above override them.")
     parser.add_argument("--version", action="version", version=f"voicenote {_version()}")
-    parser.add_argument("--bootstrap-server", metavar="HOST:PORT", help="Kafka brokers (overrides VOICENOTE_KAFKA__BOOTSTRAP_SERVERS)")
-    parser.add_argument("--topic-prefix", metavar="PREFIX", help="prepended to every topic name (overrides VOICENOTE_KAFKA__TOPIC_PREFIX)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="default: info for run, api and worker; warning otherwise")
-    parser.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                        help="progress counters on stderr (auto: on a terminal)")
-    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for the broker before giving up (default 10)")
+    _global_flags(parser, suppress=False)
+    # The global flags are taken after the command too (`voicenote lag --bootstrap-server ...`, as the
+    # Kafka tools take them); there they only override what was given before it.
+    common = _Parser(add_help=False)
+    _global_flags(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the whole service here (embedded broker, Redis, API, workers)")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    run = command("run", help="run the whole service here (embedded broker, Redis, API, workers)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--data-dir", default="var")
     run.set_defaults(func=_cmd_run)
 
-    api = sub.add_parser("api", help="run the HTTP producer API (settings from VOICENOTE_* env)")
+    api = command("api", help="run the HTTP producer API (settings from VOICENOTE_* env)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.set_defaults(func=_cmd_api)
 
-    worker = sub.add_parser("worker", help="run a stream worker")
+    worker = command("worker", help="run a stream worker")
     worker.add_argument("role", choices=["synthesis", "completion", "webhooks"])
     worker.add_argument("--web-port", type=int, help="Faust's web port (one per worker process)")
     worker.set_defaults(func=_cmd_worker)
 
-    topics = sub.add_parser("topics", help="provision or list the topic catalog")
+    topics = command("topics", help="provision or list the topic catalog")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=_cmd_topics)
 
-    storage = sub.add_parser("storage", help="create the bucket (or folder) and apply the audio lifecycle (TTL)")
+    storage = command("storage", help="create the bucket (or folder) and apply the audio lifecycle (TTL)")
     storage.add_argument("action", choices=["provision"])
     storage.set_defaults(func=_cmd_storage)
 
-    keys = sub.add_parser("keys", help="API keys: `keys new` makes a token and the hashed settings entry")
+    keys = command("keys", help="API keys: `keys new` makes a token and the hashed settings entry")
     keys.add_argument("action", choices=["new"])
     keys.add_argument("--name", required=True, help="who the key is for; owner of the jobs it submits")
     keys.add_argument("--scope", action="append", help="speech and/or jobs (repeatable; default both)")
@@ -527,11 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--burst", type=int)
     keys.set_defaults(func=_cmd_keys)
 
-    projection = sub.add_parser("projection", help="rebuild the job-status projection in Redis by replaying the topics")
+    projection = command("projection", help="rebuild the job-status projection in Redis by replaying the topics")
     projection.add_argument("action", choices=["rebuild"])
     projection.set_defaults(func=_cmd_projection)
 
-    replay = sub.add_parser("replay", help="publish requests from a time or offset range again, as new jobs (dry run unless --execute)")
+    replay = command("replay", help="publish requests from a time or offset range again, as new jobs (dry run unless --execute)")
     replay.add_argument("--since", help="ISO time, inclusive (UTC if no zone)")
     replay.add_argument("--until", help="ISO time, exclusive")
     replay.add_argument("--offsets", help="START:END offsets (END exclusive), per partition")
@@ -541,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     _execute_flags(replay)
     replay.set_defaults(func=_cmd_replay)
 
-    dlq = sub.add_parser("dlq", help="dead letters: `dlq redrive` sends each letter back to its topic once (dry run unless --execute)")
+    dlq = command("dlq", help="dead letters: `dlq redrive` sends each letter back to its topic once (dry run unless --execute)")
     dlq.add_argument("action", choices=["redrive"])
     dlq.add_argument("--error-type", help="only letters with this reason, e.g. unknown_schema")
     dlq.add_argument("--source-topic", help="only letters from this topic")
@@ -549,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     _execute_flags(dlq)
     dlq.set_defaults(func=_cmd_dlq)
 
-    webhooks = sub.add_parser("webhooks", help="`webhooks redrive` re-sends dead-lettered webhooks once (dry run unless --execute)")
+    webhooks = command("webhooks", help="`webhooks redrive` re-sends dead-lettered webhooks once (dry run unless --execute)")
     webhooks.add_argument("action", choices=["redrive"])
     webhooks.add_argument("--error-type", choices=["webhook_failed", "webhook_refused"], help="only these letters")
     webhooks.add_argument("--job-id", help="only this job's delivery")
@@ -557,13 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     _execute_flags(webhooks)
     webhooks.set_defaults(func=_cmd_webhooks)
 
-    lag = sub.add_parser("lag", help="consumer lag per group and partition")
+    lag = command("lag", help="consumer lag per group and partition")
     lag.add_argument("--group", action="append", help="only this group (repeatable; default: the workers' groups)")
     lag.add_argument("--all-groups", action="store_true", help="every group on the cluster, not only Voicenote's")
     lag.add_argument("--json", action="store_true", help="one JSON object per partition")
     lag.set_defaults(func=_cmd_lag)
 
-    submit = sub.add_parser("submit", help="publish requests straight to Kafka: a text, or a file with one note per line")
+    submit = command("submit", help="publish requests straight to Kafka: a text, or a file with one note per line")
     submit.add_argument("text", nargs="?", help="what to say")
     submit.add_argument("--file", help="one note per non-empty line")
     submit.add_argument("--voice", default="default")
@@ -574,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
     submit.set_defaults(func=_cmd_submit)
 
-    watch = sub.add_parser("watch", help="tail the completion topic, kcat-like (from the end unless told otherwise)")
+    watch = command("watch", help="tail the completion topic, kcat-like (from the end unless told otherwise)")
     watch.add_argument("--filter", action="append", default=[], help="FIELD=VALUE on the completion, e.g. status=failed (repeatable)")
     start = watch.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start at the oldest retained completion")

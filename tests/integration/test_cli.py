@@ -335,3 +335,8 @@ def test_projection_rebuild_without_redis_is_one_line(cli, settings: Settings, t
     code, out, err = cli("projection", "rebuild")
     assert code == 1 and out == ""
     assert "VOICENOTE_REDIS__URL" in one_line(err)
+
+
+def test_global_flags_work_after_the_command_too(cli) -> None:
+    code, out, err = cli("lag", "--bootstrap-server", "127.0.0.1:1", "--connect-timeout", "1")
+    assert code == 1 and "127.0.0.1:1" in one_line(err)  # after the command, it overrides the one before
