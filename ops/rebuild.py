@@ -10,6 +10,7 @@ records would already have expired.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ops.replay import Range, read_range
@@ -28,7 +29,8 @@ class RebuildReport:
     undecodable: int = 0
 
 
-async def rebuild(settings: Settings, jobs: JobStore) -> RebuildReport:
+async def rebuild(settings: Settings, jobs: JobStore, *,
+                  progress: Callable[[RebuildReport], None] | None = None) -> RebuildReport:
     """Replay the request topics and the completion topic from their beginning up to their current end; returns what was applied."""
     catalog = settings.kafka.catalog()
     codecs = Codecs()
@@ -39,6 +41,8 @@ async def rebuild(settings: Settings, jobs: JobStore) -> RebuildReport:
     for topic, codec in (*((name, codecs.request) for name in request_topics), (catalog.completions.name, codecs.completion)):
         is_request = topic in request_topics
         for msg in read_range(settings.kafka, topic, Range()):
+            if progress is not None:
+                progress(report)
             try:
                 record = codec.decode(msg.value())
             except DecodeError:

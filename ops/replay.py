@@ -3,7 +3,9 @@
 Replay reads request events in a time or offset range (optionally filtered) and publishes them again
 as new jobs: the old job ids already reached a terminal state, which the workers never redo, so each
 replayed request gets a fresh job id and keeps the old one in ``attributes["replay_of"]``.
-Redrive publishes dead letters' original bytes back to their source topic once the cause is fixed.
+Redrive publishes dead letters' original bytes back to their source topic once the cause is fixed
+(webhook letters go to the first webhook retry topic instead); a consumer group per selection records
+what has been redriven, so a second run publishes only letters that arrived since.
 """
 
 from __future__ import annotations
@@ -92,19 +94,26 @@ def read_range(settings: KafkaSettings, topic: str, rng: Range, *, idle_timeout:
 
 
 def matches(record: dict[str, Any], filters: dict[str, str]) -> bool:
-    """Whether every ``field=value`` filter holds (attributes are matched as ``attributes.key``)."""
+    """Whether every ``field=value`` filter holds (attributes are matched as ``attributes.key``).
+
+    ``voice`` matches what the user asked for (the API keeps it in ``attributes.voice_requested``) as
+    well as the installed voice id the event carries, so ``voice=alloy`` finds jobs requested as alloy.
+    """
     for key, want in filters.items():
         if key.startswith("attributes."):
-            have = record.get("attributes", {}).get(key.split(".", 1)[1])
+            have = [record.get("attributes", {}).get(key.split(".", 1)[1])]
+        elif key == "voice":
+            have = [record.get("voice"), record.get("attributes", {}).get("voice_requested")]
         else:
-            have = record.get(key)
-        if str(have) != want:
+            have = [record.get(key)]
+        if want not in {str(h) for h in have}:
             return False
     return True
 
 
 def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: dict[str, str], *,
-                    new_job_id: Callable[[], str], dry_run: bool = False) -> ReplayReport:
+                    new_job_id: Callable[[], str], dry_run: bool = False,
+                    progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
     codec = AvroCodec("SynthesisRequest")
     report = ReplayReport()
     producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
@@ -115,6 +124,8 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
     rng = replace(rng, end_ms=min(rng.end_ms, started_ms) if rng.end_ms is not None else started_ms)
     for msg in read_range(settings, topic, rng):
         report.read += 1
+        if progress is not None:
+            progress(report)
         try:
             record = codec.decode(msg.value())
         except DecodeError:
@@ -137,25 +148,145 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
     return report
 
 
-def redrive_dead_letters(settings: KafkaSettings, dead_letter_topic: str, *, error_type: str | None = None,
-                         source_topic: str | None = None, dry_run: bool = False) -> ReplayReport:
+def redrive_group(base: str, kind: str, **selection: str | None) -> str:
+    """The consumer group that records what one selection of letters has had redriven.
+
+    Each selection (``--error-type``, ``--source-topic``) keeps its own position, so redriving one kind
+    of letter never passes over letters of another kind that are not fixed yet.
+    """
+    chosen = ",".join(f"{k}={v}" for k, v in sorted(selection.items()) if v)
+    return f"{base}-{kind}-redrive" + (f".{chosen}" if chosen else "")
+
+
+class GroupCursor:
+    """Reads a topic from a consumer group's committed position to the current end, then commits.
+
+    The commit happens only after what was read has been republished and acknowledged: a crash in
+    between redrives those letters again next time (at least once), never skips one.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, group_id: str, *, idle_timeout: float = 2.0) -> None:
+        self.topic = topic
+        self._idle_timeout = idle_timeout
+        self._next: dict[int, int] = {}
+        self._consumer = Consumer({**settings.client_config(), "group.id": group_id, "enable.auto.commit": False,
+                                   "enable.partition.eof": True})
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if meta is None or meta.error is not None:
+                raise DependencyUnavailable("kafka", f"topic {self.topic} does not exist (create it with `voicenote topics create`)")
+            committed = self._consumer.committed([TopicPartition(self.topic, p) for p in sorted(meta.partitions)], timeout=10)
+            for tp in committed:
+                start = tp.offset if tp.offset >= 0 else -2  # OFFSET_BEGINNING when nothing is committed yet
+                self._consumer.assign([TopicPartition(self.topic, tp.partition, start)])
+                deadline = time.monotonic() + self._idle_timeout
+                while time.monotonic() < deadline:
+                    msg = self._consumer.poll(0.2)
+                    if msg is None:
+                        continue
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == -191:  # _PARTITION_EOF
+                            break
+                        raise DependencyUnavailable("kafka", f"reading {self.topic}[{tp.partition}]: {error}")
+                    deadline = time.monotonic() + self._idle_timeout
+                    self._next[tp.partition] = (msg.offset() or 0) + 1
+                    yield msg
+                self._consumer.unassign()
+        except KafkaException as exc:
+            raise DependencyUnavailable("kafka", f"reading {self.topic}: {exc}") from exc
+
+    def commit(self) -> None:
+        """Record everything read as handled."""
+        if not self._next:
+            return
+        try:
+            self._consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in self._next.items()], asynchronous=False)
+        except KafkaException as exc:
+            raise DependencyUnavailable("kafka", f"recording the redrive position on {self.topic}: {exc}") from exc
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def redrive_dead_letters(settings: KafkaSettings, dead_letter_topic: str, *, group_id: str, error_type: str | None = None,
+                         source_topic: str | None = None, dry_run: bool = False,
+                         progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
+    """Publish the letters not yet redriven by ``group_id`` back to their source topic (original bytes)."""
+
+    def target(letter: dict[str, Any]) -> tuple[str, Headers]:
+        origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
+        return letter["source_topic"], [*letter["headers"].items(), ("voicenote-redrive-of", origin.encode())]
+
+    return _redrive(settings, dead_letter_topic, group_id, target, dry_run=dry_run, progress=progress,
+                    select=lambda letter: (not error_type or letter["error_type"] == error_type)
+                    and (not source_topic or letter["source_topic"] == source_topic))
+
+
+def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, first_retry_topic: str, *, group_id: str,
+                     error_type: str | None = None, job_id: str | None = None, dry_run: bool = False,
+                     progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
+    """Send dead-lettered webhook deliveries again: one more attempt each, due now.
+
+    The completion goes to the first retry topic rather than back to the completion topic, where every
+    completion consumer would see the job complete a second time. The attempt count goes on from the
+    letter's (the job record never counts backwards); a redriven attempt that fails is dead-lettered
+    again at once, and can be redriven again.
+    """
+
+    def target(letter: dict[str, Any]) -> tuple[str, Headers]:
+        origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
+        attempt = int(letter["headers"].get("webhook-attempt", b"0") or 0) + 1
+        return first_retry_topic, [("webhook-attempt", str(attempt).encode()), ("webhook-due-at", str(int(time.time() * 1000)).encode()),
+                                   ("webhook-log", letter["headers"].get("webhook-log", b"[]")),
+                                   ("voicenote-redrive-of", origin.encode())]
+
+    return _redrive(settings, webhook_dead_letter_topic, group_id, target, dry_run=dry_run, progress=progress,
+                    select=lambda letter: (not error_type or letter["error_type"] == error_type)
+                    and (not job_id or (letter["key"] or b"").decode(errors="replace") == job_id))
+
+
+def _redrive(settings: KafkaSettings, topic: str, group_id: str,
+             target: Callable[[dict[str, Any]], tuple[str, Headers]], *,
+             select: Callable[[dict[str, Any]], bool], dry_run: bool,
+             progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
     codec = AvroCodec("DeadLetter")
     report = ReplayReport()
     producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
     failures: list[str] = []
-    for msg in read_range(settings, dead_letter_topic, Range()):
-        report.read += 1
-        letter = codec.decode(msg.value())
-        if (error_type and letter["error_type"] != error_type) or (source_topic and letter["source_topic"] != source_topic):
-            continue
-        report.matched += 1
+    cursor = GroupCursor(settings, topic, group_id)
+    try:
+        for msg in cursor:
+            report.read += 1
+            if progress is not None:
+                progress(report)
+            try:
+                letter = codec.decode(msg.value())
+            except DecodeError:
+                report.undecodable += 1  # not a letter we wrote; left where it is, counted
+                continue
+            if not select(letter):
+                continue
+            report.matched += 1
+            if producer is None:
+                continue
+            destination, headers = target(letter)
+            producer.produce(destination, key=letter["key"], value=letter["value"], headers=headers,
+                             on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
+            producer.poll(0)
+            report.published += 1
         if producer is None:
-            continue
-        headers = list(letter["headers"].items()) + [("voicenote-redrive-of", f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}".encode())]
-        producer.produce(letter["source_topic"], key=letter["key"], value=letter["value"], headers=headers,
-                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
-        producer.poll(0)
-        report.published += 1
-    if producer is not None and producer.flush(30) > 0 or failures:
-        raise PublishError(f"redrive: {len(failures)} records not acknowledged: {failures[:3]}")
-    return report
+            return report  # a dry run records nothing
+        remaining = producer.flush(30)
+        if remaining or failures:
+            raise PublishError(f"redrive: {remaining + len(failures)} records not acknowledged, nothing recorded as redriven "
+                               f"(run it again): {failures[:3]}")
+        cursor.commit()
+        return report
+    finally:
+        cursor.close()

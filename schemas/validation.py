@@ -42,7 +42,10 @@ def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CH
 
 def _sampling_problems(record: Mapping[str, Any]) -> list[str]:
     problems = []
-    temperature, top_p, penalty, seed = (record.get(k) for k in ("temperature", "top_p", "repetition_penalty", "seed"))
+    # A value of the wrong type is left to the Avro encoder, which names the field it does not match.
+    temperature, top_p, penalty, seed = (
+        value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        for value in (record.get(k) for k in ("temperature", "top_p", "repetition_penalty", "seed")))
     if temperature is not None and not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
         problems.append(f"temperature must be between {TEMPERATURE_RANGE[0]} and {TEMPERATURE_RANGE[1]}")
     if top_p is not None and not TOP_P_RANGE[0] < top_p <= TOP_P_RANGE[1]:

@@ -65,7 +65,8 @@ def test_redrive_sends_original_bytes_back_to_their_topic(settings: Settings) ->
          "consumer": "synthesis", "error_type": "undecodable", "error_message": "m", "failed_at": 1},
     ]
     _produce(settings, catalog.dead_letter.name, [(b"", codecs.dead_letter.encode(d)) for d in letters])
-    report = redrive_dead_letters(settings.kafka, catalog.dead_letter.name, error_type="unknown_schema")
+    report = redrive_dead_letters(settings.kafka, catalog.dead_letter.name, group_id=f"{settings.worker.group_id}-redrive",
+                                  error_type="unknown_schema")
     assert (report.read, report.matched, report.published) == (2, 1, 1)
     back = list(read_range(settings.kafka, catalog.requests.name, Range()))
     assert [m.value() for m in back] == [fixed]
