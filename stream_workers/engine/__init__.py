@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stream_workers.engine.base import SpeechEngine
-from voicenote.settings import EngineKind, EngineSettings
+
+if TYPE_CHECKING:  # engine.s1mini must import without pydantic (the GPU image has only torch)
+    from voicenote.settings import EngineSettings
 
 
 def build_engine(settings: EngineSettings) -> SpeechEngine:
     """The engine the settings name, loaded and ready."""
+    from voicenote.settings import EngineKind
+
     if settings.kind is EngineKind.piper:
         from stream_workers.engine.piper_engine import PiperBatchedEngine, PiperEngine
 

@@ -212,6 +212,15 @@ class SlotDecoder:
         self._compact()
         return out
 
+    @torch.no_grad()
+    def abort(self) -> list[Any]:
+        """Drop every live row (after a failed step); returns their tags."""
+        tags = [r.tag for r in self.live.values()]
+        self.live.clear()
+        self.state.active.fill_(False)
+        self.state.lens.fill_(0)
+        return tags
+
     def _compact(self) -> None:
         """Move rows out of slots above the bucket that the live count needs."""
         if not self.live:
