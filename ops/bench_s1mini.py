@@ -117,6 +117,7 @@ def bench_static(model, tok, ccfg, dev, batch_sizes, steps, prompt_len, temperat
             dec.add([(r, i) for i, r in enumerate(make_rows(model.config, b, prompt_len, steps + 2, temperature))])
             dec.step()  # the first step after a prefill (allocator, caches)
             sync(dev)
+            kvb = dec._bucket()[1]
             rs0, t0 = dec.row_steps, time.perf_counter()
             for _ in range(steps):
                 dec.step()
@@ -126,7 +127,7 @@ def bench_static(model, tok, ccfg, dev, batch_sizes, steps, prompt_len, temperat
             while dec.live:
                 dec.step()
             entry.update(ms_per_step=1000 * dt / steps, frames=frames, frames_per_s=frames / dt,
-                         audio_s_per_s=frames / dt / FRAME_RATE, kv_bucket=dec.kv_buckets[0])
+                         audio_s_per_s=frames / dt / FRAME_RATE, kv_bucket=kvb)
         except Exception as e:  # noqa: BLE001 - an OOM ends this bucket only, and is reported
             if not is_oom(e):
                 raise
