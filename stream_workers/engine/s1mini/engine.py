@@ -362,7 +362,13 @@ class S1MiniEngine:
                     self._codec_q.put(None)  # stop after this batch
                     break
                 batch.append(nxt)
-            self._finish(batch)
+            try:
+                self._finish(batch)
+            except Exception as e:  # noqa: BLE001 - no future may hang: each unresolved row gets the error
+                log.exception("S1-mini codec thread failed on %d rows", len(batch))
+                for _, job in batch:
+                    if not job.future.done():
+                        job.future.set_result(self._error(job, EngineError(f"S1-mini codec: {e}")))
 
     def _finish(self, batch: list[tuple[FinishedRow, _Job]]) -> None:
         sr = self.sample_rate
