@@ -179,3 +179,16 @@ def test_decode_step_compiles_fullgraph(s1_model, s1_tok, backend):
     for a, b in zip(ref.state, comp.state, strict=True):
         assert torch.equal(a, b) if not a.is_floating_point() else torch.allclose(a, b, atol=1e-5)
     assert math.isfinite(comp.state.logits.sum().item())
+
+
+def test_repetition_ring_equals_the_sliding_window(s1_model, s1_tok):
+    """A greedy row with a repetition penalty, running past the window: the ring of the last W frames
+    penalises exactly what generate_batch's sliding window does."""
+    rows = [RowRequest(prompt(s1_tok, t), 11, temperature=0.0, repetition_penalty=1.5) for t in ("penalised", "again")]
+    dec = decoder(s1_model, s1_tok, slots=2, repetition_window=3)
+    got = drain(_with(dec, [(r, i) for i, r in enumerate(rows)]))
+    for i, r in enumerate(rows):
+        ref = generate_batch(s1_model, [r], end_token_id=s1_tok.im_end_id, residual_vocab=32, repetition_window=3)[0]
+        assert torch.equal(got[i].codes, ref.codes)
+        plain = generate_batch(s1_model, [RowRequest(r.prompt, 11)], end_token_id=s1_tok.im_end_id, residual_vocab=32)[0]
+        assert not torch.equal(plain.codes, ref.codes)  # the penalty changed the output, so the check has teeth
