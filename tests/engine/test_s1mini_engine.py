@@ -151,3 +151,12 @@ def test_more_rows_than_slots_queue_and_close_finishes_them(make_engine):
     assert eng.stats.codec_rows == 5 and eng.stats.steps >= 5 * 5 / 2
     late = eng.submit([SynthesisInput("late", "after close")])[0].result(0)
     assert late.error.code == "engine_unavailable"
+
+
+def test_bf16_codec_setting(make_engine):
+    eng = make_engine(codec_dtype="bfloat16", max_new_tokens=3)
+    assert next(eng.codec.parameters()).dtype == torch.bfloat16
+    res = eng.synthesize_batch([SynthesisInput("a", "hi", temperature=0)])[0]
+    assert res.ok and res.audio.dtype == np.float32 and res.audio.shape == (3 * 2048,)
+    with pytest.raises(ValueError):
+        make_engine(codec_dtype="int8")

@@ -127,12 +127,11 @@ class S1MiniEngine:
                 f"tokenizer has {self.tokenizer.num_semantic} semantic tokens, model codebook_size {cfg.codebook_size}"
             )
         self.model.to(device=self.device, dtype=self.dtype).eval()
-        self.codec.to(device=self.device, dtype=torch.float32).eval()
+        self.codec_dtype = resolve_dtype(s.codec_dtype, self.device)
+        self.codec.to(device=self.device, dtype=self.codec_dtype).eval()
         self.voice_registry = VoiceRegistry(
             s.voices_dir, cfg.num_codebooks, s.voice_cache_size, build=self._voice_prefix
         )
-        self.codec_dtype = resolve_dtype(s.codec_dtype, self.device)
-        self.codec.to(dtype=self.codec_dtype)
         self._codec_fn = self.codec.forward
         if s.codec_compile:
             self._codec_fn = torch.compile(self.codec.forward, dynamic=True)
