@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -64,8 +64,12 @@ clean: ## remove the virtual environment and local data
 bench-api: $(STAMP) ## producer API: accepted requests/s and p50/p99 at rising concurrency (broker + Redis, workers off)
 	$(BIN)/python -m ops.bench_api
 
-bench-s1mini: $(STAMP) ## S1-mini at real size, random weights: tokens/s and audio s/s at batch 1-16 (--device cuda on a GPU)
-	$(BIN)/python -m ops.bench_s1mini --device cpu --batch-sizes 1,2,4,8,16 --out results/s1mini_cpu.json
+bench-s1mini: $(STAMP) ## S1-mini decode step, proxies, continuous mode, codec, start-up -> results/s1mini_cpu*.json (GPU: python -m ops.bench_s1mini --device cuda)
+	$(BIN)/python -m ops.bench_s1mini --device cpu --batch-sizes 1,2,4 --modes static,proxies,codec,startup --out results/s1mini_cpu.json
+	$(BIN)/python -m ops.bench_s1mini --device cpu --tiny --batch-sizes 1,2,4,8 --steps 20 --inductor --out results/s1mini_cpu_tiny.json
+
+capacity: $(STAMP) ## fleet size and cost from the measured S1-mini results (results/s1mini_cuda.json, else _cpu)
+	$(BIN)/python -m ops.capacity
 
 bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice: publishes once), submit --rate pacing -> results/bench_client.json
 	$(BIN)/python -m ops.bench_client

@@ -1,35 +1,60 @@
-"""Throughput of the batched S1-mini engine at several batch sizes (random weights, real shapes).
+"""S1-mini decode benchmarks: the static slot step per bucket, old vs new host cost, continuous batching
+with Poisson arrivals, the codec in fp32 vs bf16, and process start-to-ready (random weights).
 
-    python -m ops.bench_s1mini --device cpu  --batch-sizes 1,2,4,8,16 --out results/s1mini_cpu.json
-    python -m ops.bench_s1mini --device cuda --batch-sizes 1,2,4,8,16 --out results/s1mini_cuda.json
-    python -m ops.bench_s1mini --tiny ...      # the test configuration, for a quick smoke run
+    python -m ops.bench_s1mini --device cpu  --batch-sizes 1,2,4 --out results/s1mini_cpu.json
+    python -m ops.bench_s1mini --device cuda --batch-sizes 1,2,4,8,16,32,64 --out results/s1mini_cuda.json
+    python -m ops.bench_s1mini --tiny ...     # the test configuration (fast; for the continuous mode on a CPU)
 
-Random weights cost the same compute as the real checkpoint. Every row decodes exactly --steps
-frames (the end token is masked out), so the figures are steady-state decode throughput:
-  frames_per_s   = batch * steps / decode seconds   (one frame = 1 slow step + 10 fast steps)
-  audio_s_per_s  = frames_per_s * 2048 / 44100      (seconds of audio produced per second)
-plus prefill time for --prompt-len tokens per row, the codec's own audio_s_per_s when decoding
---codec-frames frames per row, and each figure's ratio to batch 1 within the same run.
-On a small CPU keep --steps small (default 4 on CPU): the real model is ~0.8 B parameters.
+Sections (``--modes``, comma-separated; default all):
+  static      per batch bucket: ms per decode step, frames/s, audio-s/s (one frame = 1 slow step + the
+              10-codebook fast loop; audio-s/s = frames/s * 2048 / 44100). On CUDA the step is a
+              captured graph (the engine's path); on the CPU it is eager.
+  proxies     the same work through the old ``generate_batch`` and the new step in one run: aten ops per
+              decode step (torch.profiler, nested ops included, both counted the same way), CPU ms per
+              step at batch 1, and whether the step compiles with fullgraph=True (and, with
+              --inductor, the compiled step's aten ops and ms per step).
+  continuous  the engine (decode thread + codec thread) fed Poisson arrivals of notes of 1-20 s drawn
+              uniformly, twice: "saturated" (arrivals above capacity: throughput) and "at_load" (below:
+              latency). Each reports audio-s/s, mean live slots, p50/p99 time from submit to audio, and
+              the ratio to the static largest bucket measured in the same run.
+  codec       the codec decoder on random codes, fp32 vs bf16: audio-s/s and the bf16 error vs fp32.
+  startup     a child process from exec to ``engine.ready`` (imports, weights, warm-up / capture).
+Random weights cost the same compute as the checkpoint. Figures are for comparing within one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
+import random
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from stream_workers.engine.base import SynthesisInput
 from stream_workers.engine.s1mini.codec import CodecDecoder
-from stream_workers.engine.s1mini.config import s1mini_codec_config, s1mini_config, tiny_codec_config, tiny_config
-from stream_workers.engine.s1mini.engine import is_oom, resolve_dtype
+from stream_workers.engine.s1mini.config import (
+    S1MiniSettings,
+    s1mini_codec_config,
+    s1mini_config,
+    tiny_codec_config,
+    tiny_config,
+)
+from stream_workers.engine.s1mini.decode_step import decode_step
+from stream_workers.engine.s1mini.engine import S1MiniEngine, is_oom, resolve_dtype
 from stream_workers.engine.s1mini.generate import GenerateStats, RowRequest, generate_batch
 from stream_workers.engine.s1mini.model import DualARTransformer
+from stream_workers.engine.s1mini.slots import SlotDecoder
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
+
+FRAME_RATE = 44100 / 2048  # code frames per second of audio
 
 
 def device_name(dev: torch.device) -> str:
@@ -49,19 +74,301 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def configs(tiny: bool):
+    cfg = tiny_config(0, 64) if tiny else s1mini_config()
+    tok = ByteTokenizer(num_semantic=cfg.codebook_size)
+    if tiny:
+        cfg.vocab_size = tok.vocab_size
+    ccfg = tiny_codec_config(cfg.codebook_size) if tiny else s1mini_codec_config()
+    return cfg, tok, ccfg
+
+
+def make_rows(cfg, n: int, prompt_len: int, max_new: int, temperature: float) -> list[RowRequest]:
+    g = torch.Generator().manual_seed(n)
+    rows = []
+    for i in range(n):
+        p = torch.zeros((1 + cfg.num_codebooks, prompt_len), dtype=torch.long)
+        p[0] = torch.randint(32, 127, (prompt_len,), generator=g)  # byte-level "text"
+        rows.append(RowRequest(p, max_new, temperature, 0.8, 1.1, seed=i))
+    return rows
+
+
+def aten_ops(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+# ---------------------------------------------------------------------------------------------- static
+def bench_static(model, tok, ccfg, dev, batch_sizes, steps, prompt_len, temperature, capacity, use_graphs):
+    slots = max(batch_sizes)
+    dec = SlotDecoder(model, end_token_id=tok.im_end_id, residual_vocab=ccfg.codebook_size, slots=slots,
+                      capacity=capacity, use_graphs=use_graphs)
+    t0 = time.perf_counter()
+    dec.warm_up()
+    sync(dev)
+    warm_s = time.perf_counter() - t0
+    out = []
+    for b in batch_sizes:
+        entry: dict = {"batch_size": b}
+        try:
+            dec.add([(r, i) for i, r in enumerate(make_rows(model.config, b, prompt_len, steps + 2, temperature))])
+            dec.step()  # the first step after a prefill (allocator, caches)
+            sync(dev)
+            kvb = dec._bucket()[1]
+            rs0, t0 = dec.row_steps, time.perf_counter()
+            for _ in range(steps):
+                dec.step()
+            sync(dev)
+            dt = time.perf_counter() - t0
+            frames = dec.row_steps - rs0
+            while dec.live:
+                dec.step()
+            entry.update(ms_per_step=1000 * dt / steps, frames=frames, frames_per_s=frames / dt,
+                         audio_s_per_s=frames / dt / FRAME_RATE, kv_bucket=kvb)
+        except Exception as e:  # noqa: BLE001 - an OOM ends this bucket only, and is reported
+            if not is_oom(e):
+                raise
+            entry["error"] = f"out of memory: {e}"[:300]
+            dec.abort()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        print(json.dumps(entry), flush=True)
+        out.append(entry)
+    base = next((r for r in out if r["batch_size"] == 1 and "error" not in r), None)
+    for r in out:
+        if base and "error" not in r:
+            r["frames_per_s_vs_b1"] = r["frames_per_s"] / base["frames_per_s"]
+    return {"warm_up_s": warm_s, "graphs": len(dec._graphs), "kv_capacity": capacity,
+            "kv_cache_bytes": dec.kv_bytes(), "results": out}
+
+
+# ---------------------------------------------------------------------------------------------- proxies
+def bench_proxies(model, tok, ccfg, dev, steps, prompt_len, temperature, capacity, inductor, rounds):
+    res: dict = {"batch_size": 1, "steps": steps}
+    rows = make_rows(model.config, 1, prompt_len, steps + 1, temperature)
+
+    def no_end(step, active, logits):
+        logits[:, -1] = float("-inf")
+        return logits
+
+    def old(n):
+        st = GenerateStats()
+        generate_batch(model, [RowRequest(r.prompt, n, r.temperature, r.top_p, r.repetition_penalty, r.seed) for r in rows],
+                       end_token_id=tok.im_end_id, residual_vocab=ccfg.codebook_size, slow_logits_hook=no_end, stats=st)
+        return st
+
+    old(2)
+    # generate_batch with n frames = prefill + n sampling rounds + n - 1 slow steps: the difference
+    # between n = 1 + k and n = 1 isolates k full decode steps
+    k = steps
+    ops_old = (aten_ops(lambda: old(1 + k)) - aten_ops(lambda: old(1))) / k
+
+    dec = SlotDecoder(model, end_token_id=tok.im_end_id, residual_vocab=ccfg.codebook_size, slots=1,
+                      capacity=capacity, use_graphs=False)
+    dec.add([(rows[0], 0)])
+    # the row keeps stepping through every round (the host never frees it): a KV bucket covering them all
+    need = prompt_len + (2 * rounds + 4) * k + 1
+    kvb = next(b for b in dec.kv_buckets if b >= min(need, capacity))
+    args = (dec.model, dec.head, dec.state, dec.cache_k, dec.cache_v, dec.fast_k, dec.fast_v, dec.consts, kvb)
+
+    def new_step(fn):
+        with torch.no_grad():
+            fn(*args)
+
+    def new_ms(fn) -> float:
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            new_step(fn)
+        sync(dev)
+        return 1000 * (time.perf_counter() - t0) / k
+
+    def old_ms() -> float:
+        st = old(1 + k)
+        return 1000 * st.decode_s / st.steps
+
+    new_step(decode_step)
+    ops_new = aten_ops(lambda: new_step(decode_step))
+    # old and new alternate round by round, so load on a shared machine hits both alike
+    times: dict[str, list[float]] = {"old": [], "new_eager": []}
+    for _ in range(rounds):
+        times["old"].append(old_ms())
+        times["new_eager"].append(new_ms(decode_step))
+    res["old"] = {"aten_ops_per_step": ops_old}
+    res["new_eager"] = {"aten_ops_per_step": ops_new}
+
+    torch._dynamo.reset()
+    try:
+        new_step(torch.compile(decode_step, fullgraph=True, dynamic=False, backend="eager"))
+        res["fullgraph_compiles"] = True
+    except Exception as e:  # noqa: BLE001 - the failure is the finding, reported in the results
+        res["fullgraph_compiles"] = False
+        res["fullgraph_error"] = str(e)[:500]
+    if inductor:
+        torch._dynamo.reset()
+        comp = torch.compile(decode_step, fullgraph=True, dynamic=False)
+        t0 = time.perf_counter()
+        new_step(comp)
+        compile_s = time.perf_counter() - t0
+        new_step(comp)
+        res["new_inductor"] = {"aten_ops_per_step": aten_ops(lambda: new_step(comp)), "compile_s": compile_s}
+        times["new_inductor"] = []
+        for _ in range(rounds):
+            times["old"].append(old_ms())
+            times["new_inductor"].append(new_ms(comp))
+    for name, ts in times.items():
+        res[name].update(ms_per_step_min=min(ts), ms_per_step_median=statistics.median(ts), rounds=len(ts))
+    for name in ("new_eager", "new_inductor"):
+        if name in res:
+            res[name]["aten_ops_reduction_vs_old"] = ops_old / max(1, res[name]["aten_ops_per_step"])
+            res[name]["step_time_ratio_vs_old_min"] = res[name]["ms_per_step_min"] / res["old"]["ms_per_step_min"]
+    print(json.dumps(res), flush=True)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- continuous
+class _NoteEngine(S1MiniEngine):
+    """The engine with each note's frame count fixed by the benchmark (random weights rarely stop)."""
+
+    note_frames: dict[str, int] = {}
+
+    def _row(self, inp):
+        row = super()._row(inp)
+        row.max_new_tokens = min(self.note_frames[inp.job_id], row.max_new_tokens)
+        return row
+
+
+def bench_continuous(settings, tok, n_requests, rate, slots, static_audio_s_per_s, seed):
+    rng = random.Random(seed)
+    eng = _NoteEngine(settings, tokenizer=tok)
+    try:
+        eng.wait_ready()
+        notes = [rng.uniform(1.0, 20.0) for _ in range(n_requests)]
+        gaps = [rng.expovariate(rate) for _ in range(n_requests)]
+        for i, s in enumerate(notes):
+            eng.note_frames[f"n{i}"] = max(1, round(s * FRAME_RATE))
+        words = "the quick brown fox jumps over the lazy dog".split()
+        futures, submitted = [], []
+        t_start = time.perf_counter()
+        next_at = t_start
+        for i in range(n_requests):
+            next_at += gaps[i]
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+            submitted.append(time.perf_counter())
+            futures.append(eng.submit([SynthesisInput(f"n{i}", text, temperature=0.8, seed=i)])[0])
+        # the steady window: from the first arrival until the queue has drained into the slots (the
+        # tail after it, the longest notes finishing with few batch-mates, is reported apart)
+        while eng._pending:
+            time.sleep(0.005)
+        t_admitted, st_admitted = time.perf_counter(), (eng.stats.steps, eng.stats.row_steps)
+        results = [f.result() for f in futures]
+        t_end = time.perf_counter()
+        ok = [r for r in results if r.ok]
+        audio = sum(r.extra["audio_seconds"] for r in ok)
+        tta = sorted(r.extra["seconds_in_engine"] for r in ok)
+        st = eng.stats
+        res = {
+            "requests": n_requests, "ok": len(ok), "arrival_rate_per_s": rate, "slots": slots,
+            "wall_s": t_end - t_start, "audio_s": audio, "audio_s_per_s": audio / (t_end - t_start),
+            "mean_live_slots": st.row_steps / max(1, st.steps), "decode_steps": st.steps,
+            "codec_batches": st.codec_batches, "codec_rows_per_batch": st.codec_rows / max(1, st.codec_batches),
+            "time_to_audio_p50_s": statistics.median(tta) if tta else None,
+            "time_to_audio_p99_s": tta[min(len(tta) - 1, math.ceil(0.99 * len(tta)) - 1)] if tta else None,
+            "static_largest_bucket_audio_s_per_s": static_audio_s_per_s,
+            "steady_window_s": t_admitted - t_start,
+            "steady_decode_audio_s_per_s": st_admitted[1] / FRAME_RATE / (t_admitted - t_start),
+            "steady_mean_live_slots": st_admitted[1] / max(1, st_admitted[0]),
+        }
+        if static_audio_s_per_s:
+            res["vs_static_largest_bucket"] = res["audio_s_per_s"] / static_audio_s_per_s
+            res["steady_vs_static_largest_bucket"] = res["steady_decode_audio_s_per_s"] / static_audio_s_per_s
+        print(json.dumps(res), flush=True)
+        return res
+    finally:
+        eng.close()
+
+
+# ---------------------------------------------------------------------------------------------- codec
+def bench_codec(ccfg, dev, batch, frames, dtype_names):
+    g = torch.Generator().manual_seed(1)
+    codes = [torch.cat([torch.randint(0, ccfg.semantic_codebook_size, (1, frames), generator=g),
+                        torch.randint(0, ccfg.codebook_size, (ccfg.n_codebooks, frames), generator=g)]) for _ in range(batch)]
+    out, ref = {"batch": batch, "frames_per_row": frames}, None
+    for name in dtype_names:
+        dt = resolve_dtype(name, dev)
+        with torch.device(dev):
+            codec = CodecDecoder(ccfg)
+        codec.init_random(0).to(dtype=dt).eval()
+        codec.decode_rows(codes[:1], 1)
+        sync(dev)
+        t0 = time.perf_counter()
+        audio = torch.stack(codec.decode_rows(codes, batch))
+        sync(dev)
+        dt_s = time.perf_counter() - t0
+        e = {"audio_s_per_s": batch * frames / FRAME_RATE / dt_s, "seconds": dt_s}
+        if ref is None:
+            ref = audio
+        else:
+            err = (audio - ref).double()
+            e["max_abs_err_vs_first"] = err.abs().max().item()
+            e["snr_db_vs_first"] = 10 * math.log10(ref.double().pow(2).mean().item() / max(err.pow(2).mean().item(), 1e-30))
+        out[name] = e
+        del codec
+    print(json.dumps(out), flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- startup
+def child_startup(args) -> int:
+    """Run in a fresh process: build the engine and wait until ready; print the seconds."""
+    t0 = float(os.environ["S1MINI_BENCH_T0"])
+    cfg, tok, ccfg = configs(args.tiny)
+    s = S1MiniSettings(random_init=True, device=args.device, dtype=args.dtype, model_config=cfg, codec_config=ccfg,
+                       slots=args.slots, kv_capacity=args.capacity)
+    eng = S1MiniEngine(s, tokenizer=tok)
+    eng.wait_ready()
+    print(json.dumps({"process_to_ready_s": time.time() - t0, "load_s": eng.load_s, "warm_up_s": eng.warm_up_s,
+                      "graphs": len(eng.decoder._graphs), "slots": eng.slots}))
+    eng.close()
+    return 0
+
+
+def bench_startup(args) -> dict:
+    cmd = [sys.executable, "-m", "ops.bench_s1mini", "--child-startup", "--device", args.device, "--dtype", args.dtype,
+           "--slots", str(args.slots), "--capacity", str(args.capacity)] + (["--tiny"] if args.tiny else [])
+    env = dict(os.environ, S1MINI_BENCH_T0=repr(time.time()))
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=1800)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(res), flush=True)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch-sizes", default="1,2,4,8,16")
-    ap.add_argument("--out", default=None, help="results JSON (default results/s1mini_<device>.json)")
+    ap.add_argument("--batch-sizes", default=None, help="static buckets (default cpu 1,2,4; cuda 1,2,4,8,16,32,64)")
+    ap.add_argument("--modes", default="static,proxies,continuous,codec,startup")
+    ap.add_argument("--out", default=None, help="results JSON (default results/s1mini_<device>[_tiny].json)")
     ap.add_argument("--tiny", action="store_true", help="the tiny test configuration")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
-    ap.add_argument("--steps", type=int, default=None, help="decode frames per row (default: cpu 4, cuda 128)")
+    ap.add_argument("--steps", type=int, default=None, help="timed decode steps (default: cpu 4, cuda 128)")
     ap.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per row (default: cpu 32, cuda 128)")
-    ap.add_argument("--codec-frames", type=int, default=None, help="frames per row for the codec (cpu 4, cuda 256; 0: skip)")
+    ap.add_argument("--capacity", type=int, default=None, help="KV columns per slot (default cpu 512, cuda 2048)")
+    ap.add_argument("--slots", type=int, default=None, help="engine slots for continuous/startup (default: largest bucket)")
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the step functions")
+    ap.add_argument("--rounds", type=int, default=3, help="proxies: alternating old/new timing rounds")
+    ap.add_argument("--inductor", action="store_true", help="proxies: also torch.compile the step with inductor")
+    ap.add_argument("--requests", type=int, default=None, help="continuous: notes (default cpu 48, cuda 400)")
+    ap.add_argument("--load", type=float, default=0.7, help="continuous: arrival rate (latency run) as a fraction of the static largest bucket")
+    ap.add_argument("--saturate", type=float, default=3.0, help="continuous: arrival rate of the throughput run, same unit")
+    ap.add_argument("--codec-frames", type=int, default=None, help="codec frames per row (cpu 8, cuda 256)")
+    ap.add_argument("--codec-batch", type=int, default=None, help="codec rows per batch (cpu 2, cuda 16)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--child-startup", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     dev = torch.device(args.device)
@@ -71,122 +378,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = dev.type == "cpu"
+    batch_sizes = [int(b) for b in (args.batch_sizes or ("1,2,4" if cpu else "1,2,4,8,16,32,64")).split(",") if b]
+    args.slots = args.slots or max(batch_sizes)
+    args.capacity = args.capacity or (512 if cpu else 2048)
+    if args.child_startup:
+        return child_startup(args)
     steps = args.steps or (4 if cpu else 128)
     prompt_len = args.prompt_len or (32 if cpu else 128)
-    codec_frames = args.codec_frames if args.codec_frames is not None else (4 if cpu else 256)
+    modes = set(args.modes.split(","))
     dtype = resolve_dtype(args.dtype, dev)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     out = Path(args.out or f"results/s1mini_{dev.type}{'_tiny' if args.tiny else ''}.json")
 
-    cfg = tiny_config(0, 64) if args.tiny else s1mini_config()
-    tok = ByteTokenizer(num_semantic=cfg.codebook_size)
-    if args.tiny:
-        cfg.vocab_size = tok.vocab_size
-    ccfg = tiny_codec_config(cfg.codebook_size) if args.tiny else s1mini_codec_config()
+    cfg, tok, ccfg = configs(args.tiny)
     t0 = time.perf_counter()
     with torch.device(dev):
         model = DualARTransformer(cfg, tok.semantic_begin_id, tok.semantic_end_id)
-        codec = CodecDecoder(ccfg)
     model.init_random(0).to(dtype=dtype).eval()
-    codec.init_random(0).eval()
     build_s = time.perf_counter() - t0
-    step_fn, fast_fn = model.forward_slow, model.forward_fast
-    if args.compile:
-        step_fn = torch.compile(model.forward_slow, dynamic=True)
-        fast_fn = torch.compile(model.forward_fast)
-
-    def no_end(step, active, logits):  # keep every row decoding for exactly `steps` frames
-        logits[:, -1] = float("-inf")
-        return logits
-
-    def rows(b: int, n_steps: int) -> list[RowRequest]:
-        g = torch.Generator().manual_seed(b)
-        out_rows = []
-        for i in range(b):
-            p = torch.zeros((1 + cfg.num_codebooks, prompt_len), dtype=torch.long)
-            p[0] = torch.randint(32, 127, (prompt_len,), generator=g)  # byte-level "text"
-            out_rows.append(RowRequest(p, n_steps, args.temperature, 0.8, 1.1, seed=i))
-        return out_rows
-
-    def run(b: int, n_steps: int) -> GenerateStats:
-        st = GenerateStats()
-        generate_batch(
-            model, rows(b, n_steps), end_token_id=tok.im_end_id, residual_vocab=ccfg.codebook_size,
-            slow_logits_hook=no_end, stats=st, step_fn=step_fn, fast_fn=fast_fn,
-        )
-        return st
-
-    results = []
-    for b in batch_sizes:
-        entry: dict = {"batch_size": b}
-        try:
-            run(b, 2)  # warm-up (allocator, kernels, compile)
-            st = run(b, steps)
-            frames = b * steps
-            entry.update(
-                prefill_s=st.prefill_s, decode_s=st.decode_s, steps=st.steps,
-                steps_per_s=st.steps / st.decode_s, frames_per_s=frames / st.decode_s,
-                audio_s_per_s=frames / st.decode_s * ccfg.hop_length / ccfg.sample_rate,
-                prefill_tokens_per_s=b * prompt_len / st.prefill_s,
-            )
-            if codec_frames:
-                g = torch.Generator().manual_seed(1)
-                codes = [torch.randint(0, ccfg.codebook_size, (ccfg.num_codebooks, codec_frames), generator=g) for _ in range(b)]
-                codec.decode_rows(codes[:1], max_batch=b)  # warm-up
-                sync(dev)
-                t0 = time.perf_counter()
-                codec.decode_rows(codes, max_batch=b)
-                sync(dev)
-                cs = time.perf_counter() - t0
-                entry.update(codec_s=cs, codec_audio_s_per_s=b * codec_frames * ccfg.hop_length / ccfg.sample_rate / cs)
-                # one request's whole life at this batch size: prefill + decode + codec for the run above
-                audio_s = frames * ccfg.hop_length / ccfg.sample_rate
-                entry["end_to_end_audio_s_per_s"] = audio_s / (
-                    st.prefill_s + st.decode_s + cs * steps / codec_frames
-                )
-        except Exception as e:  # noqa: BLE001
-            if not is_oom(e):
-                raise
-            entry["error"] = f"out of memory: {e}"[:300]
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-        results.append(entry)
-        print(json.dumps(entry), flush=True)
-
-    base = next((r for r in results if r["batch_size"] == 1 and "error" not in r), None)
-    if base:
-        for r in results:
-            if "error" in r:
-                continue
-            for k in ("frames_per_s", "audio_s_per_s", "steps_per_s", "codec_audio_s_per_s", "end_to_end_audio_s_per_s"):
-                if k in r and k in base:
-                    r[f"{k}_vs_b1"] = r[k] / base[k]
-
-    report = {
+    report: dict = {
         "benchmark": "s1mini",
         "device": str(dev),
         "device_name": device_name(dev),
+        "gpu_figures": "measured" if dev.type == "cuda" else "unmeasured (no GPU in this run)",
         "torch": torch.__version__,
         "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
-        "compile": args.compile,
         "tiny": args.tiny,
         "weights": "random (same compute as the checkpoint)",
-        "model": {
-            "params": model.parameter_count(),
-            "codec_decoder_params": sum(p.numel() for p in codec.parameters()),
-            **{k: getattr(cfg, k) for k in ("dim", "n_layer", "n_head", "n_local_heads", "head_dim", "intermediate_size",
-                                            "vocab_size", "codebook_size", "num_codebooks", "n_fast_layer", "fast_dim",
-                                            "fast_n_head", "fast_n_local_heads", "fast_head_dim", "fast_intermediate_size")},
-        },
-        "steps_per_row": steps,
-        "prompt_len": prompt_len,
-        "codec_frames_per_row": codec_frames,
-        "temperature": args.temperature,
-        "build_s": build_s,
+        "model": {"params": model.parameter_count(),
+                  **{k: getattr(cfg, k) for k in ("dim", "n_layer", "n_head", "n_local_heads", "head_dim", "intermediate_size",
+                                                  "vocab_size", "codebook_size", "num_codebooks", "n_fast_layer", "fast_dim")}},
+        "steps": steps, "prompt_len": prompt_len, "temperature": args.temperature, "build_s": build_s,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": results,
     }
+    with torch.no_grad():
+        if "static" in modes:
+            report["static"] = bench_static(model, tok, ccfg, dev, batch_sizes, steps, prompt_len, args.temperature,
+                                            args.capacity, use_graphs=dev.type == "cuda")
+        if "proxies" in modes:
+            report["proxies"] = bench_proxies(model, tok, ccfg, dev, steps, prompt_len, args.temperature, args.capacity,
+                                              args.inductor, args.rounds)
+    del model
+    if "continuous" in modes:
+        static = [r for r in report.get("static", {}).get("results", []) if "error" not in r]
+        top = max(static, key=lambda r: r["batch_size"]) if static else None
+        static_audio = top["audio_s_per_s"] if top else None
+        s = S1MiniSettings(random_init=True, device=args.device, dtype=args.dtype, model_config=cfg, codec_config=ccfg,
+                           slots=args.slots, kv_capacity=max(args.capacity, 480 + prompt_len), max_new_tokens=440,
+                           on_max_tokens="truncate", codec_batch_size=8)
+        report["continuous"] = {}
+        # arrivals at a fraction of what the largest static bucket sustains (mean note 10.5 s): above 1
+        # the slots stay full (throughput); below 1 the queue stays short (time to audio)
+        for label, load in (("saturated", args.saturate), ("at_load", args.load)):
+            rate = (load * static_audio / 10.5) if static_audio else 1.0
+            report["continuous"][label] = bench_continuous(
+                s, tok, args.requests or (48 if cpu else 400), rate, args.slots, static_audio, seed=0
+            ) | {"load": load}
+    if "codec" in modes:
+        report["codec"] = bench_codec(ccfg, dev, args.codec_batch or (2 if cpu else 16), args.codec_frames or (8 if cpu else 256),
+                                      ["float32", "bfloat16"])
+    if "startup" in modes:
+        report["startup"] = bench_startup(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -3,12 +3,22 @@
 The design card's original estimate (45 requests/min per A10G at batch 4; 12-15 GPUs for a peak of
 10,000 requests/min) does not multiply out: 10,000 / 45 = 223 GPUs. This model makes the arithmetic
 explicit so every benchmark figure can be turned into a fleet size and a bill.
+
+The per-GPU rate is read from the measured S1-mini results file that ``make bench-s1mini`` (or
+``python -m ops.bench_s1mini --device cuda``) writes, never from a constant:
+
+    python -m ops.capacity --results results/s1mini_cuda.json --peak-rpm 10000 --mean-audio-s 10
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_RESULTS = (Path("results/s1mini_cuda.json"), Path("results/s1mini_cpu.json"))
 
 
 @dataclass(frozen=True)
@@ -53,3 +63,56 @@ def plan(
     hourly = warm * on_demand_hourly + spot * spot_hourly
     per_1000 = hourly / (peak_rpm * 60) * 1000 if peak_rpm > 0 else 0.0
     return FleetPlan(peak_rpm, per_gpu, utilization, gpus, warm, spot, round(hourly, 2), round(per_1000, 4))
+
+
+@dataclass(frozen=True)
+class MeasuredRate:
+    audio_s_per_s: float
+    source: str  # which figure of which file
+    device: str
+
+
+def measured_rate(report: dict, source: str = "") -> MeasuredRate:
+    """The sustained audio-s/s in an ops.bench_s1mini report: the saturated continuous run when there
+    is one (mixed lengths, real admission), else the largest static batch bucket that ran."""
+    dev = f"{report.get('device', '?')} ({report.get('device_name', '?')})"
+    cont = (report.get("continuous") or {}).get("saturated")
+    if cont and cont.get("audio_s_per_s", 0) > 0:
+        return MeasuredRate(float(cont["audio_s_per_s"]), f"{source}: continuous.saturated", dev)
+    static = [r for r in (report.get("static") or {}).get("results", []) if r.get("audio_s_per_s", 0) > 0]
+    if not static:
+        raise ValueError(f"{source or 'report'} has no measured audio_s_per_s (static or continuous)")
+    top = max(static, key=lambda r: r["batch_size"])
+    return MeasuredRate(float(top["audio_s_per_s"]), f"{source}: static batch {top['batch_size']}", dev)
+
+
+def load_rate(path: str | Path | None = None) -> MeasuredRate:
+    """The measured rate from ``path``, or from the first existing default results file (CUDA first)."""
+    candidates = [Path(path)] if path else [p for p in DEFAULT_RESULTS if p.exists()]
+    if not candidates or not candidates[0].exists():
+        raise FileNotFoundError(f"no S1-mini results file ({path or ', '.join(map(str, DEFAULT_RESULTS))}); run make bench-s1mini")
+    p = candidates[0]
+    return measured_rate(json.loads(p.read_text()), str(p))
+
+
+def plan_from_results(
+    peak_rpm: float, mean_audio_seconds: float, path: str | Path | None = None, **kw
+) -> tuple[FleetPlan, MeasuredRate]:
+    rate = load_rate(path)
+    return plan(peak_rpm, per_gpu_rpm(rate.audio_s_per_s, mean_audio_seconds), **kw), rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="fleet size from a measured S1-mini results file")
+    ap.add_argument("--results", default=None, help="results JSON (default: results/s1mini_cuda.json, else _cpu)")
+    ap.add_argument("--peak-rpm", type=float, default=10_000)
+    ap.add_argument("--mean-audio-s", type=float, default=10.0)
+    ap.add_argument("--utilization", type=float, default=0.8)
+    args = ap.parse_args(argv)
+    fleet, rate = plan_from_results(args.peak_rpm, args.mean_audio_s, args.results, utilization=args.utilization)
+    print(json.dumps({"rate": asdict(rate), "plan": fleet.as_dict()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -101,7 +101,14 @@ class EngineSettings(BaseModel):
     s1mini_max_new_tokens: int = Field(1024, ge=1, description="Per item; about 47 s of audio.")
     s1mini_on_max_tokens: Literal["error", "truncate"] = Field(
         "error", description="An item that reaches max_new_tokens without ending: fail it, or keep the audio made so far.")
-    s1mini_compile: bool = Field(False, description="torch.compile the per-step decode functions.")
+    s1mini_compile: bool = Field(False, description="torch.compile(fullgraph=True) the decode step (before graph capture on CUDA).")
+    s1mini_slots: int | None = Field(None, ge=1, le=64, description="Rows decoding at once (batch buckets 1, 2, 4 .. slots); "
+                                     "unset: 64 on CUDA, 8 on the CPU.")
+    s1mini_kv_capacity: int = Field(2048, ge=64, description="KV-cache columns per slot (prompt + frames).")
+    s1mini_prefill_tokens: int = Field(8192, ge=256, description="Padded prompt tokens per batched prefill.")
+    s1mini_cuda_graphs: bool = Field(True, description="On CUDA, capture the decode step per (batch, KV) bucket at start.")
+    s1mini_codec_dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16: see docs/s1mini.md for its error.")
+    s1mini_codec_compile: bool = Field(False, description="torch.compile the codec on padded length buckets (CUDA).")
     s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
     piper_batched: bool = Field(False, description="Piper as one padded run per batch (the GPU path, CUDA provider when present).")
     null_batch_seconds: float = Field(0.0, ge=0, description="null engine: simulated cost per batch (fault tests).")

@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_workers.engine.base import SpeechEngine
-from voicenote.settings import EngineKind, EngineSettings
+
+if TYPE_CHECKING:  # engine.s1mini must import without pydantic (the GPU image has only torch)
+    from voicenote.settings import EngineSettings
 
 
 def build_engine(settings: EngineSettings) -> SpeechEngine:
     """The engine the settings name, loaded and ready."""
+    from voicenote.settings import EngineKind
+
     if settings.kind is EngineKind.piper:
         from stream_workers.engine.piper_engine import PiperBatchedEngine, PiperEngine
 
@@ -38,6 +42,12 @@ def build_engine(settings: EngineSettings) -> SpeechEngine:
             on_max_tokens=settings.s1mini_on_max_tokens,
             codec_config=_codec_config(settings.s1mini_checkpoint_dir),
             compile=settings.s1mini_compile,
+            slots=settings.s1mini_slots,
+            kv_capacity=settings.s1mini_kv_capacity,
+            prefill_tokens=settings.s1mini_prefill_tokens,
+            cuda_graphs=settings.s1mini_cuda_graphs,
+            codec_dtype=settings.s1mini_codec_dtype,
+            codec_compile=settings.s1mini_codec_compile,
             voices_dir=str(settings.s1mini_voices_dir) if settings.s1mini_voices_dir else None,
         )
     )

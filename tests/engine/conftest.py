@@ -36,12 +36,17 @@ def s1_codec():
 
 @pytest.fixture
 def make_engine(s1_tok, s1_cfg):
+    engines: list[S1MiniEngine] = []
+
     def make(**kw) -> S1MiniEngine:
         kw.setdefault("max_new_tokens", 8)
         kw.setdefault("on_max_tokens", "truncate")
         settings = S1MiniSettings(
             random_init=True, seed=7, model_config=s1_cfg, codec_config=tiny_codec_config(N_SEM), **kw
         )
-        return S1MiniEngine(settings, tokenizer=s1_tok)
+        engines.append(S1MiniEngine(settings, tokenizer=s1_tok))
+        return engines[-1]
 
-    return make
+    yield make
+    for e in engines:
+        e.close()

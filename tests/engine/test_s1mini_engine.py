@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from stream_workers.engine.base import EngineOutOfMemory, SynthesisInput
-from stream_workers.engine.s1mini import engine as engine_mod
 
 
 def test_interface_and_audio(make_engine):
@@ -64,20 +63,27 @@ def test_bad_sampling_parameters(make_engine):
     assert res[0].error.code == "invalid_input" and res[1].ok
 
 
-def test_oom_raises_engine_out_of_memory(make_engine, monkeypatch):
+def test_oom_in_a_step_fails_the_live_rows_and_synthesize_batch_raises(make_engine, monkeypatch):
     eng = make_engine()
+    real_step = eng.decoder.step
+    calls = []
 
-    def boom(*a, **k):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    def boom():
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step()
 
-    monkeypatch.setattr(engine_mod, "generate_batch", boom)
+    monkeypatch.setattr(eng.decoder, "step", boom)
     with pytest.raises(EngineOutOfMemory):
         eng.synthesize_batch([SynthesisInput("a", "hi"), SynthesisInput("b", "there")])
+    assert eng.decoder.free_slots() == eng.slots  # the failed rows left their slots
+    assert eng.synthesize_batch([SynthesisInput("c", "again", temperature=0)])[0].ok  # the engine goes on
 
 
 def test_other_failures_are_per_item_engine_errors(make_engine, monkeypatch):
     eng = make_engine()
-    monkeypatch.setattr(engine_mod, "generate_batch", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+    monkeypatch.setattr(eng.decoder, "add", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
     res = eng.synthesize_batch([SynthesisInput("a", "hi"), SynthesisInput("b", "")])
     assert res[0].error.code == "engine_error" and "bad" in str(res[0].error)
     assert res[1].error.code == "invalid_input"
@@ -115,3 +121,42 @@ def test_reference_voices_and_lru(tmp_path, make_engine):
     assert res[1].error.code == "unknown_voice" and res[2].error.code == "unknown_voice"
     reg = eng.voice_registry
     assert reg.hits >= 2 and reg.misses == 1  # alice built once, then served from the LRU
+
+
+def test_continuous_submit_rows_leave_independently(make_engine):
+    # a 64-column KV capacity: the long prompt leaves room for only a few frames, the short one for 40
+    eng = make_engine(max_new_tokens=40, slots=4, kv_capacity=64)
+    assert eng.wait_ready(60) and eng.ready
+    first = eng.submit([SynthesisInput("runs", "hi", temperature=0)])[0]
+    early, bad = eng.submit([SynthesisInput("early", "a prompt that fills most of the cache", temperature=0),
+                             SynthesisInput("bad", " ")])
+    assert bad.result(60).error.code == "invalid_input"
+    e_res, r_res = early.result(60), first.result(60)
+    assert e_res.ok and r_res.ok
+    assert r_res.extra["frames"] == 40 and e_res.extra["frames"] < 30
+    # the early row left its slot (and went to the codec) many steps before its batch-mate
+    assert e_res.extra["decode_step_at_finish"] < r_res.extra["decode_step_at_finish"]
+    alone = make_engine(max_new_tokens=40, kv_capacity=64).synthesize_batch([early_input := SynthesisInput(
+        "early", "a prompt that fills most of the cache", temperature=0)])[0]
+    assert early_input.job_id == alone.job_id
+    np.testing.assert_allclose(e_res.audio, alone.audio, atol=1e-5)
+
+
+def test_more_rows_than_slots_queue_and_close_finishes_them(make_engine):
+    eng = make_engine(max_new_tokens=5, slots=2)
+    futures = eng.submit([SynthesisInput(f"j{i}", f"row number {i}", temperature=0) for i in range(5)])
+    eng.close()
+    results = [f.result(0) for f in futures]
+    assert [r.job_id for r in results] == [f"j{i}" for i in range(5)] and all(r.ok for r in results)
+    assert eng.stats.codec_rows == 5 and eng.stats.steps >= 5 * 5 / 2
+    late = eng.submit([SynthesisInput("late", "after close")])[0].result(0)
+    assert late.error.code == "engine_unavailable"
+
+
+def test_bf16_codec_setting(make_engine):
+    eng = make_engine(codec_dtype="bfloat16", max_new_tokens=3)
+    assert next(eng.codec.parameters()).dtype == torch.bfloat16
+    res = eng.synthesize_batch([SynthesisInput("a", "hi", temperature=0)])[0]
+    assert res.ok and res.audio.dtype == np.float32 and res.audio.shape == (3 * 2048,)
+    with pytest.raises(ValueError):
+        make_engine(codec_dtype="int8")

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ops.capacity import per_gpu_rpm, plan
+from ops.capacity import load_rate, measured_rate, per_gpu_rpm, plan, plan_from_results
 
 
 def test_the_original_estimate_does_not_multiply_out() -> None:
@@ -23,3 +25,32 @@ def test_per_gpu_rate_from_real_time_throughput() -> None:
     assert per_gpu_rpm(40.0, 5.0) == pytest.approx(480.0)
     with pytest.raises(ValueError):
         per_gpu_rpm(0, 5)
+
+
+def _report(static, continuous=None):
+    r = {"device": "cuda", "device_name": "test", "static": {"results": static}}
+    if continuous is not None:
+        r["continuous"] = {"saturated": continuous}
+    return r
+
+
+def test_rate_comes_from_the_results_file(tmp_path) -> None:
+    static = [{"batch_size": 1, "audio_s_per_s": 10.0}, {"batch_size": 8, "audio_s_per_s": 60.0},
+              {"batch_size": 16, "error": "out of memory"}]
+    rate = measured_rate(_report(static))
+    assert rate.audio_s_per_s == 60.0 and "static batch 8" in rate.source
+    rate = measured_rate(_report(static, {"audio_s_per_s": 48.0}))
+    assert rate.audio_s_per_s == 48.0 and "continuous" in rate.source
+    f = tmp_path / "s1mini_cuda.json"
+    f.write_text(json.dumps(_report(static, {"audio_s_per_s": 40.0})))
+    assert load_rate(f).audio_s_per_s == 40.0
+    fleet, used = plan_from_results(10_000, 5.0, f, utilization=1.0)
+    assert used.audio_s_per_s == 40.0 and fleet.per_gpu_rpm == pytest.approx(480.0)
+    assert fleet.gpus_at_peak == 21  # ceil(10000 / 480)
+
+
+def test_a_results_file_without_figures_is_an_error(tmp_path) -> None:
+    with pytest.raises(ValueError):
+        measured_rate(_report([{"batch_size": 1, "error": "out of memory"}]))
+    with pytest.raises(FileNotFoundError):
+        load_rate(tmp_path / "missing.json")

@@ -224,16 +224,21 @@ class CodecDecoder(nn.Module):
         return self.decoder(self.quantizer(codes.long())).squeeze(1)
 
     @torch.inference_mode()
-    def decode_rows(self, rows: list[Tensor], max_batch: int = 8) -> list[Tensor]:
-        """Decode codes of different lengths ((10, T_b) each): right-pad, decode, crop each row."""
+    def decode_rows(self, rows: list[Tensor], max_batch: int = 8, forward=None, pad_to: int = 1) -> list[Tensor]:
+        """Decode codes of different lengths ((10, T_b) each): right-pad, decode, crop each row.
+
+        ``pad_to`` rounds the padded length up to a multiple (fewer distinct shapes for a compiled
+        ``forward``); the codec is causal, so padding never changes a row's samples."""
         out: list[Tensor] = []
         dev = next(self.parameters()).device
+        forward = forward or self.forward
         for s in range(0, len(rows), max_batch):
             chunk = rows[s : s + max_batch]
             t_max = max(int(r.shape[1]) for r in chunk)
+            t_max = -(-t_max // pad_to) * pad_to
             codes = torch.zeros((len(chunk), self.config.num_codebooks, t_max), dtype=torch.long)
             for i, r in enumerate(chunk):
                 codes[i, :, : r.shape[1]] = r
-            audio = self(codes.to(dev)).float().cpu()
+            audio = forward(codes.to(dev)).float().cpu()
             out.extend(audio[i, : int(r.shape[1]) * self.hop_length] for i, r in enumerate(chunk))
         return out

@@ -198,8 +198,14 @@ class S1MiniSettings:
     repetition_window: int = 16
     voices_dir: str | None = None
     voice_cache_size: int = 32
-    compile: bool = False  # torch.compile the per-step decode functions
-    codec_batch_size: int = 8  # rows decoded by the codec at once
+    compile: bool = False  # torch.compile(fullgraph=True) the decode step (before graph capture on CUDA)
+    codec_batch_size: int = 8  # finished rows decoded by the codec at once
+    slots: int | None = None  # rows decoding at once (batch buckets 1, 2, 4 .. slots); None: 64 on CUDA, 8 on CPU
+    kv_capacity: int = 2048  # KV columns per slot (prompt + frames); capped at the model's max_seq_len
+    prefill_tokens: int = 8192  # padded prompt tokens per batched prefill
+    cuda_graphs: bool = True  # on CUDA, capture the decode step per (batch bucket, KV bucket) at start
+    codec_dtype: str = "float32"  # float32, or bfloat16 (see docs/s1mini.md for its error vs fp32)
+    codec_compile: bool = False  # torch.compile the codec on padded length buckets (CUDA)
     random_init: bool = False
     seed: int = 0  # for random_init weights
     model_config: DualARConfig | None = None

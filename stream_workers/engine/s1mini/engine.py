@@ -1,14 +1,26 @@
-"""``S1MiniEngine``: the SpeechEngine for OpenAudio S1-mini, decoding a whole batch at once."""
+"""``S1MiniEngine``: OpenAudio S1-mini with continuous batching (a ContinuousEngine and a SpeechEngine).
+
+Two threads per engine:
+  * the decode thread drives a SlotDecoder (slots.py): at each step boundary it admits queued rows
+    (one batched prefill), runs one static decode step for every live row, and hands rows that
+    finished to the codec queue at once;
+  * the codec thread decodes finished rows in batches (up to ``codec_batch_size``, whatever is
+    waiting) and resolves each row's future.
+``submit`` returns one future per input; ``synthesize_batch`` submits and waits. The decode thread first
+runs ``SlotDecoder.warm_up`` (CUDA-graph capture on CUDA); ``ready`` turns true after it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +30,31 @@ from ..base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResu
 from .checkpoint import CheckpointError, load_into, read_codec_state, read_llama_state
 from .codec import CodecDecoder
 from .config import DualARConfig, S1MiniSettings, s1mini_codec_config, s1mini_config
-from .generate import GenerateStats, RowRequest, generate_batch
+from .generate import RowRequest
 from .model import DualARTransformer
+from .slots import FinishedRow, SlotDecoder
 from .tokenizer import INTERLEAVE, ByteTokenizer, load_tokenizer
 from .voices import DEFAULT_VOICE, VoiceRegistry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    inp: SynthesisInput
+    row: RowRequest
+    future: Future
+    submitted: float = field(default_factory=time.perf_counter)
+    left_at_step: int = 0  # the engine's decode step count when the row left its slot
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    row_steps: int = 0  # sum over steps of live rows (mean live slots = row_steps / steps)
+    prefills: int = 0
+    codec_batches: int = 0
+    codec_rows: int = 0
 
 SPEAKER = "<|speaker:0|>"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,19 +127,38 @@ class S1MiniEngine:
                 f"tokenizer has {self.tokenizer.num_semantic} semantic tokens, model codebook_size {cfg.codebook_size}"
             )
         self.model.to(device=self.device, dtype=self.dtype).eval()
-        self.codec.to(device=self.device, dtype=torch.float32).eval()
-        self._step, self._fast = self.model.forward_slow, self.model.forward_fast
-        if s.compile:
-            self._step = torch.compile(self.model.forward_slow, dynamic=True)
-            self._fast = torch.compile(self.model.forward_fast, dynamic=False)
+        self.codec_dtype = resolve_dtype(s.codec_dtype, self.device)
+        self.codec.to(device=self.device, dtype=self.codec_dtype).eval()
         self.voice_registry = VoiceRegistry(
             s.voices_dir, cfg.num_codebooks, s.voice_cache_size, build=self._voice_prefix
         )
-        self._lock = threading.Lock()
-        self.last_stats: GenerateStats | None = None
+        self._codec_fn = self.codec.forward
+        if s.codec_compile:
+            self._codec_fn = torch.compile(self.codec.forward, dynamic=True)
+        self.slots = s.slots or (64 if self.device.type == "cuda" else 8)
+        self.decoder = SlotDecoder(
+            self.model, end_token_id=self.tokenizer.im_end_id, residual_vocab=self.codec_config.codebook_size,
+            semantic_vocab=self.tokenizer.num_semantic, slots=self.slots,
+            capacity=min(s.kv_capacity, cfg.max_seq_len), repetition_window=s.repetition_window,
+            prefill_tokens=s.prefill_tokens, use_graphs=self.device.type == "cuda" and s.cuda_graphs,
+            compile=s.compile,
+        )
+        self.load_s = time.perf_counter() - t0
+        self.warm_up_s: float | None = None
+        self.stats = EngineStats()
+        self._cond = threading.Condition()
+        self._pending: list[_Job] = []
+        self._closing = False
+        self._ready = threading.Event()
+        self._codec_q: queue.Queue[tuple[FinishedRow, _Job] | None] = queue.Queue()
+        self._decode_thread = threading.Thread(target=self._decode_loop, name="s1mini-decode", daemon=True)
+        self._codec_thread = threading.Thread(target=self._codec_loop, name="s1mini-codec", daemon=True)
+        self._codec_thread.start()
+        self._decode_thread.start()
         log.info(
-            "S1-mini ready: %.0fM params, %s %s, %.1fs",
-            self.model.parameter_count() / 1e6, self.device, self.dtype, time.perf_counter() - t0,
+            "S1-mini loaded: %.0fM params, %s %s, %d slots, KV %d columns (%.0f MiB), %.1fs",
+            self.model.parameter_count() / 1e6, self.device, self.dtype, self.slots, self.decoder.capacity,
+            self.decoder.kv_bytes() / 2**20, self.load_s,
         )
 
     # ------------------------------------------------------------------ prompts
@@ -148,10 +198,10 @@ class S1MiniEngine:
         if not inp.text or not inp.text.strip():
             raise EngineError("empty text", code="invalid_input")
         prompt = self.build_prompt(inp.text, inp.voice or DEFAULT_VOICE)
-        budget = self.config.max_seq_len - prompt.shape[1]
+        budget = self.decoder.capacity - prompt.shape[1]
         if budget < 1:
             raise EngineError(
-                f"prompt of {prompt.shape[1]} tokens leaves no room in max_seq_len {self.config.max_seq_len}",
+                f"prompt of {prompt.shape[1]} tokens leaves no room in the KV capacity {self.decoder.capacity}",
                 code="max_tokens_exceeded",
             )
         temperature = s.temperature if inp.temperature is None else float(inp.temperature)
@@ -164,66 +214,197 @@ class S1MiniEngine:
             )
         return RowRequest(prompt, min(s.max_new_tokens, budget), temperature, top_p, rp, inp.seed)
 
-    def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
-        sr = self.sample_rate
-        results: list[SynthesisResult | None] = [None] * len(inputs)
-        rows: list[RowRequest] = []
-        where: list[int] = []
-        for i, inp in enumerate(inputs):
-            try:
-                rows.append(self._row(inp))
-                where.append(i)
-            except EngineError as e:
-                results[i] = SynthesisResult(inp.job_id, sr, error=e)
-        if rows:
-            with self._lock:
-                self._run(inputs, rows, where, results)
-        return [r for r in results if r is not None]
+    # ------------------------------------------------------------------ readiness
+    @property
+    def ready(self) -> bool:
+        """True once the decode step is warmed up (on CUDA: every bucket captured in a graph)."""
+        return self._ready.is_set()
 
-    def _run(self, inputs, rows, where, results) -> None:
-        sr = self.sample_rate
-        stats = GenerateStats()
-        try:
-            gen = generate_batch(
-                self.model, rows, end_token_id=self.tokenizer.im_end_id,
-                residual_vocab=self.codec_config.codebook_size, semantic_vocab=self.tokenizer.num_semantic,
-                repetition_window=self.settings.repetition_window, stats=stats,
-                step_fn=self._step, fast_fn=self._fast,
-            )
-            decode_ix = []
-            for j, g in enumerate(gen):
-                inp = inputs[where[j]]
-                if not g.finished and self.settings.on_max_tokens == "error":
-                    results[where[j]] = SynthesisResult(inp.job_id, sr, error=EngineError(
-                        f"no end of speech within {rows[j].max_new_tokens} frames", code="max_tokens_exceeded"))
-                elif g.codes.shape[1] == 0:
-                    results[where[j]] = SynthesisResult(
-                        inp.job_id, sr, error=EngineError("the model produced no audio", code="empty_audio"))
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    # ------------------------------------------------------------------ ContinuousEngine
+    def free_slots(self) -> int:
+        with self._cond:
+            return max(0, self.slots - len(self.decoder.live) - len(self._pending))
+
+    def submit(self, inputs: Sequence[SynthesisInput]) -> list[Future[SynthesisResult]]:
+        futures: list[Future[SynthesisResult]] = []
+        jobs: list[_Job] = []
+        for inp in inputs:
+            fut: Future[SynthesisResult] = Future()
+            fut.set_running_or_notify_cancel()
+            futures.append(fut)
+            try:
+                jobs.append(_Job(inp, self._row(inp), fut))
+            except EngineError as e:
+                fut.set_result(SynthesisResult(inp.job_id, self.sample_rate, error=e))
+        if jobs:
+            with self._cond:
+                if self._closing:
+                    for j in jobs:
+                        j.future.set_result(self._error(j, EngineError("S1-mini engine is closed", code="engine_unavailable")))
                 else:
-                    decode_ix.append(j)
-            t0 = time.perf_counter()
-            audio = self.codec.decode_rows([gen[j].codes for j in decode_ix], self.settings.codec_batch_size)
-            stats.extra["codec_s"] = time.perf_counter() - t0
-        except Exception as e:  # noqa: BLE001 - every failure becomes a result or an OOM for the caller
-            if is_oom(e):
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise EngineOutOfMemory(f"S1-mini batch of {len(rows)} did not fit: {e}") from e
-            log.exception("S1-mini batch failed")
-            for i in where:
-                if results[i] is None:
-                    results[i] = SynthesisResult(inputs[i].job_id, sr, error=EngineError(f"S1-mini: {e}"))
+                    self._pending.extend(jobs)
+                    self._cond.notify_all()
+        return futures
+
+    def close(self) -> None:
+        """Finish the rows in hand (queued ones included), then stop both threads."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._decode_thread.join()
+        self._codec_thread.join()
+
+    def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
+        """Submit and wait. An out-of-memory row raises EngineOutOfMemory (the caller splits and retries)."""
+        results = [f.result() for f in self.submit(inputs)]
+        for r in results:
+            if isinstance(r.error, EngineOutOfMemory):
+                raise r.error
+        return results
+
+    # ------------------------------------------------------------------ decode thread
+    def _error(self, job: _Job, e: EngineError) -> SynthesisResult:
+        return SynthesisResult(job.inp.job_id, self.sample_rate, error=e)
+
+    def _as_engine_error(self, e: BaseException, what: str) -> EngineError:
+        if is_oom(e):
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return EngineOutOfMemory(f"S1-mini {what} did not fit: {e}")
+        return EngineError(f"S1-mini {what}: {e}")
+
+    def _decode_loop(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.decoder.warm_up()
+        except Exception:
+            # without a warm decoder nothing can run: fail every job that arrives, loudly
+            log.exception("S1-mini warm-up failed")
+            self._fail_all(EngineError("S1-mini warm-up failed", code="engine_unavailable"))
             return
-        self.last_stats = stats
-        for j, a in zip(decode_ix, audio, strict=True):
-            i = where[j]
-            wav = np.clip(a.numpy().astype(np.float32, copy=False), -1.0, 1.0)
-            results[i] = SynthesisResult(
-                inputs[i].job_id, sr, audio=wav,
-                extra={
-                    "frames": float(gen[j].codes.shape[1]),
-                    "audio_seconds": wav.shape[0] / sr,
-                    "prompt_tokens": float(rows[j].prompt.shape[1]),
-                    "batch_size": float(len(rows)),
-                },
+        self.warm_up_s = time.perf_counter() - t0
+        self._ready.set()
+        log.info("S1-mini decode ready: warm-up %.1fs (%d graphs)", self.warm_up_s, len(self.decoder._graphs))
+        while True:
+            with self._cond:
+                while not self._pending and not self.decoder.live and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._pending and not self.decoder.live:
+                    break
+                take = self._pending[: self.decoder.free_slots()]
+                del self._pending[: len(take)]
+            if take:
+                self._admit(take)
+            try:
+                finished = self.decoder.step()
+            except Exception as e:  # noqa: BLE001 - the live rows fail with the error, the engine goes on
+                log.exception("S1-mini decode step failed")
+                err = self._as_engine_error(e, f"decode step of {len(self.decoder.live)} rows")
+                for job in self.decoder.abort():
+                    job.future.set_result(self._error(job, err))
+                continue
+            self.stats.steps = self.decoder.steps_run
+            self.stats.row_steps = self.decoder.row_steps
+            for f in finished:
+                f.tag.left_at_step = self.decoder.steps_run
+                self._codec_q.put((f, f.tag))
+        self._codec_q.put(None)
+
+    def _admit(self, jobs: list[_Job]) -> None:
+        try:
+            self.decoder.add([(j.row, j) for j in jobs])
+            self.stats.prefills += 1
+            return
+        except Exception as e:  # noqa: BLE001 - retried row by row below, then a per-row error
+            if len(jobs) == 1 or not is_oom(e):
+                log.exception("S1-mini prefill of %d rows failed", len(jobs))
+                err = self._as_engine_error(e, f"prefill of {len(jobs)} rows")
+                for j in self._not_live(jobs):
+                    j.future.set_result(self._error(j, err))
+                return
+        for j in self._not_live(jobs):
+            self._admit([j])
+
+    def _not_live(self, jobs: list[_Job]) -> list[_Job]:
+        live = {id(r.tag) for r in self.decoder.live.values()}
+        return [j for j in jobs if id(j) not in live]
+
+    def _fail_all(self, err: EngineError) -> None:
+        while True:
+            with self._cond:
+                jobs, self._pending = self._pending, []
+                if not jobs and self._closing:
+                    break
+                if not jobs:
+                    self._cond.wait()
+                    continue
+            for j in jobs:
+                j.future.set_result(self._error(j, err))
+        self._codec_q.put(None)
+
+    # ------------------------------------------------------------------ codec thread
+    def _codec_loop(self) -> None:
+        while True:
+            item = self._codec_q.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.settings.codec_batch_size:
+                try:
+                    nxt = self._codec_q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._codec_q.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            try:
+                self._finish(batch)
+            except Exception as e:  # noqa: BLE001 - no future may hang: each unresolved row gets the error
+                log.exception("S1-mini codec thread failed on %d rows", len(batch))
+                for _, job in batch:
+                    if not job.future.done():
+                        job.future.set_result(self._error(job, EngineError(f"S1-mini codec: {e}")))
+
+    def _finish(self, batch: list[tuple[FinishedRow, _Job]]) -> None:
+        sr = self.sample_rate
+        to_decode: list[tuple[FinishedRow, _Job]] = []
+        for f, job in batch:
+            if not f.finished and self.settings.on_max_tokens == "error":
+                job.future.set_result(self._error(job, EngineError(
+                    f"no end of speech within {job.row.max_new_tokens} frames", code="max_tokens_exceeded")))
+            elif f.codes.shape[1] == 0:
+                job.future.set_result(self._error(job, EngineError("the model produced no audio", code="empty_audio")))
+            else:
+                to_decode.append((f, job))
+        if not to_decode:
+            return
+        try:
+            audio = self.codec.decode_rows(
+                [f.codes for f, _ in to_decode], len(to_decode), forward=self._codec_fn,
+                pad_to=32 if self.settings.codec_compile else 1,
             )
+        except Exception as e:  # noqa: BLE001 - each row of the batch gets the error as its result
+            log.exception("S1-mini codec failed on %d rows", len(to_decode))
+            err = self._as_engine_error(e, f"codec batch of {len(to_decode)} rows")
+            for _, job in to_decode:
+                job.future.set_result(self._error(job, err))
+            return
+        self.stats.codec_batches += 1
+        self.stats.codec_rows += len(to_decode)
+        now = time.perf_counter()
+        for (f, job), a in zip(to_decode, audio, strict=True):
+            wav = np.clip(a.numpy().astype(np.float32, copy=False), -1.0, 1.0)
+            job.future.set_result(SynthesisResult(
+                job.inp.job_id, sr, audio=wav,
+                extra={
+                    "frames": float(f.codes.shape[1]),
+                    "audio_seconds": wav.shape[0] / sr,
+                    "prompt_tokens": float(job.row.prompt.shape[1]),
+                    "seconds_in_engine": now - job.submitted,
+                    "decode_step_at_finish": float(job.left_at_step),
+                },
+            ))
