@@ -25,6 +25,7 @@ from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
+from stream_workers.kafka_security import faust_credentials
 from stream_workers.metrics import SynthesisMetrics
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
@@ -53,6 +54,7 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         # what is acknowledged instead of waiting for them.
         stream_wait_empty=role is not Role.synthesis,
         broker=";".join(f"kafka://{h}" for h in s.kafka.bootstrap_servers.split(",")),
+        broker_credentials=faust_credentials(s.kafka),
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
         broker_session_timeout=s.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=s.kafka.heartbeat_interval_ms / 1000,
@@ -61,7 +63,7 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         topic_allow_declare=False,  # topics come from the catalog via provisioning
         topic_disable_leader=True,
         store="memory://",
-        web_host="127.0.0.1",
+        web_host=s.worker.web_host,
         web_port=s.worker.web_port,
         key_serializer="raw",
         value_serializer="raw",
