@@ -26,7 +26,7 @@ from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
-from stream_workers.metrics import SynthesisMetrics
+from stream_workers.metrics import CompletionMetrics, SynthesisMetrics
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
@@ -94,6 +94,12 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         storer = Storer(ctx.store, ctx.settings.storage, public_base_url=ctx.settings.api.public_base_url, cache=ctx.cache)
         projector = StatusProjector(ctx.jobs)
         completions = topic[cat.completions.name]
+        completion_metrics = CompletionMetrics()
+
+        @app.page("/metrics")
+        async def completion_metrics_page(web: Any, request: Any) -> Any:
+            body = completion_metrics.render() + generate_latest(CACHE_REGISTRY)
+            return web.bytes(body, content_type="text/plain; version=0.0.4")
 
         if isinstance(ctx.store, LocalAudioStore):
             store = ctx.store
@@ -118,6 +124,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                     records.append(codec.decode(event.value))
                 except DecodeError as exc:
                     if consumer is not None:
+                        completion_metrics.dead_letters.inc()
                         dead.append(await send_dead_letter(event, consumer, exc))
             return records, dead
 
@@ -138,6 +145,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 # that cost a third of this role's CPU, a fetch stream and a broker hop of latency.
                 # `voicenote projection rebuild` still rebuilds from the completion topic.
                 await projector.on_completions(done)
+                completion_metrics.completed(done)
                 yield None
 
         @app.agent(topic[cat.requests.name], name="status-requests", supervisor_strategy=CrashingSupervisor)

@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.topics import TopicCatalog
+from stream_workers.metrics import WebhookMetrics
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
 from stream_workers.webhooks.schedule import retry_delay, retry_tier
 from voicenote.errors import DependencyUnavailable
@@ -61,7 +62,7 @@ def message_id(job_id: str) -> str:
 class WebhookDispatcher:
     def __init__(self, settings: Settings, catalog: TopicCatalog, codecs: Codecs, jobs: JobStore, sender: WebhookSender,
                  producer: AsyncProducer, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
-                 max_queued: int = 64) -> None:
+                 max_queued: int = 64, metrics: WebhookMetrics | None = None) -> None:
         assert catalog.webhook_dead_letter is not None and catalog.webhook_retries
         self._hooks: WebhookSettings = settings.webhooks
         self._catalog = catalog
@@ -71,6 +72,7 @@ class WebhookDispatcher:
         self._producer = producer
         self._rng = rng or random.Random()
         self._clock = clock
+        self._metrics = metrics or WebhookMetrics()
         self._retry_topics = [spec.name for spec in catalog.webhook_retries]
         self._consumer = Consumer({
             **settings.kafka.client_config(),
@@ -253,6 +255,7 @@ class WebhookDispatcher:
                         "result": outcome.summary})
         if outcome.ok:
             await self._jobs.record_webhook(job_id, "delivered", attempt)
+            self._metrics.outcome("delivered")
             return
         if outcome.permanent or attempt >= self._hooks.max_attempts:
             state = "refused" if outcome.permanent else "failed"
@@ -260,6 +263,7 @@ class WebhookDispatcher:
             await self._dead_letter(msg, {**headers, H_ATTEMPT: str(attempt).encode(), H_LOG: json.dumps(history).encode()},
                                     f"webhook_{state}", reason)
             await self._jobs.record_webhook(job_id, state, attempt, outcome.summary)
+            self._metrics.outcome(state)
             return
         delay = retry_delay(attempt, base=self._hooks.backoff_base_seconds, cap=self._hooks.backoff_max_seconds,
                             jitter=self._hooks.jitter, rng=self._rng)
@@ -270,6 +274,7 @@ class WebhookDispatcher:
             (H_LOG, json.dumps(history).encode()),
         ])
         await self._jobs.record_webhook(job_id, "retrying", attempt, outcome.summary)
+        self._metrics.outcome("retrying")
         log.info("webhook for %s failed (attempt %d: %s); retry in %.1fs via %s", job_id, attempt, outcome.summary, delay, topic)
 
     async def _dead_letter(self, msg: Message, headers: dict[str, bytes], error_type: str, error_message: str) -> None:
