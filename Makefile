@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini
@@ -19,15 +20,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps fish-speech==0.1.0 descript-audio-codec==1.0.0
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)
+# The CRD schemas (KEDA, Karpenter, Prometheus Operator) the manifest tests validate against; needs Node.js.
+$(CRD_STAMP): tests/crd/package.json tests/crd/package-lock.json
+	npm ci --prefix tests/crd --no-audit --no-fund --loglevel=error
+	touch $(CRD_STAMP)
+
+install: $(STAMP) $(CRD_STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)
 
 run: $(STAMP) ## run the whole service here: Tansu broker, Redis, API on :8000, workers (Ctrl-C stops all)
 	$(BIN)/voicenote run
 
-test: $(STAMP) ## install and run the whole suite (unit, integration, end-to-end)
+test: $(STAMP) $(CRD_STAMP) ## install and run the whole suite (unit, integration, end-to-end)
 	$(BIN)/python -m pytest -q -ra
 
-test-unit: $(STAMP) ## fast tests of the pure parts
+test-unit: $(STAMP) $(CRD_STAMP) ## fast tests of the pure parts
 	$(BIN)/python -m pytest -q tests/unit
 
 test-integration: $(STAMP) ## tests against the real broker, Redis and S3 server
