@@ -26,7 +26,7 @@ from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
-from stream_workers.metrics import CompletionMetrics, SynthesisMetrics
+from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
@@ -100,6 +100,10 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         async def completion_metrics_page(web: Any, request: Any) -> Any:
             body = completion_metrics.render() + generate_latest(CACHE_REGISTRY)
             return web.bytes(body, content_type="text/plain; version=0.0.4")
+
+        @app.timer(ctx.settings.synthesis.lag_interval_seconds)
+        async def sample_completion_lag() -> None:
+            completion_metrics.consumer_lag.set(faust_consumer_lag(app.consumer))
 
         if isinstance(ctx.store, LocalAudioStore):
             store = ctx.store

@@ -90,6 +90,8 @@ class CompletionMetrics:
         self.completions = Counter("voicenote_completions", "Completion events published, by status.", ["status"], registry=r)
         self.dead_letters = Counter("voicenote_completion_dead_letters", "Audio events the completion role dead-lettered.",
                                     registry=r)
+        self.consumer_lag = Gauge("voicenote_completion_consumer_lag", "Audio events not yet committed by this worker.",
+                                  registry=r)
 
     def completed(self, completions: list[dict[str, Any]]) -> None:
         for completion in completions:
@@ -98,6 +100,15 @@ class CompletionMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def faust_consumer_lag(consumer: Any) -> int:
+    """Records behind the committed offsets over a Faust consumer's assigned partitions."""
+    lag = 0
+    for tp in consumer.assignment():
+        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
+        lag += max(0, consumer.highwater(tp) - (committed or 0))
+    return lag
 
 
 class WebhookMetrics:
