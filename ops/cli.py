@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from datetime import UTC
 from pathlib import Path
@@ -21,8 +20,10 @@ def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from producer_api.app import create_app
+    from voicenote.tracing import configure_tracing
 
     settings = Settings()
+    configure_tracing("voicenote-api", settings.tracing)
     uvicorn.run(create_app(settings), host=args.host or settings.api.host, port=args.port or settings.api.port,
                 log_level="info", access_log=False)
     return 0
@@ -177,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from voicenote.logs import configure_logging
+
+    log = Settings().log
+    configure_logging(log.format, log.level)
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

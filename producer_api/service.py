@@ -49,6 +49,7 @@ from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
 from voicenote.settings import ApiSettings
 from voicenote.storage import AudioStore
+from voicenote.tracing import TRACEPARENT, publish_span
 from voicenote.voices import resolve
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,10 @@ class JobService:
             "deadline_at": None, "batch_id": batch_id, "trace_parent": None,
             "attributes": {"owner": caller.name, "voice_requested": req.voice}, "use_cache": req.use_cache,
         }
-        await self._producer.send(self._catalog.requests.name, self._codecs.request.encode(record), key=job_id.encode())
+        with publish_span(job_id) as traceparent:
+            record["trace_parent"] = traceparent
+            await self._producer.send(self._catalog.requests.name, self._codecs.request.encode(record), key=job_id.encode(),
+                                      headers=[(TRACEPARENT, traceparent.encode())] if traceparent else None)
         self._metrics.jobs_submitted.labels(priority).inc()
         # After the ack: the projection never moves backwards, so a completion recorded first stays.
         try:

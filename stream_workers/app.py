@@ -31,6 +31,7 @@ from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
 from voicenote.storage.local import LocalAudioStore
+from voicenote.tracing import record_span
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                     log.info("dropping %d results of jobs already completed (redelivered requests)", len(results) - len(fresh))
                 done = await storer.complete_many(fresh)
                 for completion in done:
+                    completion["trace_parent"] = record_span(
+                        "voicenote.completion", completion.get("trace_parent"), seconds=(completion.get("upload_ms") or 0) / 1000,
+                        attributes={"voicenote.job_id": completion["job_id"], "voicenote.status": completion["status"]})
+                for completion in done:
                     sent.append(await completions.send(key=completion["job_id"].encode(),
                                                        value=ctx.codecs.completion.encode(completion)))
                 await asyncio.gather(*sent)
@@ -175,6 +180,11 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     finished = asyncio.Event()
 
     async def publish(records: list[dict[str, Any]]) -> None:
+        for r in records:
+            r["trace_parent"] = record_span("voicenote.synthesis", r.get("trace_parent"),
+                                            seconds=((r.get("batch_wait_ms") or 0) + (r.get("engine_ms") or 0)) / 1000,
+                                            attributes={"voicenote.job_id": r["job_id"], "voicenote.status": r.get("status", ""),
+                                                        "voicenote.batch_size": r.get("batch_size") or 0})
         # Queue every record with the producer first, then wait for the broker's acknowledgements together.
         sent = [await audio.send(key=r["job_id"].encode(), value=ctx.codecs.result.encode(r)) for r in records]
         await asyncio.gather(*sent)

@@ -20,8 +20,10 @@ from stream_workers.probes import Readiness, attach_faust_probes
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
+from voicenote.logs import logging_config
 from voicenote.settings import Settings
 from voicenote.storage import build_store
+from voicenote.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
 
 
 def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
+    configure_tracing(f"voicenote-{role.value}", settings.tracing)
     if role is Role.webhooks:
         from stream_workers.webhooks.worker import run_webhooks
 
@@ -54,7 +57,8 @@ def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
     readiness = Readiness()
     attach_faust_probes(app, readiness)
     worker = DrainingWorker(app, grace_seconds=settings.synthesis.shutdown_grace_seconds, readiness=readiness,
-                            loglevel=loglevel, quiet=True)
+                            loglevel=loglevel, quiet=True,
+                            logging_config=logging_config(settings.log.format, settings.log.level))
     worker.execute_from_commandline()
 
 

@@ -171,6 +171,16 @@ class CacheSettings(BaseModel):
     ttl_seconds: int = Field(6 * 24 * 3600, ge=60, description="Keep below storage.lifecycle_days so a hit never points at expired audio.")
 
 
+class LogSettings(BaseModel):
+    format: str = Field("text", pattern=r"^(text|json)$", description="json: one object a line with job_id (voicenote/logs.py).")
+    level: str = "INFO"
+
+
+class TracingSettings(BaseModel):
+    exporter: str = Field("none", pattern=r"^(none|console|file)$", description="OpenTelemetry spans (voicenote/tracing.py).")
+    file: Path | None = Field(None, description="exporter=file: spans appended here as JSON lines.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICENOTE_", env_nested_delimiter="__", extra="ignore")
 
@@ -183,6 +193,8 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
     cache: CacheSettings = CacheSettings()
+    log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -36,6 +36,7 @@ from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
 from voicenote.settings import Settings, WebhookSettings
+from voicenote.tracing import record_span
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,10 @@ class WebhookDispatcher:
         job_id = completion["job_id"]
         attempt = int(headers.get(H_ATTEMPT, b"1") or 1)
         history: list[dict[str, Any]] = json.loads(headers.get(H_LOG, b"[]") or b"[]")
+        started = time.monotonic()
         outcome: AttemptOutcome = await self._sender.attempt(url, message_id(job_id), webhook_payload(completion))
+        record_span("voicenote.webhook", completion.get("trace_parent"), seconds=time.monotonic() - started,
+                    attributes={"voicenote.job_id": job_id, "voicenote.attempt": attempt, "voicenote.ok": outcome.ok})
         history.append({"attempt": attempt, "at": self._now_ms(), "status_code": outcome.status_code,
                         "result": outcome.summary})
         if outcome.ok:
