@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini
+.PHONY: dashboard help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ bench-pipeline: $(STAMP) ## pipeline ceiling with the zero-cost engine -> result
 
 bench-e2e: $(STAMP) ## real voice, HTTP to completion at several loads -> results/bench_e2e.json
 	$(BIN)/python -m ops.bench_e2e
+
+dashboard: $(STAMP) ## the dashboard's queries against Prometheus over a real run -> docs/dashboard.png (needs Debian's prometheus, matplotlib)
+	$(BIN)/pip install -q matplotlib
+	$(BIN)/python -m ops.observability.plot_dashboard
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var
