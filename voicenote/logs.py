@@ -27,7 +27,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": message,
         }
-        job_ids = [record.job_id] if getattr(record, "job_id", None) else list(dict.fromkeys(_JOB_ID.findall(message)))
+        explicit = getattr(record, "job_id", None)
+        job_ids = [str(explicit)] if explicit else list(dict.fromkeys(_JOB_ID.findall(message)))
         if len(job_ids) == 1:
             entry["job_id"] = job_ids[0]
         elif job_ids:
