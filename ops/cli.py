@@ -25,7 +25,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_tracing("voicenote-api", settings.tracing)
     uvicorn.run(create_app(settings), host=args.host or settings.api.host, port=args.port or settings.api.port,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, log_config=None)  # uvicorn's lines in our format (JSON in k8s)
     return 0
 
 

@@ -52,8 +52,9 @@ def test_one_job_is_one_trace_across_the_api_and_the_workers(stack: Stack, tmp_p
     assert found["voicenote.synthesis"]["parent_id"] == found["voicenote.api.publish"]["context"]["span_id"]
     assert found["voicenote.completion"]["parent_id"] == found["voicenote.synthesis"]["context"]["span_id"]
 
-    log = [line for line in stack.log("worker-completion").splitlines() if line.startswith("{")]
-    assert log and all(json.loads(line)["level"] for line in log)
+    for process in ("worker-completion", "api"):
+        lines = [line for line in stack.log(process).splitlines() if line.strip()]
+        assert lines and all(json.loads(line)["level"] for line in lines), process
     # The API span's own parent is the HTTP request's server span (FastAPI records those itself).
     trace_id = found["voicenote.api.publish"]["context"]["trace_id"]
     whole = [json.loads(line) for line in spans_file.read_text().splitlines() if line.strip()]
