@@ -16,10 +16,6 @@ from voicenote.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 OVERLAYS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "eks": K8S / "overlays" / "eks"}
-# The model a worker serves when VOICENOTE_WORKER__MODEL is unset, and the models on the CPU voice.
-CPU_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-
-
 def rendered(overlay: str) -> list[dict[str, Any]]:
     return render(OVERLAYS[overlay])
 
@@ -50,24 +46,31 @@ def settings_from(env: dict[str, str]) -> Settings:
         return Settings()
 
 
-def model_route(settings: Settings, model: str | None) -> tuple[str, str, int]:
-    """(request topic, consumer group, partitions) of the synthesis worker serving ``model``.
+def synthesis_route(settings: Settings) -> tuple[str, str, int]:
+    """(request topic, consumer group, partitions) a synthesis worker with ``settings`` consumes.
 
-    Each model family has its own request topic and group (docs/architecture.md). The CPU models share
-    the catalog's request topic and the role's group; another family gets ``requests.<family>.v1`` and
-    ``<group>-<family>``, the names the model-routing work uses; a catalog that knows the model answers
-    for itself.
+    Each model family has its own request topic and group, and a worker's family follows its engine
+    (S1-mini: ``s1mini``; Piper and the null engine: the CPU family). Where the catalog and
+    ``voicenote.models`` name them (the model-routing work), they answer; otherwise the same names are
+    built here: ``voicenote.requests.<family>.v1`` and ``<group_id>-synthesis-<family>``, the CPU family
+    keeping ``voicenote.requests.v1`` and ``<group_id>-synthesis``.
     """
     catalog = settings.kafka.catalog()
-    group = f"{settings.worker.group_id}-synthesis"
-    if model is None or model in CPU_MODELS:
+    family = "s1mini" if settings.engine.kind.value == "s1mini" else "piper"
+    try:
+        from voicenote.models import family_of, synthesis_group  # type: ignore[import-not-found]
+
+        family = family_of(settings.engine.kind)
+        group = synthesis_group(settings.worker.group_id, family)
+    except ImportError:
+        group = f"{settings.worker.group_id}-synthesis" + ("" if family == "piper" else f"-{family}")
+    requests_for = getattr(catalog, "requests_for", None)
+    if callable(requests_for):
+        spec = requests_for(family)
+        return spec.name, group, spec.partitions
+    if family == "piper":
         return catalog.requests.name, group, catalog.requests.partitions
-    for_model = getattr(catalog, "requests_for", None)
-    if callable(for_model):
-        spec = for_model(model)
-        return spec.name, f"{group}-{model.replace('-', '')}", spec.partitions
-    family = model.replace("-", "")
-    return catalog.requests.name.replace("requests.v1", f"requests.{family}.v1"), f"{group}-{family}", catalog.requests.partitions
+    return catalog.requests.name.replace("requests.v1", f"requests.{family}.v1"), group, catalog.requests.partitions
 
 
 def container_env(container: dict[str, Any], configmaps: dict[str, dict[str, str]]) -> dict[str, str]:

@@ -184,8 +184,8 @@ def test_every_service_of_ours_starts_from_the_compose_file_and_serves_a_job(hos
     for name in ("worker-synthesis", "worker-completion", "worker-webhooks", "worker-synthesis-gpu"):
         metrics = httpx.get(f"http://127.0.0.1:{host.ports[name]}/metrics", timeout=5)
         assert metrics.status_code == 200 and "voicenote_" in metrics.text, name
-    # Until requests are routed per model, the GPU worker would share the CPU worker's group; the job
-    # below is for the CPU voice, so the GPU worker leaves first.
+    # The job below is for the CPU voice; the GPU worker leaves first (before per-family routing it
+    # shared the CPU worker's group, and a tiny random checkpoint speaks no real voice).
     host.stop("worker-synthesis-gpu")
 
     base = f"http://127.0.0.1:{host.api_port}"

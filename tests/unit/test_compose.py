@@ -15,9 +15,9 @@ from ops.observability.dashboard import PANELS, render
 from producer_api.metrics import ApiMetrics
 from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, WebhookMetrics
 from tests.e2e.test_compose_boot import DEV_TOKEN, compose, interpolate, our_services
-from tests.k8s_support import ROOT, load_yaml, model_route, setting_names, settings_from
+from tests.k8s_support import ROOT, load_yaml, setting_names, settings_from, synthesis_route
 
-PENDING_SETTINGS = {"VOICENOTE_WORKER__MODEL"}  # added by the per-model routing work
+PENDING_SETTINGS: set[str] = set()  # settings the model-routing work adds, where compose sets one early
 SHUTDOWN_MARGIN_SECONDS = 10
 
 
@@ -58,8 +58,8 @@ def test_the_gpu_profile_worker_consumes_its_own_topic_and_group() -> None:
     cpu, gpu = _env(services["worker-synthesis"]), _env(services["worker-synthesis-gpu"])
     assert services["worker-synthesis-gpu"]["profiles"] == ["gpu"]
     assert gpu["VOICENOTE_ENGINE__KIND"] == "s1mini"
-    cpu_route = model_route(settings_from(cpu), cpu.get("VOICENOTE_WORKER__MODEL"))
-    gpu_route = model_route(settings_from(gpu), gpu.get("VOICENOTE_WORKER__MODEL"))
+    cpu_route = synthesis_route(settings_from(cpu))
+    gpu_route = synthesis_route(settings_from(gpu))
     assert cpu_route[:2] != gpu_route[:2]
     assert gpu_route[1] == "voicenote-synthesis-s1mini"
 

@@ -19,10 +19,20 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.k8s_support import K8S, OVERLAYS, ROOT, container_env, load_yaml, model_route, rendered, setting_names, settings_from
+from tests.k8s_support import (
+    K8S,
+    OVERLAYS,
+    ROOT,
+    container_env,
+    load_yaml,
+    rendered,
+    setting_names,
+    settings_from,
+    synthesis_route,
+)
 
-# Set by the S1-mini GPU workers; the model-routing work adds it to WorkerSettings (until then pydantic ignores it).
-PENDING_SETTINGS = {"VOICENOTE_WORKER__MODEL"}
+# Set by the dev overlay (the API routes no model to the GPU family there); added by the model-routing work.
+PENDING_SETTINGS = {"VOICENOTE_MODELS__FAMILIES"}
 K8S_VERSION = "1.31"
 CRD_DIR = ROOT / "tests" / "crd"
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
@@ -147,7 +157,7 @@ def test_each_scaled_object_watches_the_topic_and_group_its_workers_consume(over
         target = deployments[scaled["spec"]["scaleTargetRef"]["name"]]
         env = container_env(target["spec"]["template"]["spec"]["containers"][0], maps)
         settings = settings_from(_settings_env(env))
-        topic, group, partitions = model_route(settings, env.get("VOICENOTE_WORKER__MODEL"))
+        topic, group, partitions = synthesis_route(settings)
         (trigger,) = scaled["spec"]["triggers"]
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"
@@ -167,9 +177,8 @@ def test_each_scaled_object_watches_the_topic_and_group_its_workers_consume(over
         assert (meta.get("tls") == "enable") == kafka.security_protocol.endswith("SSL")
         # Consumers beyond the partitions sit idle: the scaled pods plus any fixed pod of the same group.
         same_group = [d for name, d in deployments.items() if name != target["metadata"]["name"]
-                      and model_route(settings_from(_settings_env(container_env(
-                          d["spec"]["template"]["spec"]["containers"][0], maps))),
-                          container_env(d["spec"]["template"]["spec"]["containers"][0], maps).get("VOICENOTE_WORKER__MODEL"))[1] == group
+                      and synthesis_route(settings_from(_settings_env(container_env(
+                          d["spec"]["template"]["spec"]["containers"][0], maps))))[1] == group
                       and d["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["worker", "synthesis"]]
         fixed = sum(d["spec"]["replicas"] for d in same_group)
         assert scaled["spec"]["maxReplicaCount"] + fixed <= partitions
@@ -184,15 +193,15 @@ def test_the_gpu_workers_consume_only_the_s1mini_topic_and_the_cpu_worker_the_cp
         container = d["spec"]["template"]["spec"]["containers"][0]
         if container["args"][:2] == ["worker", "synthesis"]:
             env = container_env(container, maps)
-            routes[name] = (env.get("VOICENOTE_ENGINE__KIND"), model_route(settings_from(_settings_env(env)),
-                                                                         env.get("VOICENOTE_WORKER__MODEL"))[:2])
-    s = settings_from(_settings_env(maps["voicenote-config"]))
+            routes[name] = (env.get("VOICENOTE_ENGINE__KIND"), synthesis_route(settings_from(_settings_env(env)))[:2])
+    cpu = synthesis_route(settings_from(_settings_env(maps["voicenote-config"])))[:2]
+    gpu = synthesis_route(settings_from({**_settings_env(maps["voicenote-config"]), "VOICENOTE_ENGINE__KIND": "s1mini"}))[:2]
     assert routes == {
-        "voicenote-worker-synthesis-cpu": ("piper", model_route(s, None)[:2]),
-        "voicenote-worker-s1mini-warm": ("s1mini", model_route(s, "s1-mini")[:2]),
-        "voicenote-worker-s1mini-spot": ("s1mini", model_route(s, "s1-mini")[:2]),
+        "voicenote-worker-synthesis-cpu": ("piper", cpu),
+        "voicenote-worker-s1mini-warm": ("s1mini", gpu),
+        "voicenote-worker-s1mini-spot": ("s1mini", gpu),
     }
-    assert model_route(s, None) != model_route(s, "s1-mini")
+    assert cpu != gpu and gpu == ("voicenote.requests.s1mini.v1", "voicenote-synthesis-s1mini")
     assert "voicenote-worker-s1mini-spot" not in _by_kind(rendered("dev"), "Deployment")  # no GPU nodes in dev
 
 
