@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -19,15 +20,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps fish-speech==0.1.0 descript-audio-codec==1.0.0
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)
+# The CRD schemas (KEDA, Karpenter, Prometheus Operator) the manifest tests validate against; needs Node.js.
+$(CRD_STAMP): tests/crd/package.json tests/crd/package-lock.json
+	npm ci --prefix tests/crd --no-audit --no-fund --loglevel=error
+	touch $(CRD_STAMP)
+
+install: $(STAMP) $(CRD_STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)
 
 run: $(STAMP) ## run the whole service here: Tansu broker, Redis, API on :8000, workers (Ctrl-C stops all)
 	$(BIN)/voicenote run
 
-test: $(STAMP) ## install and run the whole suite (unit, integration, end-to-end)
+test: $(STAMP) $(CRD_STAMP) ## install and run the whole suite (unit, integration, end-to-end)
 	$(BIN)/python -m pytest -q -ra
 
-test-unit: $(STAMP) ## fast tests of the pure parts
+test-unit: $(STAMP) $(CRD_STAMP) ## fast tests of the pure parts
 	$(BIN)/python -m pytest -q tests/unit
 
 test-integration: $(STAMP) ## tests against the real broker, Redis and S3 server
@@ -57,6 +63,10 @@ bench-pipeline: $(STAMP) ## pipeline ceiling with the zero-cost engine -> result
 
 bench-e2e: $(STAMP) ## real voice, HTTP to completion at several loads -> results/bench_e2e.json
 	$(BIN)/python -m ops.bench_e2e
+
+dashboard: $(STAMP) ## the dashboard's queries against Prometheus over a real run -> docs/dashboard.png (needs Debian's prometheus, matplotlib)
+	$(BIN)/pip install -q matplotlib
+	$(BIN)/python -m ops.observability.plot_dashboard
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var

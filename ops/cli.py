@@ -174,10 +174,12 @@ def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from producer_api.app import create_app
+    from voicenote.tracing import configure_tracing
 
     settings = _settings(args)
+    configure_tracing("voicenote-api", settings.tracing)
     uvicorn.run(create_app(settings), host=args.host or settings.api.host, port=args.port or settings.api.port,
-                log_level=args.log_level or "info", access_log=False)
+                log_level=args.log_level or "info", access_log=False, log_config=None)  # uvicorn's lines in our format (JSON in k8s)
     return EXIT_OK
 
 
@@ -614,8 +616,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     service = args.command in ("run", "api", "worker")
     level = (args.log_level or ("info" if service else "warning")).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=not service)
     try:
+        if service:  # the services log in the configured format (JSON in k8s), with job_id and trace_id
+            from voicenote.logs import configure_logging
+
+            configure_logging(_settings(args).log.format, level)
+        else:
+            logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
         return int(args.func(args) or EXIT_OK)
     except UsageError as exc:
         print(f"voicenote: error: {exc}", file=sys.stderr)

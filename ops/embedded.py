@@ -103,7 +103,7 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000) -> int:
         env["VOICENOTE_WEBHOOKS__SIGNING_SECRET"] = webhook_secret(data_dir.resolve())
         procs["synthesis worker"] = spawn(["worker", "synthesis", "--web-port", str(free_port())], env, log_dir / "worker-synthesis.log")
         procs["completion worker"] = spawn(["worker", "completion", "--web-port", str(free_port())], env, log_dir / "worker-completion.log")
-        procs["webhook worker"] = spawn(["worker", "webhooks"], env, log_dir / "worker-webhooks.log")
+        procs["webhook worker"] = spawn(["worker", "webhooks", "--web-port", str(free_port())], env, log_dir / "worker-webhooks.log")
         procs["api"] = spawn(["api"], env, log_dir / "api.log")
         wait_ready(f"http://127.0.0.1:{api_port}/readyz", procs, timeout=120)
         base = f"http://127.0.0.1:{api_port}"

@@ -52,6 +52,7 @@ from voicenote.kafka import AsyncProducer
 from voicenote.models import Model, ModelRegistry, UnknownModel, UnknownVoiceName, Voice
 from voicenote.settings import ApiSettings
 from voicenote.storage import AudioStore
+from voicenote.tracing import TRACEPARENT, publish_span
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,10 @@ class JobService:
             "webhook_url": req.webhook_url, "priority": priority, "deadline_at": None, "batch_id": batch_id, "trace_parent": None,
             "attributes": attributes, "use_cache": req.use_cache,
         }
-        await self._producer.send(model.request_topic, self._codecs.request.encode(record), key=job_id.encode())
+        with publish_span(job_id) as traceparent:
+            record["trace_parent"] = traceparent
+            await self._producer.send(model.request_topic, self._codecs.request.encode(record), key=job_id.encode(),
+                                      headers=[(TRACEPARENT, traceparent.encode())] if traceparent else None)
         self._metrics.jobs_submitted.labels(priority).inc()
         # After the ack: the projection never moves backwards, so a completion recorded first stays.
         try:

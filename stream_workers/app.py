@@ -28,7 +28,8 @@ from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
-from stream_workers.metrics import SynthesisMetrics
+from stream_workers.kafka_security import faust_credentials
+from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
@@ -36,6 +37,7 @@ from voicenote.adverts import ADVERT_INTERVAL_SECONDS, publish_advert
 from voicenote.errors import JobStoreError
 from voicenote.models import family_of, synthesis_group
 from voicenote.storage.local import LocalAudioStore
+from voicenote.tracing import record_span
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         # what is acknowledged instead of waiting for them.
         stream_wait_empty=role is not Role.synthesis,
         broker=";".join(f"kafka://{h}" for h in s.kafka.bootstrap_servers.split(",")),
+        broker_credentials=faust_credentials(s.kafka),
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
         broker_session_timeout=s.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=s.kafka.heartbeat_interval_ms / 1000,
@@ -75,7 +78,7 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         topic_allow_declare=False,  # topics come from the catalog via provisioning
         topic_disable_leader=True,
         store="memory://",
-        web_host="127.0.0.1",
+        web_host=s.worker.web_host,
         web_port=s.worker.web_port,
         key_serializer="raw",
         value_serializer="raw",
@@ -108,6 +111,16 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         storer = Storer(ctx.store, ctx.settings.storage, public_base_url=ctx.settings.api.public_base_url, cache=ctx.cache)
         projector = StatusProjector(ctx.jobs)
         completions = topic[cat.completions.name]
+        completion_metrics = CompletionMetrics()
+
+        @app.page("/metrics")
+        async def completion_metrics_page(web: Any, request: Any) -> Any:
+            body = completion_metrics.render() + generate_latest(CACHE_REGISTRY)
+            return web.bytes(body, content_type="text/plain; version=0.0.4")
+
+        @app.timer(ctx.settings.synthesis.lag_interval_seconds)
+        async def sample_completion_lag() -> None:
+            completion_metrics.consumer_lag.set(faust_consumer_lag(app.consumer))
 
         if isinstance(ctx.store, LocalAudioStore):
             store = ctx.store
@@ -132,6 +145,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                     records.append(codec.decode(event.value))
                 except DecodeError as exc:
                     if consumer is not None:
+                        completion_metrics.dead_letters.inc()
                         dead.append(await send_dead_letter(event, consumer, exc))
             return records, dead
 
@@ -144,6 +158,10 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                     log.info("dropping %d results of jobs already completed (redelivered requests)", len(results) - len(fresh))
                 done = await storer.complete_many(fresh)
                 for completion in done:
+                    completion["trace_parent"] = record_span(
+                        "voicenote.completion", completion.get("trace_parent"), seconds=(completion.get("upload_ms") or 0) / 1000,
+                        attributes={"voicenote.job_id": completion["job_id"], "voicenote.status": completion["status"]})
+                for completion in done:
                     sent.append(await completions.send(key=completion["job_id"].encode(),
                                                        value=ctx.codecs.completion.encode(completion)))
                 await asyncio.gather(*sent)
@@ -152,6 +170,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 # that cost a third of this role's CPU, a fetch stream and a broker hop of latency.
                 # `voicenote projection rebuild` still rebuilds from the completion topic.
                 await projector.on_completions(done)
+                completion_metrics.completed(done)
                 yield None
 
         every_request_topic = app.topic(*(spec.name for spec in cat.request_topics()), key_type=bytes, value_type=bytes)
@@ -179,6 +198,11 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     finished = asyncio.Event()
 
     async def publish(records: list[dict[str, Any]]) -> None:
+        for r in records:
+            r["trace_parent"] = record_span("voicenote.synthesis", r.get("trace_parent"),
+                                            seconds=((r.get("batch_wait_ms") or 0) + (r.get("engine_ms") or 0)) / 1000,
+                                            attributes={"voicenote.job_id": r["job_id"], "voicenote.status": r.get("status", ""),
+                                                        "voicenote.batch_size": r.get("batch_size") or 0})
         # Queue every record with the producer first, then wait for the broker's acknowledgements together.
         sent = [await audio.send(key=r["job_id"].encode(), value=ctx.codecs.result.encode(r)) for r in records]
         await asyncio.gather(*sent)

@@ -16,11 +16,14 @@ from schemas.registry import HttpSchemaRegistry
 from stream_workers.app import Role, build_app
 from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
+from stream_workers.probes import Readiness, attach_faust_probes
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
+from voicenote.logs import logging_config
 from voicenote.settings import Settings
 from voicenote.storage import build_store
+from voicenote.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
 
 
 def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
+    configure_tracing(f"voicenote-{role.value}", settings.tracing)
     if role is Role.webhooks:
         from stream_workers.webhooks.worker import run_webhooks
 
@@ -50,7 +54,11 @@ def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
     if engine is not None:
         log.info("engine %s %s loaded (%d Hz)", engine.name, engine.model_version, engine.sample_rate)
     app = build_app(ctx, role, engine)
-    worker = DrainingWorker(app, grace_seconds=settings.synthesis.shutdown_grace_seconds, loglevel=loglevel, quiet=True)
+    readiness = Readiness()
+    attach_faust_probes(app, readiness)
+    worker = DrainingWorker(app, grace_seconds=settings.synthesis.shutdown_grace_seconds, readiness=readiness,
+                            loglevel=loglevel, quiet=True,
+                            logging_config=logging_config(settings.log.format, settings.log.level))
     worker.execute_from_commandline()
 
 
@@ -62,15 +70,21 @@ class DrainingWorker(faust.Worker):
     worse than redoing a batch).
     """
 
-    def __init__(self, app: faust.App, *, grace_seconds: float, **kwargs: Any) -> None:
+    def __init__(self, app: faust.App, *, grace_seconds: float, readiness: Readiness | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._grace = grace_seconds
         self._draining = False
+        self._readiness = readiness or Readiness()
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        self._readiness.started = True
 
     def _on_sigterm(self) -> None:
         if self._draining:
             return
         self._draining = True
+        self._readiness.draining = True
         watchdog = threading.Timer(self._grace, self._exit_hard)
         watchdog.daemon = True
         watchdog.start()

@@ -1,9 +1,12 @@
-"""The synthesis worker's metrics, in one place (Prometheus text format on the worker's web port).
+"""The workers' metrics, in one place (Prometheus text format on each worker's web port).
 
 The loop and the result cache report events here; no other module of the worker defines metrics.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -69,6 +72,70 @@ class SynthesisMetrics:
 
     def _update_fraction(self) -> None:
         self.engine_idle_fraction.set(self.idle_fraction)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_JOB_SECONDS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+def _epoch_seconds(value: Any) -> float:
+    # Avro's timestamp-millis decodes to an aware datetime; a record built in code may still hold the int.
+    return value.timestamp() if isinstance(value, datetime) else float(value) / 1000
+
+
+def job_latency_seconds(completion: dict[str, Any]) -> float:
+    """Request created (the API's or publisher's ``created_at``) to completion, never negative (clock skew)."""
+    return max(0.0, _epoch_seconds(completion["completed_at"]) - _epoch_seconds(completion["created_at"]))
+
+
+class CompletionMetrics:
+    """The completion role: end-to-end job latency and outcomes (one observation per completion event)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.job_latency = Histogram("voicenote_job_latency_seconds", "Request created to completion event, by status.",
+                                     ["status"], buckets=_JOB_SECONDS, registry=r)
+        self.completions = Counter("voicenote_completions", "Completion events published, by status.", ["status"], registry=r)
+        self.dead_letters = Counter("voicenote_completion_dead_letters", "Audio events the completion role dead-lettered.",
+                                    registry=r)
+        self.consumer_lag = Gauge("voicenote_completion_consumer_lag", "Audio events not yet committed by this worker.",
+                                  registry=r)
+
+    def completed(self, completions: list[dict[str, Any]]) -> None:
+        for completion in completions:
+            self.job_latency.labels(completion["status"]).observe(job_latency_seconds(completion))
+            self.completions.labels(completion["status"]).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def faust_consumer_lag(consumer: Any) -> int:
+    """Records behind the committed offsets over a Faust consumer's assigned partitions."""
+    lag = 0
+    for tp in consumer.assignment():
+        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
+        lag += max(0, consumer.highwater(tp) - (committed or 0))
+    return lag
+
+
+class WebhookMetrics:
+    """The webhook dispatcher: what became of each delivery attempt."""
+
+    OUTCOMES = ("delivered", "retrying", "failed", "refused")
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.deliveries = Counter("voicenote_webhook_deliveries", "Webhook attempts by outcome (failed/refused: dead-lettered).",
+                                  ["outcome"], registry=self.registry)
+        for outcome in self.OUTCOMES:
+            self.deliveries.labels(outcome)  # every series exists from the start, so rate() sees the first one
+
+    def outcome(self, outcome: str) -> None:
+        self.deliveries.labels(outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

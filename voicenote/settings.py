@@ -23,10 +23,11 @@ class KafkaSettings(BaseModel):
     request_partitions: int = Field(24, ge=1)
     partitions: int = Field(12, ge=1, description="Partitions of the other topics.")
     schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; none means single-object encoding.")
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: str = Field("PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$")
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(None, description="CA bundle for SSL/SASL_SSL; none means the system's trust store.")
     # Short timeouts suit the embedded broker (Tansu holds a JoinGroup for half the session timeout);
     # production Kafka keeps normal ones.
     session_timeout_ms: int = 10_000
@@ -49,6 +50,8 @@ class KafkaSettings(BaseModel):
             conf["sasl.mechanism"] = self.sasl_mechanism
             conf["sasl.username"] = self.sasl_username or ""
             conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
         return conf
 
 
@@ -136,7 +139,8 @@ class WorkerSettings(BaseModel):
     max_batch: int = Field(8, ge=1, le=64)
     window_seconds: float = Field(0.1, gt=0)
     batch_lookahead: int = Field(64, ge=1, description="A batch is chosen from this many of the oldest waiting items (>= max_batch).")
-    web_port: int = Field(6066, description="Faust's web server port; one per worker process.")
+    web_host: str = Field("127.0.0.1", description="Where the worker serves /metrics, /healthz, /readyz; 0.0.0.0 in containers.")
+    web_port: int = Field(6066, description="Web port (metrics and probes); one per worker process.")
     commit_interval_seconds: float = 1.0
 
 
@@ -192,6 +196,16 @@ class CacheSettings(BaseModel):
     ttl_seconds: int = Field(6 * 24 * 3600, ge=60, description="Keep below storage.lifecycle_days so a hit never points at expired audio.")
 
 
+class LogSettings(BaseModel):
+    format: str = Field("text", pattern=r"^(text|json)$", description="json: one object a line with job_id (voicenote/logs.py).")
+    level: str = "INFO"
+
+
+class TracingSettings(BaseModel):
+    exporter: str = Field("none", pattern=r"^(none|console|file)$", description="OpenTelemetry spans (voicenote/tracing.py).")
+    file: Path | None = Field(None, description="exporter=file: spans appended here as JSON lines.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICENOTE_", env_nested_delimiter="__", extra="ignore")
 
@@ -205,6 +219,8 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
     cache: CacheSettings = CacheSettings()
+    log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 def to_env(settings: Settings) -> dict[str, str]:

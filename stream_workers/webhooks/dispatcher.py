@@ -30,12 +30,14 @@ from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import DeadLetter
 from schemas.topics import TopicCatalog
+from stream_workers.metrics import WebhookMetrics
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
 from stream_workers.webhooks.schedule import retry_delay, retry_tier
 from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
 from voicenote.settings import Settings, WebhookSettings
+from voicenote.tracing import record_span
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def message_id(job_id: str) -> str:
 class WebhookDispatcher:
     def __init__(self, settings: Settings, catalog: TopicCatalog, codecs: Codecs, jobs: JobStore, sender: WebhookSender,
                  producer: AsyncProducer, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
-                 max_queued: int = 64) -> None:
+                 max_queued: int = 64, metrics: WebhookMetrics | None = None) -> None:
         assert catalog.webhook_dead_letter is not None and catalog.webhook_retries
         self._hooks: WebhookSettings = settings.webhooks
         self._catalog = catalog
@@ -72,6 +74,7 @@ class WebhookDispatcher:
         self._producer = producer
         self._rng = rng or random.Random()
         self._clock = clock
+        self._metrics = metrics or WebhookMetrics()
         self._retry_topics = [spec.name for spec in catalog.webhook_retries]
         self._consumer = Consumer({
             **settings.kafka.client_config(),
@@ -249,11 +252,15 @@ class WebhookDispatcher:
         job_id = completion["job_id"]
         attempt = int(headers.get(H_ATTEMPT, b"1") or 1)
         history: list[dict[str, Any]] = json.loads(headers.get(H_LOG, b"[]") or b"[]")
+        started = time.monotonic()
         outcome: AttemptOutcome = await self._sender.attempt(url, message_id(job_id), webhook_payload(completion))
+        record_span("voicenote.webhook", completion.get("trace_parent"), seconds=time.monotonic() - started,
+                    attributes={"voicenote.job_id": job_id, "voicenote.attempt": attempt, "voicenote.ok": outcome.ok})
         history.append({"attempt": attempt, "at": self._now_ms(), "status_code": outcome.status_code,
                         "result": outcome.summary})
         if outcome.ok:
             await self._jobs.record_webhook(job_id, "delivered", attempt)
+            self._metrics.outcome("delivered")
             return
         if outcome.permanent or attempt >= self._hooks.max_attempts:
             state = "refused" if outcome.permanent else "failed"
@@ -261,6 +268,7 @@ class WebhookDispatcher:
             await self._dead_letter(msg, {**headers, H_ATTEMPT: str(attempt).encode(), H_LOG: json.dumps(history).encode()},
                                     f"webhook_{state}", reason)
             await self._jobs.record_webhook(job_id, state, attempt, outcome.summary)
+            self._metrics.outcome(state)
             return
         delay = retry_delay(attempt, base=self._hooks.backoff_base_seconds, cap=self._hooks.backoff_max_seconds,
                             jitter=self._hooks.jitter, rng=self._rng)
@@ -271,6 +279,7 @@ class WebhookDispatcher:
             (H_LOG, json.dumps(history).encode()),
         ])
         await self._jobs.record_webhook(job_id, "retrying", attempt, outcome.summary)
+        self._metrics.outcome("retrying")
         log.info("webhook for %s failed (attempt %d: %s); retry in %.1fs via %s", job_id, attempt, outcome.summary, delay, topic)
 
     async def _dead_letter(self, msg: Message, headers: dict[str, bytes], error_type: str, error_message: str) -> None:

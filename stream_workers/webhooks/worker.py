@@ -8,6 +8,8 @@ import signal
 
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
+from stream_workers.metrics import WebhookMetrics
+from stream_workers.probes import Readiness, serve_probes
 from stream_workers.webhooks.delivery import WebhookSender
 from stream_workers.webhooks.dispatcher import WebhookDispatcher
 from stream_workers.webhooks.policy import AddressPolicy
@@ -34,10 +36,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
     jobs = JobStore.from_settings(settings.redis)
     producer = AsyncProducer(settings.kafka)
+    metrics, readiness = WebhookMetrics(), Readiness()
+    probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness, metrics.render)
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())
-        await WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer).run(stop)
+        dispatcher = WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer, metrics=metrics)
+        readiness.started = True
+        await dispatcher.run(stop)
     finally:
+        readiness.draining = True
+        await probes.cleanup()
         producer.close()
         await sender.close()
         await jobs.close()

@@ -107,6 +107,34 @@ async def test_provisioning_applies_the_lifecycle_rule(s3: S3AudioStore) -> None
     assert len((await s3_client.get_bucket_lifecycle_configuration(Bucket=s3.bucket))["Rules"]) == 1
 
 
+async def test_provisioning_keeps_the_rules_others_put_on_a_shared_bucket(s3: S3AudioStore) -> None:
+    s3_client = await s3._s3()
+    theirs = {"ID": "logs-expire", "Filter": {"Prefix": "logs/"}, "Status": "Enabled", "Expiration": {"Days": 30}}
+    current = (await s3_client.get_bucket_lifecycle_configuration(Bucket=s3.bucket))["Rules"]
+    await s3_client.put_bucket_lifecycle_configuration(Bucket=s3.bucket, LifecycleConfiguration={"Rules": [*current, theirs]})
+    s3._settings.lifecycle_days = 3  # a changed TTL replaces our rule, not theirs
+    await s3.provision()
+    rules = {r["ID"]: r for r in (await s3_client.get_bucket_lifecycle_configuration(Bucket=s3.bucket))["Rules"]}
+    assert set(rules) == {"logs-expire", "voicenote-audio-ttl"}
+    assert rules["logs-expire"]["Filter"]["Prefix"] == "logs/"
+    assert rules["voicenote-audio-ttl"]["Expiration"]["Days"] == 3
+
+
+async def test_a_bucket_outside_us_east_1_is_created_in_its_region(settings: Settings) -> None:
+    storage = settings.storage.model_copy(update={"backend": StorageBackend.s3, "s3_region": "eu-west-1",
+                                                  "s3_bucket": settings.storage.s3_bucket + "-eu"})
+    store = S3AudioStore(storage)
+    try:
+        await store.provision()
+        client = await store._s3()
+        location = await client.get_bucket_location(Bucket=store.bucket)
+        assert location["LocationConstraint"] == "eu-west-1"
+        stored = await store.put("audio/eu/job_region.wav", b"RIFF" + b"\0" * 10, "audio/wav")
+        assert await store.get(stored.key) == b"RIFF" + b"\0" * 10
+    finally:
+        await store.close()
+
+
 async def test_missing_object_is_audio_not_found(s3: S3AudioStore) -> None:
     with pytest.raises(AudioNotFound):
         await s3.get("audio/zz/job_never.wav")

@@ -122,23 +122,28 @@ class S3AudioStore:
             await s3.head_bucket(Bucket=self.bucket)
         except ClientError:
             try:
-                await s3.create_bucket(Bucket=self.bucket)
+                await s3.create_bucket(Bucket=self.bucket, **create_bucket_location(self._settings.s3_region))
             except (ClientError, BotoCoreError) as exc:
                 raise StorageError(f"cannot create bucket {self.bucket}: {exc}") from exc
 
     async def provision(self) -> None:
-        """Create the bucket if missing and apply the lifecycle rule (TTL) to the audio prefix."""
+        """Create the bucket if missing and apply the lifecycle rule (TTL) to the audio prefix.
+
+        The bucket may be shared: rules other than ours are kept, ours is replaced by its current form.
+        """
         await self.ensure_bucket()
         s3 = await self._s3()
-        rule = {
-            "ID": "voicenote-audio-ttl",
-            "Filter": {"Prefix": self._settings.key_prefix},
-            "Status": "Enabled",
-            "Expiration": {"Days": self._settings.lifecycle_days},
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-        }
         try:
-            await s3.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]})
+            existing = (await s3.get_bucket_lifecycle_configuration(Bucket=self.bucket)).get("Rules", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise StorageError(f"cannot read the lifecycle of bucket {self.bucket}: {exc}") from exc
+            existing = []
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read the lifecycle of bucket {self.bucket}: {exc}") from exc
+        rules = merge_lifecycle_rules(existing, audio_lifecycle_rule(self._settings.key_prefix, self._settings.lifecycle_days))
+        try:
+            await s3.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot set the lifecycle of bucket {self.bucket}: {exc}") from exc
 
@@ -153,3 +158,32 @@ class S3AudioStore:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+
+
+LIFECYCLE_RULE_ID = "voicenote-audio-ttl"
+
+
+def create_bucket_location(region: str) -> dict[str, Any]:
+    """``create_bucket`` arguments for ``region``: S3 refuses a LocationConstraint of us-east-1 and needs one elsewhere."""
+    if not region or region == "us-east-1":
+        return {}
+    return {"CreateBucketConfiguration": {"LocationConstraint": region}}
+
+
+def audio_lifecycle_rule(key_prefix: str, days: int) -> dict[str, Any]:
+    return {
+        "ID": LIFECYCLE_RULE_ID,
+        "Filter": {"Prefix": key_prefix},
+        "Status": "Enabled",
+        "Expiration": {"Days": days},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+
+
+def merge_lifecycle_rules(existing: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bucket's rules with ours added or replaced by ID; everyone else's rules stay as they were.
+
+    PutBucketLifecycleConfiguration replaces the whole configuration, so a plain put would delete the
+    rules other teams keep on a shared bucket.
+    """
+    return [*(rule for rule in existing if rule.get("ID") != ours["ID"]), ours]

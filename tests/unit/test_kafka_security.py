@@ -1,0 +1,51 @@
+"""Faust and confluent-kafka clients read the same Kafka security settings."""
+
+from __future__ import annotations
+
+import faust
+import pytest
+
+from stream_workers.kafka_security import faust_credentials
+from voicenote.errors import ConfigError
+from voicenote.settings import KafkaSettings
+
+
+def test_plaintext_needs_no_credentials() -> None:
+    assert faust_credentials(KafkaSettings()) is None
+
+
+def test_sasl_ssl_gives_faust_the_same_user_mechanism_and_tls_as_librdkafka() -> None:
+    kafka = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
+                          sasl_password="s3cret")  # type: ignore[arg-type]
+    creds = faust_credentials(kafka)
+    assert isinstance(creds, faust.SASLCredentials)
+    assert (creds.username, creds.password, creds.mechanism.value) == ("svc", "s3cret", "SCRAM-SHA-512")
+    assert creds.ssl_context is not None
+    conf = kafka.client_config()
+    assert (conf["security.protocol"], conf["sasl.mechanism"], conf["sasl.username"]) == ("SASL_SSL", "SCRAM-SHA-512", "svc")
+
+
+def test_tls_only_gives_an_ssl_context_and_the_ca_reaches_librdkafka(tmp_path) -> None:
+    import ssl
+
+    kafka = KafkaSettings(security_protocol="SSL")
+    assert isinstance(faust_credentials(kafka), faust.SSLCredentials)
+    assert "ssl.ca.location" not in kafka.client_config()
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")  # an empty bundle is refused: proof the path is really read
+    with pytest.raises(ssl.SSLError):
+        faust_credentials(KafkaSettings(security_protocol="SSL", ssl_ca_location=str(ca)))
+    assert KafkaSettings(security_protocol="SSL", ssl_ca_location=str(ca)).client_config()["ssl.ca.location"] == str(ca)
+
+
+def test_sasl_without_a_password_or_with_an_unknown_mechanism_stops_start_up() -> None:
+    with pytest.raises(ConfigError, match="sasl_username"):
+        faust_credentials(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN"))
+    with pytest.raises(ConfigError, match="AWS_MSK_IAM"):
+        faust_credentials(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="AWS_MSK_IAM", sasl_username="u",
+                                        sasl_password="p"))  # type: ignore[arg-type]
+
+
+def test_an_unknown_security_protocol_is_refused() -> None:
+    with pytest.raises(ValueError):
+        KafkaSettings(security_protocol="TLS")

@@ -1,0 +1,44 @@
+"""End-to-end job latency and webhook outcomes, as the completion and webhook workers report them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_workers.metrics import CompletionMetrics, WebhookMetrics, job_latency_seconds
+
+
+def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+
+def test_latency_runs_from_request_creation_to_completion_in_either_timestamp_form() -> None:
+    created = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    done = datetime(2026, 1, 1, 12, 0, 2, 500_000, tzinfo=UTC)
+    assert job_latency_seconds({"created_at": created, "completed_at": done}) == 2.5
+    assert job_latency_seconds({"created_at": 1_000, "completed_at": 3_500}) == 2.5
+    assert job_latency_seconds({"created_at": 5_000, "completed_at": 4_000}) == 0.0  # producer clock ahead
+
+
+def test_completions_are_counted_and_timed_by_status() -> None:
+    metrics = CompletionMetrics()
+    metrics.completed([{"status": "succeeded", "created_at": 0, "completed_at": 1_200},
+                       {"status": "failed", "created_at": 0, "completed_at": 40},
+                       {"status": "succeeded", "created_at": 0, "completed_at": 70_000}])
+    s = _samples(metrics.render())
+    assert s[("voicenote_completions_total", (("status", "succeeded"),))] == 2
+    assert s[("voicenote_job_latency_seconds_count", (("status", "succeeded"),))] == 2
+    assert s[("voicenote_job_latency_seconds_sum", (("status", "succeeded"),))] == 71.2
+    assert s[("voicenote_job_latency_seconds_bucket", (("le", "1.0"), ("status", "succeeded")))] == 0
+    assert s[("voicenote_job_latency_seconds_bucket", (("le", "2.0"), ("status", "succeeded")))] == 1
+    assert s[("voicenote_job_latency_seconds_count", (("status", "failed"),))] == 1
+
+
+def test_every_webhook_outcome_series_exists_before_its_first_event() -> None:
+    metrics = WebhookMetrics()
+    metrics.outcome("retrying")
+    s = _samples(metrics.render())
+    assert {o: s[("voicenote_webhook_deliveries_total", (("outcome", o),))] for o in WebhookMetrics.OUTCOMES} == {
+        "delivered": 0, "retrying": 1, "failed": 0, "refused": 0}
