@@ -89,6 +89,7 @@ def _cmd_projection(args: argparse.Namespace) -> int:
               f"({report.skipped_expired} past their TTL skipped, {report.undecodable} undecodable)")
 
     asyncio.run(run())
+    return 0
 
 def _epoch_ms(text: str | None) -> int | None:
     from datetime import datetime

@@ -3,7 +3,9 @@ publishers skip the API, so the workers check again and fail the job with ``inva
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +14,38 @@ MAX_INPUT_CHARS = 4096
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 PRIORITIES = ("interactive", "batch")
 SPEED_RANGE = (0.25, 4.0)
+# Tab and line breaks are ordinary text; every other C0/C1 control character is refused rather than
+# stripped, so what the caller sent is what is spoken (and a NUL never reaches the engine).
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def speakable(text: str) -> bool:
+    """Whether ``text`` holds anything a voice can say: at least one letter or digit in any script.
+
+    Punctuation, symbols, whitespace and control characters alone ("...", "\\u0007") give the engine
+    no phonemes; they are refused up front (``empty_utterance``) instead of failing in the engine.
+    """
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
+
+
+def bad_characters(text: str) -> str | None:
+    """A message naming the first control character or lone surrogate in ``text``; None when clean."""
+    for i, ch in enumerate(text):
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in _ALLOWED_CONTROLS) or category == "Cs":
+            kind = "a lone surrogate" if category == "Cs" else "a control character"
+            return (f"contains {kind} (U+{ord(ch):04X}) at position {i}; remove control characters "
+                    "(tab and line breaks are allowed)")
+    return None
+
+
+def speed_problem(speed: float) -> str | None:
+    low, high = SPEED_RANGE
+    if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not math.isfinite(speed):
+        return f"speed must be a finite number between {low} and {high}; got {speed!r}"
+    if not low <= speed <= high:
+        return f"speed must be between {low} and {high}; got {speed:g}"
+    return None
 
 
 def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
@@ -24,11 +58,14 @@ def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CH
         problems.append("text must not be empty")
     elif len(text) > max_chars:
         problems.append(f"text is {len(text)} characters; the maximum is {max_chars}")
+    elif not speakable(text):
+        problems.append("text has nothing speakable (no letters or digits)")
+    elif (bad := bad_characters(text)) is not None:
+        problems.append(f"text {bad}")
     if record.get("format", "wav") not in FORMATS:
         problems.append(f"format must be one of {', '.join(FORMATS)}")
-    speed = record.get("speed", 1.0)
-    if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-        problems.append(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
+    if (bad_speed := speed_problem(record.get("speed", 1.0))) is not None:
+        problems.append(bad_speed)
     if record.get("priority", "batch") not in PRIORITIES:
         problems.append(f"priority must be one of {', '.join(PRIORITIES)}")
     return problems

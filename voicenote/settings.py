@@ -10,7 +10,7 @@ import json
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import TopicCatalog, build_catalog
@@ -150,16 +150,41 @@ class ApiSettings(BaseModel):
     estimate_prior_jobs_per_second: float = Field(1.0, gt=0, description="Throughput assumed until one is measured.")
 
 
+# Retry delays: 5 s, 5 min, 30 min, 2 h, then 8 h three times (26.6 h after the first attempt). The
+# tail repeats one delay because retries from the fifth on share the last retry topic
+# (schemas.topics.WEBHOOK_RETRY_TIERS), where a partition's head must be the next record due.
+DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 28800.0, 28800.0, 28800.0)
+
+
 class WebhookSettings(BaseModel):
     signing_secret: SecretStr | None = Field(None, description="Standard Webhooks secret, whsec_<base64>; required to deliver.")
     timeout_seconds: float = Field(10.0, gt=0, description="Per attempt: connect, send and read the answer.")
-    max_attempts: int = Field(8, ge=1, le=50)
-    backoff_base_seconds: float = Field(5.0, gt=0, description="Delay before the first retry; doubles per attempt.")
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_SCHEDULE),
+        description="Delay before each retry, in order (about a day in all, like Standard Webhooks and Svix); "
+                    "attempts = 1 + its length. Empty: exponential backoff with the settings below.")
+    max_attempts: int | None = Field(None, ge=1, le=50, description="Caps the attempts; default: 1 + len(retry_schedule_seconds), "
+                                                                     "or 8 with exponential backoff.")
+    backoff_base_seconds: float = Field(5.0, gt=0, description="Exponential mode: delay before the first retry; doubles per attempt.")
     backoff_max_seconds: float = Field(3600.0, gt=0)
     jitter: float = Field(0.2, ge=0, le=1, description="Each delay is drawn from [d*(1-jitter), d].")
     allow_hosts: list[str] = Field(default_factory=list, description="Hosts or CIDRs delivered to even if private/loopback.")
     max_redirects: int = Field(3, ge=0)
     poll_seconds: float = Field(0.5, gt=0, description="Longest wait in the dispatcher loop while retries are not due.")
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if any(not d > 0 for d in value):
+            raise ValueError("every retry delay must be a positive number of seconds")
+        return value
+
+    @property
+    def attempts(self) -> int:
+        """Deliveries tried in all (the first one and every retry)."""
+        if self.max_attempts is not None:
+            return self.max_attempts
+        return 1 + len(self.retry_schedule_seconds) if self.retry_schedule_seconds else 8
 
 
 class CacheSettings(BaseModel):
