@@ -83,6 +83,13 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         record = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
         return await dlq.send(value=ctx.codecs.dead_letter.encode(record))
 
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        # Not ready while a Redis or storage call is being retried: the worker holds its offsets and
+        # makes no progress until the dependency answers (voicenote/retry.py).
+        report = ctx.health.report()
+        return web.json(report, status=200 if report["ready"] else 503)
+
     if role is Role.synthesis:
         assert engine is not None
         _wire_synthesis(app, ctx, engine, topic[cat.requests.name], topic[cat.audio.name], send_dead_letter)
@@ -93,7 +100,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         projector = StatusProjector(ctx.jobs)
         completions = topic[cat.completions.name]
 
-        if isinstance(ctx.store, LocalAudioStore):
+        if isinstance(getattr(ctx.store, "inner", ctx.store), LocalAudioStore):
             store = ctx.store
 
             @app.timer(interval=3600.0)

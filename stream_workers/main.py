@@ -19,6 +19,7 @@ from stream_workers.engine import build_engine
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
+from voicenote.retry import DependencyHealth, Retrying
 from voicenote.settings import Settings
 from voicenote.storage import build_store
 
@@ -28,14 +29,21 @@ log = logging.getLogger(__name__)
 def build_context(settings: Settings, role: Role) -> WorkerContext:
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
     catalog = settings.kafka.catalog()
+    health = DependencyHealth()
+
+    def retrying(inner: Any) -> Any:
+        # A Redis or storage outage is waited out with the offsets held, not crashed on (voicenote/retry.py).
+        return Retrying(inner, health=health, base=settings.worker.retry_base_seconds, cap=settings.worker.retry_max_seconds)
+
     return WorkerContext(
         settings=settings,
         codecs=Codecs(registry),
         catalog=catalog,
-        store=build_store(settings.storage),
-        jobs=JobStore.from_settings(settings.redis),  # completion: the projection; synthesis: cancel/redelivery checks
-        cache=ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds)
+        store=retrying(build_store(settings.storage)),
+        jobs=retrying(JobStore.from_settings(settings.redis)),  # completion: the projection; synthesis: cancel/redelivery checks
+        cache=retrying(ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds))
         if settings.cache.enabled else None,
+        health=health,
     )
 
 

@@ -112,6 +112,8 @@ class WorkerSettings(BaseModel):
     batch_lookahead: int = Field(64, ge=1, description="A batch is chosen from this many of the oldest waiting items (>= max_batch).")
     web_port: int = Field(6066, description="Faust's web server port; one per worker process.")
     commit_interval_seconds: float = 1.0
+    retry_base_seconds: float = Field(0.2, gt=0, description="Redis/storage down: first wait before trying again; doubles per try.")
+    retry_max_seconds: float = Field(5.0, gt=0, description="Redis/storage down: longest wait between tries (workers never give up).")
 
 
 class ApiKey(BaseModel):
