@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 class AsyncProducer:
     """An idempotent producer whose ``send`` resolves when the broker has acknowledged the record.
 
-    An idempotent producer that hits a fatal error (a broker restarted without its state forgets the
-    producer id, and the next sequence number is then fatal) never recovers by itself: every later send
-    fails. So a fatal error is noticed (``error_cb``), :meth:`ping` answers False until the producer is
-    rebuilt, and the poll thread rebuilds it: records that were in flight fail (the caller got or gets
-    an error for each), later ones go out on the new producer.
+    An idempotent producer whose broker restarted without its state (in-memory Tansu) can be stuck:
+    in a fatal error ("Local: Fatal error" on every later send), or with every record timing out while
+    the broker answers others (measured against Tansu 0.6: a fresh producer sent at once). It does not
+    recover by itself. So a fatal error (``error_cb``) or a record that timed out marks the producer
+    stuck; :meth:`ping` answers False and :meth:`send` refuses until the poll thread has rebuilt it.
+    Records in flight fail (each caller gets a PublishError); later ones go out on the new producer.
     """
 
     REBUILD_PAUSE_SECONDS = 0.5
@@ -39,6 +40,9 @@ class AsyncProducer:
             "compression.type": "lz4",
             "delivery.timeout.ms": settings.delivery_timeout_ms,
             "message.max.bytes": 8 * 1_048_576,
+            # Topics come from the catalog only: a broker that auto-creates (Tansu always does) would
+            # otherwise make a missing topic with its default partitions on the first send.
+            "allow.auto.create.topics": False,
             **overrides,
             "error_cb": self._on_error,
         }
@@ -58,6 +62,10 @@ class AsyncProducer:
         if err.fatal():
             log.error("kafka producer fatal error: %s; rebuilding the producer", err.str())
             self._fatal = err.str()
+
+    def _on_failed_delivery(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+            self._fatal = self._fatal or err.str()
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
@@ -88,6 +96,7 @@ class AsyncProducer:
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
+                self._on_failed_delivery(err)
                 exc: Exception = PublishError(f"{topic}: {err.str()}")
                 loop.call_soon_threadsafe(_settle, fut, None, exc)
             else:
