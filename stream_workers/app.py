@@ -26,9 +26,12 @@ from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.metrics import SynthesisMetrics
+from stream_workers.projection import ProjectionGuard
+from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
+from voicenote.errors import DependencyUnavailable
 from voicenote.storage.local import LocalAudioStore
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,17 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                     if consumer is not None:
                         dead.append(await send_dead_letter(event, consumer, exc))
             return records, dead
+
+        guard = ProjectionGuard(ctx.jobs, lambda: rebuild_projection(ctx.settings, ctx.jobs, ctx.codecs))  # type: ignore[arg-type]
+
+        @app.timer(interval=ctx.settings.worker.projection_check_seconds)
+        async def heal_projection() -> None:
+            # Redis restarted empty: rebuild from the topics without an operator (stream_workers/projection.py).
+            # Job-store calls wait out an outage; a failed topic read is logged and tried next time.
+            try:
+                await guard.check()
+            except DependencyUnavailable as exc:
+                log.warning("projection check failed, trying again in %.0fs: %s", ctx.settings.worker.projection_check_seconds, exc)
 
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

@@ -155,6 +155,32 @@ class JobStore:
         """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
         await self.apply([Transition(job_id, status, fields) for job_id in job_ids])
 
+    # -- the projection's epoch (stream_workers/projection.py) --------------------------------
+
+    def epoch_key(self) -> str:
+        return f"{self._prefix}projection:epoch"
+
+    async def projection_epoch(self) -> str | None:
+        """The epoch mark; None when Redis has lost the projection (or it was never built)."""
+        try:
+            value = await self._redis.get(self.epoch_key())
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read the projection epoch: {exc}") from exc
+        return str(value) if value is not None else None
+
+    async def claim_projection_epoch(self, value: str, lease_seconds: int) -> bool:
+        """Take the rebuild (True) unless someone holds it; the lease expires if the rebuilder dies."""
+        try:
+            return bool(await self._redis.set(self.epoch_key(), value, nx=True, ex=lease_seconds))
+        except RedisError as exc:
+            raise JobStoreError(f"cannot claim the projection epoch: {exc}") from exc
+
+    async def set_projection_epoch(self, value: str) -> None:
+        try:
+            await self._redis.set(self.epoch_key(), value)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot set the projection epoch: {exc}") from exc
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

@@ -114,6 +114,8 @@ class WorkerSettings(BaseModel):
     commit_interval_seconds: float = 1.0
     retry_base_seconds: float = Field(0.2, gt=0, description="Redis/storage down: first wait before trying again; doubles per try.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Redis/storage down: longest wait between tries (workers never give up).")
+    projection_check_seconds: float = Field(5.0, gt=0, description="How often the completion worker checks that Redis still "
+                                                                   "holds the projection (and rebuilds it if not).")
 
 
 class ApiKey(BaseModel):
