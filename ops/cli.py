@@ -14,7 +14,7 @@ from voicenote.settings import Settings
 def _cmd_run(args: argparse.Namespace) -> int:
     from ops.embedded import run_embedded
 
-    return run_embedded(Path(args.data_dir), args.port)
+    return run_embedded(Path(args.data_dir), args.port, args.broker_storage)
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole service here (embedded broker, Redis, API, workers)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--data-dir", default="var")
+    run.add_argument("--broker-storage", choices=["s3", "memory"], default="s3",
+                     help="s3: accepted work survives a broker restart (default); memory: faster, lost on restart")
     run.set_defaults(func=_cmd_run)
 
     api = sub.add_parser("api", help="run the HTTP producer API (settings from VOICENOTE_* env)")

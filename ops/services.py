@@ -88,6 +88,10 @@ class TansuBroker:
         _terminate(self._proc)
         self._proc = None
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def kill(self) -> None:
         """kill -9, as a crash would; ``start()`` brings it back on the same port."""
         if self._proc is not None and self._proc.poll() is None:
