@@ -3,6 +3,8 @@ publishers skip the API, so the workers check again and fail the job with ``inva
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import unicodedata
@@ -46,6 +48,16 @@ def speed_problem(speed: float) -> str | None:
     if not low <= speed <= high:
         return f"speed must be between {low} and {high}; got {speed:g}"
     return None
+
+
+REQUEST_DIGEST_FIELD = "request_digest"  # on the job record: which request this job id belongs to
+
+
+def request_digest(record: Mapping[str, Any]) -> str:
+    """A short stable digest of a decoded request event: a redelivery of the same event has the same
+    one, another request reusing its job id (a direct publisher's bug, a replay done wrong) does not."""
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CHARS) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.status import JobStatus
+from schemas.validation import REQUEST_DIGEST_FIELD, request_digest
 from stream_workers.result_cache import CachedAudio, ResultCache
 from voicenote.audio import CONTENT_TYPES, EXTENSIONS, UnsupportedFormat, encode, wav_info
 from voicenote.errors import AudioNotFound
@@ -150,7 +151,11 @@ class StatusProjector:
     async def on_requests(self, requests: Sequence[dict[str, Any]]) -> list[bool]:
         return await self._jobs.apply([Transition(r["job_id"], JobStatus.queued, {
             "created_at": r["created_at"], "format": r["format"], "voice": r["voice"], "priority": r["priority"],
-            "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url")}) for r in requests])
+            "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url"),
+            # The first request of a job id wins (fields of a non-advancing transition only fill gaps).
+            REQUEST_DIGEST_FIELD: request_digest(r),
+            # Direct publishers may name an owner (attributes.owner); jobs without one are admin-only.
+            "owner": (r.get("attributes") or {}).get("owner")}) for r in requests])
 
     async def on_completions(self, completions: Sequence[dict[str, Any]]) -> list[bool]:
         transitions = []

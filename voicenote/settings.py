@@ -123,7 +123,7 @@ class ApiKey(BaseModel):
 
     name: str = Field(..., min_length=1, max_length=64)
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
-    scopes: list[str] = Field(default_factory=lambda: ["speech", "jobs"], description="speech: submit; jobs: read and cancel.")
+    scopes: list[str] = Field(default_factory=lambda: ["speech", "jobs"], description="speech: submit; jobs: read and cancel; admin: read every job, ownerless ones too.")
     rate_per_second: float | None = Field(None, gt=0, description="Overrides api.rate_per_second for this key.")
     burst: int | None = Field(None, ge=1)
 
