@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-faults
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,3 +65,6 @@ bench-api: $(STAMP) ## producer API: accepted requests/s and p50/p99 at rising c
 
 bench-s1mini: $(STAMP) ## S1-mini at real size, random weights: tokens/s and audio s/s at batch 1-16 (--device cuda on a GPU)
 	$(BIN)/python -m ops.bench_s1mini --device cpu --batch-sizes 1,2,4,8,16 --out results/s1mini_cpu.json
+
+bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, kill -9 per worker) + broker storage modes -> results/bench_faults.json
+	$(BIN)/python -m ops.bench_faults

@@ -31,6 +31,7 @@ from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
+from stream_workers.watchdog import Watchdog
 from voicenote.errors import DependencyUnavailable
 from voicenote.storage.local import LocalAudioStore
 
@@ -139,6 +140,21 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 await guard.check()
             except DependencyUnavailable as exc:
                 log.warning("projection check failed, trying again in %.0fs: %s", ctx.settings.worker.projection_check_seconds, exc)
+
+        async def emit_completions(records: Any) -> None:
+            await asyncio.gather(*[await completions.send(key=r["job_id"].encode(), value=ctx.codecs.completion.encode(r))
+                                   for r in records])
+
+        watchdog = Watchdog(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
+                            stuck_after=ctx.settings.worker.stuck_after_seconds)
+
+        @app.timer(interval=ctx.settings.worker.watchdog_interval_seconds)
+        async def end_stuck_jobs() -> None:
+            # A timer, not a consumer: a failed sweep (broker down) is logged and runs again next interval.
+            try:
+                await watchdog.sweep()
+            except Exception:  # noqa: BLE001
+                log.exception("watchdog sweep failed; trying again in %.0fs", ctx.settings.worker.watchdog_interval_seconds)
 
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

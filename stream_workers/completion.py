@@ -149,6 +149,8 @@ class StatusProjector:
         return (await self.on_completions([completion]))[0]
 
     async def on_requests(self, requests: Sequence[dict[str, Any]]) -> list[bool]:
+        # Indexed first: a job whose completion is projected before this returns is unindexed after it.
+        await self._jobs.track_pending([(r["job_id"], r["created_at"]) for r in requests])
         return await self._jobs.apply([Transition(r["job_id"], JobStatus.queued, {
             "created_at": r["created_at"], "format": r["format"], "voice": r["voice"], "priority": r["priority"],
             "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url"),
@@ -167,7 +169,9 @@ class StatusProjector:
             transitions.append(Transition(completion["job_id"], JobStatus(completion["status"]), fields))
         # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
         pending = [WebhookState(c["job_id"], "pending", 0) for c in completions if c.get("webhook_url")]
-        return await self._jobs.apply(transitions, pending)
+        moved = await self._jobs.apply(transitions, pending)
+        await self._jobs.untrack_pending([c["job_id"] for c in completions])
+        return moved
 
 
     async def already_completed(self, job_ids: Sequence[str]) -> set[str]:

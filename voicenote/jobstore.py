@@ -155,6 +155,35 @@ class JobStore:
         """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
         await self.apply([Transition(job_id, status, fields) for job_id in job_ids])
 
+    # -- the watchdog's index of jobs without a completion (stream_workers/watchdog.py) ---------
+
+    def pending_key(self) -> str:
+        return f"{self._prefix}pending"
+
+    async def track_pending(self, created: Sequence[tuple[str, int]]) -> None:
+        """Index jobs (id, created_at ms) until their completion; a job already indexed keeps its time."""
+        if not created:
+            return
+        try:
+            await self._redis.zadd(self.pending_key(), {job_id: at for job_id, at in created}, nx=True)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot index {len(created)} pending jobs: {exc}") from exc
+
+    async def untrack_pending(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        try:
+            await self._redis.zrem(self.pending_key(), *job_ids)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot unindex {len(job_ids)} jobs: {exc}") from exc
+
+    async def pending_before(self, before_ms: int, limit: int) -> list[str]:
+        """Indexed jobs created before ``before_ms``, oldest first."""
+        try:
+            return list(await self._redis.zrangebyscore(self.pending_key(), "-inf", f"({before_ms}", start=0, num=limit))
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read the pending-job index: {exc}") from exc
+
     # -- the projection's epoch (stream_workers/projection.py) --------------------------------
 
     def epoch_key(self) -> str:

@@ -116,6 +116,9 @@ class WorkerSettings(BaseModel):
     retry_max_seconds: float = Field(5.0, gt=0, description="Redis/storage down: longest wait between tries (workers never give up).")
     projection_check_seconds: float = Field(5.0, gt=0, description="How often the completion worker checks that Redis still "
                                                                    "holds the projection (and rebuilds it if not).")
+    stuck_after_seconds: float = Field(7200.0, gt=0, description="A job without a completion this long after submission is "
+                                                                 "ended as failed (stuck_timeout) by the watchdog.")
+    watchdog_interval_seconds: float = Field(60.0, gt=0, description="How often the completion worker looks for stuck jobs.")
 
 
 class ApiKey(BaseModel):

@@ -4,12 +4,15 @@ then account for every accepted job through ``GET /v1/jobs`` and the completion 
 
 from __future__ import annotations
 
+import base64
+import secrets
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -33,6 +36,8 @@ class Tally:
     completions: Counter[str] = field(default_factory=Counter)  # job id -> completion events
     outcomes: dict[str, set[str]] = field(default_factory=dict)  # job id -> distinct completion statuses
     seconds: float = 0.0
+    webhook_url: str | None = None
+    deliveries: Counter[str] = field(default_factory=Counter)  # webhook-id -> deliveries received
 
     @property
     def succeeded(self) -> int:
@@ -62,20 +67,30 @@ class Tally:
         """Extra completion events of the same outcome (at-least-once; consumers dedupe by job id)."""
         return sum(max(0, n - 1) for n in self.completions.values())
 
+    @property
+    def webhook_missing(self) -> int:
+        return sum(1 for j in self.accepted if self.deliveries[f"msg_{j}"] == 0) if self.webhook_url else 0
+
+    @property
+    def webhook_duplicates(self) -> int:
+        return sum(max(0, n - 1) for n in self.deliveries.values())
+
     def row(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "accepted": len(self.accepted), "refused": sum(self.refused.values()),
+        return {"webhook_missing": self.webhook_missing, "webhook_duplicates": self.webhook_duplicates, **{"scenario": self.scenario, "accepted": len(self.accepted), "refused": sum(self.refused.values()),
                 "succeeded": self.succeeded, "failed": self.failed, "lost": self.lost, "stuck": self.stuck,
                 "double_outcomes": self.double_outcomes, "duplicate_completions": self.duplicate_completions,
-                "seconds": round(self.seconds, 1)}
+                "seconds": round(self.seconds, 1)}}
 
 
 def submit(stack: Stack, tally: Tally, n: int, *, pace: float = 0.0, start: int = 0) -> None:
     """``n`` async submissions; a refusal (503 during an outage) is counted, never retried blindly."""
     for i in range(start, start + n):
         tally.submitted += 1
+        body: dict[str, Any] = {"input": f"Fault note number {i}.", "response_format": "wav"}
+        if tally.webhook_url:
+            body["webhook_url"] = tally.webhook_url
         try:
-            resp = httpx.post(f"{stack.base_url}/v1/audio/speech/async",
-                              json={"input": f"Fault note number {i}.", "response_format": "wav"}, timeout=15)
+            resp = httpx.post(f"{stack.base_url}/v1/audio/speech/async", json=body, timeout=15)
         except httpx.HTTPError:
             tally.refused[0] += 1
             continue
@@ -168,3 +183,42 @@ def kill_and_restart(stack: Stack, name: str, role: str) -> str:
     else:
         stack.start_worker(role, name=new_name)
     return new_name
+
+
+class WebhookReceiver:
+    """A local receiver that answers 200 and counts deliveries per ``webhook-id``."""
+
+    def __init__(self, tally: Tally) -> None:
+        counts = tally.deliveries
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    counts[self.headers.get("webhook-id", "?")] += 1
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def with_webhooks(stack: Stack) -> None:
+    """The webhook worker may call the loopback receiver, signing with a throwaway secret."""
+    stack.extra_env.update({"VOICENOTE_WEBHOOKS__SIGNING_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+                            "VOICENOTE_WEBHOOKS__ALLOW_HOSTS": '["127.0.0.1"]'})
+
+
+def wait_deliveries(tally: Tally, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and tally.webhook_missing:
+        time.sleep(0.3)
