@@ -60,7 +60,8 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors)
-        code = first.get("type") if first.get("type") in SPECIFIC_CODES else "invalid_request"
+        kind = str(first.get("type", ""))
+        code = kind if kind in SPECIFIC_CODES else "invalid_request"
         return JSONResponse(envelope(details, "invalid_request_error", param, code), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

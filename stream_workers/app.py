@@ -104,8 +104,9 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         projector = StatusProjector(ctx.jobs)
         completions = topic[cat.completions.name]
 
-        if isinstance(getattr(ctx.store, "inner", ctx.store), LocalAudioStore):
-            store = ctx.store
+        local = getattr(ctx.store, "inner", ctx.store)  # the store itself, not its retrying proxy
+        if isinstance(local, LocalAudioStore):
+            store = local
 
             @app.timer(interval=3600.0)
             async def expire_local_audio() -> None:

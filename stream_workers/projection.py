@@ -59,15 +59,20 @@ def read_topic(settings: Settings, topic: str, *, idle_timeout: float = 3.0) -> 
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     open_partitions.discard(msg.partition())
                     continue
-                raise DependencyUnavailable("kafka", f"reading {topic}: {msg.error()}")
+                raise DependencyUnavailable("kafka", f"reading {topic}: {error}")
             deadline = time.monotonic() + idle_timeout
             yield msg.value()
     finally:
         consumer.close()
+
+
+def _read_all(settings: Settings, topic: str) -> list[bytes | None]:
+    return list(read_topic(settings, topic))
 
 
 async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = None) -> RebuildReport:
@@ -79,7 +84,7 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
     for topic, codec, apply in ((catalog.requests.name, codecs.request, projector.on_requests),
                                 (catalog.completions.name, codecs.completion, projector.on_completions)):
-        values = await asyncio.to_thread(lambda t=topic: list(read_topic(settings, t)))
+        values = await asyncio.to_thread(_read_all, settings, topic)
         records: list[dict[str, Any]] = []
         for value in values:
             try:

@@ -180,7 +180,8 @@ class JobStore:
     async def pending_before(self, before_ms: int, limit: int) -> list[str]:
         """Indexed jobs created before ``before_ms``, oldest first."""
         try:
-            return list(await self._redis.zrangebyscore(self.pending_key(), "-inf", f"({before_ms}", start=0, num=limit))
+            found = await self._redis.zrangebyscore(self.pending_key(), "-inf", f"({before_ms}", start=0, num=limit)
+            return [str(job_id) for job_id in found]
         except RedisError as exc:
             raise JobStoreError(f"cannot read the pending-job index: {exc}") from exc
 
