@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -83,3 +83,6 @@ capacity: $(STAMP) ## fleet size and cost from the measured S1-mini results (res
 
 bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice: publishes once), submit --rate pacing -> results/bench_client.json
 	$(BIN)/python -m ops.bench_client
+
+bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, kill -9 per worker) + broker storage modes -> results/bench_faults.json
+	$(BIN)/python -m ops.bench_faults

@@ -167,7 +167,7 @@ def _dry_run_note(report: Any, what: str, args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ops.embedded import run_embedded
 
-    return run_embedded(Path(args.data_dir), args.port)
+    return run_embedded(Path(args.data_dir), args.port, args.broker_storage)
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -517,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", help="run the whole service here (embedded broker, Redis, API, workers)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--data-dir", default="var")
+    run.add_argument("--broker-storage", choices=["s3", "memory"], default="s3",
+                     help="s3: accepted work survives a broker restart (default); memory: faster, lost on restart")
     run.set_defaults(func=_cmd_run)
 
     api = command("api", help="run the HTTP producer API (settings from VOICENOTE_* env)")

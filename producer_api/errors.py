@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +32,20 @@ def envelope(message: str, type_: str, param: str | None = None, code: str | Non
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# Validation error types (raised in producer_api/models.py) that are the answer's code as they are.
+SPECIFIC_CODES = frozenset({"empty_utterance", "invalid_characters", "invalid_speed"})
+
+
+def json_error_message(error: Mapping[str, Any]) -> str:
+    """FastAPI says "JSON decode error" with the offset as the location; say where and what to send."""
+    loc = error.get("loc", ())
+    position = loc[1] if len(loc) > 1 else None
+    reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+    where = f" at character {position}" if position is not None else ""
+    return (f"the request body is not valid JSON ({reason}{where}); send one JSON object with "
+            "Content-Type: application/json, strings in double quotes, no trailing commas, no NaN or Infinity")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -37,11 +53,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        errors = list(exc.errors())
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return JSONResponse(envelope(json_error_message(first), "invalid_request_error", None, "invalid_json"), status_code=400)
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
-        details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse(envelope(details, "invalid_request_error", param, "invalid_request"), status_code=400)
+        details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors)
+        kind = str(first.get("type", ""))
+        code = kind if kind in SPECIFIC_CODES else "invalid_request"
+        return JSONResponse(envelope(details, "invalid_request_error", param, code), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -7,7 +7,10 @@
 - ``throughput``: jobs per second the group actually gets through, an exponentially weighted average of
   (committed offsets gained) / (seconds between samples). Samples where the group is idle (no lag,
   no progress) say nothing about its speed and are skipped; until a first measurement, the configured
-  prior is used. A stalled group (lag, no progress) pulls the rate down, so the estimate grows.
+  prior is used. Samples where the group has lag but made no progress are skipped too: that is an
+  outage (Redis, storage or the broker down, workers restarting), not the speed the group will have
+  once it resumes. Averaging them in drove the rate to its floor and the estimate to 23,600 s during a
+  10 s Redis outage; now the estimate grows with the lag only.
 
 Sampling runs in the background every ``api.estimate_refresh_seconds``; requests only read the result.
 """
@@ -50,8 +53,8 @@ class ThroughputEstimator:
         progress = sample.committed - last.committed
         if progress < 0:  # offsets reset or group re-created: start over
             return
-        if progress == 0 and last.lag == 0:
-            return  # idle: nothing to measure
+        if progress == 0:
+            return  # idle, or stalled by an outage: neither says how fast the group works
         observed = progress / (sample.at - last.at)
         self.rate = observed if not self.measured else self._alpha * observed + (1 - self._alpha) * self.rate
         self.measured = True

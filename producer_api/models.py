@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from schemas.validation import MAX_INPUT_CHARS, REPETITION_PENALTY_RANGE, SEED_RANGE, SPEED_RANGE, TEMPERATURE_RANGE, TOP_P_RANGE
+from schemas.validation import (
+    MAX_INPUT_CHARS,
+    REPETITION_PENALTY_RANGE,
+    SEED_RANGE,
+    SPEED_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    bad_characters,
+    speakable,
+)
 
 Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 BATCH_HARD_MAX = 1000  # the configured api.batch_max_items (default 100) is enforced below this
+
+
+def _check_input(value: str) -> str:
+    """Decided here, before anything is published: the error's type becomes the answer's ``code``."""
+    if not value.strip():
+        raise PydanticCustomError("empty_utterance", "input must contain text, not only whitespace")
+    if not speakable(value):
+        raise PydanticCustomError("empty_utterance", "input has nothing speakable: it needs at least one letter or digit "
+                                                     "(punctuation, symbols and control characters alone cannot be spoken)")
+    if (bad := bad_characters(value)) is not None:
+        raise PydanticCustomError("invalid_characters", "input " + bad)
+    return value
+
+
+def _check_optional_text(value: str | None) -> str | None:
+    if value is not None and (bad := bad_characters(value)) is not None:
+        raise PydanticCustomError("invalid_characters", bad)
+    return value
+
+
+def _check_speed(value: Any) -> Any:
+    """NaN and Infinity (Python's JSON parser accepts them) get this message rather than a range error."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # the float validator explains
+    if isinstance(number, float) and not math.isfinite(number):
+        raise PydanticCustomError("invalid_speed", "speed must be a finite number between {low} and {high}; got {got}",
+                                  {"low": SPEED_RANGE[0], "high": SPEED_RANGE[1], "got": str(value)})
+    return value
 
 
 def _check_webhook(value: str | None) -> str | None:
@@ -51,13 +94,9 @@ class SpeechRequest(BaseModel):
     use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
 
     _webhook = field_validator("webhook_url")(_check_webhook)
-
-    @field_validator("input")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("input must contain text, not only whitespace")
-        return value
+    _input = field_validator("input")(_check_input)
+    _instructions = field_validator("instructions")(_check_optional_text)
+    _speed = field_validator("speed", mode="before")(_check_speed)
 
 
 class BatchItem(BaseModel):
@@ -78,6 +117,9 @@ class BatchItem(BaseModel):
     webhook_url: str | None = Field(None, max_length=2048)
 
     _webhook = field_validator("webhook_url")(_check_webhook)
+    _input = field_validator("input")(_check_input)
+    _instructions = field_validator("instructions")(_check_optional_text)
+    _speed = field_validator("speed", mode="before")(_check_speed)
 
     def as_speech(self, default_webhook: str | None) -> SpeechRequest:
         return SpeechRequest(model=self.model, input=self.input, voice=self.voice, response_format=self.response_format,

@@ -30,11 +30,14 @@ from stream_workers.engine.base import SpeechEngine
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
 from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag
+from stream_workers.projection import ProjectionGuard
+from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
+from stream_workers.watchdog import Watchdog
 from voicenote.adverts import ADVERT_INTERVAL_SECONDS, publish_advert
-from voicenote.errors import JobStoreError
+from voicenote.errors import DependencyUnavailable, JobStoreError
 from voicenote.models import family_of, synthesis_group
 from voicenote.storage.local import LocalAudioStore
 from voicenote.tracing import record_span
@@ -122,8 +125,9 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         async def sample_completion_lag() -> None:
             completion_metrics.consumer_lag.set(faust_consumer_lag(app.consumer))
 
-        if isinstance(ctx.store, LocalAudioStore):
-            store = ctx.store
+        local = getattr(ctx.store, "inner", ctx.store)  # the store itself, not its retrying proxy
+        if isinstance(local, LocalAudioStore):
+            store = local
 
             @app.timer(interval=3600.0)
             async def expire_local_audio() -> None:
@@ -148,6 +152,32 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                         completion_metrics.dead_letters.inc()
                         dead.append(await send_dead_letter(event, consumer, exc))
             return records, dead
+
+        guard = ProjectionGuard(ctx.jobs, lambda: rebuild_projection(ctx.settings, ctx.jobs, ctx.codecs))  # type: ignore[arg-type]
+
+        @app.timer(interval=ctx.settings.worker.projection_check_seconds)
+        async def heal_projection() -> None:
+            # Redis restarted empty: rebuild from the topics without an operator (stream_workers/projection.py).
+            # Job-store calls wait out an outage; a failed topic read is logged and tried next time.
+            try:
+                await guard.check()
+            except DependencyUnavailable as exc:
+                log.warning("projection check failed, trying again in %.0fs: %s", ctx.settings.worker.projection_check_seconds, exc)
+
+        async def emit_completions(records: Any) -> None:
+            await asyncio.gather(*[await completions.send(key=r["job_id"].encode(), value=ctx.codecs.completion.encode(r))
+                                   for r in records])
+
+        watchdog = Watchdog(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
+                            stuck_after=ctx.settings.worker.stuck_after_seconds)
+
+        @app.timer(interval=ctx.settings.worker.watchdog_interval_seconds)
+        async def end_stuck_jobs() -> None:
+            # A timer, not a consumer: a failed sweep (broker down) is logged and runs again next interval.
+            try:
+                await watchdog.sweep()
+            except Exception:  # noqa: BLE001
+                log.exception("watchdog sweep failed; trying again in %.0fs", ctx.settings.worker.watchdog_interval_seconds)
 
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

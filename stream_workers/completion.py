@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.status import JobStatus
+from schemas.validation import REQUEST_DIGEST_FIELD, request_digest
 from stream_workers.result_cache import CachedAudio, ResultCache
 from voicenote.audio import CONTENT_TYPES, EXTENSIONS, UnsupportedFormat, encode, wav_info
 from voicenote.errors import AudioNotFound
@@ -148,10 +149,16 @@ class StatusProjector:
         return (await self.on_completions([completion]))[0]
 
     async def on_requests(self, requests: Sequence[dict[str, Any]]) -> list[bool]:
+        # Indexed first: a job whose completion is projected before this returns is unindexed after it.
+        await self._jobs.track_pending([(r["job_id"], r["created_at"]) for r in requests])
         return await self._jobs.apply([Transition(r["job_id"], JobStatus.queued, {
             "created_at": r["created_at"], "format": r["format"], "voice": r["voice"], "priority": r["priority"],
             "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url"), "model": r.get("model"),
-            "ignored_params": (r.get("attributes") or {}).get("ignored_params")}) for r in requests])
+            "ignored_params": (r.get("attributes") or {}).get("ignored_params"),
+            # The first request of a job id wins (fields of a non-advancing transition only fill gaps).
+            REQUEST_DIGEST_FIELD: request_digest(r),
+            # Direct publishers may name an owner (attributes.owner); jobs without one are admin-only.
+            "owner": (r.get("attributes") or {}).get("owner")}) for r in requests])
 
     async def on_completions(self, completions: Sequence[dict[str, Any]]) -> list[bool]:
         transitions = []
@@ -163,7 +170,9 @@ class StatusProjector:
             transitions.append(Transition(completion["job_id"], JobStatus(completion["status"]), fields))
         # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
         pending = [WebhookState(c["job_id"], "pending", 0) for c in completions if c.get("webhook_url")]
-        return await self._jobs.apply(transitions, pending)
+        moved = await self._jobs.apply(transitions, pending)
+        await self._jobs.untrack_pending([c["job_id"] for c in completions])
+        return moved
 
 
     async def already_completed(self, job_ids: Sequence[str]) -> set[str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.codec import Codecs
 from schemas.topics import TopicCatalog
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
+from voicenote.retry import DependencyHealth
 from voicenote.settings import Settings
 from voicenote.storage import AudioStore
 
@@ -22,3 +23,5 @@ class WorkerContext:
     # running and reads cancellations. docs/architecture.md, "Who writes what in Redis", has every writer.
     jobs: JobStore | None = None
     cache: ResultCache | None = None  # result cache: looked up by synthesis, recorded by storage
+    # What the worker's Redis and storage calls are waiting on (they retry; see voicenote/retry.py).
+    health: DependencyHealth = field(default_factory=DependencyHealth)

@@ -21,6 +21,7 @@ from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
 from voicenote.logs import logging_config
+from voicenote.retry import DependencyHealth, Retrying
 from voicenote.settings import Settings
 from voicenote.storage import build_store
 from voicenote.tracing import configure_tracing
@@ -31,14 +32,21 @@ log = logging.getLogger(__name__)
 def build_context(settings: Settings, role: Role) -> WorkerContext:
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
     catalog = settings.kafka.catalog()
+    health = DependencyHealth()
+
+    def retrying(inner: Any) -> Any:
+        # A Redis or storage outage is waited out with the offsets held, not crashed on (voicenote/retry.py).
+        return Retrying(inner, health=health, base=settings.worker.retry_base_seconds, cap=settings.worker.retry_max_seconds)
+
     return WorkerContext(
         settings=settings,
         codecs=Codecs(registry),
         catalog=catalog,
-        store=build_store(settings.storage),
-        jobs=JobStore.from_settings(settings.redis),  # completion: the projection; synthesis: cancel/redelivery checks
-        cache=ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds)
+        store=retrying(build_store(settings.storage)),
+        jobs=retrying(JobStore.from_settings(settings.redis)),  # completion: the projection; synthesis: cancel/redelivery checks
+        cache=retrying(ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds))
         if settings.cache.enabled else None,
+        health=health,
     )
 
 
@@ -54,7 +62,7 @@ def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
     if engine is not None:
         log.info("engine %s %s loaded (%d Hz)", engine.name, engine.model_version, engine.sample_rate)
     app = build_app(ctx, role, engine)
-    readiness = Readiness()
+    readiness = Readiness(health=ctx.health, engine=engine)
     attach_faust_probes(app, readiness)
     worker = DrainingWorker(app, grace_seconds=settings.synthesis.shutdown_grace_seconds, readiness=readiness,
                             loglevel=loglevel, quiet=True,

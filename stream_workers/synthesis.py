@@ -20,7 +20,7 @@ import numpy as np
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.status import JobStatus
-from schemas.validation import request_problems
+from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.result_cache import ResultCache, cache_key
 from stream_workers.segmentation import join_audio, split_text
@@ -203,12 +203,18 @@ class Synthesizer:
                 decoded.append((i, record))
         records: list[dict[str, str] | None] = [None] * len(decoded)
         if self._jobs and decoded:
-            records = await self._jobs.get_fields_many([r["job_id"] for _, r in decoded], ("status", SYNTHESIZED_FIELD))
+            records = await self._jobs.get_fields_many([r["job_id"] for _, r in decoded],
+                                                       ("status", SYNTHESIZED_FIELD, REQUEST_DIGEST_FIELD))
         now = now_ms()
         to_synthesize: list[tuple[int, dict[str, Any]]] = []
         for (i, request), record in zip(decoded, records, strict=True):
             status = (record or {}).get("status")
-            if record and (record.get(SYNTHESIZED_FIELD) or status in (JobStatus.succeeded.value, JobStatus.failed.value)):
+            known = (record or {}).get(REQUEST_DIGEST_FIELD)
+            if known and known != (digest := request_digest(request)):
+                # Another request under an existing job id: neither redone nor dropped silently.
+                out.refused.append(Refused(i, "job_id_conflict", f"job {request['job_id']} already belongs to request "
+                                           f"digest {known}; this request's digest is {digest}"))
+            elif record and (record.get(SYNTHESIZED_FIELD) or status in (JobStatus.succeeded.value, JobStatus.failed.value)):
                 out.skipped.append(i)
             elif status == JobStatus.cancelled.value:
                 out.results.append((i, result_record(request, status="cancelled", error_code="cancelled",

@@ -155,6 +155,62 @@ class JobStore:
         """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
         await self.apply([Transition(job_id, status, fields) for job_id in job_ids])
 
+    # -- the watchdog's index of jobs without a completion (stream_workers/watchdog.py) ---------
+
+    def pending_key(self) -> str:
+        return f"{self._prefix}pending"
+
+    async def track_pending(self, created: Sequence[tuple[str, int]]) -> None:
+        """Index jobs (id, created_at ms) until their completion; a job already indexed keeps its time."""
+        if not created:
+            return
+        try:
+            await self._redis.zadd(self.pending_key(), {job_id: at for job_id, at in created}, nx=True)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot index {len(created)} pending jobs: {exc}") from exc
+
+    async def untrack_pending(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        try:
+            await self._redis.zrem(self.pending_key(), *job_ids)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot unindex {len(job_ids)} jobs: {exc}") from exc
+
+    async def pending_before(self, before_ms: int, limit: int) -> list[str]:
+        """Indexed jobs created before ``before_ms``, oldest first."""
+        try:
+            found = await self._redis.zrangebyscore(self.pending_key(), "-inf", f"({before_ms}", start=0, num=limit)
+            return [str(job_id) for job_id in found]
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read the pending-job index: {exc}") from exc
+
+    # -- the projection's epoch (stream_workers/projection.py) --------------------------------
+
+    def epoch_key(self) -> str:
+        return f"{self._prefix}projection:epoch"
+
+    async def projection_epoch(self) -> str | None:
+        """The epoch mark; None when Redis has lost the projection (or it was never built)."""
+        try:
+            value = await self._redis.get(self.epoch_key())
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read the projection epoch: {exc}") from exc
+        return str(value) if value is not None else None
+
+    async def claim_projection_epoch(self, value: str, lease_seconds: int) -> bool:
+        """Take the rebuild (True) unless someone holds it; the lease expires if the rebuilder dies."""
+        try:
+            return bool(await self._redis.set(self.epoch_key(), value, nx=True, ex=lease_seconds))
+        except RedisError as exc:
+            raise JobStoreError(f"cannot claim the projection epoch: {exc}") from exc
+
+    async def set_projection_epoch(self, value: str) -> None:
+        try:
+            await self._redis.set(self.epoch_key(), value)
+        except RedisError as exc:
+            raise JobStoreError(f"cannot set the projection epoch: {exc}") from exc
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import REQUEST_FAMILIES, TopicCatalog, build_catalog
@@ -142,6 +142,13 @@ class WorkerSettings(BaseModel):
     web_host: str = Field("127.0.0.1", description="Where the worker serves /metrics, /healthz, /readyz; 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Web port (metrics and probes); one per worker process.")
     commit_interval_seconds: float = 1.0
+    retry_base_seconds: float = Field(0.2, gt=0, description="Redis/storage down: first wait before trying again; doubles per try.")
+    retry_max_seconds: float = Field(5.0, gt=0, description="Redis/storage down: longest wait between tries (workers never give up).")
+    projection_check_seconds: float = Field(5.0, gt=0, description="How often the completion worker checks that Redis still "
+                                                                   "holds the projection (and rebuilds it if not).")
+    stuck_after_seconds: float = Field(7200.0, gt=0, description="A job without a completion this long after submission is "
+                                                                 "ended as failed (stuck_timeout) by the watchdog.")
+    watchdog_interval_seconds: float = Field(60.0, gt=0, description="How often the completion worker looks for stuck jobs.")
 
 
 class ApiKey(BaseModel):
@@ -149,7 +156,7 @@ class ApiKey(BaseModel):
 
     name: str = Field(..., min_length=1, max_length=64)
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
-    scopes: list[str] = Field(default_factory=lambda: ["speech", "jobs"], description="speech: submit; jobs: read and cancel.")
+    scopes: list[str] = Field(default_factory=lambda: ["speech", "jobs"], description="speech: submit; jobs: read and cancel; admin: read every job, ownerless ones too.")
     rate_per_second: float | None = Field(None, gt=0, description="Overrides api.rate_per_second for this key.")
     burst: int | None = Field(None, ge=1)
 
@@ -179,16 +186,41 @@ class ApiSettings(BaseModel):
     estimate_prior_jobs_per_second: float = Field(1.0, gt=0, description="Throughput assumed until one is measured.")
 
 
+# Retry delays: 5 s, 5 min, 30 min, 2 h, then 8 h three times (26.6 h after the first attempt). The
+# tail repeats one delay because retries from the fifth on share the last retry topic
+# (schemas.topics.WEBHOOK_RETRY_TIERS), where a partition's head must be the next record due.
+DEFAULT_WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 28800.0, 28800.0, 28800.0)
+
+
 class WebhookSettings(BaseModel):
     signing_secret: SecretStr | None = Field(None, description="Standard Webhooks secret, whsec_<base64>; required to deliver.")
     timeout_seconds: float = Field(10.0, gt=0, description="Per attempt: connect, send and read the answer.")
-    max_attempts: int = Field(8, ge=1, le=50)
-    backoff_base_seconds: float = Field(5.0, gt=0, description="Delay before the first retry; doubles per attempt.")
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_SCHEDULE),
+        description="Delay before each retry, in order (about a day in all, like Standard Webhooks and Svix); "
+                    "attempts = 1 + its length. Empty: exponential backoff with the settings below.")
+    max_attempts: int | None = Field(None, ge=1, le=50, description="Caps the attempts; default: 1 + len(retry_schedule_seconds), "
+                                                                     "or 8 with exponential backoff.")
+    backoff_base_seconds: float = Field(5.0, gt=0, description="Exponential mode: delay before the first retry; doubles per attempt.")
     backoff_max_seconds: float = Field(3600.0, gt=0)
     jitter: float = Field(0.2, ge=0, le=1, description="Each delay is drawn from [d*(1-jitter), d].")
     allow_hosts: list[str] = Field(default_factory=list, description="Hosts or CIDRs delivered to even if private/loopback.")
     max_redirects: int = Field(3, ge=0)
     poll_seconds: float = Field(0.5, gt=0, description="Longest wait in the dispatcher loop while retries are not due.")
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if any(not d > 0 for d in value):
+            raise ValueError("every retry delay must be a positive number of seconds")
+        return value
+
+    @property
+    def attempts(self) -> int:
+        """Deliveries tried in all (the first one and every retry)."""
+        if self.max_attempts is not None:
+            return self.max_attempts
+        return 1 + len(self.retry_schedule_seconds) if self.retry_schedule_seconds else 8
 
 
 class CacheSettings(BaseModel):

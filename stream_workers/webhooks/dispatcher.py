@@ -32,7 +32,7 @@ from schemas.events import DeadLetter
 from schemas.topics import TopicCatalog
 from stream_workers.metrics import WebhookMetrics
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
-from stream_workers.webhooks.schedule import retry_delay, retry_tier
+from stream_workers.webhooks.schedule import retry_tier, scheduled_delay
 from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
@@ -82,6 +82,9 @@ class WebhookDispatcher:
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,  # an offset is stored only once its record is fully handled
+            # A killed dispatcher redelivers what was handled since the last commit: committing every 200 ms
+            # instead of librdkafka's 5 s keeps those duplicates to about what was in flight.
+            "auto.commit.interval.ms": 200,
             "session.timeout.ms": settings.kafka.session_timeout_ms,
             "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
             "fetch.wait.max.ms": settings.kafka.fetch_max_wait_ms,
@@ -262,7 +265,7 @@ class WebhookDispatcher:
             await self._jobs.record_webhook(job_id, "delivered", attempt)
             self._metrics.outcome("delivered")
             return
-        if outcome.permanent or attempt >= self._hooks.max_attempts:
+        if outcome.permanent or attempt >= self._hooks.attempts:
             state = "refused" if outcome.permanent else "failed"
             reason = outcome.summary if outcome.permanent else f"{attempt} attempts failed; last: {outcome.summary}"
             await self._dead_letter(msg, {**headers, H_ATTEMPT: str(attempt).encode(), H_LOG: json.dumps(history).encode()},
@@ -270,8 +273,8 @@ class WebhookDispatcher:
             await self._jobs.record_webhook(job_id, state, attempt, outcome.summary)
             self._metrics.outcome(state)
             return
-        delay = retry_delay(attempt, base=self._hooks.backoff_base_seconds, cap=self._hooks.backoff_max_seconds,
-                            jitter=self._hooks.jitter, rng=self._rng)
+        delay = scheduled_delay(attempt, schedule=self._hooks.retry_schedule_seconds, base=self._hooks.backoff_base_seconds,
+                                cap=self._hooks.backoff_max_seconds, jitter=self._hooks.jitter, rng=self._rng)
         topic = self._retry_topics[retry_tier(attempt, len(self._retry_topics))]
         await self._producer.send(topic, msg.value() or b"", key=job_id.encode(), headers=[
             (H_ATTEMPT, str(attempt + 1).encode()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 
 def retry_delay(retry: int, *, base: float, cap: float, jitter: float, rng: random.Random | None = None) -> float:
@@ -11,6 +12,18 @@ def retry_delay(retry: int, *, base: float, cap: float, jitter: float, rng: rand
     if retry < 1:
         raise ValueError("retry numbers start at 1")
     delay = min(cap, base * 2 ** (retry - 1))
+    return delay * (1 - jitter * (rng or random).random())
+
+
+def scheduled_delay(retry: int, *, schedule: Sequence[float], base: float, cap: float, jitter: float,
+                    rng: random.Random | None = None) -> float:
+    """Seconds before retry number ``retry``: the schedule's entry (its last one past its end), less up
+    to ``jitter`` of itself; with an empty schedule, :func:`retry_delay`'s exponential backoff."""
+    if not schedule:
+        return retry_delay(retry, base=base, cap=cap, jitter=jitter, rng=rng)
+    if retry < 1:
+        raise ValueError("retry numbers start at 1")
+    delay = schedule[min(retry, len(schedule)) - 1]
     return delay * (1 - jitter * (rng or random).random())
 
 

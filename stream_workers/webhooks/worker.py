@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
@@ -17,6 +18,7 @@ from stream_workers.webhooks.signing import decode_secret
 from voicenote.errors import ConfigError
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.retry import DependencyHealth, Retrying
 from voicenote.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     sender = build_sender(settings)
     catalog = settings.kafka.catalog()
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
-    jobs = JobStore.from_settings(settings.redis)
+    # Redis down: the delivery state waits (offsets held) instead of the dispatcher exiting.
+    jobs: Any = Retrying(JobStore.from_settings(settings.redis), health=DependencyHealth(),
+                         base=settings.worker.retry_base_seconds, cap=settings.worker.retry_max_seconds)
     producer = AsyncProducer(settings.kafka)
     metrics, readiness = WebhookMetrics(), Readiness()
     probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness, metrics.render)

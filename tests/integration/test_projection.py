@@ -144,3 +144,40 @@ async def test_rebuild_reads_every_record_of_batched_produces(settings: Settings
     assert report.completions == 40
     statuses = [((await jobs.get(f"job_b{i}")) or {}).get("status") for i in range(40)]
     assert statuses == ["succeeded"] * 40
+
+
+async def test_guard_rebuilds_an_emptied_redis_once_and_leaves_a_built_one_alone(settings: Settings, jobs: JobStore) -> None:
+    from stream_workers.projection import ProjectionGuard
+
+    catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                            partitions=settings.kafka.partitions)
+    ensure_topics(settings.kafka, catalog.all())
+    codecs = Codecs()
+    producer = AsyncProducer(settings.kafka)
+    now = int(time.time() * 1000)
+    try:
+        await producer.send(catalog.requests.name, codecs.request.encode(_request("job_heal1", now)), key=b"job_heal1")
+        await producer.send(catalog.completions.name, codecs.completion.encode(_completion("job_heal1", "succeeded", now)),
+                            key=b"job_heal1")
+    finally:
+        producer.close()
+    guard = ProjectionGuard(jobs, lambda: rebuild(settings, jobs))
+    other = ProjectionGuard(jobs, lambda: rebuild(settings, jobs))
+
+    first = await guard.check()  # no epoch yet: this worker claims it and rebuilds
+    assert first is not None and (first.requests, first.completions) == (1, 1)
+    assert (await jobs.get("job_heal1") or {})["status"] == "succeeded"
+    assert (await jobs.projection_epoch() or "").startswith("built:")
+    assert await guard.check() is None and await other.check() is None  # built: nothing to do
+
+    # Redis comes back empty: the job's record and the epoch are gone; the next check rebuilds.
+    await jobs._redis.delete(jobs.job_key("job_heal1"), jobs.epoch_key())
+    assert await jobs.get("job_heal1") is None
+    assert await other.check() is not None
+    assert (await jobs.get("job_heal1") or {})["status"] == "succeeded"
+
+    # A rebuild in progress elsewhere (its lease held) is not started twice.
+    await jobs._redis.delete(jobs.epoch_key())
+    assert await jobs.claim_projection_epoch("rebuilding:elsewhere", 60)
+    assert await guard.check() is None
+    assert guard.rebuilds == 1 and other.rebuilds == 1

@@ -81,7 +81,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def hook_settings(settings: Settings) -> Settings:
     settings.webhooks = WebhookSettings(signing_secret=SECRET, allow_hosts=["127.0.0.1"], max_attempts=3,  # type: ignore[arg-type]
-                                        backoff_base_seconds=0.3, backoff_max_seconds=2, jitter=0.2, timeout_seconds=5,
+                                        retry_schedule_seconds=[], backoff_base_seconds=0.3, backoff_max_seconds=2, jitter=0.2, timeout_seconds=5,
                                         poll_seconds=0.2)
     return settings
 

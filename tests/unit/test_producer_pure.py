@@ -42,7 +42,7 @@ def test_estimate_uses_prior_until_measured_then_the_committed_offset_rate() -> 
     assert est.estimate_seconds(ahead=5) == 2.0
 
 
-def test_estimate_skips_idle_samples_and_grows_when_the_group_stalls() -> None:
+def test_estimate_skips_idle_samples_and_grows_only_with_the_lag_when_the_group_stalls() -> None:
     est = ThroughputEstimator(prior_rate=1.0)
     est.observe(LagSample(0.0, 0, 0))
     est.observe(LagSample(5.0, 0, 0))  # idle: says nothing about speed
@@ -50,8 +50,12 @@ def test_estimate_skips_idle_samples_and_grows_when_the_group_stalls() -> None:
     est.observe(LagSample(6.0, 4, 10))
     assert est.rate == 4.0
     before = est.estimate_seconds()
-    est.observe(LagSample(8.0, 4, 12))  # lag, no progress
-    assert est.rate < 4.0 and est.estimate_seconds() > before
+    for t in range(7, 600):  # ten minutes of an outage: lag grows, nothing is committed
+        est.observe(LagSample(float(t), 4, 10 + t))
+    assert est.rate == 4.0  # the outage is not the group's speed
+    assert est.estimate_seconds() == (10 + 599 + 1) / 4.0 > before
+    est.observe(LagSample(600.0, 12, 602))  # resumed: measured again
+    assert est.rate == 0.3 * 8 + 0.7 * 4.0
 
 
 def test_tokens_are_checked_by_hash_with_scopes() -> None:

@@ -112,3 +112,33 @@ def test_retry_tiers_one_per_retry_then_the_last_shared() -> None:
     assert [retry_tier(n, 5) for n in range(1, 9)] == [0, 1, 2, 3, 4, 4, 4, 4]
     assert retry_tier(3, 1) == 0
 
+
+
+def test_default_schedule_retries_for_about_a_day_and_counts_its_attempts() -> None:
+    from stream_workers.webhooks.schedule import scheduled_delay
+    from voicenote.settings import WebhookSettings
+
+    hooks = WebhookSettings()
+    delays = [scheduled_delay(n, schedule=hooks.retry_schedule_seconds, base=1, cap=1, jitter=0) for n in range(1, hooks.attempts)]
+    assert hooks.attempts == 8
+    assert 24 * 3600 <= sum(delays) <= 30 * 3600
+    assert delays == sorted(delays)
+    # From the fifth retry on, records share the last retry topic: their delays must be equal there.
+    assert len(set(delays[4:])) == 1
+
+
+def test_schedule_is_configurable_and_empty_means_exponential() -> None:
+    import random
+
+    from stream_workers.webhooks.schedule import scheduled_delay
+    from voicenote.settings import WebhookSettings
+
+    custom = WebhookSettings(retry_schedule_seconds=[1, 2])
+    assert custom.attempts == 3
+    assert scheduled_delay(5, schedule=[1, 2], base=9, cap=9, jitter=0) == 2  # past the end: the last delay
+    jittered = scheduled_delay(1, schedule=[10], base=9, cap=9, jitter=0.5, rng=random.Random(1))
+    assert 5 <= jittered <= 10
+    assert scheduled_delay(3, schedule=[], base=1, cap=100, jitter=0) == 4
+    assert WebhookSettings(retry_schedule_seconds=[], max_attempts=3).attempts == 3
+    with pytest.raises(ValueError):
+        WebhookSettings(retry_schedule_seconds=[5, 0])

@@ -1,0 +1,138 @@
+"""The status projection heals itself: a Redis that comes back empty is noticed and rebuilt from the topics.
+
+Kafka is the source of truth and the job records in Redis a projection of it. The projection carries
+an epoch key. Redis restarted without its data (no persistence, a new node, a flush) has no epoch
+key: the completion worker checks for it every ``worker.projection_check_seconds`` and, when it is
+missing, claims it (SET NX with a lease, so one worker of the group rebuilds), replays the request and
+completion topics through the same :class:`StatusProjector` the agents use, then marks the epoch
+built. A worker that dies mid-rebuild lets its lease expire and another one starts over. Transitions
+only move forward, so a rebuild running alongside the live agents, or twice, changes nothing.
+
+Until the rebuild is done, jobs finished before the loss answer 404 and new ones are projected as
+usual. `voicenote projection rebuild` runs the same replay by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from schemas.codec import Codecs
+from schemas.errors import DecodeError
+from stream_workers.completion import StatusProjector
+from voicenote.errors import DependencyUnavailable
+from voicenote.jobstore import JobStore
+from voicenote.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 500  # records applied per Redis round trip
+
+
+@dataclass
+class RebuildReport:
+    requests: int = 0
+    completions: int = 0
+    skipped_expired: int = 0
+    undecodable: int = 0
+
+
+def read_topic(settings: Settings, topic: str, *, idle_timeout: float = 3.0) -> Iterator[bytes | None]:
+    """The value of every retained record of ``topic``, all partitions, without joining a group (blocking)."""
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"voicenote-rebuild-{time.time_ns()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise DependencyUnavailable("kafka", f"topic {topic} does not exist")
+        # Each partition is read from its beginning up to its end at the time of reading (EOF).
+        open_partitions = set(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, -2) for p in open_partitions])  # -2: OFFSET_BEGINNING
+        deadline = time.monotonic() + idle_timeout
+        while open_partitions and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(msg.partition())
+                    continue
+                raise DependencyUnavailable("kafka", f"reading {topic}: {error}")
+            deadline = time.monotonic() + idle_timeout
+            yield msg.value()
+    finally:
+        consumer.close()
+
+
+def _read_all(settings: Settings, topic: str) -> list[bytes | None]:
+    return list(read_topic(settings, topic))
+
+
+async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = None, *,
+                  progress: Callable[[RebuildReport], None] | None = None) -> RebuildReport:
+    """Replay every model family's request topic and the completion topic, from their beginning up to their
+    current end, into the projection; ``progress`` ticks once per record applied."""
+    catalog = settings.kafka.catalog()
+    codecs = codecs or Codecs()
+    projector = StatusProjector(jobs)
+    report = RebuildReport()
+    oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
+    sources = [(spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
+    sources.append((catalog.completions.name, codecs.completion, projector.on_completions, False))
+    for topic, codec, apply, is_request in sources:
+        values = await asyncio.to_thread(_read_all, settings, topic)
+        records: list[dict[str, Any]] = []
+        for value in values:
+            try:
+                record = codec.decode(value)
+            except DecodeError:
+                report.undecodable += 1  # already dead-lettered by the workers when it first arrived
+                continue
+            if (record.get("completed_at") or record.get("created_at") or 0) < oldest:
+                report.skipped_expired += 1  # its record would already have expired
+                continue
+            records.append(record)
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start:start + _CHUNK]
+            await apply(chunk)
+            if is_request:
+                report.requests += len(chunk)
+            else:
+                report.completions += len(chunk)
+            if progress is not None:
+                for _ in chunk:  # one tick per record applied
+                    progress(report)
+    return report
+
+
+class ProjectionGuard:
+    """Checks the projection's epoch and rebuilds the projection when Redis lost it."""
+
+    LEASE_SECONDS = 600
+
+    def __init__(self, jobs: JobStore, do_rebuild: Callable[[], Awaitable[RebuildReport]]) -> None:
+        self._jobs = jobs
+        self._rebuild = do_rebuild
+        self.rebuilds = 0
+
+    async def check(self) -> RebuildReport | None:
+        """Rebuild if the epoch is missing and this worker wins the lease; the report, else None."""
+        if await self._jobs.projection_epoch() is not None:
+            return None
+        if not await self._jobs.claim_projection_epoch(f"rebuilding:{time.time_ns()}", self.LEASE_SECONDS):
+            return None  # another worker is rebuilding
+        log.warning("the projection's epoch key is missing (Redis lost its data): rebuilding from the topics")
+        started = time.monotonic()
+        report = await self._rebuild()
+        await self._jobs.set_projection_epoch(f"built:{time.time_ns()}")
+        self.rebuilds += 1
+        log.warning("projection rebuilt in %.1fs: %d requests, %d completions (%d past their TTL, %d undecodable)",
+                    time.monotonic() - started, report.requests, report.completions, report.skipped_expired, report.undecodable)
+        return report

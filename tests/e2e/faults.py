@@ -1,0 +1,224 @@
+"""Fault scenarios over the real processes, shared by the fault tests (a few dozen jobs) and
+``ops/bench_faults.py`` (about 200): submit jobs at a steady pace, break something mid-run, repair it,
+then account for every accepted job through ``GET /v1/jobs`` and the completion topic."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer
+
+from schemas.codec import Codecs
+from tests.stack import Stack
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Tally:
+    """What a scenario did to the jobs it submitted."""
+
+    scenario: str
+    submitted: int = 0
+    accepted: list[str] = field(default_factory=list)
+    refused: Counter[int] = field(default_factory=Counter)  # HTTP status of submissions not accepted
+    final: dict[str, str] = field(default_factory=dict)  # job id -> status seen through GET /v1/jobs
+    completions: Counter[str] = field(default_factory=Counter)  # job id -> completion events
+    outcomes: dict[str, set[str]] = field(default_factory=dict)  # job id -> distinct completion statuses
+    seconds: float = 0.0
+    webhook_url: str | None = None
+    deliveries: Counter[str] = field(default_factory=Counter)  # webhook-id -> deliveries received
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for s in self.final.values() if s == "succeeded")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.final.values() if s in ("failed", "cancelled"))
+
+    @property
+    def stuck(self) -> int:
+        """Accepted, visible, but not final by the end of the wait."""
+        return sum(1 for j in self.accepted if j in self.final and self.final[j] not in TERMINAL)
+
+    @property
+    def lost(self) -> int:
+        """Accepted but unknown to the API, or with no completion event at all."""
+        return sum(1 for j in self.accepted if j not in self.final or self.completions[j] == 0)
+
+    @property
+    def double_outcomes(self) -> int:
+        """Jobs whose completion events disagree (succeeded once, failed another time)."""
+        return sum(1 for j in self.accepted if len(self.outcomes.get(j, ())) > 1)
+
+    @property
+    def duplicate_completions(self) -> int:
+        """Extra completion events of the same outcome (at-least-once; consumers dedupe by job id)."""
+        return sum(max(0, n - 1) for n in self.completions.values())
+
+    @property
+    def webhook_missing(self) -> int:
+        return sum(1 for j in self.accepted if self.deliveries[f"msg_{j}"] == 0) if self.webhook_url else 0
+
+    @property
+    def webhook_duplicates(self) -> int:
+        return sum(max(0, n - 1) for n in self.deliveries.values())
+
+    def row(self) -> dict[str, Any]:
+        return {"webhook_missing": self.webhook_missing, "webhook_duplicates": self.webhook_duplicates, **{"scenario": self.scenario, "accepted": len(self.accepted), "refused": sum(self.refused.values()),
+                "succeeded": self.succeeded, "failed": self.failed, "lost": self.lost, "stuck": self.stuck,
+                "double_outcomes": self.double_outcomes, "duplicate_completions": self.duplicate_completions,
+                "seconds": round(self.seconds, 1)}}
+
+
+def submit(stack: Stack, tally: Tally, n: int, *, pace: float = 0.0, start: int = 0) -> None:
+    """``n`` async submissions; a refusal (503 during an outage) is counted, never retried blindly."""
+    for i in range(start, start + n):
+        tally.submitted += 1
+        body: dict[str, Any] = {"input": f"Fault note number {i}.", "response_format": "wav"}
+        if tally.webhook_url:
+            body["webhook_url"] = tally.webhook_url
+        try:
+            resp = httpx.post(f"{stack.base_url}/v1/audio/speech/async", json=body, timeout=15)
+        except httpx.HTTPError:
+            tally.refused[0] += 1
+            continue
+        if resp.status_code == 202:
+            tally.accepted.append(resp.json()["job_id"])
+        else:
+            tally.refused[resp.status_code] += 1
+        if pace:
+            time.sleep(pace)
+
+
+def submit_in_background(stack: Stack, tally: Tally, n: int, pace: float, start: int = 0) -> threading.Thread:
+    thread = threading.Thread(target=submit, args=(stack, tally, n), kwargs={"pace": pace, "start": start}, daemon=True)
+    thread.start()
+    return thread
+
+
+def statuses(stack: Stack, ids: list[str]) -> dict[str, str]:
+    out = {}
+    for job_id in ids:
+        try:
+            resp = httpx.get(f"{stack.base_url}/v1/jobs/{job_id}", timeout=5)
+        except httpx.HTTPError:
+            continue
+        if resp.status_code == 200:
+            out[job_id] = resp.json()["status"]
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, stack: Stack | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    logs = "" if stack is None else "\n".join(f"--- {n}\n{stack.log(n)[-2500:]}" for n in stack.procs)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+def wait_some_done(stack: Stack, tally: Tally, at_least: int, timeout: float = 90) -> None:
+    wait_until(lambda: sum(1 for s in statuses(stack, tally.accepted).values() if s in TERMINAL) >= at_least,
+               timeout, f"{at_least} finished jobs", stack)
+
+
+def settle(stack: Stack, tally: Tally, timeout: float) -> None:
+    """Wait until every accepted job is final through the API (or the timeout), then read the completions."""
+    def all_final() -> bool:
+        tally.final = statuses(stack, tally.accepted)
+        return len(tally.final) == len(tally.accepted) and all(s in TERMINAL for s in tally.final.values())
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all_final():
+        time.sleep(0.5)
+    for record in read_completions(stack):
+        tally.completions[record["job_id"]] += 1
+        tally.outcomes.setdefault(record["job_id"], set()).add(record["status"])
+
+
+def read_completions(stack: Stack, idle: float = 4.0) -> list[dict[str, Any]]:
+    s = stack.settings
+    catalog = s.kafka.catalog()
+    consumer = Consumer({**s.kafka.client_config(), "group.id": f"{s.worker.group_id}-fault-check-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
+    consumer.subscribe([catalog.completions.name])
+    codecs, out, idle_since = Codecs(), [], time.monotonic()
+    try:
+        while time.monotonic() - idle_since < idle:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                out.append(codecs.completion.decode(msg.value()))
+                idle_since = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def fast_null_engine(stack: Stack) -> None:
+    # A zero-cost voice that takes a quarter second per batch: there is work in hand when the fault hits.
+    stack.extra_env.update({"VOICENOTE_ENGINE__KIND": "null", "VOICENOTE_ENGINE__NULL_BATCH_SECONDS": "0.25",
+                            "VOICENOTE_WORKER__MAX_BATCH": "4", "VOICENOTE_WORKER__PROJECTION_CHECK_SECONDS": "1",
+                            "VOICENOTE_WORKER__RETRY_MAX_SECONDS": "1"})
+
+
+def kill_and_restart(stack: Stack, name: str, role: str) -> str:
+    """kill -9 the worker ``name`` and start a new one of ``role``; returns the new one's name."""
+    stack.stop(name, signal.SIGKILL, timeout=30)
+    new_name = f"{name}-after-kill-{time.monotonic_ns()}"
+    if role == "webhooks":
+        stack.start(new_name, "worker", "webhooks")
+    else:
+        stack.start_worker(role, name=new_name)
+    return new_name
+
+
+class WebhookReceiver:
+    """A local receiver that answers 200 and counts deliveries per ``webhook-id``."""
+
+    def __init__(self, tally: Tally) -> None:
+        counts = tally.deliveries
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    counts[self.headers.get("webhook-id", "?")] += 1
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def with_webhooks(stack: Stack) -> None:
+    """The webhook worker may call the loopback receiver, signing with a throwaway secret."""
+    stack.extra_env.update({"VOICENOTE_WEBHOOKS__SIGNING_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+                            "VOICENOTE_WEBHOOKS__ALLOW_HOSTS": '["127.0.0.1"]'})
+
+
+def wait_deliveries(tally: Tally, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and tally.webhook_missing:
+        time.sleep(0.3)

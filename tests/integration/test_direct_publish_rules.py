@@ -1,0 +1,77 @@
+"""Direct publishers: a job id reused by another request is dead-lettered as ``job_id_conflict`` with
+both digests; a request may name its owner; an ownerless job is readable only with the admin scope."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer_api.auth import hash_token
+from schemas.codec import Codecs
+from schemas.status import JobStatus
+from schemas.validation import request_digest
+from stream_workers.completion import StatusProjector
+from stream_workers.engine.null_engine import NullEngine
+from stream_workers.synthesis import Synthesizer
+from tests.integration.conftest import running_api
+from voicenote.jobstore import JobStore
+from voicenote.settings import ApiKey, ApiSettings, Settings, StorageSettings, SynthesisSettings
+from voicenote.storage.local import LocalAudioStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
+    store = JobStore.from_settings(settings.redis)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _request(job_id: str, text: str, **extra: Any) -> dict[str, Any]:
+    return {"job_id": job_id, "created_at": int(time.time() * 1000), "text": text, "voice": "joe", "format": "wav",
+            "speed": 1.0, "priority": "batch", **extra}
+
+
+async def test_a_reused_job_id_with_other_content_is_refused_with_both_digests(settings: Settings, jobs: JobStore,
+                                                                              tmp_path: Path) -> None:
+    codecs = Codecs()
+    first = codecs.request.decode(codecs.request.encode(_request("job_reuse1", "The first request.")))
+    other = codecs.request.decode(codecs.request.encode(_request("job_reuse1", "Another request, same id.")))
+    await StatusProjector(jobs).on_requests([first])
+    await jobs.transition("job_reuse1", JobStatus.succeeded, {"completed_at": 1})
+    synth = Synthesizer(NullEngine(), codecs, LocalAudioStore(tmp_path), StorageSettings(local_dir=tmp_path),
+                        SynthesisSettings(), jobs)
+
+    admission = await synth.admit([codecs.request.encode(first), codecs.request.encode(other)])
+
+    assert admission.skipped == [0]  # the same request again: a redelivery, acknowledged without work
+    [refused] = admission.refused
+    assert (refused.index, refused.reason) == (1, "job_id_conflict")
+    assert request_digest(first) in refused.message and request_digest(other) in refused.message
+    assert request_digest(first) != request_digest(other)
+    assert admission.jobs == [] and admission.results == []
+
+
+async def test_owner_of_a_direct_publish_and_admin_only_ownerless_jobs(settings: Settings, jobs: JobStore) -> None:
+    codecs = Codecs()
+    owned = codecs.request.decode(codecs.request.encode(_request("job_owned1", "Mine.", attributes={"owner": "writer"})))
+    ownerless = codecs.request.decode(codecs.request.encode(_request("job_orphan1", "Nobody's.")))
+    await StatusProjector(jobs).on_requests([owned, ownerless])
+
+    keys = [ApiKey(name="writer", sha256=hash_token("vn-writer")),
+            ApiKey(name="ops", sha256=hash_token("vn-admin"), scopes=["jobs", "admin"])]
+    api_settings = settings.model_copy(update={"api": ApiSettings(keys=keys)})
+    async with running_api(api_settings, "vn-writer") as api:
+        assert (await api.get("/v1/jobs/job_owned1")).json()["status"] == "queued"
+        hidden = await api.get("/v1/jobs/job_orphan1")
+        assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "job_not_found"
+        admin = {"Authorization": "Bearer vn-admin"}
+        assert (await api.get("/v1/jobs/job_orphan1", headers=admin)).json()["status"] == "queued"
+        assert (await api.get("/v1/jobs/job_owned1", headers=admin)).status_code == 200

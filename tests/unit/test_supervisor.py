@@ -1,0 +1,43 @@
+"""The embedded runner restarts a dead child after a backoff instead of stopping everything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ops.embedded import RestartPolicy, Supervisor
+
+
+def test_backoff_doubles_for_a_crash_loop_and_resets_after_a_stable_run() -> None:
+    policy = RestartPolicy(base=1, cap=8, stable_after=60)
+    policy.started(0)
+    assert [policy.delay_after_exit(t) for t in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
+    policy.started(100)
+    assert policy.delay_after_exit(200) == 1  # ran 100 s: a fresh crash, not a loop
+
+
+def test_a_child_that_dies_is_started_again_and_the_others_keep_running(tmp_path: Path) -> None:
+    now = [0.0]
+
+    def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        # A real process: "die" exits at once with code 3, "live" sleeps until stopped.
+        code = "import sys; sys.exit(3)" if args[0] == "die" else "import time; time.sleep(60)"
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    sup = Supervisor({}, clock=lambda: now[0], start=start)
+    try:
+        dying = sup.add("dying", ["die"], tmp_path / "d.log")
+        living = sup.add("living", ["live"], tmp_path / "l.log")
+        first_pid = dying.proc.pid if dying.proc else None
+        assert dying.proc is not None and dying.proc.wait(10) == 3
+        events = sup.tick()
+        assert events == [f"dying exited with code 3; restarting in 1s (log: {tmp_path / 'd.log'})"]
+        assert sup.tick() == []  # not due yet
+        now[0] = 1.0
+        assert sup.tick() == ["dying restarted (restart 1)"]
+        assert dying.proc is not None and dying.proc.pid != first_pid and dying.restarts == 1
+        assert living.proc is not None and living.proc.poll() is None and living.restarts == 0
+    finally:
+        sup.stop(timeout=5)
+    assert all(c.proc is not None and c.proc.poll() is not None for c in sup.children.values())
