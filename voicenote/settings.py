@@ -110,6 +110,8 @@ class WorkerSettings(BaseModel):
     max_batch: int = Field(8, ge=1, le=64)
     window_seconds: float = Field(0.1, gt=0)
     batch_lookahead: int = Field(64, ge=1, description="A batch is chosen from this many of the oldest waiting items (>= max_batch).")
+    bulk_delay_seconds: float = Field(1.0, ge=0, description="When slots are scarce, a bulk request yields to interactive "
+                                      "ones that arrived up to this much after it (no starvation).")
     web_port: int = Field(6066, description="Faust's web server port; one per worker process.")
     commit_interval_seconds: float = 1.0
 
