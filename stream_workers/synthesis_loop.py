@@ -91,6 +91,11 @@ class SynthesisLoop(Generic[H]):
         self._idle_since: float | None = None
         self.batches = 0
 
+    @property
+    def waiting(self) -> int:
+        """Segments admitted and waiting for a slot in the engine."""
+        return len(self._batcher)
+
     async def run(self, source: AsyncIterator[tuple[H, bytes | None]]) -> None:
         """Run until :meth:`drain` completes; raises the first failure of any task (the worker crashes)."""
         async with asyncio.TaskGroup() as group:
@@ -203,9 +208,11 @@ class SynthesisLoop(Generic[H]):
                     job.finished = True
                     job.engine_ms = int(now_ms() - job.started_ms) if job.started_ms else 0
                     finished.append(job)
-            if self._in_flight == 0 and self._busy_since is not None:
+            if self._busy_since is not None:  # counted as it goes: under load the engine never empties
                 self.metrics.busy(now - self._busy_since)
-                self._busy_since, self._idle_since = None, now
+                self._busy_since = now if self._in_flight else None
+                if not self._in_flight:
+                    self._idle_since = now
             if any(job.error is not None for job in finished):
                 # a failed job's other segments need no engine time
                 self._batcher.remove(lambda s: not s.job.finished)
