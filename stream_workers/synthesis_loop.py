@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from stream_workers.batching import Batcher, BatchPolicy, padding_waste
@@ -175,7 +176,11 @@ class SynthesisLoop(Generic[H]):
         loop = asyncio.get_running_loop()
         for segment, future in zip(segments, futures, strict=True):
             # Futures resolve on the engine's thread; the results are taken on the loop, in bursts.
-            future.add_done_callback(lambda f, s=segment: loop.call_soon_threadsafe(self._on_resolved, s, group, f))
+            future.add_done_callback(partial(self._resolved_from_engine, loop, segment, group))
+
+    def _resolved_from_engine(self, loop: asyncio.AbstractEventLoop, segment: Segment, group: _Group,
+                              future: Future[SynthesisResult]) -> None:
+        loop.call_soon_threadsafe(self._on_resolved, segment, group, future)
 
     def _on_resolved(self, segment: Segment, group: _Group, future: Future[SynthesisResult]) -> None:
         self._resolved.append((segment, group, future))
