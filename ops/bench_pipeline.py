@@ -186,8 +186,19 @@ def low_load(stack: Stack, rate: float, jobs: int) -> dict[str, list[float]]:
     before_batch = [float(results.records[j]["queued_ms"]) for j in low]
     window_wait = [float(results.records[j]["batch_wait_ms"]) for j in low]
     after_batch = [r - q for r, q in zip(to_result, before_batch, strict=True)]
+    # The completion role's share: result seen -> completion seen (two watchers, one clock).
+    completion_stage = [1000 * (completions.seen[j] - results.seen[j]) for j in low]
     return {"request_to_result_ms": to_result, "request_to_completion_ms": to_completion,
-            "created_to_batch_start": before_batch, "of_which_window_wait": window_wait, "batch_start_to_result_seen": after_batch}
+            "created_to_batch_start": before_batch, "of_which_window_wait": window_wait, "batch_start_to_result_seen": after_batch,
+            "result_seen_to_completion_seen": completion_stage}
+
+
+def idle_cost(stack: Stack, seconds: float) -> dict[str, float]:
+    """CPU milliseconds per second each process spends with no traffic at all (fetch polling, timers):
+    what a lower ``kafka.fetch_max_wait_ms`` costs, since Tansu answers a parked fetch only when its wait runs out."""
+    meter = CpuMeter(stack.pids)
+    time.sleep(seconds)
+    return {name: round(1000 * used / seconds, 2) for name, used in meter.used().items()}
 
 
 def p50_p99(values: list[float]) -> dict[str, float]:
@@ -202,7 +213,7 @@ def low_load_summary(samples: list[dict[str, list[float]]], rate: float, window_
             "request_to_completion_ms": p50_p99(pooled["request_to_completion_ms"]),
             "window_ms": window_ms,
             "breakdown_ms": {k: p50_p99(pooled[k]) for k in ("created_to_batch_start", "of_which_window_wait",
-                                                              "batch_start_to_result_seen")},
+                                                              "batch_start_to_result_seen", "result_seen_to_completion_seen")},
             "per_round_request_to_completion_ms": [p50_p99(s["request_to_completion_ms"]) for s in samples]}
 
 
@@ -235,10 +246,11 @@ def backlog_round(stack: Stack, jobs: int) -> dict[str, dict[str, Any]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=3000, help="jobs per backlog")
+    parser.add_argument("--jobs", type=int, default=3000, help="jobs per backlog (0: the low-load run only)")
     parser.add_argument("--rounds", type=int, default=3, help="backlog rounds, each on fresh topics and workers")
     parser.add_argument("--low-rate", type=float, default=20.0, help="requests/s for the latency run")
     parser.add_argument("--low-jobs", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="no traffic, measuring what idling costs")
     parser.add_argument("--fetch-wait-ms", type=int, default=KafkaSettings().fetch_max_wait_ms)
     parser.add_argument("--linger-ms", type=int, default=KafkaSettings().worker_linger_ms)
     parser.add_argument("--out", default="results/bench_pipeline.json")
@@ -251,6 +263,7 @@ def main() -> int:
     sources = {"current": REPO, **({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})}
     rounds = {v: {"synthesis_alone": [], "completion_alone": [], "both_roles": []} for v in sources}
     latency: dict[str, list[dict[str, list[float]]]] = {v: [] for v in sources}
+    idle_cpu: dict[str, list[dict[str, float]]] = {v: [] for v in sources}
     settings = None
     try:
         for r in range(args.rounds):
@@ -263,7 +276,10 @@ def main() -> int:
                 settings = stack.settings
                 try:
                     stack.warm_up()
+                    idle_cpu[variant].append(idle_cost(stack, args.idle_seconds))
                     latency[variant].append(low_load(stack, args.low_rate, args.low_jobs))
+                    if not args.jobs:
+                        continue
                     calibration = calibration_ms()
                     for name, figures in backlog_round(stack, args.jobs).items():
                         rounds[variant][name].append({**figures, "calibration_ms": calibration})
@@ -276,6 +292,8 @@ def main() -> int:
     window_ms = settings.worker.window_seconds * 1000
 
     def backlog(variant: str) -> dict[str, Any]:
+        if not args.jobs:
+            return {}
         return {"jobs": args.jobs, "rounds": args.rounds,
                 **{name: {"median_jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs),
                           "min_jobs_per_s": min(r["jobs_per_s"] for r in runs),
@@ -290,6 +308,7 @@ def main() -> int:
                      "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms, "worker_linger_ms": settings.kafka.worker_linger_ms},
         # Requests spaced at low_load.rate_per_s, one round's worth per round; p50/p99 over all of them.
         "low_load": low_load_summary(latency["current"], args.low_rate, window_ms),
+        "idle_cpu_ms_per_s": idle_cpu["current"],
         "goal_low_load_p99_request_to_completion_ms": 60,
         # jobs/s over each backlog: A request -> result event, B result -> completion event (the
         # completion role also projects the requests), C request -> completion event. CPU seconds each
@@ -301,14 +320,15 @@ def main() -> int:
     }
     if "baseline" in sources:
         base_low = low_load_summary(latency["baseline"], args.low_rate, window_ms)
-        figures["baseline"] = {"src": str(sources["baseline"]), "low_load": base_low, "backlog": backlog("baseline")}
+        figures["baseline"] = {"src": str(sources["baseline"]), "low_load": base_low, "idle_cpu_ms_per_s": idle_cpu["baseline"],
+                               "backlog": backlog("baseline")}
         cur_low = figures["low_load"]
         figures["ratios_current_over_baseline"] = {
             "low_load_request_to_completion_p50": round(cur_low["request_to_completion_ms"]["p50"] / base_low["request_to_completion_ms"]["p50"], 3),
             "low_load_request_to_completion_p99": round(cur_low["request_to_completion_ms"]["p99"] / base_low["request_to_completion_ms"]["p99"], 3),
             **{f"backlog_{name}_median_jobs_per_s": round(figures["backlog"][name]["median_jobs_per_s"]
                                                           / figures["baseline"]["backlog"][name]["median_jobs_per_s"], 3)
-               for name in ("synthesis_alone", "completion_alone", "both_roles")}}
+               for name in ("synthesis_alone", "completion_alone", "both_roles") if args.jobs}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(figures, indent=2))
     print(json.dumps({"low_load": {k: v for k, v in figures["low_load"].items() if k != "per_round_request_to_completion_ms"},

@@ -30,7 +30,8 @@ class KafkaSettings(BaseModel):
     # production Kafka keeps normal ones.
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
-    fetch_max_wait_ms: int = Field(50, description="Must stay well below the batch window.")
+    fetch_max_wait_ms: int = Field(10, description="Tansu answers a parked fetch only when this runs out, so it adds up to "
+                                   "this much to every consumer hop (docs/architecture.md); Kafka answers when data arrives.")
     worker_linger_ms: int = Field(0, ge=0, description="How long the workers' producers wait to fill a produce request.")
     delivery_timeout_ms: int = 10_000
 
