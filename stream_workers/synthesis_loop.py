@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
@@ -85,7 +86,10 @@ class SynthesisLoop(Generic[H]):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._in_flight = 0  # segments submitted whose results the collector has not taken yet
-        self._resolved: list[tuple[Segment, _Group, Future[SynthesisResult]]] = []
+        # Results the engine resolved, appended from its thread, taken by the collector.
+        self._incoming: list[tuple[Segment, _Group, Future[SynthesisResult]]] = []
+        self._incoming_lock = threading.Lock()
+        self._wakeup_pending = False
         self._results_ready = asyncio.Event()
         self._slots_changed = asyncio.Event()
         self._busy_since: float | None = None
@@ -180,21 +184,26 @@ class SynthesisLoop(Generic[H]):
 
     def _resolved_from_engine(self, loop: asyncio.AbstractEventLoop, segment: Segment, group: _Group,
                               future: Future[SynthesisResult]) -> None:
-        loop.call_soon_threadsafe(self._on_resolved, segment, group, future)
-
-    def _on_resolved(self, segment: Segment, group: _Group, future: Future[SynthesisResult]) -> None:
-        self._resolved.append((segment, group, future))
-        self._results_ready.set()
+        # Runs on the engine's thread. One wake-up per burst of results, not one per row: each wake-up is
+        # a write to the loop's self-pipe and a fight for the GIL, and a batch resolves its rows together.
+        with self._incoming_lock:
+            self._incoming.append((segment, group, future))
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        loop.call_soon_threadsafe(self._results_ready.set)
 
     async def _collect_loop(self) -> None:
         while True:
-            if not self._resolved:
+            with self._incoming_lock:
+                resolved, self._incoming = self._incoming, []
+                self._wakeup_pending = False
+            if not resolved:
                 if self._stopping and self._in_flight == 0:
                     return
                 self._results_ready.clear()
                 await self._results_ready.wait()
                 continue
-            resolved, self._resolved = self._resolved, []
             finished: list[Job] = []
             now = time.monotonic()
             for segment, group, future in resolved:
