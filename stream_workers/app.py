@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
 
@@ -27,6 +26,7 @@ from stream_workers.completion import StatusProjector, Storer, fresh_results
 from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
 from stream_workers.engine.base import SpeechEngine
+from stream_workers.engine.slots import continuous
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
 from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag
@@ -222,8 +222,10 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     s = ctx.settings
     synth = Synthesizer(engine, ctx.codecs, ctx.store, s.storage, s.synthesis, ctx.jobs, cache=ctx.cache)
     metrics = SynthesisMetrics()
-    policy = BatchPolicy(s.worker.max_batch, s.worker.window_seconds, max(s.worker.batch_lookahead, s.worker.max_batch))
-    executor = ThreadPoolExecutor(1, "engine")
+    policy = BatchPolicy(s.worker.max_batch, s.worker.window_seconds, max(s.worker.batch_lookahead, s.worker.max_batch),
+                         bulk_delay=s.worker.bulk_delay_seconds)
+    # A batch engine gets one batch of max_batch rows running and one forming; a native one keeps its own slots.
+    slots = continuous(engine, s.worker.max_batch)
     running: list[SynthesisLoop[Any]] = []
     finished = asyncio.Event()
 
@@ -254,8 +256,8 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
                 in_order.register(event)
                 yield event, event.value
 
-        loop: SynthesisLoop[Any] = SynthesisLoop(synth, policy, publish=publish, dead_letter=dead_letter, ack=ack,
-                                                 executor=executor, metrics=metrics, intake_size=s.synthesis.intake_size)
+        loop: SynthesisLoop[Any] = SynthesisLoop(synth, policy, engine=slots, publish=publish, dead_letter=dead_letter,
+                                                 ack=ack, metrics=metrics, intake_size=s.synthesis.intake_size)
         running.append(loop)
         try:
             await loop.run(source())
@@ -268,8 +270,9 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
             await loop.drain()
         if running:
             await finished.wait()
+        await asyncio.to_thread(slots.close)  # idle by now: the loop waited for every row it submitted
         await app.consumer.commit()
-        log.info("synthesis drained: batch in hand published and committed")
+        log.info("synthesis drained: rows in the engine published and committed")
 
     app.drain_hook = drain
 

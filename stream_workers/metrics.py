@@ -33,7 +33,7 @@ class SynthesisMetrics:
         self.batch_size = Histogram(prefix + "batch_size", "Items (segments) per engine batch.", buckets=_SIZES, registry=r)
         self.batch_fill_wait = Histogram(prefix + "batch_fill_wait_seconds", "First item's arrival to the batch closing.",
                                          buckets=_SECONDS, registry=r)
-        self.engine_seconds = Histogram(prefix + "engine_seconds", "Engine wall time per batch.", buckets=_SECONDS, registry=r)
+        self.engine_seconds = Histogram(prefix + "engine_seconds", "Submission to last row done, per admitted group.", buckets=_SECONDS, registry=r)
         self.padding_waste = Histogram(prefix + "padding_waste_ratio", "Padding share of a padded batch (by characters).",
                                        buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9), registry=r)
         self.real_time_factor = Gauge(prefix + "real_time_factor", "Engine seconds per second of audio, last batch.", registry=r)
@@ -56,8 +56,11 @@ class SynthesisMetrics:
         self.audio_seconds.inc(audio_seconds)
         if audio_seconds > 0:
             self.real_time_factor.set(engine_seconds / audio_seconds)
-        self.engine_busy.inc(engine_seconds)
-        self._busy += engine_seconds
+
+    def busy(self, seconds: float) -> None:
+        """A stretch with rows in the engine (groups overlap in a continuous engine, so not per group)."""
+        self.engine_busy.inc(seconds)
+        self._busy += seconds
         self._update_fraction()
 
     def idle(self, seconds: float) -> None:

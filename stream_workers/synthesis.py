@@ -82,6 +82,7 @@ class Job:
     batch_wait_ms: int = 0
     engine_ms: int = 0
     started_ms: int = 0
+    finished: bool = False  # its result is on its way: results of its segments still in the engine are dropped
 
     def __post_init__(self) -> None:
         self.audio = [None] * len(self.texts)
@@ -240,13 +241,18 @@ class Synthesizer:
         """Synthesize one batch of segments (blocking) and record each outcome on its job."""
         results = synthesize_resilient(self.engine, [s.to_input() for s in segments])
         for segment, result in zip(segments, results, strict=True):
-            job = segment.job
-            job.sample_rate = result.sample_rate
-            if result.ok:
-                job.audio[segment.index] = result.audio
-            elif job.error is None:
-                job.error = result.error
+            self.record(segment, result)
         return results
+
+    @staticmethod
+    def record(segment: Segment, result: SynthesisResult) -> None:
+        """Put one segment's outcome on its job (the first error ends the job)."""
+        job = segment.job
+        job.sample_rate = result.sample_rate
+        if result.ok:
+            job.audio[segment.index] = result.audio
+        elif job.error is None:
+            job.error = result.error
 
     async def finish(self, job: Job) -> dict[str, Any]:
         """The result record of a job whose segments are all done (or one of which failed)."""

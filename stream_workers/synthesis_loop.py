@@ -1,28 +1,35 @@
-"""The synthesis worker's concurrency: read ahead, form batches, keep the engine busy, publish, ack.
+"""The synthesis worker's concurrency: read ahead, admit into the engine's slots, publish, ack.
 
-Three kinds of task share one event loop:
+Four kinds of task share one event loop:
 
 - feed: takes request events from the source into a bounded intake queue (backpressure);
 - admit: drains the intake in groups, runs decode -> validate -> filter (one Redis read per group)
-  and puts the accepted jobs' segments into the batcher;
-- engine: takes the next batch (window from its first item), runs it on the engine thread, and hands
-  finished jobs to a publish task, so the next batch forms and runs while results are published.
+  and puts the accepted jobs' segments into the batcher, each in its priority lane;
+- engine: while the engine has free slots, takes the next group from the batcher (at once when the
+  engine is idle, else when the group fills or the window of its oldest item closes) and submits it to
+  the :class:`ContinuousEngine`; several groups are in the engine at once, bounded by its slots;
+- collect: takes each segment's result as the engine resolves it and hands a job to a publish task
+  as soon as its own segments are done, not when its group-mates are.
 
 A source event is acknowledged only once its result (or dead letter) is on the broker; the consumer
-commits only acknowledged offsets, in order, so nothing is lost on a crash (at-least-once), and a
-redelivered request whose result was already published is skipped at admission.
+commits only acknowledged offsets, in order (acks.py), so nothing is lost on a crash (at-least-once),
+and a redelivered request whose result was already published is skipped at admission.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from stream_workers.batching import Batcher, BatchPolicy, padding_waste
+from stream_workers.engine.base import ContinuousEngine, SynthesisResult
 from stream_workers.metrics import SynthesisMetrics
 from stream_workers.synthesis import Job, Refused, Segment, Synthesizer, now_ms
 
@@ -33,6 +40,20 @@ H = TypeVar("H")  # the source event handle (a Faust event in the worker)
 # Puts a group of result records on the broker: returns once every one is acknowledged.
 Publish = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
+INTERACTIVE = "interactive"
+
+
+@dataclass
+class _Group:
+    """One submission to the engine, for its metrics once its last row is done."""
+
+    size: int
+    waited: float
+    waste: float
+    submitted: float
+    left: int
+    audio_seconds: float = 0.0
+
 
 class SynthesisLoop(Generic[H]):
     def __init__(
@@ -40,33 +61,45 @@ class SynthesisLoop(Generic[H]):
         synth: Synthesizer,
         policy: BatchPolicy,
         *,
+        engine: ContinuousEngine,
         publish: Publish,
         dead_letter: Callable[[H, Refused], Awaitable[None]],
         ack: Callable[[H], Awaitable[None]],
-        executor: Executor,
         metrics: SynthesisMetrics | None = None,
         intake_size: int = 512,
         admit_group: int = 256,
         publishing: int = 8,
     ) -> None:
         self.synth = synth
+        self.engine = engine
         self.metrics = metrics or SynthesisMetrics()
         self._publish = publish
         self._dead_letter = dead_letter
         self._ack = ack
-        self._executor = executor
         self._batcher: Batcher[Segment] = Batcher(policy)
         self._intake: asyncio.Queue[tuple[H, bytes | None]] = asyncio.Queue(intake_size)
         self._admit_group = admit_group
-        # Bounds result groups in flight: backpressure on the engine loop, and no herd of senders
+        # Bounds result groups in flight: backpressure on the collector, and no herd of senders
         # waking on every drained producer batch.
         self._publish_slots = asyncio.Semaphore(publishing)
         self._stopping = False
-        self._in_engine = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
-        self._last_engine_end: float | None = None
+        self._in_flight = 0  # segments submitted whose results the collector has not taken yet
+        # Results the engine resolved, appended from its thread, taken by the collector.
+        self._incoming: list[tuple[Segment, _Group, Future[SynthesisResult]]] = []
+        self._incoming_lock = threading.Lock()
+        self._wakeup_pending = False
+        self._results_ready = asyncio.Event()
+        self._slots_changed = asyncio.Event()
+        self._busy_since: float | None = None
+        self._idle_since: float | None = None
         self.batches = 0
+
+    @property
+    def waiting(self) -> int:
+        """Segments admitted and waiting for a slot in the engine."""
+        return len(self._batcher)
 
     async def run(self, source: AsyncIterator[tuple[H, bytes | None]]) -> None:
         """Run until :meth:`drain` completes; raises the first failure of any task (the worker crashes)."""
@@ -75,17 +108,18 @@ class SynthesisLoop(Generic[H]):
             self._tasks["feed"] = group.create_task(self._feed(source))
             self._tasks["admit"] = group.create_task(self._admit_loop())
             self._tasks["engine"] = group.create_task(self._engine_loop())
+            self._tasks["collect"] = group.create_task(self._collect_loop())
 
     async def drain(self) -> None:
-        """Stop taking requests, finish the batch in hand and publish it; unfinished jobs stay unacknowledged."""
+        """Stop taking requests, let the engine finish what it holds and publish it; jobs not finished
+        stay unacknowledged (redelivered to the partition's next owner)."""
         self._stopping = True
-        for name in ("feed", "admit"):
+        for name in ("feed", "admit", "engine"):
             if name in self._tasks:
                 self._tasks[name].cancel()
-        engine = self._tasks.get("engine")
-        if engine is not None and not self._in_engine:
-            engine.cancel()
-        log.info("draining: %d segments left unbatched (their requests are redelivered)", len(self._batcher))
+        self._results_ready.set()
+        log.info("draining: %d segments in the engine finish; %d waiting are left (their requests are redelivered)",
+                 self._in_flight, len(self._batcher))
 
     async def _feed(self, source: AsyncIterator[tuple[H, bytes | None]]) -> None:
         async for handle, value in source:
@@ -109,54 +143,105 @@ class SynthesisLoop(Generic[H]):
                 await self._spawn_publish([(handles[i], record) for i, record in admission.results])
             for i, job in admission.jobs:
                 job.handle = handles[i]
+                interactive = job.request.get("priority") == INTERACTIVE
                 for segment in job.segments():
-                    self._batcher.add(segment, len(segment.text))
+                    self._batcher.add(segment, len(segment.text), interactive=interactive)
+
+    def _idle(self) -> bool:
+        return self._in_flight == 0
 
     async def _engine_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopping:
-            segments, waited = await self._batcher.next_batch()
-            self._in_engine = True  # from here on a drain lets this batch finish (no await before the engine)
+            while self.engine.free_slots() <= 0:  # back-pressure: the engine's slots are full
+                self._slots_changed.clear()
+                await self._slots_changed.wait()
+            segments, waited = await self._batcher.next_batch(self.engine.free_slots, self._idle)
             segments = await self._drop_expired(segments)
-            if not segments:
-                self._in_engine = False
+            if segments:
+                self._submit(segments, waited)
+
+    def _submit(self, segments: list[Segment], waited: float) -> None:
+        """Hand a group to the engine (no await: a drain never leaves a group half submitted)."""
+        now = time.monotonic()
+        if self._in_flight == 0:
+            if self._idle_since is not None:
+                self.metrics.idle(now - self._idle_since)
+            self._busy_since = now
+        wall_ms = now_ms()
+        for segment in segments:
+            job = segment.job
+            job.started_ms = job.started_ms or wall_ms
+            job.batch_wait_ms = max(job.batch_wait_ms, int(waited * 1000))
+            job.batch_sizes.append(len(segments))
+        futures = self.engine.submit([s.to_input() for s in segments])
+        group = _Group(len(segments), waited, padding_waste([len(s.text) for s in segments]), now, len(segments))
+        self._in_flight += len(segments)
+        self.batches += 1
+        loop = asyncio.get_running_loop()
+        for segment, future in zip(segments, futures, strict=True):
+            # Futures resolve on the engine's thread; the results are taken on the loop, in bursts.
+            future.add_done_callback(partial(self._resolved_from_engine, loop, segment, group))
+
+    def _resolved_from_engine(self, loop: asyncio.AbstractEventLoop, segment: Segment, group: _Group,
+                              future: Future[SynthesisResult]) -> None:
+        # Runs on the engine's thread. One wake-up per burst of results, not one per row: each wake-up is
+        # a write to the loop's self-pipe and a fight for the GIL, and a batch resolves its rows together.
+        with self._incoming_lock:
+            self._incoming.append((segment, group, future))
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        loop.call_soon_threadsafe(self._results_ready.set)
+
+    async def _collect_loop(self) -> None:
+        while True:
+            with self._incoming_lock:
+                resolved, self._incoming = self._incoming, []
+                self._wakeup_pending = False
+            if not resolved:
+                if self._stopping and self._in_flight == 0:
+                    return
+                self._results_ready.clear()
+                await self._results_ready.wait()
                 continue
-            started = time.monotonic()
-            if self._last_engine_end is not None:
-                self.metrics.idle(started - self._last_engine_end)
-            wall_ms = now_ms()
-            for segment in segments:
+            finished: list[Job] = []
+            now = time.monotonic()
+            for segment, group, future in resolved:
+                self._in_flight -= 1
+                result = future.result()  # an engine that raises instead of failing the row crashes the worker
+                group.left -= 1
+                if result.ok and result.audio is not None and result.sample_rate:
+                    group.audio_seconds += len(result.audio) / result.sample_rate
+                if group.left == 0:
+                    self.metrics.batch(group.size, group.waited, now - group.submitted, group.audio_seconds, group.waste)
                 job = segment.job
-                job.started_ms = job.started_ms or wall_ms
-                job.batch_wait_ms = max(job.batch_wait_ms, int(waited * 1000))
-            try:
-                results = await loop.run_in_executor(self._executor, self.synth.run_batch, segments)
-            finally:
-                self._last_engine_end = time.monotonic()
-            engine_seconds = self._last_engine_end - started
-            self.batches += 1
-            audio_seconds = sum(len(r.audio) / r.sample_rate for r in results if r.ok and r.audio is not None and r.sample_rate)
-            waste = padding_waste([len(s.text) for s in segments])
-            self.metrics.batch(len(segments), waited, engine_seconds, audio_seconds, waste)
-            finished: dict[int, Job] = {}
-            for segment in segments:
-                job = segment.job
-                job.batch_sizes.append(len(segments))
-                job.engine_ms += int(engine_seconds * 1000)
+                if job.finished:
+                    continue  # failed or expired already, result out
+                self.synth.record(segment, result)
                 if job.done:
-                    finished[id(job)] = job
+                    job.finished = True
+                    job.engine_ms = int(now_ms() - job.started_ms) if job.started_ms else 0
+                    finished.append(job)
+            if self._busy_since is not None:  # counted as it goes: under load the engine never empties
+                self.metrics.busy(now - self._busy_since)
+                self._busy_since = now if self._in_flight else None
+                if not self._in_flight:
+                    self._idle_since = now
+            if any(job.error is not None for job in finished):
+                # a failed job's other segments need no engine time
+                self._batcher.remove(lambda s: not s.job.finished)
+            self._slots_changed.set()
+            self._batcher.wake()
             if finished:
-                if any(job.error is not None for job in finished.values()):
-                    # a failed job's other segments need no engine time
-                    self._batcher.remove(lambda s, done=finished: id(s.job) not in done)
-                await self._spawn_finish(list(finished.values()))
-            self._in_engine = False
+                await self._spawn_finish(finished)
 
     async def _drop_expired(self, segments: list[Segment]) -> list[Segment]:
         now = now_ms()
-        expired = {id(s.job): s.job for s in segments if s.job.past_deadline(now) and s.job.error is None}
+        expired = {id(s.job): s.job for s in segments if s.job.past_deadline(now) and not s.job.finished}
         if not expired:
             return segments
+        for job in expired.values():
+            job.finished = True
         self._batcher.remove(lambda s: id(s.job) not in expired)
         await self._spawn_publish([(job.handle, self.synth.deadline_result(job.request)) for job in expired.values()])
         return [s for s in segments if id(s.job) not in expired]

@@ -32,7 +32,8 @@ class KafkaSettings(BaseModel):
     # production Kafka keeps normal ones.
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
-    fetch_max_wait_ms: int = Field(50, description="Must stay well below the batch window.")
+    fetch_max_wait_ms: int = Field(10, description="Tansu answers a parked fetch only when this runs out, so it adds up to "
+                                   "this much to every consumer hop (docs/architecture.md); Kafka answers when data arrives.")
     worker_linger_ms: int = Field(0, ge=0, description="How long the workers' producers wait to fill a produce request.")
     delivery_timeout_ms: int = 10_000
 
@@ -139,6 +140,8 @@ class WorkerSettings(BaseModel):
     max_batch: int = Field(8, ge=1, le=64)
     window_seconds: float = Field(0.1, gt=0)
     batch_lookahead: int = Field(64, ge=1, description="A batch is chosen from this many of the oldest waiting items (>= max_batch).")
+    bulk_delay_seconds: float = Field(1.0, ge=0, description="When slots are scarce, a bulk request yields to interactive "
+                                      "ones that arrived up to this much after it (no starvation).")
     web_host: str = Field("127.0.0.1", description="Where the worker serves /metrics, /healthz, /readyz; 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Web port (metrics and probes); one per worker process.")
     commit_interval_seconds: float = 1.0

@@ -9,16 +9,19 @@ import io
 import time
 import wave
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
+import numpy as np
 import pytest
 
 from schemas.codec import Codecs
 from schemas.status import JobStatus
+from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
 from stream_workers.engine.base import SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
+from stream_workers.engine.slots import continuous
 from stream_workers.synthesis import SYNTHESIZED_FIELD, Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
 from voicenote.jobstore import JobStore
@@ -50,17 +53,58 @@ class SlowEngine(NullEngine):
         return super().synthesize_batch(inputs)
 
 
+class ManualEngine:
+    """A continuous engine whose rows finish when the test says so (no timing involved)."""
+
+    name = "manual"
+    model_version = "1"
+    sample_rate = 8000
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.rows: dict[str, Future[SynthesisResult]] = {}
+        self.groups: list[list[str]] = []
+
+    def voices(self) -> list[str]:
+        return ["default"]
+
+    def free_slots(self) -> int:
+        return self.slots - sum(1 for f in self.rows.values() if not f.done())
+
+    def submit(self, inputs: Sequence[SynthesisInput]) -> list[Future[SynthesisResult]]:
+        futures: list[Future[SynthesisResult]] = [Future() for _ in inputs]
+        self.rows.update({i.job_id: f for i, f in zip(inputs, futures, strict=True)})
+        self.groups.append([i.job_id for i in inputs])
+        return futures
+
+    def finish(self, row: str) -> None:
+        self.rows[row].set_result(SynthesisResult(row, self.sample_rate, audio=np.zeros(400, dtype=np.float32)))
+
+    async def wait_rows(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.rows) < count:
+            assert time.monotonic() < deadline, f"only {len(self.rows)} of {count} rows submitted: {self.groups}"
+            await asyncio.sleep(0.01)
+
+    def close(self) -> None:
+        pass
+
+
 class Harness:
-    def __init__(self, settings: Settings, engine: SlowEngine, jobs: JobStore, *, max_segment_chars: int = 300) -> None:
+    def __init__(self, settings: Settings, engine: SlowEngine | ManualEngine, jobs: JobStore | None, *,
+                 max_segment_chars: int = 300, policy: BatchPolicy | None = None, in_order: bool = False) -> None:
         self.codecs = Codecs()
         self.published: list[dict[str, Any]] = []
         self.acked: list[int] = []
         self.dead: list[tuple[int, Refused]] = []
-        synth = Synthesizer(engine, self.codecs, LocalAudioStore(settings.storage.local_dir), settings.storage,
+        # With in_order, acknowledgements go through the worker's per-partition tracker (one partition here).
+        self.in_order: InOrderAcks[int] | None = InOrderAcks(lambda handle: 0) if in_order else None
+        synth = Synthesizer(engine, self.codecs, LocalAudioStore(settings.storage.local_dir), settings.storage,  # type: ignore[arg-type]
                             SynthesisSettings(max_segment_chars=max_segment_chars), jobs)
+        self.engine = continuous(engine, 4)
         self.loop: SynthesisLoop[int] = SynthesisLoop(
-            synth, BatchPolicy(max_batch=4, window=0.05), publish=self._publish, dead_letter=self._dead, ack=self._ack,
-            executor=ThreadPoolExecutor(1))
+            synth, policy or BatchPolicy(max_batch=4, window=0.05), engine=self.engine, publish=self._publish,
+            dead_letter=self._dead, ack=self._ack)
         self.queue: asyncio.Queue[tuple[int, bytes | None]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self._n = 0
@@ -72,7 +116,10 @@ class Harness:
         self.dead.append((handle, refused))
 
     async def _ack(self, handle: int) -> None:
-        self.acked.append(handle)
+        if self.in_order is None:
+            self.acked.append(handle)
+        else:
+            self.acked.extend(self.in_order.done(handle))
 
     async def _source(self) -> AsyncIterator[tuple[int, bytes | None]]:
         while True:
@@ -83,11 +130,23 @@ class Harness:
 
     def send(self, value: bytes | None) -> int:
         self._n += 1
+        if self.in_order is not None:
+            self.in_order.register(self._n)
         self.queue.put_nowait((self._n, value))
         return self._n
 
     def send_request(self, job_id: str, text: str, **fields: Any) -> int:
         return self.send(self.codecs.request.encode(request(job_id, text, **fields)))
+
+    async def wait_published(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not any(r["job_id"] == job_id for r in self.published):
+            assert self.task is not None
+            if self.task.done():
+                self.task.result()
+            assert time.monotonic() < deadline, f"{job_id} never published"
+            await asyncio.sleep(0.01)
+        return next(r for r in self.published if r["job_id"] == job_id)
 
     async def wait_acked(self, count: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -102,6 +161,7 @@ class Harness:
         await self.loop.drain()
         assert self.task is not None
         await asyncio.wait_for(self.task, 30)
+        await asyncio.to_thread(self.engine.close)
 
     def by_job(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -187,7 +247,7 @@ async def test_a_long_note_is_segmented_and_joined_in_order(settings: Settings, 
         assert w.getnframes() == 5 * 400 + 4 * int(8000 * 0.06)  # five segments and four pauses
 
 
-async def test_drain_finishes_the_batch_in_hand_and_leaves_the_rest_unacknowledged(settings: Settings, jobs: JobStore) -> None:
+async def test_drain_finishes_what_is_in_the_engine_and_leaves_the_rest_unacknowledged(settings: Settings, jobs: JobStore) -> None:
     engine = SlowEngine(delay=1.0)
     h = Harness(settings, engine, jobs)
     h.start()
@@ -196,9 +256,108 @@ async def test_drain_finishes_the_batch_in_hand_and_leaves_the_rest_unacknowledg
     while not engine.batches and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert engine.batches, "the engine never started"
-    await h.stop()  # the first batch is in the engine now
-    in_hand = {b.split("#")[0] for b in engine.batches[0]}
-    assert len(engine.batches) == 1
-    assert {r["job_id"] for r in h.published} == in_hand
+    # The first batch is running; the adapter holds the next one (read ahead while the first runs).
+    while h.engine.free_slots() > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await h.stop()
+    in_engine = {b.split("#")[0] for batch in engine.batches for b in batch}
+    assert len(engine.batches) == 2 and len(in_engine) == 8
+    assert {r["job_id"] for r in h.published} == in_engine
     acked_jobs = {f"d{handles.index(a)}" for a in h.acked}
-    assert acked_jobs == in_hand  # the others are redelivered after the restart, nothing lost
+    assert acked_jobs == in_engine  # the other four are redelivered after the restart, nothing lost
+
+
+async def test_a_lone_request_starts_at_once_without_waiting_out_the_window(settings: Settings, jobs: JobStore) -> None:
+    engine = SlowEngine()
+    h = Harness(settings, engine, jobs, policy=BatchPolicy(max_batch=4, window=3600.0))  # a window no test outlasts
+    h.start()
+    h.send_request("lone", "Nobody else is here.")
+    await h.wait_acked(1)
+    result = h.by_job()["lone"]
+    await h.stop()
+    assert result["status"] == "succeeded" and result["batch_size"] == 1  # and acknowledged long before the window closed
+
+
+async def test_a_busy_engine_gathers_arrivals_into_one_group(settings: Settings) -> None:
+    engine = ManualEngine(slots=8)
+    h = Harness(settings, engine, None, policy=BatchPolicy(max_batch=4, window=3600.0))
+    h.start()
+    h.send_request("first", "I start alone.")
+    await engine.wait_rows(1)
+    for i in range(4):
+        h.send_request(f"next{i}", f"Arriving while the engine is busy {i}.")
+    await engine.wait_rows(5)
+    assert engine.groups == [["first#0"], [f"next{i}#0" for i in range(4)]]  # closed by max_batch, not one by one
+    for row in list(engine.rows):
+        engine.finish(row)
+    await h.wait_acked(5)
+    await h.stop()
+
+
+async def test_a_job_finishes_while_a_longer_group_mate_is_still_decoding(settings: Settings) -> None:
+    engine = ManualEngine(slots=8)
+    h = Harness(settings, engine, None, policy=BatchPolicy(max_batch=4, window=0.0))
+    h.start()
+    h.send_request("long", "A long note that takes many decode steps.")
+    h.send_request("short", "Hi.")
+    await engine.wait_rows(2)
+    engine.finish("short#0")
+    assert (await h.wait_published("short"))["status"] == "succeeded"
+    assert [r["job_id"] for r in h.published] == ["short"]  # the long one is still decoding
+    engine.finish("long#0")
+    await h.wait_published("long")
+    await h.stop()
+
+
+async def test_acknowledgements_stay_in_offset_order_when_jobs_finish_out_of_order(settings: Settings) -> None:
+    engine = ManualEngine(slots=8)
+    h = Harness(settings, engine, None, policy=BatchPolicy(max_batch=4, window=0.0), in_order=True)
+    h.start()
+    handles = [h.send_request(job_id, f"Note {job_id}.") for job_id in ("a", "b", "c")]
+    await engine.wait_rows(3)
+    engine.finish("c#0")
+    engine.finish("b#0")
+    await h.wait_published("b")
+    await h.wait_published("c")
+    assert h.acked == []  # b and c are published, but a (the lowest offset) is not: nothing is committable
+    engine.finish("a#0")
+    await h.wait_acked(3)
+    assert h.acked == handles
+    await h.stop()
+
+
+async def test_interactive_requests_take_scarce_slots_before_bulk_ones(settings: Settings) -> None:
+    engine = ManualEngine(slots=1)
+    h = Harness(settings, engine, None, policy=BatchPolicy(max_batch=4, window=0.0, bulk_delay=3600.0))
+    h.start()
+    h.send_request("bulk0", "Bulk work holds the only slot.")
+    await engine.wait_rows(1)
+    h.send_request("bulk1", "Older bulk.", priority="batch")
+    h.send_request("bulk2", "Older bulk too.", priority="batch")
+    h.send_request("live1", "A caller is waiting.", priority="interactive")
+    while h.loop.waiting < 3:  # the three wait for the slot
+        await asyncio.sleep(0.01)
+    for expected in (2, 3, 4):
+        engine.finish(engine.groups[-1][0])
+        await engine.wait_rows(expected)
+    engine.finish(engine.groups[-1][0])
+    assert engine.groups == [["bulk0#0"], ["live1#0"], ["bulk1#0"], ["bulk2#0"]]
+    await h.wait_acked(4)
+    await h.stop()
+
+
+async def test_drain_waits_for_rows_in_a_continuous_engine_and_publishes_them(settings: Settings) -> None:
+    engine = ManualEngine(slots=2)
+    h = Harness(settings, engine, None, policy=BatchPolicy(max_batch=4, window=0.0))
+    h.start()
+    handles = [h.send_request(f"r{i}", f"Row {i}.") for i in range(4)]
+    await engine.wait_rows(2)  # two in the slots, two waiting for one
+    stopping = asyncio.ensure_future(h.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the drain waits for the rows in the engine
+    engine.finish("r0#0")
+    engine.finish("r1#0")
+    await asyncio.wait_for(stopping, 30)
+    assert sorted(r["job_id"] for r in h.published) == ["r0", "r1"]
+    assert sorted(h.acked) == handles[:2]  # r2 and r3 were never in the engine: redelivered
+    assert len(engine.rows) == 2

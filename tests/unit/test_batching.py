@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from stream_workers.batching import Batcher, BatchPolicy, Pending, padding_waste, pick_batch
+from stream_workers.batching import Batcher, BatchPolicy, Pending, padding_waste, pick_admission, pick_batch
 
 
 def _pool(sizes: list[int]) -> list[Pending[int]]:
@@ -111,3 +111,88 @@ async def test_remove_drops_matching_items() -> None:
     assert batcher.remove(lambda i: i % 2 == 0) == [1, 3]
     batch, _ = await batcher.next_batch()
     assert batch == [0, 2, 4]
+
+
+def _lanes(spec: list[tuple[str, float, int]]) -> list[Pending[str]]:
+    """(name, arrived, size); names starting with "i" are interactive."""
+    return [Pending(name, size, arrived, interactive=name.startswith("i")) for name, arrived, size in spec]
+
+
+def test_interactive_items_are_admitted_before_older_bulk_ones_when_slots_are_scarce() -> None:
+    pool = _lanes([("b1", 0.0, 10), ("b2", 0.1, 10), ("i1", 0.2, 10), ("b3", 0.3, 10), ("i2", 0.4, 10)])
+    chosen = pick_admission(pool, 2, now=0.5, bulk_delay=1.0)
+    assert [pool[i].item for i in chosen] == ["i1", "i2"]
+    chosen = pick_admission(pool, 3, now=0.5, bulk_delay=1.0)
+    assert [pool[i].item for i in chosen] == ["i1", "i2", "b1"]  # a spare slot goes to the oldest bulk item
+
+
+def test_with_room_for_everyone_all_are_admitted_most_urgent_first() -> None:
+    pool = _lanes([("b1", 0.0, 10), ("i1", 0.2, 10)])
+    assert [pool[i].item for i in pick_admission(pool, 8, now=0.3, bulk_delay=1.0)] == ["i1", "b1"]
+
+
+def test_a_bulk_item_that_waited_bulk_delay_goes_before_later_interactive_ones() -> None:
+    pool = _lanes([("b1", 0.0, 10), ("i1", 0.5, 10), ("i2", 1.5, 10), ("i3", 1.6, 10)])
+    # at 1.7 b1 is due (it ranks as arriving at 1.0): after i1, before i2 and i3
+    chosen = pick_admission(pool, 2, now=1.7, bulk_delay=1.0)
+    assert [pool[i].item for i in chosen] == ["i1", "b1"]
+
+
+def test_bulk_work_cannot_starve_under_a_steady_interactive_stream() -> None:
+    # One slot a tick, two interactive arrivals a tick (more than the engine serves): the bulk item
+    # still gets a slot within bulk_delay plus the interactive items that arrived before it was due.
+    pool = _lanes([("bulk", 0.0, 10)])
+    admitted_at = None
+    for tick in range(1, 200):
+        now = tick * 0.1
+        pool += _lanes([(f"i{tick}a", now, 10), (f"i{tick}b", now, 10)])
+        [chosen] = pick_admission(pool, 1, now=now, bulk_delay=1.0)
+        if pool[chosen].item == "bulk":
+            admitted_at = now
+            break
+        pool.pop(chosen)
+    assert admitted_at is not None and admitted_at <= 3.0
+
+
+def test_among_due_items_similar_lengths_go_together_around_the_most_urgent() -> None:
+    pool = _lanes([("i1", 0.0, 100), ("i2", 0.1, 10), ("i3", 0.2, 98), ("i4", 0.3, 12), ("b1", 0.0, 99)])
+    chosen = pick_admission(pool, 2, now=0.5, bulk_delay=1.0)
+    assert sorted(pool[i].item for i in chosen) == ["i1", "i3"]
+
+
+async def test_the_batcher_closes_a_group_at_once_when_the_engine_is_idle() -> None:
+    clock = FakeClock()
+    batcher: Batcher[str] = Batcher(BatchPolicy(max_batch=8, window=10.0), clock=clock)
+    batcher.add("lone", 1)
+    batch, waited = await asyncio.wait_for(batcher.next_batch(free=lambda: 8, idle=lambda: True), 5)
+    assert batch == ["lone"] and waited == 0  # no window waited out
+
+
+async def test_a_busy_engine_waits_for_the_window_or_its_free_slots() -> None:
+    clock = FakeClock()
+    batcher: Batcher[str] = Batcher(BatchPolicy(max_batch=8, window=10.0), clock=clock)
+    busy = True
+    batcher.add("a", 1)
+    task = asyncio.ensure_future(batcher.next_batch(free=lambda: 2, idle=lambda: not busy))
+    await asyncio.sleep(0)
+    assert not task.done()  # busy, one of two free slots filled, window open
+    batcher.add("b", 1)  # the free slots are full
+    batch, _ = await asyncio.wait_for(task, 5)
+    assert batch == ["a", "b"]
+    batcher.add("c", 1)
+    task = asyncio.ensure_future(batcher.next_batch(free=lambda: 2, idle=lambda: not busy))
+    await asyncio.sleep(0)
+    assert not task.done()
+    busy = False
+    batcher.wake()  # the engine went idle
+    batch, _ = await asyncio.wait_for(task, 5)
+    assert batch == ["c"]
+
+
+async def test_the_batcher_looks_ahead_in_each_lane_so_an_interactive_item_behind_a_backlog_is_seen() -> None:
+    batcher: Batcher[str] = Batcher(BatchPolicy(max_batch=4, window=0.0, lookahead=8))
+    for i in range(100):
+        batcher.add(f"b{i}", 10)
+    batcher.add("urgent", 10, interactive=True)
+    batch, _ = await asyncio.wait_for(batcher.next_batch(), 5)
+    assert batch[0] == "urgent" and batch[1:] == ["b0", "b1", "b2"]

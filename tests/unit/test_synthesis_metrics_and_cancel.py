@@ -9,6 +9,7 @@ from voicenote.storage.local import LocalAudioStore
 def test_idle_fraction_is_idle_over_idle_plus_busy_and_is_exported() -> None:
     m = SynthesisMetrics()
     m.batch(size=8, fill_wait=0.1, engine_seconds=3.0, audio_seconds=6.0, waste=0.1)
+    m.busy(3.0)
     m.idle(1.0)
     assert m.idle_fraction == 0.25
     text = m.render().decode()
