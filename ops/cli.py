@@ -243,8 +243,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         raise UsageError(f"a key named {args.name!r} is already configured in VOICENOTE_API__KEYS; choose another --name")
     token, digest = new_token()
     try:
-        key = ApiKey(name=args.name, sha256=digest, scopes=args.scope or list(SCOPES), rate_per_second=args.rate_per_second,
-                     burst=args.burst)
+        scopes = {"scopes": args.scope} if args.scope else {}  # else ApiKey's default, which leaves admin out
+        key = ApiKey(name=args.name, sha256=digest, rate_per_second=args.rate_per_second, burst=args.burst, **scopes)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UsageError(f"bad --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = command("keys", help="API keys: `keys new` makes a token and the hashed settings entry")
     keys.add_argument("action", choices=["new"])
     keys.add_argument("--name", required=True, help="who the key is for; owner of the jobs it submits")
-    keys.add_argument("--scope", action="append", help="speech and/or jobs (repeatable; default both)")
+    keys.add_argument("--scope", action="append", help="speech, jobs and/or admin (repeatable; default speech and jobs: "
+                      "admin, which reads every job, is given only when asked for)")
     keys.add_argument("--rate-per-second", type=float, help="overrides api.rate_per_second for this key")
     keys.add_argument("--burst", type=int)
     keys.set_defaults(func=_cmd_keys)

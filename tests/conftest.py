@@ -66,11 +66,15 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(backends: Backends, unique: str, tmp_path: Path) -> Settings:
-    """Settings isolated to this test: own topic prefix, group, Redis key prefix and storage dir."""
+def settings(backends: Backends, unique: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings isolated to this test: own topic prefix, group, Redis key prefix and storage dir.
+
+    The test's Redis keys are deleted afterwards: the Redis may be the machine's own, shared by every
+    run, and a Redis full of old test keys makes SCAN-based code and tests slow.
+    """
     creds = {"s3_access_key_id": "minioadmin", "s3_secret_access_key": "minioadmin"} if backends.kind == "docker" else {
         "s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
-    return Settings(
+    yield Settings(
         kafka=KafkaSettings(
             bootstrap_servers=backends.kafka,
             topic_prefix=f"{unique}.",
@@ -83,3 +87,21 @@ def settings(backends: Backends, unique: str, tmp_path: Path) -> Settings:
         storage=StorageSettings(local_dir=tmp_path / "audio", s3_endpoint_url=backends.s3, s3_bucket=unique, **creds),  # type: ignore[arg-type]
         worker={"group_id": unique},  # type: ignore[arg-type]
     )
+    _forget_redis_keys(backends.redis, f"{unique}:*")
+
+
+def _forget_redis_keys(url: str, pattern: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=pattern, count=10_000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()

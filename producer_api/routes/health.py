@@ -14,14 +14,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready only when Kafka and Redis answer",
-            responses={200: {"content": {"application/json": {"example": {"ready": True, "checks": {"kafka": True, "redis": True, "storage": True}}}}},
-                       503: {"content": {"application/json": {"example": {"ready": False, "checks": {"kafka": False, "redis": True, "storage": True}}}}}})
+@router.get("/readyz", summary="Ready when Kafka takes requests; Redis or storage down only degrades",
+            responses={200: {"content": {"application/json": {"example": {"ready": True, "degraded": ["redis"],
+                                                                          "checks": {"kafka": True, "redis": False, "storage": True}}}}},
+                       503: {"content": {"application/json": {"example": {"ready": False, "degraded": [],
+                                                                          "checks": {"kafka": False, "redis": True, "storage": True}}}}}})
 async def readyz(request: Request) -> JSONResponse:
+    # Kafka is the source of truth: while the producer can publish, async requests are accepted even with
+    # Redis down (docs/producer-api.md), so only Kafka gates readiness. A Redis or storage outage is
+    # reported as ``degraded`` (sync answers, job reads and audio then fail with 503 on that pod, as on
+    # every other pod: taking it out of the Service would not help).
     state = request.app.state
     checks = {"kafka": await state.producer.ping(timeout=1.0), **await state.jobs.ready()}
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    ready = checks["kafka"]
+    degraded = sorted(name for name, ok in checks.items() if not ok and name != "kafka")
+    return JSONResponse({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -90,7 +90,7 @@ def test_version_and_help_exit_zero(cli) -> None:
     ["submit", "hello", "--rate", "0"],
     ["submit", "--file", "/nonexistent/notes.txt"],
     ["keys", "new"],
-    ["keys", "new", "--name", "ops", "--scope", "admin"],
+    ["keys", "new", "--name", "ops", "--scope", "superuser"],
     ["dlq", "purge"],
     ["webhooks", "redrive", "--error-type", "other"],
 ])
@@ -146,6 +146,9 @@ def test_keys_new_prints_a_token_and_its_hashed_settings_line(cli, monkeypatch: 
     assert [k.name for k in Settings().api.keys] == ["billing"]  # the line is what the API reads
     code, out, _ = cli("keys", "new", "--name", "ops", connect=False)
     assert code == 0 and [k["name"] for k in json.loads(out.splitlines()[2].split("=", 1)[1].strip("'"))] == ["billing", "ops"]
+    assert json.loads(out.splitlines()[1].removeprefix("key: "))["scopes"] == ["speech", "jobs"]  # admin only when asked for
+    code, out, _ = cli("keys", "new", "--name", "root", "--scope", "admin", connect=False)
+    assert code == 0 and json.loads(out.splitlines()[1].removeprefix("key: "))["scopes"] == ["admin"]
     code, _, err = cli("keys", "new", "--name", "billing", connect=False)
     assert code == 2 and "already configured" in one_line(err)
     code, _, err = cli("keys", "new", "--name", "x" * 80, connect=False)
