@@ -59,7 +59,17 @@ def child_env(bootstrap: str, redis_url: str, api_port: int, data_dir: Path) -> 
     # keys are configured in the environment.
     if "VOICENOTE_API__KEYS" not in env:
         env.setdefault("VOICENOTE_API__ALLOW_ANONYMOUS", "true")
+    # The API routes only to the model families a worker here serves: the CPU voice always, S1-mini when
+    # a local checkpoint is configured (else an s1-mini request is a 400, not a job waiting forever).
+    if "VOICENOTE_MODELS__FAMILIES" not in env:
+        env["VOICENOTE_MODELS__FAMILIES"] = '["piper","s1mini"]' if env.get("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR") else '["piper"]'
     return env
+
+
+def cpu_engine_kind(env: dict[str, str]) -> str:
+    """The engine of the always-present CPU synthesis worker: piper, or null for pipeline benchmarks."""
+    kind = env.get("VOICENOTE_ENGINE__KIND", "piper")
+    return kind if kind in ("piper", "null") else "piper"
 
 
 def webhook_secret(data_dir: Path) -> str:
@@ -122,6 +132,7 @@ class Child:
     name: str
     args: list[str]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     proc: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None
@@ -138,14 +149,14 @@ class Supervisor:
         self._clock = clock
         self._start = start
 
-    def add(self, name: str, args: list[str], log: Path) -> Child:
-        child = Child(name, args, log)
+    def add(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+        child = Child(name, args, log, dict(env or {}))
         self.children[name] = child
         self._launch(child)
         return child
 
     def _launch(self, child: Child) -> None:
-        child.proc = self._start(child.args, self.env, child.log)
+        child.proc = self._start(child.args, {**self.env, **child.env}, child.log)
         child.policy.started(self._clock())
         child.restart_at = None
 
@@ -224,7 +235,11 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
         env = child_env(broker.bootstrap, redis.url, api_port, data_dir.resolve())
         env["VOICENOTE_WEBHOOKS__SIGNING_SECRET"] = webhook_secret(data_dir.resolve())
         supervisor = Supervisor(env)
-        supervisor.add("synthesis worker", ["worker", "synthesis", "--web-port", str(free_port())], log_dir / "worker-synthesis.log")
+        supervisor.add("synthesis worker", ["worker", "synthesis", "--web-port", str(free_port())], log_dir / "worker-synthesis.log",
+                       {"VOICENOTE_ENGINE__KIND": cpu_engine_kind(env)})
+        if env.get("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR"):  # S1-mini (on the CPU unless S1MINI_DEVICE says cuda)
+            supervisor.add("s1-mini worker", ["worker", "synthesis", "--web-port", str(free_port())], log_dir / "worker-s1mini.log",
+                           {"VOICENOTE_ENGINE__KIND": "s1mini"})
         supervisor.add("completion worker", ["worker", "completion", "--web-port", str(free_port())], log_dir / "worker-completion.log")
         supervisor.add("webhook worker", ["worker", "webhooks", "--web-port", str(free_port())], log_dir / "worker-webhooks.log")
         supervisor.add("api", ["api"], log_dir / "api.log")

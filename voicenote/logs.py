@@ -60,6 +60,8 @@ def logging_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
         "formatters": {"default": formatter},
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
         "root": {"level": level, "handlers": ["default"]},
+        # One line per HTTP call (readiness polls, S3 requests) would drown the service's own lines.
+        "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpcore")},
     }
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.embedded import RestartPolicy, Supervisor
+from ops.embedded import RestartPolicy, Supervisor, child_env, cpu_engine_kind
 
 
 def test_backoff_doubles_for_a_crash_loop_and_resets_after_a_stable_run() -> None:
@@ -41,3 +41,32 @@ def test_a_child_that_dies_is_started_again_and_the_others_keep_running(tmp_path
     finally:
         sup.stop(timeout=5)
     assert all(c.proc is not None and c.proc.poll() is not None for c in sup.children.values())
+
+
+def test_each_child_gets_its_own_env_on_top_of_the_shared_one(tmp_path: Path) -> None:
+    seen: dict[str, dict[str, str]] = {}
+
+    def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        seen[args[0]] = env
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    sup = Supervisor({"SHARED": "1", "VOICENOTE_ENGINE__KIND": "piper"}, start=start)
+    try:
+        sup.add("cpu", ["cpu"], tmp_path / "c.log")
+        sup.add("gpu", ["gpu"], tmp_path / "g.log", {"VOICENOTE_ENGINE__KIND": "s1mini"})
+    finally:
+        sup.stop(timeout=5)
+    assert seen["cpu"] == {"SHARED": "1", "VOICENOTE_ENGINE__KIND": "piper"}
+    assert seen["gpu"] == {"SHARED": "1", "VOICENOTE_ENGINE__KIND": "s1mini"}
+
+
+def test_the_api_routes_only_to_families_a_worker_here_serves(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("VOICENOTE_MODELS__FAMILIES", raising=False)
+    monkeypatch.delenv("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR", raising=False)
+    assert child_env("b:1", "redis://r", 8000, tmp_path)["VOICENOTE_MODELS__FAMILIES"] == '["piper"]'
+    monkeypatch.setenv("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR", str(tmp_path))
+    assert child_env("b:1", "redis://r", 8000, tmp_path)["VOICENOTE_MODELS__FAMILIES"] == '["piper","s1mini"]'
+    monkeypatch.setenv("VOICENOTE_MODELS__FAMILIES", '["s1mini"]')
+    assert child_env("b:1", "redis://r", 8000, tmp_path)["VOICENOTE_MODELS__FAMILIES"] == '["s1mini"]'
+    assert cpu_engine_kind({"VOICENOTE_ENGINE__KIND": "s1mini"}) == "piper"
+    assert cpu_engine_kind({"VOICENOTE_ENGINE__KIND": "null"}) == "null"
