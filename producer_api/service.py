@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import secrets
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -41,11 +40,13 @@ from producer_api.models import (
 )
 from producer_api.ratelimit import RateLimiter
 from producer_api.waiter import CompletionWaiter
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.status import JobStatus
 from schemas.topics import TopicCatalog
 from voicenote.adverts import EngineAdvert, read_adverts
 from voicenote.audio import CONTENT_TYPES
+from voicenote.client import new_job_id
 from voicenote.errors import AudioNotFound, JobStoreError
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
@@ -59,16 +60,8 @@ log = logging.getLogger(__name__)
 _RECHECK_SECONDS = 2.0
 
 
-def new_job_id() -> str:
-    return "job_" + secrets.token_urlsafe(16).replace("-", "x").replace("_", "y")
-
-
 def new_batch_id() -> str:
     return "batch_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 IGNORED_HEADER = "X-Voicenote-Ignored-Params"
@@ -179,7 +172,7 @@ class JobService:
             job_ids = [new_job_id() for _ in range(n)]
             key = self._batch_key(batch_id)
             try:
-                await self._redis.hset(key, mapping={"owner": caller.name, "created_at": _now_ms(), "job_ids": json.dumps(job_ids)})
+                await self._redis.hset(key, mapping={"owner": caller.name, "created_at": now_ms(), "job_ids": json.dumps(job_ids)})
                 await self._redis.expire(key, self._job_ttl)
             except (RedisError, OSError) as exc:
                 raise JobStoreError(f"cannot record batch: {exc}") from exc
@@ -249,7 +242,7 @@ class JobService:
                     pass
 
     async def _publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None) -> None:
-        created_at = _now_ms()
+        created_at = now_ms()
         req, model, voice = routed.request, routed.model, routed.voice
         attributes = {"owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
         if routed.ignored:
@@ -301,7 +294,7 @@ class JobService:
         for job_id in published:
             try:
                 await self._jobs.transition(job_id, JobStatus.cancelled, {
-                    "completed_at": _now_ms(), "error_code": "batch_incomplete",
+                    "completed_at": now_ms(), "error_code": "batch_incomplete",
                     "error_message": f"batch {batch_id} could not be fully published"})
             except JobStoreError as exc:
                 log.error("cannot cancel job %s of abandoned batch %s: %s", job_id, batch_id, exc)
@@ -349,7 +342,7 @@ class JobService:
             raise ApiError(409, f"job {job_id} is {record['status']}; only a queued job can be cancelled",
                            code="job_not_cancellable", param="job_id")
         moved = await self._jobs.transition(job_id, JobStatus.cancelled, {
-            "completed_at": _now_ms(), "error_code": "cancelled", "error_message": f"cancelled by {caller.name}"})
+            "completed_at": now_ms(), "error_code": "cancelled", "error_message": f"cancelled by {caller.name}"})
         record = await self._owned(caller, job_id)
         if not moved and record["status"] != JobStatus.cancelled.value:
             raise ApiError(409, f"job {job_id} is {record['status']}; only a queued job can be cancelled",

@@ -8,10 +8,11 @@ from fastapi.responses import RedirectResponse, Response
 from producer_api.deps import Jobs, Reader
 from producer_api.models import BatchView, JobView
 from producer_api.routes.examples import ERRORS, NOT_CANCELLABLE, NOT_FOUND
+from schemas.validation import JOB_ID
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
-JobId = Path(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The job id returned at submission.")
-BatchId = Path(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The batch id returned at submission.")
+JobId = Path(..., pattern=JOB_ID.pattern, description="The job id returned at submission.")
+BatchId = Path(..., pattern=JOB_ID.pattern, description="The batch id returned at submission.")
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, response_model_exclude_none=True, summary="Job status",
