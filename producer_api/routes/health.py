@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from producer_api.deps import Ready
+
 router = APIRouter(tags=["operations"])
 
 
@@ -17,9 +19,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Ready only when Kafka and Redis answer",
             responses={200: {"content": {"application/json": {"example": {"ready": True, "checks": {"kafka": True, "redis": True, "storage": True}}}}},
                        503: {"content": {"application/json": {"example": {"ready": False, "checks": {"kafka": False, "redis": True, "storage": True}}}}}})
-async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
-    checks = {"kafka": await state.producer.ping(timeout=1.0), **await state.jobs.ready()}
+async def readyz(readiness: Ready) -> JSONResponse:
+    checks = await readiness.checks()
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
