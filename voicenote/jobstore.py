@@ -218,7 +218,7 @@ class JobStore:
             raise JobStoreError(f"cannot read batch {batch_id}: {exc}") from exc
         if not record:
             return None
-        return BatchRecord(batch_id=batch_id, owner=record["owner"], created_at=int(record["created_at"]),
+        return BatchRecord(batch_id=batch_id, owner=str(record["owner"]), created_at=int(record["created_at"]),
                            job_ids=tuple(json.loads(record["job_ids"])))
 
     async def delete_batch(self, batch_id: str) -> None:
