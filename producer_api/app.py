@@ -12,11 +12,9 @@ from producer_api.auth import Authenticator
 from producer_api.bodylimit import BodyLimitMiddleware
 from producer_api.errors import install_error_handlers
 from producer_api.estimate import LagMonitor, ThroughputEstimator
-from producer_api.idempotency import IdempotencyStore
 from producer_api.metrics import ApiMetrics, MetricsMiddleware
-from producer_api.ratelimit import RateLimiter
 from producer_api.routes import health, jobs, models, speech
-from producer_api.service import JobService
+from producer_api.services.container import Services
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
@@ -48,20 +46,14 @@ def create_app(settings: Settings) -> FastAPI:
         redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
         job_store = JobStore(redis, settings.redis)
         store = build_store(settings.storage)
-        prefix = settings.redis.key_prefix
         waiter = CompletionWaiter(redis, job_store.done_channel(""))
         admin = admin_client(settings.kafka)
         monitors = [LagMonitor(admin, synthesis_group(settings.worker.group_id, family), catalog.requests_for(family).name,
                                catalog.requests_for(family).partitions, family_estimator, settings.api.estimate_refresh_seconds)
                     for family, family_estimator in estimators.items()]
-        app.state.producer = producer
-        app.state.jobs = JobService(
-            producer=producer, jobs=job_store, redis=redis, store=store, codecs=Codecs(registry), catalog=catalog,
-            api=settings.api, key_prefix=prefix, job_ttl=settings.redis.job_ttl_seconds,
-            presign_expiry=settings.storage.presign_expiry_seconds,
-            limiter=RateLimiter(redis, prefix, on_fallback=metrics.redis_fallbacks.labels("rate_limit").inc),
-            idempotency=IdempotencyStore(redis, prefix, settings.api.idempotency_ttl_seconds),
-            waiter=waiter, estimators=estimators, metrics=metrics, models=model_registry)
+        app.state.services = Services.build(
+            settings, producer=producer, redis=redis, jobs=job_store, store=store, codecs=Codecs(registry), waiter=waiter,
+            estimators=estimators, metrics=metrics, models=model_registry)
         waiter.start()
         for monitor in monitors:
             monitor.start()

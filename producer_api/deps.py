@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the service built in the lifespan, and the authenticated, rate-limited caller."""
+"""FastAPI dependencies: each service built in the lifespan (producer_api/services/container.py), and the
+authenticated, rate-limited caller."""
 
 from __future__ import annotations
 
@@ -9,28 +10,86 @@ from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPBearer
 
 from producer_api.auth import Caller
-from producer_api.service import JobService
+from producer_api.services.admission import Admission
+from producer_api.services.audio import AudioAccess
+from producer_api.services.batches import Batches
+from producer_api.services.cancellation import Cancellation
+from producer_api.services.container import Services
+from producer_api.services.queries import JobQueries
+from producer_api.services.readiness import Readiness
+from producer_api.services.routing import ModelRouter
+from producer_api.services.submission import Submission
+from producer_api.services.sync import SyncSpeech
 
 # Only documents the scheme in OpenAPI; the header itself is checked by the Authenticator.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def _job_service(request: Request) -> JobService:
-    return request.app.state.jobs  # type: ignore[no-any-return]
+def _services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+AllServices = Annotated[Services, Depends(_services)]
+
+
+def _admission(services: AllServices) -> Admission:
+    return services.admission
+
+
+def _router(services: AllServices) -> ModelRouter:
+    return services.router
+
+
+def _submission(services: AllServices) -> Submission:
+    return services.submission
+
+
+def _batches(services: AllServices) -> Batches:
+    return services.batches
+
+
+def _sync(services: AllServices) -> SyncSpeech:
+    return services.sync
+
+
+def _queries(services: AllServices) -> JobQueries:
+    return services.queries
+
+
+def _cancellation(services: AllServices) -> Cancellation:
+    return services.cancellation
+
+
+def _audio(services: AllServices) -> AudioAccess:
+    return services.audio
+
+
+def _readiness(services: AllServices) -> Readiness:
+    return services.readiness
+
+
+Router = Annotated[ModelRouter, Depends(_router)]
+Submitting = Annotated[Submission, Depends(_submission)]
+BatchService = Annotated[Batches, Depends(_batches)]
+Speaking = Annotated[SyncSpeech, Depends(_sync)]
+Queries = Annotated[JobQueries, Depends(_queries)]
+Cancelling = Annotated[Cancellation, Depends(_cancellation)]
+AudioFiles = Annotated[AudioAccess, Depends(_audio)]
+Ready = Annotated[Readiness, Depends(_readiness)]
 
 
 def _caller(scope: str) -> Callable[..., Awaitable[Caller]]:
-    async def dependency(request: Request, _: Annotated[object, Security(_bearer)] = None) -> Caller:
+    async def dependency(request: Request, admission: Annotated[Admission, Depends(_admission)],
+                         _: Annotated[object, Security(_bearer)] = None) -> Caller:
         caller = request.app.state.auth.authenticate(request.headers.get("authorization"),
                                                      request.client.host if request.client else None)
         caller.require(scope)
-        await request.app.state.jobs.charge(caller)
+        await admission.charge(caller)
         return caller
 
     return dependency
 
 
-Jobs = Annotated[JobService, Depends(_job_service)]
 Submitter = Annotated[Caller, Depends(_caller("speech"))]
 Reader = Annotated[Caller, Depends(_caller("jobs"))]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,

@@ -16,11 +16,11 @@ from schemas.validation import (
     SPEED_RANGE,
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
+    Format,
     bad_characters,
     speakable,
 )
 
-Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 BATCH_HARD_MAX = 1000  # the configured api.batch_max_items (default 100) is enforced below this
 
 

@@ -9,11 +9,13 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_INPUT_CHARS = 4096
-FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+# The audio formats, once: the API's request model types its field with the Literal, everyone else checks the tuple.
+Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+FORMATS: tuple[str, ...] = get_args(Format)
 PRIORITIES = ("interactive", "batch")
 SPEED_RANGE = (0.25, 4.0)
 # Sampling parameters (S1-mini's); the ranges the engine accepts. top_p and repetition_penalty exclude 0.

@@ -58,6 +58,16 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class BatchRecord:
+    """A batch as the API recorded it: who sent it, when, and its jobs in submission order."""
+
+    batch_id: str
+    owner: str
+    created_at: int
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class WebhookState:
     """One webhook delivery state: see :meth:`JobStore.record_webhook`."""
 
@@ -184,6 +194,38 @@ class JobStore:
             return [str(job_id) for job_id in found]
         except RedisError as exc:
             raise JobStoreError(f"cannot read the pending-job index: {exc}") from exc
+
+    # -- batches (the API's record of which jobs one batch submission made) ---------------------
+
+    def batch_key(self, batch_id: str) -> str:
+        return f"{self._prefix}batch:{batch_id}"
+
+    async def put_batch(self, batch: BatchRecord) -> None:
+        """Record ``batch``; it expires with its jobs' records (``redis.job_ttl_seconds``)."""
+        key = self.batch_key(batch.batch_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"owner": batch.owner, "created_at": batch.created_at, "job_ids": json.dumps(list(batch.job_ids))})
+                pipe.expire(key, self._ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise JobStoreError(f"cannot record batch {batch.batch_id}: {exc}") from exc
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        try:
+            record = await self._redis.hgetall(self.batch_key(batch_id))
+        except (RedisError, OSError) as exc:
+            raise JobStoreError(f"cannot read batch {batch_id}: {exc}") from exc
+        if not record:
+            return None
+        return BatchRecord(batch_id=batch_id, owner=str(record["owner"]), created_at=int(record["created_at"]),
+                           job_ids=tuple(json.loads(record["job_ids"])))
+
+    async def delete_batch(self, batch_id: str) -> None:
+        try:
+            await self._redis.delete(self.batch_key(batch_id))
+        except (RedisError, OSError) as exc:
+            raise JobStoreError(f"cannot remove batch {batch_id}: {exc}") from exc
 
     # -- the projection's epoch (stream_workers/projection.py) --------------------------------
 

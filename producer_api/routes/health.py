@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from producer_api.deps import Ready
+
 router = APIRouter(tags=["operations"])
 
 
@@ -19,13 +21,12 @@ async def healthz() -> dict[str, str]:
                                                                           "checks": {"kafka": True, "redis": False, "storage": True}}}}},
                        503: {"content": {"application/json": {"example": {"ready": False, "degraded": [],
                                                                           "checks": {"kafka": False, "redis": True, "storage": True}}}}}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(readiness: Ready) -> JSONResponse:
     # Kafka is the source of truth: while the producer can publish, async requests are accepted even with
     # Redis down (docs/producer-api.md), so only Kafka gates readiness. A Redis or storage outage is
     # reported as ``degraded`` (sync answers, job reads and audio then fail with 503 on that pod, as on
     # every other pod: taking it out of the Service would not help).
-    state = request.app.state
-    checks = {"kafka": await state.producer.ping(timeout=1.0), **await state.jobs.ready()}
+    checks = await readiness.checks()
     ready = checks["kafka"]
     degraded = sorted(name for name, ok in checks.items() if not ok and name != "kafka")
     return JSONResponse({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)

@@ -5,32 +5,33 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 from fastapi.responses import RedirectResponse, Response
 
-from producer_api.deps import Jobs, Reader
+from producer_api.deps import AudioFiles, BatchService, Cancelling, Queries, Reader
 from producer_api.models import BatchView, JobView
 from producer_api.routes.examples import ERRORS, NOT_CANCELLABLE, NOT_FOUND
+from schemas.validation import JOB_ID
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
-JobId = Path(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The job id returned at submission.")
-BatchId = Path(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The batch id returned at submission.")
+JobId = Path(..., pattern=JOB_ID.pattern, description="The job id returned at submission.")
+BatchId = Path(..., pattern=JOB_ID.pattern, description="The batch id returned at submission.")
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, response_model_exclude_none=True, summary="Job status",
             responses={**ERRORS, **NOT_FOUND})
-async def get_job(caller: Reader, jobs: Jobs, job_id: str = JobId) -> JobView:
-    return await jobs.view(caller, job_id)
+async def get_job(caller: Reader, queries: Queries, job_id: str = JobId) -> JobView:
+    return await queries.view(caller, job_id)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView, response_model_exclude_none=True,
                summary="Cancel a job that has not started (it ends cancelled)", responses={**ERRORS, **NOT_FOUND, **NOT_CANCELLABLE})
-async def cancel_job(caller: Reader, jobs: Jobs, job_id: str = JobId) -> JobView:
-    return await jobs.cancel(caller, job_id)
+async def cancel_job(caller: Reader, cancellation: Cancelling, job_id: str = JobId) -> JobView:
+    return await cancellation.cancel(caller, job_id)
 
 
 @router.get("/jobs/{job_id}/audio", summary="The job's audio (a redirect to storage, or the bytes)",
             responses={200: {"content": {"audio/mpeg": {"example": "(binary audio)"}}},
                        307: {"description": "Presigned storage URL"}, **ERRORS, **NOT_FOUND})
-async def get_audio(caller: Reader, jobs: Jobs, job_id: str = JobId) -> Response:
-    url, audio = await jobs.audio(caller, job_id)
+async def get_audio(caller: Reader, audio_files: AudioFiles, job_id: str = JobId) -> Response:
+    url, audio = await audio_files.fetch(caller, job_id)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     assert audio is not None
@@ -39,5 +40,5 @@ async def get_audio(caller: Reader, jobs: Jobs, job_id: str = JobId) -> Response
 
 @router.get("/batches/{batch_id}", response_model=BatchView, summary="Batch status: counts by job status, and the job ids",
             responses={**ERRORS, **NOT_FOUND})
-async def get_batch(caller: Reader, jobs: Jobs, batch_id: str = BatchId) -> BatchView:
-    return await jobs.batch(caller, batch_id)
+async def get_batch(caller: Reader, batches: BatchService, batch_id: str = BatchId) -> BatchView:
+    return await batches.view(caller, batch_id)

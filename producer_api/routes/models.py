@@ -6,12 +6,11 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Path, Query
 
-from producer_api.deps import Jobs, Submitter
-from producer_api.errors import ApiError
+from producer_api.deps import Router, Submitter
 from producer_api.models import ModelCard, ModelList, ModelVoices, RunningEngine, VoiceInfo, VoiceList
 from producer_api.routes.examples import ERRORS, NOT_FOUND
 from voicenote.adverts import EngineAdvert
-from voicenote.models import Model, UnknownModel
+from voicenote.models import Model
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -29,29 +28,22 @@ def _voices(model: Model, advert: EngineAdvert | None) -> ModelVoices:
                        running=RunningEngine(**asdict(advert)) if advert else None)
 
 
-def _model(jobs: Jobs, name: str) -> Model:
-    try:
-        return jobs.models.get(name)
-    except UnknownModel as exc:
-        raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-
-
 @router.get("/models", response_model=ModelList, summary="The models this deployment serves (OpenAI's list shape)",
             responses={**ERRORS})
-async def list_models(caller: Submitter, jobs: Jobs) -> ModelList:
-    return ModelList(data=[_card(m) for m in jobs.models.models])
+async def list_models(caller: Submitter, router: Router) -> ModelList:
+    return ModelList(data=[_card(m) for m in router.models.models])
 
 
 @router.get("/models/{model}", response_model=ModelCard, summary="One model, by id or alias", responses={**ERRORS, **NOT_FOUND})
-async def get_model(caller: Submitter, jobs: Jobs, model: str = Path(..., max_length=64)) -> ModelCard:
-    return _card(_model(jobs, model))
+async def get_model(caller: Submitter, router: Router, model: str = Path(..., max_length=64)) -> ModelCard:
+    return _card(router.find(model))
 
 
 @router.get("/audio/voices", response_model=VoiceList,
             summary="Per model, the voices its engine serves, the names that reach them, and what its running workers advertise",
             responses={**ERRORS, **NOT_FOUND})
-async def list_voices(caller: Submitter, jobs: Jobs,
+async def list_voices(caller: Submitter, router: Router,
                       model: str | None = Query(None, max_length=64, description="Only this model (id or alias).")) -> VoiceList:
-    models = [_model(jobs, model)] if model else list(jobs.models.models)
-    running = await jobs.running_engines()
+    models = [router.find(model)] if model else list(router.models.models)
+    running = await router.running_engines()
     return VoiceList(data=[_voices(m, running.get(m.family)) for m in models])

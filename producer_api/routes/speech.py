@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from producer_api.deps import IdempotencyKey, Jobs, Submitter
+from producer_api.deps import BatchService, IdempotencyKey, Speaking, Submitter, Submitting
 from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, SpeechRequest
 from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
-from producer_api.service import ignored_header
+from producer_api.services.common import ignored_header
 from voicenote.audio import CONTENT_TYPES
 
 router = APIRouter(prefix="/v1/audio", tags=["speech"])
@@ -19,25 +19,25 @@ _AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Ch
 
 @router.post("/speech", response_class=Response, summary="Speak now (OpenAI-compatible): answers with the audio",
              responses={**_AUDIO, **ERRORS, **CONFLICT_IDEMPOTENCY, **TIMEOUT})
-async def speech(body: SpeechRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> Response:
-    audio = await jobs.speak(caller, body, idempotency_key)
+async def speech(body: SpeechRequest, caller: Submitter, sync: Speaking, idempotency_key: IdempotencyKey = None) -> Response:
+    audio = await sync.speak(caller, body, idempotency_key)
     return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
 
 
 @router.post("/speech/async", status_code=202, response_model=AsyncAccepted, summary="Queue a voice note",
              responses={**ERRORS, **CONFLICT_IDEMPOTENCY})
-async def speech_async(body: SpeechRequest, caller: Submitter, jobs: Jobs, response: Response,
+async def speech_async(body: SpeechRequest, caller: Submitter, submission: Submitting, response: Response,
                        idempotency_key: IdempotencyKey = None) -> AsyncAccepted:
-    accepted = await jobs.submit_async(caller, body, idempotency_key)
+    accepted = await submission.submit_async(caller, body, idempotency_key)
     response.headers.update(ignored_header(accepted.ignored_params))
     return accepted
 
 
 @router.post("/speech/batch", status_code=202, response_model=BatchAccepted, summary="Queue many voice notes at once",
              responses={**ERRORS, **CONFLICT_IDEMPOTENCY})
-async def speech_batch(body: BatchRequest, caller: Submitter, jobs: Jobs, response: Response,
+async def speech_batch(body: BatchRequest, caller: Submitter, batches: BatchService, response: Response,
                        idempotency_key: IdempotencyKey = None) -> BatchAccepted:
-    accepted = await jobs.submit_batch(caller, body, idempotency_key)
+    accepted = await batches.submit(caller, body, idempotency_key)
     # The union over the batch; the body and each job's record say which job ignores what.
     response.headers.update(ignored_header(sorted({p for params in accepted.ignored_params.values() for p in params})))
     return accepted

@@ -93,3 +93,35 @@ async def test_apply_moves_many_jobs_in_one_round_trip_forward_only(settings: Se
         assert await store.apply([]) == []
     finally:
         await store.close()
+
+
+async def test_batch_records_round_trip_expire_and_delete(settings: Settings) -> None:
+    from voicenote.jobstore import BatchRecord
+
+    store = JobStore.from_settings(settings.redis)
+    client = aioredis.Redis.from_url(settings.redis.url)
+    try:
+        batch = BatchRecord(batch_id="batch_rt", owner="alice", created_at=1_700_000_000_123, job_ids=("job_b2", "job_b1", "job_b3"))
+        await store.put_batch(batch)
+        assert await store.get_batch("batch_rt") == batch  # the order of submission kept
+        assert 0 < await client.ttl(store.batch_key("batch_rt")) <= settings.redis.job_ttl_seconds
+        assert await store.get_batch("batch_none") is None
+        await store.delete_batch("batch_rt")
+        assert await store.get_batch("batch_rt") is None
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_batch_records_on_unreachable_redis_are_translated() -> None:
+    from voicenote.errors import JobStoreError
+    from voicenote.jobstore import BatchRecord
+    from voicenote.settings import RedisSettings
+
+    store = JobStore.from_settings(RedisSettings(url="redis://127.0.0.1:1/0"))
+    with pytest.raises(JobStoreError, match="cannot record batch batch_x"):
+        await store.put_batch(BatchRecord(batch_id="batch_x", owner="a", created_at=1, job_ids=("job_1",)))
+    with pytest.raises(JobStoreError, match="cannot read batch batch_x"):
+        await store.get_batch("batch_x")
+    with pytest.raises(JobStoreError, match="cannot remove batch batch_x"):
+        await store.delete_batch("batch_x")

@@ -65,6 +65,7 @@ async def test_async_submission_publishes_a_mapped_request_and_records_it(api_fa
     assert event["voice"] == "en_US-joe-medium" and event["attributes"]["voice_requested"] == "alloy"
     assert event["priority"] == "batch" and event["webhook_url"] == "https://example.com/hook"
     assert event["format"] == "wav" and event["text"] == SPEECH["input"]
+    assert event["created_at"] == job["created_at"] and event["attributes"]["owner"] == "writer"  # one event, one record
 
 
 @pytest.mark.parametrize(("patch", "param"), [

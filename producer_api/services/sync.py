@@ -1,0 +1,85 @@
+"""Sync speech: publish as interactive, wait for the job's end (Redis pub/sub), answer with the audio."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from producer_api.auth import Caller
+from producer_api.errors import ApiError
+from producer_api.models import SpeechRequest
+from producer_api.services.admission import Admission
+from producer_api.services.common import Audio, Links, audio_headers, ignored_header
+from producer_api.services.routing import ModelRouter
+from producer_api.services.submission import Submission
+from producer_api.waiter import CompletionWaiter
+from schemas.status import JobStatus
+from voicenote.audio import CONTENT_TYPES
+from voicenote.client import new_job_id
+from voicenote.errors import AudioNotFound, JobStoreError
+from voicenote.jobstore import JobStore
+from voicenote.storage import AudioStore
+
+_RECHECK_SECONDS = 2.0
+
+
+class SyncSpeech:
+    def __init__(self, *, submission: Submission, admission: Admission, router: ModelRouter, waiter: CompletionWaiter,
+                 jobs: JobStore, store: AudioStore, timeout_seconds: float, links: Links) -> None:
+        self._submission = submission
+        self._admission = admission
+        self._router = router
+        self._waiter = waiter
+        self._jobs = jobs
+        self._store = store
+        self._timeout = timeout_seconds
+        self._links = links
+
+    async def speak(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> Audio:
+        """Publish as interactive and wait for the job's end; 504 with the job id past the timeout."""
+        routed = self._router.route(req)
+        if not self._waiter.subscribed.is_set():
+            raise JobStoreError("not subscribed to completions, cannot wait for the audio")
+
+        async def publish() -> dict[str, Any]:
+            job_id = new_job_id()
+            await self._submission.publish(job_id, routed, caller, priority="interactive")
+            return {"job_id": job_id}
+
+        # No lost wake-up: _wait_terminal registers for the job's completion, then re-reads the record.
+        job_id = (await self._admission.once(caller, idempotency_key, "speech", req, publish))["job_id"]
+        record = await self._wait_terminal(job_id, self._timeout)
+        status = record["status"]
+        if status == JobStatus.succeeded.value:
+            try:
+                data = await self._store.get(record["audio_key"])
+            except AudioNotFound:
+                raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired") from None
+            fmt = record.get("format", req.response_format)
+            headers = {**audio_headers(job_id, fmt, record, routed.model.sample_rate), **ignored_header(routed.ignored)}
+            return Audio(data, record.get("content_type") or CONTENT_TYPES[fmt], headers)
+        headers = {"X-Job-Id": job_id, **ignored_header(routed.ignored)}
+        if status == JobStatus.cancelled.value:
+            raise ApiError(409, f"job {job_id} was cancelled", code="job_cancelled", headers=headers)
+        code, message = record.get("error_code", "unknown"), record.get("error_message", "synthesis failed")
+        if code == "invalid_request":
+            raise ApiError(400, f"job {job_id}: {message}", code=code, headers=headers)
+        raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers=headers)
+
+    async def _wait_terminal(self, job_id: str, timeout: float) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._waiter.watch(job_id) as done:
+                record = await self._jobs.get(job_id)  # after registering: a completion in between is not lost
+                if record is not None and JobStatus(record["status"]).terminal:
+                    return record
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise ApiError(504, f"job {job_id} is not finished after {timeout:g}s; poll {self._links.job(job_id)}",
+                                   type_="server_error", code="timeout", param=None,
+                                   headers={"X-Job-Id": job_id, "Location": self._links.job(job_id)})
+                try:
+                    await asyncio.wait_for(done, min(remaining, _RECHECK_SECONDS))
+                except TimeoutError:
+                    pass
