@@ -33,6 +33,7 @@ import numpy as np
 from ops.benchmarking import machine
 from ops.services import MotoS3, RedisServer, TansuBroker
 from schemas.codec import Codecs
+from schemas.events import SynthesisResult
 from schemas.topics import build_catalog
 from stream_workers.completion import Storer
 from stream_workers.result_cache import ResultCache
@@ -99,10 +100,10 @@ async def bench_cache(redis_url: str, jobs: int) -> dict[str, Any]:
                 record = await synth.finish(job)
             else:
                 [(_, record)] = admission.results
-            result = codecs.result.decode(codecs.result.encode(record))
+            result = codecs.result.decode_event(codecs.result.encode(record))
             done = await storer.complete(result)
-            assert done["status"] == "succeeded", done
-            return time.perf_counter() - started, bool(done["cache_hit"])
+            assert done.status == "succeeded", done
+            return time.perf_counter() - started, done.cache_hit
 
         await one("job_warmup", "Warm up.")
         misses, hits = [], []
@@ -135,8 +136,8 @@ async def bench_storage(s3_endpoint: str) -> dict[str, Any]:
             storer = Storer(store, settings, public_base_url="http://api")  # type: ignore[arg-type]
             times = []
             for i in range(30):
-                result = {"job_id": f"job_st{i}", "status": "succeeded", "created_at": 0, "synthesized_at": 0, "format": "wav",
-                          "audio": ten_seconds, "engine": "bench", "model_version": "1"}
+                result = SynthesisResult(job_id=f"job_st{i}", status="succeeded", created_at=0, synthesized_at=0, format="wav",
+                                         audio=ten_seconds, engine="bench", model_version="1")
                 started = time.perf_counter()
                 await storer.complete(result)
                 times.append(time.perf_counter() - started)

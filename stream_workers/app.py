@@ -9,6 +9,7 @@ group (voicenote/models.py); the completion role projects the requests of every 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
@@ -146,7 +147,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
             records, dead = [], []
             for event in events:
                 try:
-                    records.append(codec.decode(event.value))
+                    records.append(codec.decode_event(event.value))
                 except DecodeError as exc:
                     if consumer is not None:
                         completion_metrics.dead_letters.inc()
@@ -165,8 +166,8 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 log.warning("projection check failed, trying again in %.0fs: %s", ctx.settings.worker.projection_check_seconds, exc)
 
         async def emit_completions(records: Any) -> None:
-            await asyncio.gather(*[await completions.send(key=r["job_id"].encode(), value=ctx.codecs.completion.encode(r))
-                                   for r in records])
+            await asyncio.gather(*[await completions.send(key=c.job_id.encode(), value=ctx.codecs.completion.encode_event(c))
+                                   for c in records])
 
         watchdog = Watchdog(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
                             stuck_after=ctx.settings.worker.stuck_after_seconds)
@@ -183,17 +184,16 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
                 results, sent = await decode_group(events, ctx.codecs.result, "storage")
-                fresh = fresh_results(results, await projector.already_completed([r["job_id"] for r in results]))
+                fresh = fresh_results(results, await projector.already_completed([r.job_id for r in results]))
                 if len(fresh) < len(results):
                     log.info("dropping %d results of jobs already completed (redelivered requests)", len(results) - len(fresh))
-                done = await storer.complete_many(fresh)
+                done = [dataclasses.replace(c, trace_parent=record_span(
+                            "voicenote.completion", c.trace_parent, seconds=(c.upload_ms or 0) / 1000,
+                            attributes={"voicenote.job_id": c.job_id, "voicenote.status": c.status}))
+                        for c in await storer.complete_many(fresh)]
                 for completion in done:
-                    completion["trace_parent"] = record_span(
-                        "voicenote.completion", completion.get("trace_parent"), seconds=(completion.get("upload_ms") or 0) / 1000,
-                        attributes={"voicenote.job_id": completion["job_id"], "voicenote.status": completion["status"]})
-                for completion in done:
-                    sent.append(await completions.send(key=completion["job_id"].encode(),
-                                                       value=ctx.codecs.completion.encode(completion)))
+                    sent.append(await completions.send(key=completion.job_id.encode(),
+                                                       value=ctx.codecs.completion.encode_event(completion)))
                 await asyncio.gather(*sent)
                 # Projected here, once the events are on the broker (so a job never reads as finished
                 # before its completion event exists), rather than by consuming our own output again:

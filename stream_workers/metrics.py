@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from schemas.events import JobCompletion
+
 _SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 32, 64)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -88,9 +90,9 @@ def _epoch_seconds(value: Any) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value) / 1000
 
 
-def job_latency_seconds(completion: dict[str, Any]) -> float:
+def job_latency_seconds(completion: JobCompletion) -> float:
     """Request created (the API's or publisher's ``created_at``) to completion, never negative (clock skew)."""
-    return max(0.0, _epoch_seconds(completion["completed_at"]) - _epoch_seconds(completion["created_at"]))
+    return max(0.0, _epoch_seconds(completion.completed_at) - _epoch_seconds(completion.created_at))
 
 
 class CompletionMetrics:
@@ -107,10 +109,10 @@ class CompletionMetrics:
         self.consumer_lag = Gauge("voicenote_completion_consumer_lag", "Audio events not yet committed by this worker.",
                                   registry=r)
 
-    def completed(self, completions: list[dict[str, Any]]) -> None:
+    def completed(self, completions: list[JobCompletion]) -> None:
         for completion in completions:
-            self.job_latency.labels(completion["status"]).observe(job_latency_seconds(completion))
-            self.completions.labels(completion["status"]).inc()
+            self.job_latency.labels(completion.status).observe(job_latency_seconds(completion))
+            self.completions.labels(completion.status).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

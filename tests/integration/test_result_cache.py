@@ -68,19 +68,19 @@ async def test_identical_request_reuses_stored_audio_without_the_engine(settings
     first = await _process(synth, [codecs.request.encode(_request("job_cachefirst"))])
     assert engine.calls == ["job_cachefirst"]
     assert first[0]["cache_key"]
-    first_done = await storer.complete(codecs.result.decode(codecs.result.encode(first[0])))
-    assert first_done["cache_hit"] is False
+    first_done = await storer.complete(codecs.result.decode_event(codecs.result.encode(first[0])))
+    assert first_done.cache_hit is False
 
     second = await _process(synth, [codecs.request.encode(_request("job_cachesecond"))])
     assert engine.calls == ["job_cachefirst"], "a cache hit must not call the engine"
-    hit = codecs.result.decode(codecs.result.encode(second[0]))
-    assert hit["cache_hit"] is True
-    assert hit["audio_ref"] == first_done["audio_key"]
+    hit = codecs.result.decode_event(codecs.result.encode(second[0]))
+    assert hit.cache_hit is True
+    assert hit.audio_ref == first_done.audio_key
     second_done = await storer.complete(hit)
-    assert second_done["status"] == "succeeded" and second_done["cache_hit"] is True
-    assert second_done["audio_key"] != first_done["audio_key"]  # the job gets its own object
-    assert await store.get(second_done["audio_key"]) == await store.get(first_done["audio_key"])
-    assert second_done["duration_ms"] == first_done["duration_ms"] > 0
+    assert second_done.status == "succeeded" and second_done.cache_hit is True
+    assert second_done.audio_key != first_done.audio_key  # the job gets its own object
+    assert await store.get(second_done.audio_key) == await store.get(first_done.audio_key)
+    assert second_done.duration_ms == first_done.duration_ms > 0
     assert cache.hits == 1 and cache.misses == 1 and cache.hit_ratio == 0.5
 
     # Opt-out, and a different text: both go to the engine.
@@ -111,7 +111,7 @@ async def test_a_stale_entry_means_synthesizing_again_not_a_failed_job(settings:
     synth = Synthesizer(engine, codecs, first_store, settings.storage, SynthesisSettings(), cache=cache)
     storer = Storer(first_store, settings.storage, public_base_url="http://api", cache=cache)
     first = await _process(synth, [codecs.request.encode(_request("job_stalefirst"))])
-    await storer.complete(codecs.result.decode(codecs.result.encode(first[0])))
+    await storer.complete(codecs.result.decode_event(codecs.result.encode(first[0])))
 
     other_store = LocalAudioStore(settings.storage.local_dir / "other")
     synth_elsewhere = Synthesizer(engine, codecs, other_store, settings.storage, SynthesisSettings(), cache=cache)
@@ -120,5 +120,5 @@ async def test_a_stale_entry_means_synthesizing_again_not_a_failed_job(settings:
     assert again[0]["status"] == "succeeded" and not again[0].get("cache_hit")
     assert cache.hits == 0 and cache.misses == 2
     done = await Storer(other_store, settings.storage, public_base_url="http://api", cache=cache).complete(
-        codecs.result.decode(codecs.result.encode(again[0])))
-    assert done["status"] == "succeeded"
+        codecs.result.decode_event(codecs.result.encode(again[0])))
+    assert done.status == "succeeded"

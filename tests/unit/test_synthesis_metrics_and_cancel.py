@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from schemas.events import SynthesisResult
 from stream_workers.completion import Storer
 from stream_workers.metrics import SynthesisMetrics
 from voicenote.settings import StorageSettings
@@ -20,8 +21,9 @@ def test_idle_fraction_is_idle_over_idle_plus_busy_and_is_exported() -> None:
 
 async def test_a_cancelled_result_becomes_a_cancelled_completion(tmp_path: Path) -> None:
     storer = Storer(LocalAudioStore(tmp_path), StorageSettings(local_dir=tmp_path))
-    completion = await storer.complete({"job_id": "j1", "status": "cancelled", "created_at": 1, "format": "wav",
-                                        "error_code": "cancelled", "error_message": "the job was cancelled before synthesis"})
-    assert completion["status"] == "cancelled"
-    assert completion["error_code"] == "cancelled"
-    assert completion.get("audio_key") is None
+    completion = await storer.complete(SynthesisResult(
+        job_id="j1", status="cancelled", created_at=1, synthesized_at=2, format="wav",
+        error_code="cancelled", error_message="the job was cancelled before synthesis"))
+    assert completion.status == "cancelled"
+    assert completion.error_code == "cancelled"
+    assert completion.audio_key is None

@@ -6,7 +6,12 @@ from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.events import JobCompletion
 from stream_workers.metrics import CompletionMetrics, WebhookMetrics, job_latency_seconds
+
+
+def _done(created_at: object, completed_at: object, status: str = "succeeded") -> JobCompletion:
+    return JobCompletion(job_id="job_m", status=status, created_at=created_at, completed_at=completed_at)  # type: ignore[arg-type]
 
 
 def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -17,16 +22,14 @@ def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 def test_latency_runs_from_request_creation_to_completion_in_either_timestamp_form() -> None:
     created = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     done = datetime(2026, 1, 1, 12, 0, 2, 500_000, tzinfo=UTC)
-    assert job_latency_seconds({"created_at": created, "completed_at": done}) == 2.5
-    assert job_latency_seconds({"created_at": 1_000, "completed_at": 3_500}) == 2.5
-    assert job_latency_seconds({"created_at": 5_000, "completed_at": 4_000}) == 0.0  # producer clock ahead
+    assert job_latency_seconds(_done(created, done)) == 2.5
+    assert job_latency_seconds(_done(1_000, 3_500)) == 2.5
+    assert job_latency_seconds(_done(5_000, 4_000)) == 0.0  # producer clock ahead
 
 
 def test_completions_are_counted_and_timed_by_status() -> None:
     metrics = CompletionMetrics()
-    metrics.completed([{"status": "succeeded", "created_at": 0, "completed_at": 1_200},
-                       {"status": "failed", "created_at": 0, "completed_at": 40},
-                       {"status": "succeeded", "created_at": 0, "completed_at": 70_000}])
+    metrics.completed([_done(0, 1_200), _done(0, 40, "failed"), _done(0, 70_000)])
     s = _samples(metrics.render())
     assert s[("voicenote_completions_total", (("status", "succeeded"),))] == 2
     assert s[("voicenote_job_latency_seconds_count", (("status", "succeeded"),))] == 2
