@@ -100,7 +100,7 @@ async def bench_cache(redis_url: str, jobs: int) -> dict[str, Any]:
                 record = await synth.finish(job)
             else:
                 [(_, record)] = admission.results
-            result = codecs.result.decode_event(codecs.result.encode(record))
+            result = codecs.result.decode_event(codecs.result.encode_event(record))
             done = await storer.complete(result)
             assert done.status == "succeeded", done
             return time.perf_counter() - started, done.cache_hit

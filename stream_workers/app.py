@@ -21,6 +21,7 @@ from mode.supervisors import CrashingSupervisor
 from prometheus_client import generate_latest
 
 from schemas.errors import DecodeError
+from schemas.events import SynthesisResult as SynthesisResultEvent
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
 from stream_workers.completion import StatusProjector, Storer, fresh_results
@@ -229,14 +230,14 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     running: list[SynthesisLoop[Any]] = []
     finished = asyncio.Event()
 
-    async def publish(records: list[dict[str, Any]]) -> None:
-        for r in records:
-            r["trace_parent"] = record_span("voicenote.synthesis", r.get("trace_parent"),
-                                            seconds=((r.get("batch_wait_ms") or 0) + (r.get("engine_ms") or 0)) / 1000,
-                                            attributes={"voicenote.job_id": r["job_id"], "voicenote.status": r.get("status", ""),
-                                                        "voicenote.batch_size": r.get("batch_size") or 0})
+    async def publish(results: list[SynthesisResultEvent]) -> None:
+        traced = [dataclasses.replace(r, trace_parent=record_span(
+                      "voicenote.synthesis", r.trace_parent, seconds=(r.batch_wait_ms + r.engine_ms) / 1000,
+                      attributes={"voicenote.job_id": r.job_id, "voicenote.status": r.status,
+                                  "voicenote.batch_size": r.batch_size}))
+                  for r in results]
         # Queue every record with the producer first, then wait for the broker's acknowledgements together.
-        sent = [await audio.send(key=r["job_id"].encode(), value=ctx.codecs.result.encode(r)) for r in records]
+        sent = [await audio.send(key=r.job_id.encode(), value=ctx.codecs.result.encode_event(r)) for r in traced]
         await asyncio.gather(*sent)
 
     async def dead_letter(event: Any, refused: Refused) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
+from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult, carried
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest
 from stream_workers.result_cache import CachedAudio, ResultCache
@@ -22,11 +22,6 @@ from voicenote.jobstore import JobStore, Transition, WebhookState
 from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore, audio_key
 from voicenote.storage.base import Put
-
-# What a completion takes over from its result: every field the two events share, so a field added to
-# both schemas is carried without a change here (status and errors are then set by the outcome).
-_CARRIED = tuple(f.name for f in dataclasses.fields(JobCompletion)
-                 if f.name in {g.name for g in dataclasses.fields(SynthesisResult)})
 
 
 def _now_ms() -> int:
@@ -88,7 +83,8 @@ class Storer:
 
     async def _prepare(self, result: SynthesisResult) -> JobCompletion | _Upload:
         """A finished completion (cancelled, failed, unusable audio) or the upload a success needs."""
-        base = JobCompletion(completed_at=0, **{name: getattr(result, name) for name in _CARRIED})
+        # Every field the two events share (status and errors are then set by the outcome).
+        base = JobCompletion(completed_at=0, **carried(result, JobCompletion))
         if result.status == "cancelled":
             return dataclasses.replace(base, status="cancelled", completed_at=_now_ms(),
                                        error_code=result.error_code or "cancelled",

@@ -32,8 +32,8 @@ async def test_admission_refuses_garbage_fails_invalid_requests_and_accepts_the_
     ])
     assert [(r.index, r.reason) for r in admission.refused] == [(1, "undecodable"), (3, "invalid_request")]
     [(index, failed)] = admission.results
-    assert index == 2 and failed["status"] == "failed" and failed["error_code"] == "invalid_request"
-    assert "speed" in failed["error_message"]
+    assert index == 2 and failed.status == "failed" and failed.error_code == "invalid_request"
+    assert "speed" in (failed.error_message or "")
     assert [(i, job.job_id) for i, job in admission.jobs] == [(0, "ok_1")]
 
 
@@ -44,8 +44,8 @@ async def test_audio_above_the_threshold_is_claim_checked(tmp_path: Path) -> Non
     [(_, job)] = admission.jobs
     synth.run_batch(job.segments())
     result = await synth.finish(job)
-    assert result["status"] == "succeeded"
-    assert result.get("audio") is None
-    assert result["audio_ref"] == "audio/claims/_1/big_1.wav"
-    assert wav_info(await LocalAudioStore(tmp_path).get(result["audio_ref"])) == (22050, 44100)
-    assert len(codecs.result.encode(result)) < 1024  # the event carries the reference, not the bytes
+    assert result.status == "succeeded"
+    assert result.audio is None
+    assert result.audio_ref == "audio/claims/_1/big_1.wav"
+    assert wav_info(await LocalAudioStore(tmp_path).get(result.audio_ref)) == (22050, 44100)
+    assert len(codecs.result.encode_event(result)) < 1024  # the event carries the reference, not the bytes
