@@ -102,8 +102,8 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
     async def send_dead_letter(event: Any, consumer: str, exc: DecodeError) -> Any:
         log.warning("dead-lettering %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
-        record = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
-        return await dlq.send(value=ctx.codecs.dead_letter.encode(record))
+        letter = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
+        return await dlq.send(value=ctx.codecs.dead_letter.encode_event(letter))
 
     if role is Role.synthesis:
         assert engine is not None
