@@ -31,7 +31,7 @@ from stream_workers.engine.base import SpeechEngine
 from stream_workers.engine.slots import continuous
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
-from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag
+from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag, track_committed_offsets
 from stream_workers.projection import ProjectionGuard
 from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
@@ -96,6 +96,7 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
 
 def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None) -> faust.App:
     app = _faust_app(ctx, role)
+    track_committed_offsets(app)
     topic = {spec.name: app.topic(spec.name, key_type=bytes, value_type=bytes) for spec in ctx.catalog.all()}
     cat = ctx.catalog
     dlq = topic[cat.dead_letter.name]
@@ -125,7 +126,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.timer(ctx.settings.synthesis.lag_interval_seconds)
         async def sample_completion_lag() -> None:
-            completion_metrics.consumer_lag.set(faust_consumer_lag(app.consumer))
+            completion_metrics.consumer_lag.set(await faust_consumer_lag(app))
 
         local = getattr(ctx.store, "inner", ctx.store)  # the store itself, not its retrying proxy
         if isinstance(local, LocalAudioStore):
@@ -299,9 +300,4 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
 
     @app.timer(s.synthesis.lag_interval_seconds)
     async def sample_lag() -> None:
-        consumer = app.consumer
-        lag = 0
-        for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
-            lag += max(0, consumer.highwater(tp) - (committed or 0))
-        metrics.consumer_lag.set(lag)
+        metrics.consumer_lag.set(await faust_consumer_lag(app))

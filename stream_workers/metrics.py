@@ -5,6 +5,7 @@ The loop and the result cache report events here; no other module of the worker 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -118,13 +119,38 @@ class CompletionMetrics:
         return generate_latest(self.registry)
 
 
-def faust_consumer_lag(consumer: Any) -> int:
-    """Records behind the committed offsets over a Faust consumer's assigned partitions."""
-    lag = 0
+def records_behind(highwaters: Mapping[Any, int], committed: Mapping[Any, int | None]) -> int:
+    """Records between each partition's committed offset and its end, summed (a partition with neither: 0 behind)."""
+    return sum(max(0, end - (committed.get(tp) or 0)) for tp, end in highwaters.items())
+
+
+def track_committed_offsets(app: Any) -> None:
+    """Keep ``app.monitor.tp_committed_offsets`` to the partitions this worker holds.
+
+    Faust's Monitor records every commit there (``Monitor.on_tp_commit``, its public sensor hook); a
+    partition handed to another worker is forgotten, so a later reassignment does not read its old offset.
+    """
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        for tp in revoked:
+            app.monitor.tp_committed_offsets.pop(tp, None)
+
+
+async def faust_consumer_lag(app: Any) -> int:
+    """Records not yet committed over a Faust app's assigned partitions, from public Faust calls only.
+
+    A partition this worker has not committed yet counts from its consumer position, which starts at the
+    group's committed offset: an idle partition reads 0 behind, not its whole length.
+    """
+    consumer = app.consumer
+    commits = app.monitor.tp_committed_offsets
+    committed: dict[Any, int | None] = {}
     for tp in consumer.assignment():
-        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
-        lag += max(0, consumer.highwater(tp) - (committed or 0))
-    return lag
+        committed[tp] = commits.get(tp)
+        if committed[tp] is None:
+            committed[tp] = await consumer.position(tp)
+    return records_behind({tp: consumer.highwater(tp) for tp in committed}, committed)
 
 
 class WebhookMetrics:

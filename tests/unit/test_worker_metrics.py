@@ -45,3 +45,25 @@ def test_every_webhook_outcome_series_exists_before_its_first_event() -> None:
     s = _samples(metrics.render())
     assert {o: s[("voicenote_webhook_deliveries_total", (("outcome", o),))] for o in WebhookMetrics.OUTCOMES} == {
         "delivered": 0, "retrying": 1, "failed": 0, "refused": 0}
+
+
+def test_records_behind_counts_from_each_committed_offset_to_the_partition_end() -> None:
+    from stream_workers.metrics import records_behind
+
+    assert records_behind({"a": 100, "b": 40, "c": 7}, {"a": 90, "b": 40, "c": None}) == 10 + 0 + 7
+    assert records_behind({"a": 5}, {"a": 9}) == 0  # a commit past a stale end is not negative lag
+
+
+async def test_committed_offsets_come_from_faust_public_monitor_and_forget_revoked_partitions() -> None:
+    from faust.types import TP
+
+    from stream_workers.faust_driver import FetchWaitApp
+    from stream_workers.metrics import track_committed_offsets
+
+    app = FetchWaitApp("lag-guard", broker="kafka://127.0.0.1:9", web_enabled=False)
+    track_committed_offsets(app)
+    kept, lost = TP("requests", 0), TP("requests", 1)
+    app.monitor.on_tp_commit({kept: 12, lost: 30})  # what Faust's consumer calls after each commit
+    assert app.monitor.tp_committed_offsets == {kept: 12, lost: 30}
+    await app.on_partitions_revoked.send({lost})
+    assert app.monitor.tp_committed_offsets == {kept: 12}
