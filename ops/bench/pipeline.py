@@ -11,7 +11,7 @@ With ``--baseline-src DIR`` (a source tree of another commit, e.g. ``git archive
 every round runs the workers from that tree too, on the same broker and Redis, alternating with this
 tree, and the file gets both sets of figures and their ratios (this tree / baseline).
 
-    python -m ops.bench_pipeline [--jobs 3000] [--rounds 3] [--low-rate 20] [--low-jobs 200] [--baseline-src DIR]
+    python -m ops.bench.pipeline [--jobs 3000] [--rounds 3] [--low-rate 20] [--low-jobs 200] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from ops.benchmarking import CpuMeter, calibration_ms, machine, pct, stop_processes
+from ops.bench.common import CpuMeter, calibration_ms, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from schemas.events import SynthesisRequest
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def request(job_id: str) -> SynthesisRequest:

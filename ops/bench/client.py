@@ -1,6 +1,6 @@
 """The client and the operator CLI on the Tansu broker: publish, read and redrive rates, and pacing.
 
-    PYTHONPATH=. python -m ops.bench_client [--records 5000] [--rate 200]
+    PYTHONPATH=. python -m ops.bench.client [--records 5000] [--rate 200]
 
 Measures, in one run on one broker: requests/s published by ``VoicenoteClient.publish`` (acknowledged,
 with the flush), completions/s read back as objects, dead letters/s redriven by ``voicenote dlq redrive
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from ops import benchmarking
+from ops.bench import common as benchmarking
 from ops.cli import main as cli
 from ops.replay import Range, read_range
 from ops.services import TansuBroker

@@ -1,6 +1,6 @@
 """Benchmark of the completion side: what the result cache saves, what storage costs, how fast webhooks go.
 
-    PYTHONPATH=. python -m ops.bench_completion [--jobs 16] [--deliveries 200]
+    PYTHONPATH=. python -m ops.bench.completion [--jobs 16] [--deliveries 200]
 
 1. Result cache: the same requests answered by the CPU voice (miss: engine, batch of one) and again from
    the cache (hit: Redis lookup + copy of the stored audio), through the real Synthesizer and Storer.
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ops.benchmarking import machine
+from ops.bench.common import machine
 from ops.services import MotoS3, RedisServer, TansuBroker
 from schemas.codec import Codecs
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
