@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from ops.bench import common as benchmarking
+from ops.bench import common
 from ops.services import RedisServer, TansuBroker, free_port
 from producer_api.auth import new_token
 from schemas.topics import build_catalog
@@ -37,7 +37,7 @@ BODY = json.dumps({"model": "tts-1", "input": "Your parcel is on its way and wil
 
 
 def machine() -> dict[str, object]:
-    return benchmarking.machine(("fastapi", "uvicorn", "confluent-kafka", "redis", "uvloop", "httptools"),
+    return common.machine(("fastapi", "uvicorn", "confluent-kafka", "redis", "uvloop", "httptools"),
                                 "broker (Tansu), Redis, the API and this load generator share the machine")
 
 

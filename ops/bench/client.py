@@ -21,7 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from ops.bench import common as benchmarking
+from ops.bench import common
 from ops.cli import main as cli
 from ops.replay import Range, read_range
 from ops.services import TansuBroker
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--out", default="results/bench_client.json")
     args = parser.parse_args()
-    result = {"machine": benchmarking.machine(("confluent-kafka", "fastavro"), "broker (Tansu) and this process share the machine"),
+    result = {"machine": common.machine(("confluent-kafka", "fastavro"), "broker (Tansu) and this process share the machine"),
               "result": run(args.records, args.rate)}
     Path(args.out).parent.mkdir(exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
