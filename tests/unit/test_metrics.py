@@ -1,4 +1,4 @@
-"""End-to-end job latency and webhook outcomes, as the completion and webhook workers report them."""
+"""The workers' metrics: synthesis engine use, end-to-end job latency, webhook outcomes, consumer lag."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import JobCompletion
-from stream_workers.metrics import CompletionMetrics, WebhookMetrics, job_latency_seconds
+from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, WebhookMetrics, job_latency_seconds
 
 
 def _done(created_at: object, completed_at: object, status: str = "succeeded") -> JobCompletion:
@@ -67,3 +67,15 @@ async def test_committed_offsets_come_from_faust_public_monitor_and_forget_revok
     assert app.monitor.tp_committed_offsets == {kept: 12, lost: 30}
     await app.on_partitions_revoked.send({lost})
     assert app.monitor.tp_committed_offsets == {kept: 12}
+
+
+def test_idle_fraction_is_idle_over_idle_plus_busy_and_is_exported() -> None:
+    m = SynthesisMetrics()
+    m.batch(size=8, fill_wait=0.1, engine_seconds=3.0, audio_seconds=6.0, waste=0.1)
+    m.busy(3.0)
+    m.idle(1.0)
+    assert m.idle_fraction == 0.25
+    text = m.render().decode()
+    assert "voicenote_synthesis_engine_idle_fraction 0.25" in text
+    assert "voicenote_synthesis_real_time_factor 0.5" in text
+    assert 'voicenote_synthesis_batch_size_bucket{le="8.0"} 1.0' in text
