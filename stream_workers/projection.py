@@ -84,7 +84,8 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     projector = StatusProjector(jobs)
     report = RebuildReport()
     oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
-    sources = [(spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
+    sources: list[tuple[str, Any, Callable[[Any], Awaitable[list[bool]]], bool]] = [
+        (spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
     sources.append((catalog.completions.name, codecs.completion, projector.on_completions, False))
     for topic, codec, apply, is_request in sources:
         values = await asyncio.to_thread(_read_all, settings, topic)

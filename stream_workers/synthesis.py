@@ -183,18 +183,18 @@ class Synthesizer:
         decoded: list[tuple[int, SynthesisRequest]] = []
         for i, value in enumerate(values):
             try:
-                record = self._codecs.request.decode_event(value)
+                event = self._codecs.request.decode_event(value)
             except DecodeError as exc:
                 out.refused.append(Refused(i, exc.reason, str(exc)))
                 continue
-            problems = request_problems(record.to_record())
+            problems = request_problems(event.to_record())
             if problems and "job_id" in problems[0]:
                 out.refused.append(Refused(i, "invalid_request", "; ".join(problems)))
             elif problems:
-                out.results.append((i, result_record(record, status="failed", error_code="invalid_request",
+                out.results.append((i, result_record(event, status="failed", error_code="invalid_request",
                                                       error_message="; ".join(problems))))
             else:
-                decoded.append((i, record))
+                decoded.append((i, event))
         records: list[dict[str, str] | None] = [None] * len(decoded)
         if self._jobs and decoded:
             records = await self._jobs.get_fields_many([r.job_id for _, r in decoded],
