@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from schemas.events import JobCompletion
@@ -147,9 +148,13 @@ async def faust_consumer_lag(app: Any) -> int:
     commits = app.monitor.tp_committed_offsets
     committed: dict[Any, int | None] = {}
     for tp in consumer.assignment():
-        committed[tp] = commits.get(tp)
-        if committed[tp] is None:
-            committed[tp] = await consumer.position(tp)
+        offset = commits.get(tp)
+        if offset is None:
+            try:
+                offset = await consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked since assignment() answered: another worker's lag now
+        committed[tp] = offset
     return records_behind({tp: consumer.highwater(tp) for tp in committed}, committed)
 
 
