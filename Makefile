@@ -53,16 +53,16 @@ topics: $(STAMP) ## print the topic catalog
 	$(BIN)/voicenote topics list
 
 bench-completion: $(STAMP) ## benchmark result cache, storage and webhook delivery (writes results/)
-	$(BIN)/python -m ops.bench_completion
+	$(BIN)/python -m ops.bench.completion
 
 bench-engine: $(STAMP) ## engine audio-seconds per second at batch 1, 2, 4, 8 -> results/bench_engine.json
-	$(BIN)/python -m ops.bench_engine
+	$(BIN)/python -m ops.bench.engine
 
 bench-pipeline: $(STAMP) ## pipeline ceiling with the zero-cost engine -> results/bench_pipeline.json (BASELINE=dir: another tree beside it)
-	$(BIN)/python -m ops.bench_pipeline $(if $(BASELINE),--baseline-src $(BASELINE))
+	$(BIN)/python -m ops.bench.pipeline $(if $(BASELINE),--baseline-src $(BASELINE))
 
 bench-e2e: $(STAMP) ## real voice, HTTP to completion at several loads -> results/bench_e2e.json
-	$(BIN)/python -m ops.bench_e2e
+	$(BIN)/python -m ops.bench.e2e
 
 dashboard: $(STAMP) ## the dashboard's queries against Prometheus over a real run -> docs/dashboard.png (needs Debian's prometheus, matplotlib)
 	$(BIN)/pip install -q matplotlib
@@ -72,17 +72,17 @@ clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var
 
 bench-api: $(STAMP) ## producer API: accepted requests/s and p50/p99 at rising concurrency (broker + Redis, workers off)
-	$(BIN)/python -m ops.bench_api
+	$(BIN)/python -m ops.bench.api
 
-bench-s1mini: $(STAMP) ## S1-mini decode step, proxies, continuous mode, codec, start-up -> results/s1mini_cpu*.json (GPU: python -m ops.bench_s1mini --device cuda)
-	$(BIN)/python -m ops.bench_s1mini --device cpu --batch-sizes 1,2,4 --modes static,proxies,codec,startup --out results/s1mini_cpu.json
-	$(BIN)/python -m ops.bench_s1mini --device cpu --tiny --batch-sizes 1,2,4,8 --steps 20 --inductor --out results/s1mini_cpu_tiny.json
+bench-s1mini: $(STAMP) ## S1-mini decode step, proxies, continuous mode, codec, start-up -> results/s1mini_cpu*.json (GPU: python -m ops.bench.s1mini --device cuda)
+	$(BIN)/python -m ops.bench.s1mini --device cpu --batch-sizes 1,2,4 --modes static,proxies,codec,startup --out results/s1mini_cpu.json
+	$(BIN)/python -m ops.bench.s1mini --device cpu --tiny --batch-sizes 1,2,4,8 --steps 20 --inductor --out results/s1mini_cpu_tiny.json
 
 capacity: $(STAMP) ## fleet size and cost from the measured S1-mini results (results/s1mini_cuda.json, else _cpu)
-	$(BIN)/python -m ops.capacity
+	$(BIN)/python -m ops.bench.capacity
 
 bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice: publishes once), submit --rate pacing -> results/bench_client.json
-	$(BIN)/python -m ops.bench_client
+	$(BIN)/python -m ops.bench.client
 
 bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, kill -9 per worker) + broker storage modes -> results/bench_faults.json
-	$(BIN)/python -m ops.bench_faults
+	$(BIN)/python -m ops.bench.faults

@@ -11,7 +11,7 @@ what has been redriven, so a second run publishes only letters that arrived sinc
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
+from schemas.events import DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
 from voicenote.settings import KafkaSettings
 
@@ -93,12 +94,14 @@ def read_range(settings: KafkaSettings, topic: str, rng: Range, *, idle_timeout:
         consumer.close()
 
 
-def matches(record: dict[str, Any], filters: dict[str, str]) -> bool:
+def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:
     """Whether every ``field=value`` filter holds (attributes are matched as ``attributes.key``).
 
     ``voice`` matches what the user asked for (the API keeps it in ``attributes.voice_requested``) as
     well as the installed voice id the event carries, so ``voice=alloy`` finds jobs requested as alloy.
     """
+    # A mapping, not an event: filters name wire fields, and `voicenote completions tail` filters the
+    # client's completion records with the same rules.
     for key, want in filters.items():
         if key.startswith("attributes."):
             have = [record.get("attributes", {}).get(key.split(".", 1)[1])]
@@ -127,19 +130,19 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
         if progress is not None:
             progress(report)
         try:
-            record = codec.decode(msg.value())
+            request = codec.decode_event(msg.value())
         except DecodeError:
             report.undecodable += 1  # these are on the dead-letter topic already; redrive them instead
             continue
-        if not matches(record, filters):
+        if not matches(request.to_record(), filters):
             continue
         report.matched += 1
         if producer is None:
             continue
         job_id = new_job_id()
-        record = {**record, "job_id": job_id, "created_at": int(time.time() * 1000),
-                  "attributes": {**record.get("attributes", {}), "replay_of": record["job_id"]}}
-        producer.produce(topic, key=job_id.encode(), value=codec.encode(record),
+        replayed = replace(request, job_id=job_id, created_at=int(time.time() * 1000),
+                           attributes={**request.attributes, "replay_of": request.job_id})
+        producer.produce(topic, key=job_id.encode(), value=codec.encode_event(replayed),
                          on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
         producer.poll(0)
         report.published += 1
@@ -219,13 +222,12 @@ def redrive_dead_letters(settings: KafkaSettings, dead_letter_topic: str, *, gro
                          progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
     """Publish the letters not yet redriven by ``group_id`` back to their source topic (original bytes)."""
 
-    def target(letter: dict[str, Any]) -> tuple[str, Headers]:
-        origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
-        return letter["source_topic"], [*letter["headers"].items(), ("voicenote-redrive-of", origin.encode())]
+    def target(letter: DeadLetter) -> tuple[str, Headers]:
+        return letter.source_topic, [*letter.headers.items(), ("voicenote-redrive-of", _origin(letter).encode())]
 
     return _redrive(settings, dead_letter_topic, group_id, target, dry_run=dry_run, progress=progress,
-                    select=lambda letter: (not error_type or letter["error_type"] == error_type)
-                    and (not source_topic or letter["source_topic"] == source_topic))
+                    select=lambda letter: (not error_type or letter.error_type == error_type)
+                    and (not source_topic or letter.source_topic == source_topic))
 
 
 def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, first_retry_topic: str, *, group_id: str,
@@ -239,21 +241,24 @@ def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, fi
     again at once, and can be redriven again.
     """
 
-    def target(letter: dict[str, Any]) -> tuple[str, Headers]:
-        origin = f"{letter['source_topic']}:{letter['source_partition']}:{letter['source_offset']}"
-        attempt = int(letter["headers"].get("webhook-attempt", b"0") or 0) + 1
+    def target(letter: DeadLetter) -> tuple[str, Headers]:
+        attempt = int(letter.headers.get("webhook-attempt", b"0") or 0) + 1
         return first_retry_topic, [("webhook-attempt", str(attempt).encode()), ("webhook-due-at", str(int(time.time() * 1000)).encode()),
-                                   ("webhook-log", letter["headers"].get("webhook-log", b"[]")),
-                                   ("voicenote-redrive-of", origin.encode())]
+                                   ("webhook-log", letter.headers.get("webhook-log", b"[]")),
+                                   ("voicenote-redrive-of", _origin(letter).encode())]
 
     return _redrive(settings, webhook_dead_letter_topic, group_id, target, dry_run=dry_run, progress=progress,
-                    select=lambda letter: (not error_type or letter["error_type"] == error_type)
-                    and (not job_id or (letter["key"] or b"").decode(errors="replace") == job_id))
+                    select=lambda letter: (not error_type or letter.error_type == error_type)
+                    and (not job_id or (letter.key or b"").decode(errors="replace") == job_id))
+
+
+def _origin(letter: DeadLetter) -> str:
+    return f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
 
 
 def _redrive(settings: KafkaSettings, topic: str, group_id: str,
-             target: Callable[[dict[str, Any]], tuple[str, Headers]], *,
-             select: Callable[[dict[str, Any]], bool], dry_run: bool,
+             target: Callable[[DeadLetter], tuple[str, Headers]], *,
+             select: Callable[[DeadLetter], bool], dry_run: bool,
              progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
     codec = AvroCodec("DeadLetter")
     report = ReplayReport()
@@ -266,7 +271,7 @@ def _redrive(settings: KafkaSettings, topic: str, group_id: str,
             if progress is not None:
                 progress(report)
             try:
-                letter = codec.decode(msg.value())
+                letter = codec.decode_event(msg.value())
             except DecodeError:
                 report.undecodable += 1  # not a letter we wrote; left where it is, counted
                 continue
@@ -276,7 +281,7 @@ def _redrive(settings: KafkaSettings, topic: str, group_id: str,
             if producer is None:
                 continue
             destination, headers = target(letter)
-            producer.produce(destination, key=letter["key"], value=letter["value"], headers=headers,
+            producer.produce(destination, key=letter.key, value=letter.value, headers=headers,
                              on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
             producer.poll(0)
             report.published += 1

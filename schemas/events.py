@@ -162,6 +162,13 @@ class DeadLetter(Event):
     failed_at: int
 
 
+def carried(source: Event, target: type[Event]) -> dict[str, Any]:
+    """The fields of ``source`` that ``target`` has too: what a stage carries forward from the event it
+    got to the one it makes, so a field added to both schemas flows through without a change in code."""
+    names = _field_names(target)
+    return {f.name: _copy(getattr(source, f.name)) for f in dataclasses.fields(source) if f.name in names}
+
+
 EVENT_TYPES: dict[str, type[Event]] = {cls.SCHEMA: cls for cls in (SynthesisRequest, SynthesisResult, JobCompletion, DeadLetter)}
 
 E = TypeVar("E", bound=Event)

@@ -9,6 +9,7 @@ group (voicenote/models.py); the completion role projects the requests of every 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
@@ -20,6 +21,7 @@ from mode.supervisors import CrashingSupervisor
 from prometheus_client import generate_latest
 
 from schemas.errors import DecodeError
+from schemas.events import SynthesisResult as SynthesisResultEvent
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
 from stream_workers.completion import StatusProjector, Storer, fresh_results
@@ -29,7 +31,7 @@ from stream_workers.engine.base import SpeechEngine
 from stream_workers.engine.slots import continuous
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
-from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag
+from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag, track_committed_offsets
 from stream_workers.projection import ProjectionGuard
 from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
@@ -94,14 +96,15 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
 
 def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None) -> faust.App:
     app = _faust_app(ctx, role)
+    track_committed_offsets(app)
     topic = {spec.name: app.topic(spec.name, key_type=bytes, value_type=bytes) for spec in ctx.catalog.all()}
     cat = ctx.catalog
     dlq = topic[cat.dead_letter.name]
 
     async def send_dead_letter(event: Any, consumer: str, exc: DecodeError) -> Any:
         log.warning("dead-lettering %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
-        record = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
-        return await dlq.send(value=ctx.codecs.dead_letter.encode(record))
+        letter = dead_letter(event, consumer=consumer, error_type=exc.reason, error_message=str(exc))
+        return await dlq.send(value=ctx.codecs.dead_letter.encode_event(letter))
 
     if role is Role.synthesis:
         assert engine is not None
@@ -123,7 +126,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.timer(ctx.settings.synthesis.lag_interval_seconds)
         async def sample_completion_lag() -> None:
-            completion_metrics.consumer_lag.set(faust_consumer_lag(app.consumer))
+            completion_metrics.consumer_lag.set(await faust_consumer_lag(app))
 
         local = getattr(ctx.store, "inner", ctx.store)  # the store itself, not its retrying proxy
         if isinstance(local, LocalAudioStore):
@@ -146,7 +149,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
             records, dead = [], []
             for event in events:
                 try:
-                    records.append(codec.decode(event.value))
+                    records.append(codec.decode_event(event.value))
                 except DecodeError as exc:
                     if consumer is not None:
                         completion_metrics.dead_letters.inc()
@@ -165,8 +168,8 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 log.warning("projection check failed, trying again in %.0fs: %s", ctx.settings.worker.projection_check_seconds, exc)
 
         async def emit_completions(records: Any) -> None:
-            await asyncio.gather(*[await completions.send(key=r["job_id"].encode(), value=ctx.codecs.completion.encode(r))
-                                   for r in records])
+            await asyncio.gather(*[await completions.send(key=c.job_id.encode(), value=ctx.codecs.completion.encode_event(c))
+                                   for c in records])
 
         watchdog = Watchdog(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
                             stuck_after=ctx.settings.worker.stuck_after_seconds)
@@ -183,17 +186,16 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for events in stream.take_events(group, within=within):
                 results, sent = await decode_group(events, ctx.codecs.result, "storage")
-                fresh = fresh_results(results, await projector.already_completed([r["job_id"] for r in results]))
+                fresh = fresh_results(results, await projector.already_completed([r.job_id for r in results]))
                 if len(fresh) < len(results):
                     log.info("dropping %d results of jobs already completed (redelivered requests)", len(results) - len(fresh))
-                done = await storer.complete_many(fresh)
+                done = [dataclasses.replace(c, trace_parent=record_span(
+                            "voicenote.completion", c.trace_parent, seconds=(c.upload_ms or 0) / 1000,
+                            attributes={"voicenote.job_id": c.job_id, "voicenote.status": c.status}))
+                        for c in await storer.complete_many(fresh)]
                 for completion in done:
-                    completion["trace_parent"] = record_span(
-                        "voicenote.completion", completion.get("trace_parent"), seconds=(completion.get("upload_ms") or 0) / 1000,
-                        attributes={"voicenote.job_id": completion["job_id"], "voicenote.status": completion["status"]})
-                for completion in done:
-                    sent.append(await completions.send(key=completion["job_id"].encode(),
-                                                       value=ctx.codecs.completion.encode(completion)))
+                    sent.append(await completions.send(key=completion.job_id.encode(),
+                                                       value=ctx.codecs.completion.encode_event(completion)))
                 await asyncio.gather(*sent)
                 # Projected here, once the events are on the broker (so a job never reads as finished
                 # before its completion event exists), rather than by consuming our own output again:
@@ -229,14 +231,14 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     running: list[SynthesisLoop[Any]] = []
     finished = asyncio.Event()
 
-    async def publish(records: list[dict[str, Any]]) -> None:
-        for r in records:
-            r["trace_parent"] = record_span("voicenote.synthesis", r.get("trace_parent"),
-                                            seconds=((r.get("batch_wait_ms") or 0) + (r.get("engine_ms") or 0)) / 1000,
-                                            attributes={"voicenote.job_id": r["job_id"], "voicenote.status": r.get("status", ""),
-                                                        "voicenote.batch_size": r.get("batch_size") or 0})
+    async def publish(results: list[SynthesisResultEvent]) -> None:
+        traced = [dataclasses.replace(r, trace_parent=record_span(
+                      "voicenote.synthesis", r.trace_parent, seconds=(r.batch_wait_ms + r.engine_ms) / 1000,
+                      attributes={"voicenote.job_id": r.job_id, "voicenote.status": r.status,
+                                  "voicenote.batch_size": r.batch_size}))
+                  for r in results]
         # Queue every record with the producer first, then wait for the broker's acknowledgements together.
-        sent = [await audio.send(key=r["job_id"].encode(), value=ctx.codecs.result.encode(r)) for r in records]
+        sent = [await audio.send(key=r.job_id.encode(), value=ctx.codecs.result.encode_event(r)) for r in traced]
         await asyncio.gather(*sent)
 
     async def dead_letter(event: Any, refused: Refused) -> None:
@@ -298,9 +300,4 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
 
     @app.timer(s.synthesis.lag_interval_seconds)
     async def sample_lag() -> None:
-        consumer = app.consumer
-        lag = 0
-        for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
-            lag += max(0, consumer.highwater(tp) - (committed or 0))
-        metrics.consumer_lag.set(lag)
+        metrics.consumer_lag.set(await faust_consumer_lag(app))

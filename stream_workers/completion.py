@@ -6,11 +6,13 @@ The storage step is idempotent: a redelivered result writes the same bytes under
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult, carried
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest
 from stream_workers.result_cache import CachedAudio, ResultCache
@@ -21,16 +23,13 @@ from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore, audio_key
 from voicenote.storage.base import Put
 
-_CARRIED = ("job_id", "created_at", "format", "engine", "model_version", "batch_size", "queued_ms",
-            "batch_wait_ms", "engine_ms", "webhook_url", "batch_id", "trace_parent")
-
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
 class Storer:
-    """A SynthesisResult record in, a JobCompletion record out.
+    """A SynthesisResult event in, a JobCompletion event out.
 
     Audio arrives inline, as a claim check (WAV parked by the synthesis side), or as a cache hit (the
     stored audio of an identical earlier request, already in the requested format). Either way it is
@@ -44,10 +43,10 @@ class Storer:
         self._base = public_base_url.rstrip("/")
         self._cache = cache
 
-    async def complete(self, result: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, result: SynthesisResult) -> JobCompletion:
         return (await self.complete_many([result]))[0]
 
-    async def complete_many(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def complete_many(self, results: Sequence[SynthesisResult]) -> list[JobCompletion]:
         """The completions of ``results``, in order. The group's audio is written in one storage call and
         its cache entries in one Redis round trip; ``upload_ms`` is that call's time."""
         prepared = await asyncio.gather(*(self._prepare(result) for result in results))
@@ -58,7 +57,7 @@ class Storer:
         if self._cache is not None:
             await self._cache.record_many([(u.cache_key, CachedAudio(
                 audio_key=s.key, content_type=s.content_type, size_bytes=s.size, sample_rate=u.sample_rate,
-                duration_ms=u.duration_ms, source_job_id=u.base["job_id"])) for u, s in zip(uploads, stored, strict=True)
+                duration_ms=u.duration_ms, source_job_id=u.base.job_id)) for u, s in zip(uploads, stored, strict=True)
                 if u.cache_key])
         done = iter(zip(uploads, stored, strict=True))
         completions = []
@@ -67,39 +66,43 @@ class Storer:
                 completions.append(p)
                 continue
             upload, obj = next(done)
-            completions.append({
-                **upload.base,
-                "status": "succeeded",
-                "completed_at": _now_ms(),
-                "audio_key": obj.key,
-                "audio_uri": obj.uri,
-                "audio_url": await self.audio_url(upload.base["job_id"], obj.key),
-                "content_type": obj.content_type,
-                "size_bytes": obj.size,
-                "sample_rate": upload.sample_rate,
-                "duration_ms": upload.duration_ms,
-                "upload_ms": upload_ms,
-            })
+            completions.append(dataclasses.replace(
+                upload.base,
+                status="succeeded",
+                completed_at=_now_ms(),
+                audio_key=obj.key,
+                audio_uri=obj.uri,
+                audio_url=await self.audio_url(upload.base.job_id, obj.key),
+                content_type=obj.content_type,
+                size_bytes=obj.size,
+                sample_rate=upload.sample_rate,
+                duration_ms=upload.duration_ms,
+                upload_ms=upload_ms,
+            ))
         return completions
 
-    async def _prepare(self, result: dict[str, Any]) -> dict[str, Any] | _Upload:
+    async def _prepare(self, result: SynthesisResult) -> JobCompletion | _Upload:
         """A finished completion (cancelled, failed, unusable audio) or the upload a success needs."""
-        base = {name: result.get(name) for name in _CARRIED}
-        base["cache_hit"] = bool(result.get("cache_hit"))
-        if result["status"] == "cancelled":
-            return {**base, "status": "cancelled", "completed_at": _now_ms(), "error_code": result.get("error_code") or "cancelled",
-                    "error_message": result.get("error_message") or "the job was cancelled"}
-        if result["status"] != "succeeded":
-            return _failed(base, result.get("error_code") or "engine_error", result.get("error_message") or "synthesis failed")
-        fmt = result.get("format") or "wav"
+        # Every field the two events share (status and errors are then set by the outcome).
+        base = JobCompletion(completed_at=0, **carried(result, JobCompletion))
+        if result.status == "cancelled":
+            return dataclasses.replace(base, status="cancelled", completed_at=_now_ms(),
+                                       error_code=result.error_code or "cancelled",
+                                       error_message=result.error_message or "the job was cancelled")
+        if result.status != "succeeded":
+            return _failed(base, result.error_code or "engine_error", result.error_message or "synthesis failed")
+        fmt = result.format or "wav"
         try:
-            if result.get("cache_hit"):
-                data = await self._store.get(result["audio_ref"])
-                sample_rate, duration_ms = result.get("sample_rate") or 0, result.get("duration_ms") or 0
+            if result.cache_hit:
+                assert result.audio_ref is not None, "a cache hit names its stored audio"
+                data = await self._store.get(result.audio_ref)
+                sample_rate, duration_ms = result.sample_rate or 0, result.duration_ms or 0
             else:
-                wav = result.get("audio")
+                wav = result.audio
                 if wav is None:
-                    wav = await self._store.get(result["audio_ref"])
+                    if result.audio_ref is None:
+                        return _failed(base, "audio_missing", "the result carries neither audio nor a reference to it")
+                    wav = await self._store.get(result.audio_ref)
                 data = encode(wav, fmt)
                 sample_rate, frames = wav_info(wav)
                 duration_ms = int(1000 * frames / sample_rate) if sample_rate else 0
@@ -107,10 +110,10 @@ class Storer:
             return _failed(base, "audio_missing", f"stored audio {exc} is gone (expired or deleted); submit the request again")
         except UnsupportedFormat as exc:
             return _failed(base, exc.code, str(exc))
-        put = Put(audio_key(self._settings.key_prefix, result["job_id"], EXTENSIONS[fmt]), data, CONTENT_TYPES[fmt],
-                  {"job-id": result["job_id"], "engine": result.get("engine") or "",
-                   "model-version": result.get("model_version") or "", "format": fmt})
-        cache_key = result.get("cache_key") if not result.get("cache_hit") else None
+        put = Put(audio_key(self._settings.key_prefix, result.job_id, EXTENSIONS[fmt]), data, CONTENT_TYPES[fmt],
+                  {"job-id": result.job_id, "engine": result.engine or "",
+                   "model-version": result.model_version or "", "format": fmt})
+        cache_key = result.cache_key if not result.cache_hit else None
         return _Upload(base, put, sample_rate, duration_ms, cache_key or None)
 
     async def audio_url(self, job_id: str, key: str) -> str:
@@ -121,15 +124,15 @@ class Storer:
 
 @dataclass(frozen=True)
 class _Upload:
-    base: dict[str, Any]
+    base: JobCompletion
     put: Put
     sample_rate: int
     duration_ms: int
     cache_key: str | None
 
 
-def _failed(base: dict[str, Any], code: str, message: str) -> dict[str, Any]:
-    return {**base, "status": "failed", "completed_at": _now_ms(), "error_code": code, "error_message": message}
+def _failed(base: JobCompletion, code: str, message: str) -> JobCompletion:
+    return dataclasses.replace(base, status="failed", completed_at=_now_ms(), error_code=code, error_message=message)
 
 
 class StatusProjector:
@@ -142,36 +145,23 @@ class StatusProjector:
     def __init__(self, jobs: JobStore) -> None:
         self._jobs = jobs
 
-    async def on_request(self, request: dict[str, Any]) -> bool:
+    async def on_request(self, request: SynthesisRequest) -> bool:
         return (await self.on_requests([request]))[0]
 
-    async def on_completion(self, completion: dict[str, Any]) -> bool:
+    async def on_completion(self, completion: JobCompletion) -> bool:
         return (await self.on_completions([completion]))[0]
 
-    async def on_requests(self, requests: Sequence[dict[str, Any]]) -> list[bool]:
+    async def on_requests(self, requests: Sequence[SynthesisRequest]) -> list[bool]:
         # Indexed first: a job whose completion is projected before this returns is unindexed after it.
-        await self._jobs.track_pending([(r["job_id"], r["created_at"]) for r in requests])
-        return await self._jobs.apply([Transition(r["job_id"], JobStatus.queued, {
-            "created_at": r["created_at"], "format": r["format"], "voice": r["voice"], "priority": r["priority"],
-            "batch_id": r.get("batch_id"), "webhook_url": r.get("webhook_url"), "model": r.get("model"),
-            "ignored_params": (r.get("attributes") or {}).get("ignored_params"),
-            # The first request of a job id wins (fields of a non-advancing transition only fill gaps).
-            REQUEST_DIGEST_FIELD: request_digest(r),
-            # Direct publishers may name an owner (attributes.owner); jobs without one are admin-only.
-            "owner": (r.get("attributes") or {}).get("owner")}) for r in requests])
+        await self._jobs.track_pending([(r.job_id, r.created_at) for r in requests])
+        return await self._jobs.apply([Transition(r.job_id, JobStatus.queued, request_fields(r)) for r in requests])
 
-    async def on_completions(self, completions: Sequence[dict[str, Any]]) -> list[bool]:
-        transitions = []
-        for completion in completions:
-            fields = {k: completion.get(k) for k in _PROJECTED}
-            fields["cache_hit"] = int(bool(fields["cache_hit"]))
-            # Kept even when the status does not move (filled as a gap): the job has its completion event.
-            fields[COMPLETION_EMITTED_FIELD] = completion.get("completed_at") or _now_ms()
-            transitions.append(Transition(completion["job_id"], JobStatus(completion["status"]), fields))
+    async def on_completions(self, completions: Sequence[JobCompletion]) -> list[bool]:
+        transitions = [Transition(c.job_id, JobStatus(c.status), completion_fields(c)) for c in completions]
         # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
-        pending = [WebhookState(c["job_id"], "pending", 0) for c in completions if c.get("webhook_url")]
+        pending = [WebhookState(c.job_id, "pending", 0) for c in completions if c.webhook_url]
         moved = await self._jobs.apply(transitions, pending)
-        await self._jobs.untrack_pending([c["job_id"] for c in completions])
+        await self._jobs.untrack_pending([c.job_id for c in completions])
         return moved
 
 
@@ -191,16 +181,41 @@ class StatusProjector:
 COMPLETION_EMITTED_FIELD = "completion_emitted_at"
 
 
-def fresh_results(results: Sequence[dict[str, Any]], emitted: set[str]) -> list[dict[str, Any]]:
+def fresh_results(results: Sequence[SynthesisResult], emitted: set[str]) -> list[SynthesisResult]:
     """The first result of each job not in ``emitted``, in order: one completion per job."""
     seen = set(emitted)
     fresh = []
     for result in results:
-        if result["job_id"] not in seen:
-            seen.add(result["job_id"])
+        if result.job_id not in seen:
+            seen.add(result.job_id)
             fresh.append(result)
     return fresh
 
-_PROJECTED = ("created_at", "completed_at", "audio_key", "content_type", "format", "size_bytes", "duration_ms", "sample_rate",
-              "engine", "model_version", "batch_size", "queued_ms", "batch_wait_ms", "engine_ms", "upload_ms", "error_code",
-              "error_message", "cache_hit")
+
+# The job-record fields each event fills: the one place a typed event becomes a JobStore mapping.
+# A completion projects every field but these (the key, the transition itself, and what the record
+# holds from the request or serves differently: the API builds its own audio URL).
+_NOT_PROJECTED = frozenset({"job_id", "status", "audio_uri", "audio_url", "webhook_url", "batch_id", "trace_parent"})
+_PROJECTED = tuple(f.name for f in dataclasses.fields(JobCompletion) if f.name not in _NOT_PROJECTED)
+
+
+def request_fields(r: SynthesisRequest) -> dict[str, Any]:
+    """The job-record fields a request fills (queued)."""
+    return {
+        "created_at": r.created_at, "format": r.format, "voice": r.voice, "priority": r.priority,
+        "batch_id": r.batch_id, "webhook_url": r.webhook_url, "model": r.model,
+        "ignored_params": r.attributes.get("ignored_params"),
+        # The first request of a job id wins (fields of a non-advancing transition only fill gaps).
+        REQUEST_DIGEST_FIELD: request_digest(r.to_record()),
+        # Direct publishers may name an owner (attributes.owner); jobs without one are admin-only.
+        "owner": r.attributes.get("owner"),
+    }
+
+
+def completion_fields(c: JobCompletion) -> dict[str, Any]:
+    """The job-record fields a completion fills (its terminal state)."""
+    fields: dict[str, Any] = {name: getattr(c, name) for name in _PROJECTED}
+    fields["cache_hit"] = int(bool(c.cache_hit))
+    # Kept even when the status does not move (filled as a gap): the job has its completion event.
+    fields[COMPLETION_EMITTED_FIELD] = c.completed_at or _now_ms()
+    return fields

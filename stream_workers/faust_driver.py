@@ -1,4 +1,8 @@
-"""A Faust Kafka driver whose consumer fetch wait is a setting.
+"""The one module that reaches into Faust, mode and aiokafka internals: the fetch wait and the SIGTERM drain.
+
+Everything else in stream_workers uses public Faust API only (sensors, signals, timers, agents).
+
+**Fetch wait.** A Faust Kafka driver whose consumer fetch wait is a setting.
 
 Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``: an idle partition's fetch then parks
 for 1.5 s on the broker, which makes a 100 ms batch window meaningless (measured against Tansu: p50
@@ -6,7 +10,12 @@ for 1.5 s on the broker, which makes a 100 ms batch window meaningless (measured
 aiokafka: the consumer thread builds the aiokafka consumer as usual, then takes our fetch wait before
 ``start()`` builds its fetcher from it.
 
-Neither Faust nor aiokafka offers a public way to do this, so the private hooks used here are listed in
+**Drain on SIGTERM** (:class:`DrainingWorker`). mode's Worker installs its SIGTERM handler as
+``_on_sigterm`` and stops through ``_schedule_shutdown`` (which also lets ``execute_from_commandline``
+wait for the stop); there is no public hook that runs *before* the stop begins, so we override the one
+and call the other.
+
+Neither Faust, mode nor aiokafka offers a public way to do these, so the private hooks used here are listed in
 :func:`hook_problems`, checked when a :class:`FetchWaitApp` is built (an upgrade that breaks them stops
 start-up with a clear message instead of silently fetching at 1.5 s) and by tests/unit/test_faust_driver.py.
 Tested with faust-streaming 0.15 and aiokafka 0.14.
@@ -14,25 +23,38 @@ Tested with faust-streaming 0.15 and aiokafka 0.14.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import os
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka
 import faust
+import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
+from stream_workers.probes import Readiness
 from voicenote.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # (owner, attribute) of every private hook this module overrides or sets.
 _HOOKS = (
     (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer"),
     (faust_aiokafka.Consumer, "_new_consumer_thread"),
     (faust.App, "_new_transport"),
+    (mode.Worker, "_on_sigterm"),
+    (mode.Worker, "_schedule_shutdown"),
 )
 # What aiokafka's AIOKafkaConsumer.start() must still do for the attribute we set to take effect.
 _FETCHER_READS_IT = "fetch_max_wait_ms=self._fetch_max_wait_ms"
+# What mode's Worker must still do for our _on_sigterm to be the SIGTERM handler.
+_SIGTERM_CALLS_IT = "add_signal_handler(signal.SIGTERM,self._on_sigterm)"
 
 
 def _source(obj: Any) -> str:
@@ -49,6 +71,13 @@ def hook_problems() -> list[str]:
     else:
         if _FETCHER_READS_IT not in start.replace(" ", ""):
             problems.append(f"aiokafka.AIOKafkaConsumer.start no longer builds its Fetcher with {_FETCHER_READS_IT}")
+    try:
+        handlers = _source(mode.Worker._install_signal_handlers_unix)
+    except (OSError, TypeError, AttributeError) as exc:
+        problems.append(f"cannot read mode.Worker._install_signal_handlers_unix: {exc}")
+    else:
+        if _SIGTERM_CALLS_IT not in handlers.replace(" ", ""):
+            problems.append(f"mode.Worker no longer installs its SIGTERM handler with {_SIGTERM_CALLS_IT}")
     return problems
 
 
@@ -85,3 +114,49 @@ class FetchWaitApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return FetchWaitTransport(self.conf.broker_consumer, self)
+
+
+class DrainingWorker(faust.Worker):
+    """On SIGTERM, first lets the app finish its work in hand (its ``drain_hook``), then stops as usual.
+
+    The whole shutdown is bounded by ``grace_seconds``: past it the process exits hard, leaving what
+    was not committed to be redelivered (spot interruptions give a fixed notice; losing the pod is
+    worse than redoing a batch).
+    """
+
+    def __init__(self, app: faust.App, *, grace_seconds: float, readiness: Readiness | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._grace = grace_seconds
+        self._draining = False
+        self._readiness = readiness or Readiness()
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        self._readiness.started = True
+
+    def _on_sigterm(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        self._readiness.draining = True
+        watchdog = threading.Timer(self._grace, self._exit_hard)
+        watchdog.daemon = True
+        watchdog.start()
+        asyncio.ensure_future(self._drain_then_stop(), loop=self.loop)
+
+    async def _drain_then_stop(self) -> None:
+        hook = getattr(self.app, "drain_hook", None)
+        if hook is not None:
+            log.info("SIGTERM: draining (grace %.1fs)", self._grace)
+            try:
+                await asyncio.wait_for(hook(), self._grace * 0.7)
+            except TimeoutError:
+                log.warning("drain did not finish in %.1fs; stopping anyway (unacknowledged requests are redelivered)",
+                            self._grace * 0.7)
+        self._schedule_shutdown(signal.SIGTERM)
+
+    @staticmethod
+    def _exit_hard() -> None:
+        log.error("shutdown exceeded its grace period; exiting now")
+        # Not sys.exit: this runs on a timer thread while the event loop may be stuck in the drain.
+        os._exit(1)

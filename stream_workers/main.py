@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import signal
-import threading
 from typing import Any
-
-import faust
 
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
 from stream_workers.app import Role, build_app
 from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
+from stream_workers.faust_driver import DrainingWorker
 from stream_workers.probes import Readiness, attach_faust_probes
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
@@ -68,48 +63,3 @@ def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
                             loglevel=loglevel, quiet=True,
                             logging_config=logging_config(settings.log.format, settings.log.level))
     worker.execute_from_commandline()
-
-
-class DrainingWorker(faust.Worker):
-    """On SIGTERM, first lets the app finish its work in hand (its ``drain_hook``), then stops as usual.
-
-    The whole shutdown is bounded by ``grace_seconds``: past it the process exits hard, leaving what
-    was not committed to be redelivered (spot interruptions give a fixed notice; losing the pod is
-    worse than redoing a batch).
-    """
-
-    def __init__(self, app: faust.App, *, grace_seconds: float, readiness: Readiness | None = None, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._grace = grace_seconds
-        self._draining = False
-        self._readiness = readiness or Readiness()
-
-    async def on_startup_finished(self) -> None:
-        await super().on_startup_finished()
-        self._readiness.started = True
-
-    def _on_sigterm(self) -> None:
-        if self._draining:
-            return
-        self._draining = True
-        self._readiness.draining = True
-        watchdog = threading.Timer(self._grace, self._exit_hard)
-        watchdog.daemon = True
-        watchdog.start()
-        asyncio.ensure_future(self._drain_then_stop(), loop=self.loop)
-
-    async def _drain_then_stop(self) -> None:
-        hook = getattr(self.app, "drain_hook", None)
-        if hook is not None:
-            log.info("SIGTERM: draining (grace %.1fs)", self._grace)
-            try:
-                await asyncio.wait_for(hook(), self._grace * 0.7)
-            except TimeoutError:
-                log.warning("drain did not finish in %.1fs; stopping anyway (unacknowledged requests are redelivered)",
-                            self._grace * 0.7)
-        self._schedule_shutdown(signal.SIGTERM)
-
-    @staticmethod
-    def _exit_hard() -> None:
-        log.error("shutdown exceeded its grace period; exiting now")
-        os._exit(1)

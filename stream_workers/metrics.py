@@ -5,10 +5,14 @@ The loop and the result cache report events here; no other module of the worker 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from schemas.events import JobCompletion
 
 _SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 32, 64)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -88,9 +92,9 @@ def _epoch_seconds(value: Any) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value) / 1000
 
 
-def job_latency_seconds(completion: dict[str, Any]) -> float:
+def job_latency_seconds(completion: JobCompletion) -> float:
     """Request created (the API's or publisher's ``created_at``) to completion, never negative (clock skew)."""
-    return max(0.0, _epoch_seconds(completion["completed_at"]) - _epoch_seconds(completion["created_at"]))
+    return max(0.0, _epoch_seconds(completion.completed_at) - _epoch_seconds(completion.created_at))
 
 
 class CompletionMetrics:
@@ -107,22 +111,51 @@ class CompletionMetrics:
         self.consumer_lag = Gauge("voicenote_completion_consumer_lag", "Audio events not yet committed by this worker.",
                                   registry=r)
 
-    def completed(self, completions: list[dict[str, Any]]) -> None:
+    def completed(self, completions: list[JobCompletion]) -> None:
         for completion in completions:
-            self.job_latency.labels(completion["status"]).observe(job_latency_seconds(completion))
-            self.completions.labels(completion["status"]).inc()
+            self.job_latency.labels(completion.status).observe(job_latency_seconds(completion))
+            self.completions.labels(completion.status).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-def faust_consumer_lag(consumer: Any) -> int:
-    """Records behind the committed offsets over a Faust consumer's assigned partitions."""
-    lag = 0
+def records_behind(highwaters: Mapping[Any, int], committed: Mapping[Any, int | None]) -> int:
+    """Records between each partition's committed offset and its end, summed (a partition with neither: 0 behind)."""
+    return sum(max(0, end - (committed.get(tp) or 0)) for tp, end in highwaters.items())
+
+
+def track_committed_offsets(app: Any) -> None:
+    """Keep ``app.monitor.tp_committed_offsets`` to the partitions this worker holds.
+
+    Faust's Monitor records every commit there (``Monitor.on_tp_commit``, its public sensor hook); a
+    partition handed to another worker is forgotten, so a later reassignment does not read its old offset.
+    """
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        for tp in revoked:
+            app.monitor.tp_committed_offsets.pop(tp, None)
+
+
+async def faust_consumer_lag(app: Any) -> int:
+    """Records not yet committed over a Faust app's assigned partitions, from public Faust calls only.
+
+    A partition this worker has not committed yet counts from its consumer position, which starts at the
+    group's committed offset: an idle partition reads 0 behind, not its whole length.
+    """
+    consumer = app.consumer
+    commits = app.monitor.tp_committed_offsets
+    committed: dict[Any, int | None] = {}
     for tp in consumer.assignment():
-        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust exposes no public getter
-        lag += max(0, consumer.highwater(tp) - (committed or 0))
-    return lag
+        offset = commits.get(tp)
+        if offset is None:
+            try:
+                offset = await consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked since assignment() answered: another worker's lag now
+        committed[tp] = offset
+    return records_behind({tp: consumer.highwater(tp) for tp in committed}, committed)
 
 
 class WebhookMetrics:

@@ -84,18 +84,19 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     projector = StatusProjector(jobs)
     report = RebuildReport()
     oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
-    sources = [(spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
+    sources: list[tuple[str, Any, Callable[[Any], Awaitable[list[bool]]], bool]] = [
+        (spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
     sources.append((catalog.completions.name, codecs.completion, projector.on_completions, False))
     for topic, codec, apply, is_request in sources:
         values = await asyncio.to_thread(_read_all, settings, topic)
-        records: list[dict[str, Any]] = []
+        records: list[Any] = []
         for value in values:
             try:
-                record = codec.decode(value)
+                record = codec.decode_event(value)
             except DecodeError:
                 report.undecodable += 1  # already dead-lettered by the workers when it first arrived
                 continue
-            if (record.get("completed_at") or record.get("created_at") or 0) < oldest:
+            if (getattr(record, "completed_at", 0) or record.created_at or 0) < oldest:
                 report.skipped_expired += 1  # its record would already have expired
                 continue
             records.append(record)

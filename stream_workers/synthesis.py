@@ -19,6 +19,8 @@ import numpy as np
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
+from schemas.events import SynthesisRequest, carried
+from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
@@ -55,15 +57,15 @@ class Segment:
     def to_input(self) -> SynthesisInput:
         r = self.job.request
         return SynthesisInput(
-            job_id=f"{r['job_id']}#{self.index}",
+            job_id=f"{r.job_id}#{self.index}",
             text=self.text,
-            voice=r["voice"],
-            speed=r["speed"],
-            temperature=r["temperature"],
-            top_p=r["top_p"],
-            repetition_penalty=r["repetition_penalty"],
-            seed=r["seed"],
-            instructions=r["instructions"],
+            voice=r.voice,
+            speed=r.speed,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            repetition_penalty=r.repetition_penalty,
+            seed=r.seed,
+            instructions=r.instructions,
         )
 
 
@@ -71,7 +73,7 @@ class Segment:
 class Job:
     """An accepted request on its way through the engine, one segment at a time."""
 
-    request: dict[str, Any]
+    request: SynthesisRequest
     texts: list[str]
     handle: Any = None  # the source event, acknowledged once the result is published
     admitted_ms: int = 0
@@ -89,7 +91,7 @@ class Job:
 
     @property
     def job_id(self) -> str:
-        return str(self.request["job_id"])
+        return self.request.job_id
 
     @property
     def done(self) -> bool:
@@ -99,7 +101,7 @@ class Job:
         return [Segment(self, i, t) for i, t in enumerate(self.texts)]
 
     def past_deadline(self, now_ms: int) -> bool:
-        deadline = self.request.get("deadline_at")
+        deadline = self.request.deadline_at
         return deadline is not None and now_ms > deadline
 
 
@@ -108,7 +110,7 @@ class Admission:
     """What :meth:`Synthesizer.admit` made of a group of raw request values (by index)."""
 
     refused: list[Refused] = field(default_factory=list)
-    results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # ends without the engine
+    results: list[tuple[int, SynthesisResultEvent]] = field(default_factory=list)  # ends without the engine
     skipped: list[int] = field(default_factory=list)  # finished before (a redelivery): no new result
     jobs: list[tuple[int, Job]] = field(default_factory=list)
 
@@ -117,18 +119,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def result_record(request: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """A SynthesisResult event for ``request``, carrying forward what later stages need."""
-    return {
-        "job_id": request["job_id"],
-        "created_at": request["created_at"],
-        "synthesized_at": now_ms(),
-        "format": request.get("format", "wav"),
-        "webhook_url": request.get("webhook_url"),
-        "batch_id": request.get("batch_id"),
-        "trace_parent": request.get("trace_parent"),
-        **fields,
-    }
+def result_record(request: SynthesisRequest, **fields: Any) -> SynthesisResultEvent:
+    """The SynthesisResult event for ``request``, carrying forward every field the two events share."""
+    return SynthesisResultEvent(**carried(request, SynthesisResultEvent), synthesized_at=now_ms(), **fields)
 
 
 def synthesize_resilient(engine: SpeechEngine, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
@@ -187,40 +180,40 @@ class Synthesizer:
     async def admit(self, values: Sequence[bytes | None]) -> Admission:
         """decode -> validate -> filter, with one pipelined job-record read for the whole group."""
         out = Admission()
-        decoded: list[tuple[int, dict[str, Any]]] = []
+        decoded: list[tuple[int, SynthesisRequest]] = []
         for i, value in enumerate(values):
             try:
-                record = self._codecs.request.decode(value)
+                event = self._codecs.request.decode_event(value)
             except DecodeError as exc:
                 out.refused.append(Refused(i, exc.reason, str(exc)))
                 continue
-            problems = request_problems(record)
+            problems = request_problems(event.to_record())
             if problems and "job_id" in problems[0]:
                 out.refused.append(Refused(i, "invalid_request", "; ".join(problems)))
             elif problems:
-                out.results.append((i, result_record(record, status="failed", error_code="invalid_request",
+                out.results.append((i, result_record(event, status="failed", error_code="invalid_request",
                                                       error_message="; ".join(problems))))
             else:
-                decoded.append((i, record))
+                decoded.append((i, event))
         records: list[dict[str, str] | None] = [None] * len(decoded)
         if self._jobs and decoded:
-            records = await self._jobs.get_fields_many([r["job_id"] for _, r in decoded],
+            records = await self._jobs.get_fields_many([r.job_id for _, r in decoded],
                                                        ("status", SYNTHESIZED_FIELD, REQUEST_DIGEST_FIELD))
         now = now_ms()
-        to_synthesize: list[tuple[int, dict[str, Any]]] = []
+        to_synthesize: list[tuple[int, SynthesisRequest]] = []
         for (i, request), record in zip(decoded, records, strict=True):
             status = (record or {}).get("status")
             known = (record or {}).get(REQUEST_DIGEST_FIELD)
-            if known and known != (digest := request_digest(request)):
+            if known and known != (digest := request_digest(request.to_record())):
                 # Another request under an existing job id: neither redone nor dropped silently.
-                out.refused.append(Refused(i, "job_id_conflict", f"job {request['job_id']} already belongs to request "
+                out.refused.append(Refused(i, "job_id_conflict", f"job {request.job_id} already belongs to request "
                                            f"digest {known}; this request's digest is {digest}"))
             elif record and (record.get(SYNTHESIZED_FIELD) or status in (JobStatus.succeeded.value, JobStatus.failed.value)):
                 out.skipped.append(i)
             elif status == JobStatus.cancelled.value:
                 out.results.append((i, result_record(request, status="cancelled", error_code="cancelled",
                                                       error_message="the job was cancelled before synthesis")))
-            elif request.get("deadline_at") is not None and now > request["deadline_at"]:
+            elif request.deadline_at is not None and now > request.deadline_at:
                 out.results.append((i, self.deadline_result(request)))
             else:
                 to_synthesize.append((i, request))
@@ -229,13 +222,13 @@ class Synthesizer:
             if hit is not None:
                 out.results.append((i, hit))
             else:
-                texts = split_text(request["text"], self._settings.max_segment_chars)
+                texts = split_text(request.text, self._settings.max_segment_chars)
                 out.jobs.append((i, Job(request, texts, admitted_ms=now)))
         return out
 
-    def deadline_result(self, request: dict[str, Any]) -> dict[str, Any]:
+    def deadline_result(self, request: SynthesisRequest) -> SynthesisResultEvent:
         return result_record(request, status="failed", error_code="deadline_exceeded",
-                             error_message=f"the job's deadline {request['deadline_at']} passed before synthesis")
+                             error_message=f"the job's deadline {request.deadline_at} passed before synthesis")
 
     def run_batch(self, segments: Sequence[Segment]) -> list[SynthesisResult]:
         """Synthesize one batch of segments (blocking) and record each outcome on its job."""
@@ -254,19 +247,19 @@ class Synthesizer:
         elif job.error is None:
             job.error = result.error
 
-    async def finish(self, job: Job) -> dict[str, Any]:
+    async def finish(self, job: Job) -> SynthesisResultEvent:
         """The result record of a job whose segments are all done (or one of which failed)."""
         request = job.request
         common = {
             "engine": self.engine.name,
             "model_version": self.engine.model_version,
             "batch_size": max(job.batch_sizes, default=0),
-            "queued_ms": max(0, job.started_ms - request["created_at"]),
+            "queued_ms": max(0, job.started_ms - request.created_at),
             "batch_wait_ms": job.batch_wait_ms,
             "engine_ms": job.engine_ms,
         }
         if self._cache is not None:
-            common["cache_key"] = cache_key(request, self.engine.name, self.engine.model_version)
+            common["cache_key"] = cache_key(request.to_record(), self.engine.name, self.engine.model_version)
         if job.error is not None:
             return result_record(request, status="failed", error_code=job.error.code, error_message=str(job.error), **common)
         audio = join_audio([a for a in job.audio if a is not None], job.sample_rate)
@@ -278,14 +271,14 @@ class Synthesizer:
         return result_record(request, status="succeeded", sample_rate=job.sample_rate,
                              duration_ms=int(1000 * len(audio) / job.sample_rate), **audio_fields, **common)
 
-    async def _from_cache(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    async def _from_cache(self, requests: Sequence[SynthesisRequest]) -> list[SynthesisResultEvent | None]:
         """Per request, a result pointing at the stored audio of an identical earlier request, or None
         (engine needed); one cache round trip for the group."""
-        found: list[dict[str, Any] | None] = [None] * len(requests)
+        found: list[SynthesisResultEvent | None] = [None] * len(requests)
         if self._cache is None:
             return found
-        wanted = [(i, cache_key(r, self.engine.name, self.engine.model_version)) for i, r in enumerate(requests)
-                  if r.get("use_cache", True)]
+        wanted = [(i, cache_key(r.to_record(), self.engine.name, self.engine.model_version)) for i, r in enumerate(requests)
+                  if r.use_cache]
         entries = await self._cache.lookup_many([key for _, key in wanted])
         hits = [(i, key, hit) for (i, key), hit in zip(wanted, entries, strict=True) if hit is not None]
         present = await asyncio.gather(*(self._store.exists(hit.audio_key) for _, _, hit in hits))

@@ -26,8 +26,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
+from schemas.events import SynthesisResult as SynthesisResultEvent
 from stream_workers.batching import Batcher, BatchPolicy, padding_waste
 from stream_workers.engine.base import ContinuousEngine, SynthesisResult
 from stream_workers.metrics import SynthesisMetrics
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 H = TypeVar("H")  # the source event handle (a Faust event in the worker)
 
 # Puts a group of result records on the broker: returns once every one is acknowledged.
-Publish = Callable[[list[dict[str, Any]]], Awaitable[None]]
+Publish = Callable[[list[SynthesisResultEvent]], Awaitable[None]]
 
 INTERACTIVE = "interactive"
 
@@ -143,7 +144,7 @@ class SynthesisLoop(Generic[H]):
                 await self._spawn_publish([(handles[i], record) for i, record in admission.results])
             for i, job in admission.jobs:
                 job.handle = handles[i]
-                interactive = job.request.get("priority") == INTERACTIVE
+                interactive = job.request.priority == INTERACTIVE
                 for segment in job.segments():
                     self._batcher.add(segment, len(segment.text), interactive=interactive)
 
@@ -253,7 +254,7 @@ class SynthesisLoop(Generic[H]):
 
         await self._spawn(finish_and_publish)
 
-    async def _spawn_publish(self, items: list[tuple[H, dict[str, Any]]]) -> None:
+    async def _spawn_publish(self, items: list[tuple[H, SynthesisResultEvent]]) -> None:
         await self._spawn(lambda: self._publish_acked(items))
 
     async def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
@@ -269,9 +270,9 @@ class SynthesisLoop(Generic[H]):
         # Publishing runs beside the engine; a failure here still fails the whole loop (TaskGroup).
         self._group.create_task(run())
 
-    async def _publish_acked(self, items: list[tuple[H, dict[str, Any]]]) -> None:
+    async def _publish_acked(self, items: list[tuple[H, SynthesisResultEvent]]) -> None:
         await self._publish([record for _, record in items])
-        await self.synth.mark_synthesized([record["job_id"] for _, record in items])
+        await self.synth.mark_synthesized([record.job_id for _, record in items])
         for handle, record in items:
             await self._ack(handle)
-            self.metrics.results.labels(record["status"]).inc()
+            self.metrics.results.labels(record.status).inc()

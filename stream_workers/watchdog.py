@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
+from schemas.events import JobCompletion
 from schemas.status import JobStatus
 from stream_workers.completion import COMPLETION_EMITTED_FIELD, StatusProjector
 from voicenote.jobstore import JobStore
@@ -31,22 +31,22 @@ STUCK_CODE = "stuck_timeout"
 _FIELDS = ("status", COMPLETION_EMITTED_FIELD, "created_at", "webhook_url", "batch_id", "format")
 
 
-def stuck_completion(job_id: str, record: dict[str, str] | None, now_ms: int, stuck_after: float) -> dict[str, Any]:
+def stuck_completion(job_id: str, record: dict[str, str] | None, now_ms: int, stuck_after: float) -> JobCompletion:
     """The failed completion event of a stuck job, from what its record still holds."""
     record = record or {}
     created_at = int(record.get("created_at") or now_ms)
-    return {
-        "job_id": job_id, "status": JobStatus.failed.value, "created_at": created_at, "completed_at": now_ms,
-        "error_code": STUCK_CODE, "format": record.get("format") or None,
-        "error_message": f"the job did not finish within {stuck_after:.0f}s of its submission and was ended by the "
-                         "watchdog (its request was probably lost by the broker); submit it again",
-        "webhook_url": record.get("webhook_url") or None, "batch_id": record.get("batch_id") or None, "cache_hit": False,
-    }
+    return JobCompletion(
+        job_id=job_id, status=JobStatus.failed.value, created_at=created_at, completed_at=now_ms,
+        error_code=STUCK_CODE, format=record.get("format") or "wav",
+        error_message=f"the job did not finish within {stuck_after:.0f}s of its submission and was ended by the "
+                      "watchdog (its request was probably lost by the broker); submit it again",
+        webhook_url=record.get("webhook_url") or None, batch_id=record.get("batch_id") or None, cache_hit=False,
+    )
 
 
 class Watchdog:
     def __init__(self, jobs: JobStore, projector: StatusProjector,
-                 emit: Callable[[Sequence[dict[str, Any]]], Awaitable[None]], *, stuck_after: float,
+                 emit: Callable[[Sequence[JobCompletion]], Awaitable[None]], *, stuck_after: float,
                  batch: int = 500, clock: Callable[[], float] = time.time) -> None:
         self._jobs = jobs
         self._projector = projector
@@ -76,6 +76,6 @@ class Watchdog:
             await self._projector.on_completions(stuck)
             self.ended += len(stuck)
             log.warning("watchdog ended %d stuck jobs as %s: %s", len(stuck), STUCK_CODE,
-                        ", ".join(c["job_id"] for c in stuck[:10]))
+                        ", ".join(c.job_id for c in stuck[:10]))
         await self._jobs.untrack_pending(finished)
-        return [c["job_id"] for c in stuck]
+        return [c.job_id for c in stuck]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,19 +41,11 @@ class KafkaSettings(BaseModel):
         """The topic catalog these settings name (prefix and partition counts)."""
         return build_catalog(prefix=self.topic_prefix, request_partitions=self.request_partitions, partitions=self.partitions)
 
-    def client_config(self) -> dict[str, str | int]:
-        """librdkafka settings shared by every confluent-kafka client."""
-        conf: dict[str, str | int] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.sasl_username or ""
-            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
-        if self.ssl_ca_location:
-            conf["ssl.ca.location"] = self.ssl_ca_location
-        return conf
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every confluent-kafka client (:func:`voicenote.kafka.client_config`)."""
+        from voicenote.kafka import client_config  # voicenote.kafka builds on these settings
+
+        return client_config(self, "confluent")
 
 
 class RedisSettings(BaseModel):

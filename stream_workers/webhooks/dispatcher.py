@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
-from schemas.events import DeadLetter
+from schemas.events import DeadLetter, JobCompletion
 from schemas.topics import TopicCatalog
 from stream_workers.metrics import WebhookMetrics
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
@@ -46,12 +46,12 @@ H_DUE = "webhook-due-at"
 H_LOG = "webhook-log"
 
 
-def webhook_payload(completion: dict[str, Any]) -> bytes:
+def webhook_payload(completion: JobCompletion) -> bytes:
     """The JSON body: the completion as ``data``, in the Standard Webhooks ``{type, timestamp, data}`` shape."""
     body = {
-        "type": f"voicenote.job.{completion['status']}",
-        "timestamp": datetime.fromtimestamp(completion["completed_at"] / 1000, tz=UTC).isoformat(),
-        "data": completion,
+        "type": f"voicenote.job.{completion.status}",
+        "timestamp": datetime.fromtimestamp(completion.completed_at / 1000, tz=UTC).isoformat(),
+        "data": completion.to_record(),
     }
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
@@ -239,25 +239,25 @@ class WebhookDispatcher:
                 self._hold(msg, due)
                 return
         try:
-            completion = self._codecs.completion.decode(msg.value())
+            completion = self._codecs.completion.decode_event(msg.value())
         except DecodeError as exc:
             # The dispatcher is the only consumer of the completion topic in the product (the completion
             # role projects what it publishes without reading it back), so it dead-letters what it cannot read.
             await self._dead_letter(msg, headers, exc.reason, str(exc))
             self._store(msg)
             return
-        url = completion.get("webhook_url")
+        url = completion.webhook_url
         if url:
             await self._deliver(msg, headers, completion, url)
         self._store(msg)
 
-    async def _deliver(self, msg: Message, headers: dict[str, bytes], completion: dict[str, Any], url: str) -> None:
-        job_id = completion["job_id"]
+    async def _deliver(self, msg: Message, headers: dict[str, bytes], completion: JobCompletion, url: str) -> None:
+        job_id = completion.job_id
         attempt = int(headers.get(H_ATTEMPT, b"1") or 1)
         history: list[dict[str, Any]] = json.loads(headers.get(H_LOG, b"[]") or b"[]")
         started = time.monotonic()
         outcome: AttemptOutcome = await self._sender.attempt(url, message_id(job_id), webhook_payload(completion))
-        record_span("voicenote.webhook", completion.get("trace_parent"), seconds=time.monotonic() - started,
+        record_span("voicenote.webhook", completion.trace_parent, seconds=time.monotonic() - started,
                     attributes={"voicenote.job_id": job_id, "voicenote.attempt": attempt, "voicenote.ok": outcome.ok})
         history.append({"attempt": attempt, "at": self._now_ms(), "status_code": outcome.status_code,
                         "result": outcome.summary})

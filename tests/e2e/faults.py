@@ -1,5 +1,5 @@
 """Fault scenarios over the real processes, shared by the fault tests (a few dozen jobs) and
-``ops/bench_faults.py`` (about 200): submit jobs at a steady pace, break something mid-run, repair it,
+``ops/bench/faults.py`` (about 200): submit jobs at a steady pace, break something mid-run, repair it,
 then account for every accepted job through ``GET /v1/jobs`` and the completion topic."""
 
 from __future__ import annotations

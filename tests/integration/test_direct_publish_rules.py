@@ -42,27 +42,27 @@ def _request(job_id: str, text: str, **extra: Any) -> dict[str, Any]:
 async def test_a_reused_job_id_with_other_content_is_refused_with_both_digests(settings: Settings, jobs: JobStore,
                                                                               tmp_path: Path) -> None:
     codecs = Codecs()
-    first = codecs.request.decode(codecs.request.encode(_request("job_reuse1", "The first request.")))
-    other = codecs.request.decode(codecs.request.encode(_request("job_reuse1", "Another request, same id.")))
+    first = codecs.request.decode_event(codecs.request.encode(_request("job_reuse1", "The first request.")))
+    other = codecs.request.decode_event(codecs.request.encode(_request("job_reuse1", "Another request, same id.")))
     await StatusProjector(jobs).on_requests([first])
     await jobs.transition("job_reuse1", JobStatus.succeeded, {"completed_at": 1})
     synth = Synthesizer(NullEngine(), codecs, LocalAudioStore(tmp_path), StorageSettings(local_dir=tmp_path),
                         SynthesisSettings(), jobs)
 
-    admission = await synth.admit([codecs.request.encode(first), codecs.request.encode(other)])
+    admission = await synth.admit([codecs.request.encode_event(first), codecs.request.encode_event(other)])
 
     assert admission.skipped == [0]  # the same request again: a redelivery, acknowledged without work
     [refused] = admission.refused
     assert (refused.index, refused.reason) == (1, "job_id_conflict")
-    assert request_digest(first) in refused.message and request_digest(other) in refused.message
-    assert request_digest(first) != request_digest(other)
+    assert request_digest(first.to_record()) in refused.message and request_digest(other.to_record()) in refused.message
+    assert request_digest(first.to_record()) != request_digest(other.to_record())
     assert admission.jobs == [] and admission.results == []
 
 
 async def test_owner_of_a_direct_publish_and_admin_only_ownerless_jobs(settings: Settings, jobs: JobStore) -> None:
     codecs = Codecs()
-    owned = codecs.request.decode(codecs.request.encode(_request("job_owned1", "Mine.", attributes={"owner": "writer"})))
-    ownerless = codecs.request.decode(codecs.request.encode(_request("job_orphan1", "Nobody's.")))
+    owned = codecs.request.decode_event(codecs.request.encode(_request("job_owned1", "Mine.", attributes={"owner": "writer"})))
+    ownerless = codecs.request.decode_event(codecs.request.encode(_request("job_orphan1", "Nobody's.")))
     await StatusProjector(jobs).on_requests([owned, ownerless])
 
     keys = [ApiKey(name="writer", sha256=hash_token("vn-writer")),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from ops.rebuild import rebuild
 from schemas.codec import Codecs
+from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
 from stream_workers.completion import StatusProjector
 from voicenote.jobstore import JobStore
@@ -27,13 +29,13 @@ async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
         await store.close()
 
 
-def _request(job_id: str, created_at: int, **extra: object) -> dict:
-    return {"job_id": job_id, "created_at": created_at, "text": "hello", "voice": "joe", "format": "wav", "speed": 1.0,
-            "priority": "batch", "webhook_url": None, "batch_id": None, **extra}
+def _request(job_id: str, created_at: int, **extra: Any) -> SynthesisRequest:
+    return SynthesisRequest(job_id=job_id, created_at=created_at, text="hello", voice="joe", format="wav", speed=1.0,
+                            priority="batch", webhook_url=None, batch_id=None, **extra)
 
 
-def _completion(job_id: str, status: str, created_at: int, **extra: object) -> dict:
-    return {"job_id": job_id, "status": status, "created_at": created_at, "completed_at": created_at + 800, **extra}
+def _completion(job_id: str, status: str, created_at: int, **extra: Any) -> JobCompletion:
+    return JobCompletion(job_id=job_id, status=status, created_at=created_at, completed_at=created_at + 800, **extra)
 
 
 async def test_rebuild_replays_topics_into_an_empty_redis(settings: Settings, jobs: JobStore) -> None:
@@ -46,13 +48,13 @@ async def test_rebuild_replays_topics_into_an_empty_redis(settings: Settings, jo
     ancient = now - (settings.redis.job_ttl_seconds + 3600) * 1000
     try:
         # Completion of job_rbdone published before its request: replay order must not matter.
-        await producer.send(catalog.completions.name, codecs.completion.encode(_completion(
+        await producer.send(catalog.completions.name, codecs.completion.encode_event(_completion(
             "job_rbdone", "succeeded", now, audio_key="audio/ne/job_rbdone.wav", size_bytes=10, engine="null")),
             key=b"job_rbdone")
         for request in (_request("job_rbdone", now), _request("job_rbqueued", now), _request("job_rbfailed", now),
                         _request("job_rbancient", ancient)):
-            await producer.send(catalog.requests.name, codecs.request.encode(request), key=request["job_id"].encode())
-        await producer.send(catalog.completions.name, codecs.completion.encode(_completion(
+            await producer.send(catalog.requests.name, codecs.request.encode_event(request), key=request.job_id.encode())
+        await producer.send(catalog.completions.name, codecs.completion.encode_event(_completion(
             "job_rbfailed", "failed", now, error_code="unknown_voice", error_message="no voice 'x'")), key=b"job_rbfailed")
         await producer.send(catalog.requests.name, b"garbage", key=b"junk")
     finally:
@@ -111,8 +113,9 @@ async def test_a_second_result_of_a_completed_job_makes_no_second_completion(job
     await jobs.transition("job_dupc", JobStatus.cancelled, {"completed_at": now})  # cancelled by the API: no event yet
     emitted = await projector.already_completed(["job_dupa", "job_dupb", "job_dupc"])
     assert emitted == {"job_dupa"}
-    results = [{"job_id": "job_dupa"}, {"job_id": "job_dupb"}, {"job_id": "job_dupc"}, {"job_id": "job_dupb"}]
-    assert [r["job_id"] for r in fresh_results(results, emitted)] == ["job_dupb", "job_dupc"]  # once each, in order
+    results = [SynthesisResult(job_id=j, status="succeeded", created_at=now, synthesized_at=now)
+               for j in ("job_dupa", "job_dupb", "job_dupc", "job_dupb")]
+    assert [r.job_id for r in fresh_results(results, emitted)] == ["job_dupb", "job_dupc"]  # once each, in order
     assert await projector.already_completed([]) == set()
 
 
@@ -138,7 +141,7 @@ async def test_rebuild_reads_every_record_of_batched_produces(settings: Settings
     now = int(time.time() * 1000)
     for i in range(40):
         producer.produce(catalog.completions.name, key=f"job_b{i}".encode(),
-                         value=codecs.completion.encode(_completion(f"job_b{i}", "succeeded", now)))
+                         value=codecs.completion.encode_event(_completion(f"job_b{i}", "succeeded", now)))
     assert producer.flush(10) == 0
     report = await rebuild(settings, jobs)
     assert report.completions == 40
@@ -156,8 +159,8 @@ async def test_guard_rebuilds_an_emptied_redis_once_and_leaves_a_built_one_alone
     producer = AsyncProducer(settings.kafka)
     now = int(time.time() * 1000)
     try:
-        await producer.send(catalog.requests.name, codecs.request.encode(_request("job_heal1", now)), key=b"job_heal1")
-        await producer.send(catalog.completions.name, codecs.completion.encode(_completion("job_heal1", "succeeded", now)),
+        await producer.send(catalog.requests.name, codecs.request.encode_event(_request("job_heal1", now)), key=b"job_heal1")
+        await producer.send(catalog.completions.name, codecs.completion.encode_event(_completion("job_heal1", "succeeded", now)),
                             key=b"job_heal1")
     finally:
         producer.close()

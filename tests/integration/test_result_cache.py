@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from schemas.codec import Codecs
+from schemas.events import SynthesisResult as SynthesisResultEvent
 from stream_workers.completion import Storer
 from stream_workers.engine.base import SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
@@ -20,7 +21,7 @@ from voicenote.storage.local import LocalAudioStore
 pytestmark = pytest.mark.integration
 
 
-async def _process(synth: Synthesizer, values: list[bytes]) -> list[dict]:
+async def _process(synth: Synthesizer, values: list[bytes]) -> list[SynthesisResultEvent]:
     """Admission, then the engine for what the cache did not answer (as the synthesis loop does)."""
     admission = await synth.admit(values)
     results = [result for _, result in admission.results]
@@ -67,27 +68,27 @@ async def test_identical_request_reuses_stored_audio_without_the_engine(settings
 
     first = await _process(synth, [codecs.request.encode(_request("job_cachefirst"))])
     assert engine.calls == ["job_cachefirst"]
-    assert first[0]["cache_key"]
-    first_done = await storer.complete(codecs.result.decode(codecs.result.encode(first[0])))
-    assert first_done["cache_hit"] is False
+    assert first[0].cache_key
+    first_done = await storer.complete(codecs.result.decode_event(codecs.result.encode_event(first[0])))
+    assert first_done.cache_hit is False
 
     second = await _process(synth, [codecs.request.encode(_request("job_cachesecond"))])
     assert engine.calls == ["job_cachefirst"], "a cache hit must not call the engine"
-    hit = codecs.result.decode(codecs.result.encode(second[0]))
-    assert hit["cache_hit"] is True
-    assert hit["audio_ref"] == first_done["audio_key"]
+    hit = codecs.result.decode_event(codecs.result.encode_event(second[0]))
+    assert hit.cache_hit is True
+    assert hit.audio_ref == first_done.audio_key
     second_done = await storer.complete(hit)
-    assert second_done["status"] == "succeeded" and second_done["cache_hit"] is True
-    assert second_done["audio_key"] != first_done["audio_key"]  # the job gets its own object
-    assert await store.get(second_done["audio_key"]) == await store.get(first_done["audio_key"])
-    assert second_done["duration_ms"] == first_done["duration_ms"] > 0
+    assert second_done.status == "succeeded" and second_done.cache_hit is True
+    assert second_done.audio_key != first_done.audio_key  # the job gets its own object
+    assert await store.get(second_done.audio_key) == await store.get(first_done.audio_key)
+    assert second_done.duration_ms == first_done.duration_ms > 0
     assert cache.hits == 1 and cache.misses == 1 and cache.hit_ratio == 0.5
 
     # Opt-out, and a different text: both go to the engine.
     third = await _process(synth, [codecs.request.encode(_request("job_cacheoptout", use_cache=False)),
                                    codecs.request.encode(_request("job_cacheother", text="Other words."))])
     assert engine.calls == ["job_cachefirst", "job_cacheoptout", "job_cacheother"]
-    assert [r.get("cache_hit", False) for r in third] == [False, False]
+    assert [r.cache_hit for r in third] == [False, False]
 
 
 def test_cache_key_covers_what_changes_the_audio() -> None:
@@ -111,14 +112,14 @@ async def test_a_stale_entry_means_synthesizing_again_not_a_failed_job(settings:
     synth = Synthesizer(engine, codecs, first_store, settings.storage, SynthesisSettings(), cache=cache)
     storer = Storer(first_store, settings.storage, public_base_url="http://api", cache=cache)
     first = await _process(synth, [codecs.request.encode(_request("job_stalefirst"))])
-    await storer.complete(codecs.result.decode(codecs.result.encode(first[0])))
+    await storer.complete(codecs.result.decode_event(codecs.result.encode_event(first[0])))
 
     other_store = LocalAudioStore(settings.storage.local_dir / "other")
     synth_elsewhere = Synthesizer(engine, codecs, other_store, settings.storage, SynthesisSettings(), cache=cache)
     again = await _process(synth_elsewhere, [codecs.request.encode(_request("job_staleagain"))])
     assert engine.calls == ["job_stalefirst", "job_staleagain"]
-    assert again[0]["status"] == "succeeded" and not again[0].get("cache_hit")
+    assert again[0].status == "succeeded" and not again[0].cache_hit
     assert cache.hits == 0 and cache.misses == 2
     done = await Storer(other_store, settings.storage, public_base_url="http://api", cache=cache).complete(
-        codecs.result.decode(codecs.result.encode(again[0])))
-    assert done["status"] == "succeeded"
+        codecs.result.decode_event(codecs.result.encode_event(again[0])))
+    assert done.status == "succeeded"

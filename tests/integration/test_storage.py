@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from schemas.events import SynthesisResult
 from stream_workers.completion import Storer
 from voicenote.audio import to_wav
 from voicenote.errors import AudioNotFound
@@ -36,12 +38,12 @@ async def s3(settings: Settings) -> AsyncIterator[S3AudioStore]:
         await store.close()
 
 
-def _result(job_id: str, seconds: float = 0.5) -> dict:
+def _result(job_id: str, seconds: float = 0.5) -> SynthesisResult:
     tone = (0.2 * np.sin(np.linspace(0, 2 * np.pi * 440 * seconds, int(22050 * seconds)))).astype(np.float32)
     now = int(time.time() * 1000)
-    return {"job_id": job_id, "status": "succeeded", "created_at": now, "synthesized_at": now,
-            "format": "wav", "audio": to_wav(tone, 22050), "audio_ref": None, "engine": "null", "model_version": "tone-1",
-            "batch_size": 1, "queued_ms": 3, "batch_wait_ms": 2, "engine_ms": 5}
+    return SynthesisResult(job_id=job_id, status="succeeded", created_at=now, synthesized_at=now,
+                           format="wav", audio=to_wav(tone, 22050), audio_ref=None, engine="null", model_version="tone-1",
+                           batch_size=1, queued_ms=3, batch_wait_ms=2, engine_ms=5)
 
 
 async def _keys(store: S3AudioStore) -> list[str]:
@@ -55,29 +57,29 @@ async def test_completion_stores_typed_object_and_presigned_url_fetches_it(s3: S
     result = _result("job_s3typed01")
     completion = await storer.complete(result)
 
-    assert completion["status"] == "succeeded"
-    assert completion["audio_key"] == "audio/01/job_s3typed01.wav"
-    head = await s3.head(completion["audio_key"])
+    assert completion.status == "succeeded"
+    assert completion.audio_key == "audio/01/job_s3typed01.wav"
+    head = await s3.head(completion.audio_key)
     assert head["ContentType"] == "audio/wav"
-    assert head["ContentLength"] == len(result["audio"])
+    assert head["ContentLength"] == len(result.audio)
     assert head["Metadata"] == {"job-id": "job_s3typed01", "engine": "null", "model-version": "tone-1", "format": "wav"}
-    assert completion["duration_ms"] == 500 and completion["sample_rate"] == 22050
+    assert completion.duration_ms == 500 and completion.sample_rate == 22050
 
-    url = completion["audio_url"]
+    url = completion.audio_url
     assert "X-Amz-Signature=" in url and "X-Amz-Expires=3600" in url  # SigV4, configured expiry
     fetched = httpx.get(url, timeout=10)
     assert fetched.status_code == 200
-    assert fetched.content == result["audio"]
+    assert fetched.content == result.audio
 
 
 async def test_redelivered_result_overwrites_the_same_object(s3: S3AudioStore) -> None:
     storer = Storer(s3, s3._settings)
     result = _result("job_redeliver7")
     first = await storer.complete(result)
-    second = await storer.complete(dict(result))
-    assert first["audio_key"] == second["audio_key"]
-    assert await _keys(s3) == [first["audio_key"]]
-    assert await s3.get(first["audio_key"]) == result["audio"]
+    second = await storer.complete(replace(result))
+    assert first.audio_key == second.audio_key
+    assert await _keys(s3) == [first.audio_key]
+    assert await s3.get(first.audio_key) == result.audio
 
 
 async def test_large_audio_goes_multipart(s3: S3AudioStore) -> None:
@@ -144,8 +146,8 @@ async def test_local_store_serves_api_url_and_expires_like_the_lifecycle(tmp_pat
     store = LocalAudioStore(tmp_path / "audio", ttl_seconds=3600)
     storer = Storer(store, Settings().storage, public_base_url="http://127.0.0.1:8000/")
     completion = await storer.complete(_result("job_localexp1"))
-    assert completion["audio_url"] == "http://127.0.0.1:8000/v1/jobs/job_localexp1/audio"
-    key = completion["audio_key"]
+    assert completion.audio_url == "http://127.0.0.1:8000/v1/jobs/job_localexp1/audio"
+    key = completion.audio_key
     assert await store.get(key)
 
     path = tmp_path / "audio" / key
@@ -172,25 +174,24 @@ async def test_s3_client_retries_with_adaptive_backoff(s3: S3AudioStore) -> None
 async def test_cache_hit_whose_audio_expired_fails_with_a_code(tmp_path: Path) -> None:
     store = LocalAudioStore(tmp_path / "audio")
     storer = Storer(store, Settings().storage)
-    result = {**_result("job_cachegone"), "audio": None, "audio_ref": "audio/zz/job_expiredsrc.wav", "cache_hit": True}
+    result = replace(_result("job_cachegone"), audio=None, audio_ref="audio/zz/job_expiredsrc.wav", cache_hit=True)
     completion = await storer.complete(result)
-    assert completion["status"] == "failed"
-    assert completion["error_code"] == "audio_missing"
-    assert "submit the request again" in completion["error_message"]
+    assert completion.status == "failed"
+    assert completion.error_code == "audio_missing"
+    assert "submit the request again" in completion.error_message
 
 
 async def test_a_group_of_results_is_stored_in_one_call_with_failures_kept_apart(s3: S3AudioStore, settings: Settings) -> None:
     storer = Storer(s3, settings.storage)
-    failed = {**_result("job_grpfail"), "status": "failed", "audio": None, "error_code": "engine_error",
-              "error_message": "boom"}
-    group = [_result("job_grp1"), failed, {**_result("job_grp2"), "format": "flac"}]
+    failed = replace(_result("job_grpfail"), status="failed", audio=None, error_code="engine_error", error_message="boom")
+    group = [_result("job_grp1"), failed, replace(_result("job_grp2"), format="flac")]
     done = await storer.complete_many(group)
-    assert [c["job_id"] for c in done] == ["job_grp1", "job_grpfail", "job_grp2"]  # in order
-    assert [c["status"] for c in done] == ["succeeded", "failed", "succeeded"]
-    assert done[1]["error_code"] == "engine_error" and "audio_key" not in done[1]
-    assert done[2]["content_type"] == "audio/flac" and done[2]["audio_key"].endswith("job_grp2.flac")
-    assert sorted(await _keys(s3)) == sorted([done[0]["audio_key"], done[2]["audio_key"]])
-    assert await s3.get(done[0]["audio_key"]) == group[0]["audio"]
+    assert [c.job_id for c in done] == ["job_grp1", "job_grpfail", "job_grp2"]  # in order
+    assert [c.status for c in done] == ["succeeded", "failed", "succeeded"]
+    assert done[1].error_code == "engine_error" and done[1].audio_key is None
+    assert done[2].content_type == "audio/flac" and done[2].audio_key.endswith("job_grp2.flac")
+    assert sorted(await _keys(s3)) == sorted([done[0].audio_key, done[2].audio_key])
+    assert await s3.get(done[0].audio_key) == group[0].audio
 
 
 async def test_local_put_many_writes_every_file_and_refuses_keys_outside_the_root(tmp_path: Path) -> None:

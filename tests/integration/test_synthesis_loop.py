@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from schemas.codec import Codecs
+from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
@@ -94,7 +95,7 @@ class Harness:
     def __init__(self, settings: Settings, engine: SlowEngine | ManualEngine, jobs: JobStore | None, *,
                  max_segment_chars: int = 300, policy: BatchPolicy | None = None, in_order: bool = False) -> None:
         self.codecs = Codecs()
-        self.published: list[dict[str, Any]] = []
+        self.published: list[SynthesisResultEvent] = []
         self.acked: list[int] = []
         self.dead: list[tuple[int, Refused]] = []
         # With in_order, acknowledgements go through the worker's per-partition tracker (one partition here).
@@ -109,7 +110,7 @@ class Harness:
         self.task: asyncio.Task[None] | None = None
         self._n = 0
 
-    async def _publish(self, records: list[dict[str, Any]]) -> None:
+    async def _publish(self, records: list[SynthesisResultEvent]) -> None:
         self.published.extend(records)
 
     async def _dead(self, handle: int, refused: Refused) -> None:
@@ -138,15 +139,15 @@ class Harness:
     def send_request(self, job_id: str, text: str, **fields: Any) -> int:
         return self.send(self.codecs.request.encode(request(job_id, text, **fields)))
 
-    async def wait_published(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    async def wait_published(self, job_id: str, timeout: float = 30) -> SynthesisResultEvent:
         deadline = time.monotonic() + timeout
-        while not any(r["job_id"] == job_id for r in self.published):
+        while not any(r.job_id == job_id for r in self.published):
             assert self.task is not None
             if self.task.done():
                 self.task.result()
             assert time.monotonic() < deadline, f"{job_id} never published"
             await asyncio.sleep(0.01)
-        return next(r for r in self.published if r["job_id"] == job_id)
+        return next(r for r in self.published if r.job_id == job_id)
 
     async def wait_acked(self, count: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -163,11 +164,11 @@ class Harness:
         await asyncio.wait_for(self.task, 30)
         await asyncio.to_thread(self.engine.close)
 
-    def by_job(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def by_job(self) -> dict[str, SynthesisResultEvent]:
+        out: dict[str, SynthesisResultEvent] = {}
         for record in self.published:
-            assert record["job_id"] not in out, f"{record['job_id']} published twice"
-            out[record["job_id"]] = record
+            assert record.job_id not in out, f"{record.job_id} published twice"
+            out[record.job_id] = record
         return out
 
 
@@ -187,11 +188,11 @@ async def test_one_poisoned_item_fails_alone_and_its_batch_mates_succeed(setting
     await h.wait_acked(4)
     await h.stop()
     results = h.by_job()
-    assert {k: v["status"] for k, v in results.items()} == {"ok0": "succeeded", "ok1": "succeeded", "ok3": "succeeded", "bad": "failed"}
-    assert results["bad"]["error_code"] == "test_poison"
+    assert {k: v.status for k, v in results.items()} == {"ok0": "succeeded", "ok1": "succeeded", "ok3": "succeeded", "bad": "failed"}
+    assert results["bad"].error_code == "test_poison"
     assert engine.batches[0] == ["ok0#0", "ok1#0", "bad#0", "ok3#0"]  # one real batch of four
     for job_id in ("ok0", "ok1", "ok3"):
-        with wave.open(io.BytesIO(results[job_id]["audio"])) as w:
+        with wave.open(io.BytesIO(results[job_id].audio)) as w:
             assert w.getnframes() == 400
     record = await jobs.get("ok0")
     assert record is not None and record[SYNTHESIZED_FIELD]
@@ -213,9 +214,9 @@ async def test_undecodable_is_dead_lettered_cancelled_skipped_expired_failed_don
     assert [handle for handle, _ in h.dead] == [garbage]
     results = h.by_job()
     assert set(results) == {"cancelled1", "late1", "fine1"}  # finished1 is acknowledged without a result
-    assert results["cancelled1"]["status"] == "cancelled"
-    assert results["late1"]["status"] == "failed" and results["late1"]["error_code"] == "deadline_exceeded"
-    assert results["fine1"]["status"] == "succeeded"
+    assert results["cancelled1"].status == "cancelled"
+    assert results["late1"].status == "failed" and results["late1"].error_code == "deadline_exceeded"
+    assert results["fine1"].status == "succeeded"
     assert [b for batch in engine.batches for b in batch] == ["fine1#0"]
 
     # A redelivery of the published job (say the worker died before committing) is not synthesized again.
@@ -243,7 +244,7 @@ async def test_a_long_note_is_segmented_and_joined_in_order(settings: Settings, 
     # Four equal segments batch together; the short note waits for one batch of bounded segments, not
     # for a ten-sentence item, and rides with the last one.
     assert engine.batches == [["long1#0", "long1#1", "long1#2", "long1#3"], ["long1#4", "short1#0"]]
-    with wave.open(io.BytesIO(results["long1"]["audio"])) as w:
+    with wave.open(io.BytesIO(results["long1"].audio)) as w:
         assert w.getnframes() == 5 * 400 + 4 * int(8000 * 0.06)  # five segments and four pauses
 
 
@@ -262,7 +263,7 @@ async def test_drain_finishes_what_is_in_the_engine_and_leaves_the_rest_unacknow
     await h.stop()
     in_engine = {b.split("#")[0] for batch in engine.batches for b in batch}
     assert len(engine.batches) == 2 and len(in_engine) == 8
-    assert {r["job_id"] for r in h.published} == in_engine
+    assert {r.job_id for r in h.published} == in_engine
     acked_jobs = {f"d{handles.index(a)}" for a in h.acked}
     assert acked_jobs == in_engine  # the other four are redelivered after the restart, nothing lost
 
@@ -275,7 +276,7 @@ async def test_a_lone_request_starts_at_once_without_waiting_out_the_window(sett
     await h.wait_acked(1)
     result = h.by_job()["lone"]
     await h.stop()
-    assert result["status"] == "succeeded" and result["batch_size"] == 1  # and acknowledged long before the window closed
+    assert result.status == "succeeded" and result.batch_size == 1  # and acknowledged long before the window closed
 
 
 async def test_a_busy_engine_gathers_arrivals_into_one_group(settings: Settings) -> None:
@@ -302,8 +303,8 @@ async def test_a_job_finishes_while_a_longer_group_mate_is_still_decoding(settin
     h.send_request("short", "Hi.")
     await engine.wait_rows(2)
     engine.finish("short#0")
-    assert (await h.wait_published("short"))["status"] == "succeeded"
-    assert [r["job_id"] for r in h.published] == ["short"]  # the long one is still decoding
+    assert (await h.wait_published("short")).status == "succeeded"
+    assert [r.job_id for r in h.published] == ["short"]  # the long one is still decoding
     engine.finish("long#0")
     await h.wait_published("long")
     await h.stop()
@@ -358,6 +359,6 @@ async def test_drain_waits_for_rows_in_a_continuous_engine_and_publishes_them(se
     engine.finish("r0#0")
     engine.finish("r1#0")
     await asyncio.wait_for(stopping, 30)
-    assert sorted(r["job_id"] for r in h.published) == ["r0", "r1"]
+    assert sorted(r.job_id for r in h.published) == ["r0", "r1"]
     assert sorted(h.acked) == handles[:2]  # r2 and r3 were never in the engine: redelivered
     assert len(engine.rows) == 2

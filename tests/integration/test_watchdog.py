@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from schemas.events import JobCompletion, SynthesisRequest
 from stream_workers.completion import StatusProjector
 from stream_workers.watchdog import STUCK_CODE, Watchdog
 from voicenote.jobstore import JobStore
@@ -25,9 +26,9 @@ async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
         await store.close()
 
 
-def _request(job_id: str, created_at: int) -> dict[str, Any]:
-    return {"job_id": job_id, "created_at": created_at, "format": "wav", "voice": "joe", "priority": "batch",
-            "webhook_url": "https://hooks.example/in", "batch_id": None}
+def _request(job_id: str, created_at: int) -> SynthesisRequest:
+    return SynthesisRequest(job_id=job_id, created_at=created_at, text="hello", format="wav", voice="joe", priority="batch",
+                            webhook_url="https://hooks.example/in", batch_id=None)
 
 
 async def test_stuck_job_is_failed_once_and_finished_or_young_jobs_are_left(jobs: JobStore) -> None:
@@ -36,9 +37,9 @@ async def test_stuck_job_is_failed_once_and_finished_or_young_jobs_are_left(jobs
     hours_ago = now - 3 * 3600 * 1000
     await projector.on_requests([_request("job_wd_stuck", hours_ago), _request("job_wd_done", hours_ago),
                                  _request("job_wd_young", now)])
-    await projector.on_completions([{"job_id": "job_wd_done", "status": "succeeded", "created_at": hours_ago,
-                                     "completed_at": now}])
-    emitted: list[dict[str, Any]] = []
+    await projector.on_completions([JobCompletion(job_id="job_wd_done", status="succeeded", created_at=hours_ago,
+                                                  completed_at=now)])
+    emitted: list[JobCompletion] = []
 
     async def emit(records: Any) -> None:
         emitted.extend(records)
@@ -46,8 +47,8 @@ async def test_stuck_job_is_failed_once_and_finished_or_young_jobs_are_left(jobs
     watchdog = Watchdog(jobs, projector, emit, stuck_after=3600)
     assert await watchdog.sweep() == ["job_wd_stuck"]
     [event] = emitted
-    assert (event["job_id"], event["status"], event["error_code"]) == ("job_wd_stuck", "failed", STUCK_CODE)
-    assert event["created_at"] == hours_ago and event["webhook_url"] == "https://hooks.example/in"
+    assert (event.job_id, event.status, event.error_code) == ("job_wd_stuck", "failed", STUCK_CODE)
+    assert event.created_at == hours_ago and event.webhook_url == "https://hooks.example/in"
     record = await jobs.get("job_wd_stuck")
     assert record is not None and (record["status"], record["error_code"]) == ("failed", STUCK_CODE)
     assert await projector.already_completed(["job_wd_stuck"]) == {"job_wd_stuck"}  # a late result is dropped

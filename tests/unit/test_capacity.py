@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ops.capacity import load_rate, measured_rate, per_gpu_rpm, plan, plan_from_results
+from ops.bench.capacity import load_rate, measured_rate, per_gpu_rpm, plan, plan_from_results
 
 
 def test_the_original_estimate_does_not_multiply_out() -> None:

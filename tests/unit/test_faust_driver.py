@@ -35,3 +35,17 @@ def test_a_missing_hook_stops_start_up_with_a_clear_message(monkeypatch: pytest.
 def test_aiokafka_reading_the_fetch_wait_elsewhere_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faust_driver, "_source", lambda obj: "def start(self): self._fetcher = Fetcher(fetch_max_wait_ms=500)")
     assert any("fetch_max_wait_ms=self._fetch_max_wait_ms" in p for p in faust_driver.hook_problems())
+
+
+def test_mode_no_longer_routing_sigterm_to_on_sigterm_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The drain runs from DrainingWorker._on_sigterm; a mode that installs another SIGTERM handler would skip it.
+    monkeypatch.setattr(faust_driver, "_source", lambda obj: "def start(self): fetch_max_wait_ms=self._fetch_max_wait_ms\n"
+                        "def install(self): self.loop.add_signal_handler(signal.SIGTERM, self._on_term)")
+    assert [p for p in faust_driver.hook_problems() if "SIGTERM" in p]
+
+
+def test_a_renamed_shutdown_hook_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mode
+
+    monkeypatch.delattr(mode.Worker, "_schedule_shutdown")
+    assert any("_schedule_shutdown" in p for p in faust_driver.hook_problems())

@@ -49,3 +49,32 @@ def test_sasl_without_a_password_or_with_an_unknown_mechanism_stops_start_up() -
 def test_an_unknown_security_protocol_is_refused() -> None:
     with pytest.raises(ValueError):
         KafkaSettings(security_protocol="TLS")
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"security_protocol": "SSL"},
+    {"security_protocol": "SASL_PLAINTEXT", "sasl_username": "svc", "sasl_password": "pw"},  # no mechanism: PLAIN on both
+    {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "svc", "sasl_password": "pw"},
+], ids=["plaintext", "ssl", "sasl-default-mechanism", "sasl-ssl-scram"])
+def test_both_client_stacks_carry_the_same_security_settings(settings: dict) -> None:
+    from voicenote.kafka import client_config
+
+    kafka = KafkaSettings(bootstrap_servers="b1:9092,b2:9092", **settings)
+    confluent, aio = client_config(kafka, "confluent"), client_config(kafka, "aiokafka")
+    assert confluent["bootstrap.servers"].split(",") == aio["bootstrap_servers"]
+    assert confluent["security.protocol"] == aio["security_protocol"] == kafka.security_protocol
+    assert confluent.get("sasl.mechanism") == aio["sasl_mechanism"]
+    assert confluent.get("sasl.username") == aio["sasl_plain_username"]
+    assert confluent.get("sasl.password") == aio["sasl_plain_password"]
+    assert (aio["ssl_context"] is not None) == kafka.security_protocol.endswith("SSL")
+    assert kafka.client_config() == confluent  # what every confluent-kafka client is built from
+
+
+def test_a_sasl_cluster_without_credentials_is_refused_by_both_stacks() -> None:
+    from voicenote.kafka import client_config
+
+    kafka = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
+    for stack in ("confluent", "aiokafka"):
+        with pytest.raises(ConfigError, match="sasl_username"):
+            client_config(kafka, stack)  # type: ignore[arg-type]

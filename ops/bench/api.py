@@ -6,7 +6,7 @@ measures what the producer side can accept: auth, rate limit (Redis), Avro encod
 produce, and the queued record (Redis). The client is a minimal keep-alive HTTP/1.1 client on asyncio
 (a general-purpose client would spend more CPU than the API on this 2-core machine).
 
-    PYTHONPATH=. python -m ops.bench_api [--requests 6000] [--concurrency 1,8,32,64,128]
+    PYTHONPATH=. python -m ops.bench.api [--requests 6000] [--concurrency 1,8,32,64,128]
 
 Writes results/bench_api-<time>.json with the machine's description. Not a test: figures vary by machine.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from ops import benchmarking
+from ops.bench import common
 from ops.services import RedisServer, TansuBroker, free_port
 from producer_api.auth import new_token
 from schemas.topics import build_catalog
@@ -37,7 +37,7 @@ BODY = json.dumps({"model": "tts-1", "input": "Your parcel is on its way and wil
 
 
 def machine() -> dict[str, object]:
-    return benchmarking.machine(("fastapi", "uvicorn", "confluent-kafka", "redis", "uvloop", "httptools"),
+    return common.machine(("fastapi", "uvicorn", "confluent-kafka", "redis", "uvloop", "httptools"),
                                 "broker (Tansu), Redis, the API and this load generator share the machine")
 
 
@@ -93,7 +93,7 @@ def main() -> int:
            "VOICENOTE_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "VOICENOTE_KAFKA__TOPIC_PREFIX": prefix,
            "VOICENOTE_REDIS__URL": redis.url, "VOICENOTE_REDIS__KEY_PREFIX": prefix, "VOICENOTE_WORKER__GROUP_ID": prefix + "bench",
            "VOICENOTE_API__KEYS": json.dumps([{"name": "bench", "sha256": digest, "rate_per_second": 1e9, "burst": 1_000_000_000}]),
-           "VOICENOTE_API__PORT": str(port), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+           "VOICENOTE_API__PORT": str(port), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     api = subprocess.Popen([sys.executable, "-m", "ops.cli", "api"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

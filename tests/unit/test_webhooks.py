@@ -9,6 +9,7 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
+from schemas.events import JobCompletion
 from stream_workers.webhooks.dispatcher import message_id, webhook_payload
 from stream_workers.webhooks.policy import AddressPolicy, WebhookRefused
 from stream_workers.webhooks.schedule import retry_delay, retry_tier
@@ -19,11 +20,12 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode
 
 
 def test_signature_verifies_with_the_standardwebhooks_package() -> None:
-    completion = {"job_id": "job_sig1", "status": "succeeded", "completed_at": 1_700_000_000_000, "text": "naïve ☃"}
+    completion = JobCompletion(job_id="job_sig1", status="succeeded", created_at=1_699_999_999_000,
+                               completed_at=1_700_000_000_000, error_message="naïve ☃")
     body = webhook_payload(completion)
     headers = signed_headers(decode_secret(SECRET), message_id("job_sig1"), int(time.time()), body)
     assert headers["webhook-signature"].startswith("v1,")
-    assert Webhook(SECRET).verify(body, headers)["data"] == completion
+    assert Webhook(SECRET).verify(body, headers)["data"] == completion.to_record()
     tampered = body.replace(b"succeeded", b"failed000")
     with pytest.raises(Exception, match="No matching signature"):
         Webhook(SECRET).verify(tampered, headers)

@@ -1,9 +1,9 @@
 """S1-mini decode benchmarks: the static slot step per bucket, old vs new host cost, continuous batching
 with Poisson arrivals, the codec in fp32 vs bf16, and process start-to-ready (random weights).
 
-    python -m ops.bench_s1mini --device cpu  --batch-sizes 1,2,4 --out results/s1mini_cpu.json
-    python -m ops.bench_s1mini --device cuda --batch-sizes 1,2,4,8,16,32,64 --out results/s1mini_cuda.json
-    python -m ops.bench_s1mini --tiny ...     # the test configuration (fast; for the continuous mode on a CPU)
+    python -m ops.bench.s1mini --device cpu  --batch-sizes 1,2,4 --out results/s1mini_cpu.json
+    python -m ops.bench.s1mini --device cuda --batch-sizes 1,2,4,8,16,32,64 --out results/s1mini_cuda.json
+    python -m ops.bench.s1mini --tiny ...     # the test configuration (fast; for the continuous mode on a CPU)
 
 Sections (``--modes``, comma-separated; default all):
   static      per batch bucket: ms per decode step, frames/s, audio-s/s (one frame = 1 slow step + the
@@ -338,7 +338,7 @@ def child_startup(args) -> int:
 
 
 def bench_startup(args) -> dict:
-    cmd = [sys.executable, "-m", "ops.bench_s1mini", "--child-startup", "--device", args.device, "--dtype", args.dtype,
+    cmd = [sys.executable, "-m", "ops.bench.s1mini", "--child-startup", "--device", args.device, "--dtype", args.dtype,
            "--slots", str(args.slots), "--capacity", str(args.capacity)] + (["--tiny"] if args.tiny else [])
     env = dict(os.environ, S1MINI_BENCH_T0=repr(time.time()))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=1800)

@@ -5,9 +5,9 @@ The design card's original estimate (45 requests/min per A10G at batch 4; 12-15 
 explicit so every benchmark figure can be turned into a fleet size and a bill.
 
 The per-GPU rate is read from the measured S1-mini results file that ``make bench-s1mini`` (or
-``python -m ops.bench_s1mini --device cuda``) writes, never from a constant:
+``python -m ops.bench.s1mini --device cuda``) writes, never from a constant:
 
-    python -m ops.capacity --results results/s1mini_cuda.json --peak-rpm 10000 --mean-audio-s 10
+    python -m ops.bench.capacity --results results/s1mini_cuda.json --peak-rpm 10000 --mean-audio-s 10
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class MeasuredRate:
 
 
 def measured_rate(report: dict, source: str = "") -> MeasuredRate:
-    """The sustained audio-s/s in an ops.bench_s1mini report: the saturated continuous run when there
+    """The sustained audio-s/s in an ops.bench.s1mini report: the saturated continuous run when there
     is one (mixed lengths, real admission), else the largest static batch bucket that ran."""
     dev = f"{report.get('device', '?')} ({report.get('device_name', '?')})"
     cont = (report.get("continuous") or {}).get("saturated")

@@ -1,6 +1,6 @@
 """Benchmark of the completion side: what the result cache saves, what storage costs, how fast webhooks go.
 
-    PYTHONPATH=. python -m ops.bench_completion [--jobs 16] [--deliveries 200]
+    PYTHONPATH=. python -m ops.bench.completion [--jobs 16] [--deliveries 200]
 
 1. Result cache: the same requests answered by the CPU voice (miss: engine, batch of one) and again from
    the cache (hit: Redis lookup + copy of the stored audio), through the real Synthesizer and Storer.
@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ops.benchmarking import machine
+from ops.bench.common import machine
 from ops.services import MotoS3, RedisServer, TansuBroker
 from schemas.codec import Codecs
+from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
 from stream_workers.completion import Storer
 from stream_workers.result_cache import ResultCache
@@ -64,11 +65,8 @@ TEXTS = [
 ]
 
 
-def _request(job_id: str, text: str) -> dict[str, Any]:
-    return {"job_id": job_id, "created_at": int(time.time() * 1000), "text": text, "voice": "default", "format": "wav",
-            "speed": 1.0, "model": "default", "temperature": None, "top_p": None, "repetition_penalty": None, "seed": None,
-            "instructions": None, "webhook_url": None, "priority": "batch", "deadline_at": None, "batch_id": None,
-            "trace_parent": None, "attributes": {}, "use_cache": True}
+def _request(job_id: str, text: str) -> SynthesisRequest:
+    return SynthesisRequest(job_id=job_id, created_at=int(time.time() * 1000), text=text)
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -92,17 +90,17 @@ async def bench_cache(redis_url: str, jobs: int) -> dict[str, Any]:
 
         async def one(job_id: str, text: str) -> tuple[float, bool]:
             started = time.perf_counter()
-            admission = await synth.admit([codecs.request.encode(_request(job_id, text))])
+            admission = await synth.admit([codecs.request.encode_event(_request(job_id, text))])
             if admission.jobs:
                 [(_, job)] = admission.jobs
                 await asyncio.get_running_loop().run_in_executor(None, synth.run_batch, job.segments())
                 record = await synth.finish(job)
             else:
                 [(_, record)] = admission.results
-            result = codecs.result.decode(codecs.result.encode(record))
+            result = codecs.result.decode_event(codecs.result.encode_event(record))
             done = await storer.complete(result)
-            assert done["status"] == "succeeded", done
-            return time.perf_counter() - started, bool(done["cache_hit"])
+            assert done.status == "succeeded", done
+            return time.perf_counter() - started, done.cache_hit
 
         await one("job_warmup", "Warm up.")
         misses, hits = [], []
@@ -135,8 +133,8 @@ async def bench_storage(s3_endpoint: str) -> dict[str, Any]:
             storer = Storer(store, settings, public_base_url="http://api")  # type: ignore[arg-type]
             times = []
             for i in range(30):
-                result = {"job_id": f"job_st{i}", "status": "succeeded", "created_at": 0, "synthesized_at": 0, "format": "wav",
-                          "audio": ten_seconds, "engine": "bench", "model_version": "1"}
+                result = SynthesisResult(job_id=f"job_st{i}", status="succeeded", created_at=0, synthesized_at=0, format="wav",
+                                         audio=ten_seconds, engine="bench", model_version="1")
                 started = time.perf_counter()
                 await storer.complete(result)
                 times.append(time.perf_counter() - started)
@@ -191,8 +189,8 @@ async def bench_webhooks(bootstrap: str, redis_url: str, deliveries: int) -> dic
     codecs, jobs, producer, sender = Codecs(), JobStore.from_settings(settings.redis), AsyncProducer(settings.kafka), build_sender(settings)
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     now = int(time.time() * 1000)
-    await asyncio.gather(*(producer.send(catalog.completions.name, codecs.completion.encode(
-        {"job_id": f"job_wh{i}", "status": "succeeded", "created_at": now, "completed_at": now, "webhook_url": url}),
+    await asyncio.gather(*(producer.send(catalog.completions.name, codecs.completion.encode_event(
+        JobCompletion(job_id=f"job_wh{i}", status="succeeded", created_at=now, completed_at=now, webhook_url=url)),
         key=f"job_wh{i}".encode()) for i in range(deliveries)))
     stop = asyncio.Event()
     dispatcher = WebhookDispatcher(settings, catalog, codecs, jobs, sender, producer)

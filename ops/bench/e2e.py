@@ -5,7 +5,7 @@ open-loop load on ``POST /v1/audio/speech/async`` at each rate, and measures ach
 latency from the POST to the completion event (p50/p90/p99), and the synthesis worker's mean batch
 size (from its /metrics). Writes results/bench_e2e.json with the machine.
 
-    python -m ops.bench_e2e [--rates 1,3,6,12] [--seconds 20]
+    python -m ops.bench.e2e [--rates 1,3,6,12] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from ops.bench_pipeline import REPO, Watcher
-from ops.benchmarking import machine, pct, stop_processes
+from ops.bench.common import machine, pct, stop_processes
+from ops.bench.pipeline import REPO, Watcher
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
