@@ -162,7 +162,22 @@ class DeadLetter(Event):
     failed_at: int
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.SCHEMA: cls for cls in (SynthesisRequest, SynthesisResult, JobCompletion, DeadLetter)}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechSegment(Event):
+    """One finished segment of a streaming job's audio (voicenote.segments.v1, keyed by job_id, in order)."""
+
+    SCHEMA: ClassVar[str] = "SpeechSegment"
+
+    job_id: str
+    index: int
+    count: int
+    sample_rate: int
+    pcm: bytes
+    emitted_at: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.SCHEMA: cls for cls in (SynthesisRequest, SynthesisResult, JobCompletion, DeadLetter,
+                                                                    SpeechSegment)}
 
 E = TypeVar("E", bound=Event)
 
