@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from producer_api.metrics import ApiMetrics, MetricsMiddleware
 from producer_api.ratelimit import RateLimiter
 from producer_api.routes import health, jobs, models, speech
 from producer_api.service import JobService
+from producer_api.streaming import SegmentRouter
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
@@ -63,6 +65,10 @@ def create_app(settings: Settings) -> FastAPI:
             idempotency=IdempotencyStore(redis, prefix, settings.api.idempotency_ttl_seconds),
             waiter=waiter, estimators=estimators, metrics=metrics, models=model_registry)
         waiter.start()
+        segments = SegmentRouter(settings.kafka, catalog.segments, Codecs(registry)) if catalog.segments else None
+        app.state.segments = segments
+        if segments is not None:
+            segments.start()
         for monitor in monitors:
             monitor.start()
         try:
@@ -71,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
             for monitor in monitors:
                 await monitor.stop()
             await waiter.stop()
+            if segments is not None:
+                await asyncio.to_thread(segments.stop)
             producer.close()
             await redis.aclose()
             await store.close()

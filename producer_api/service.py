@@ -42,6 +42,7 @@ from producer_api.models import (
 from producer_api.ratelimit import RateLimiter
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
+from schemas.events import STREAM_ATTRIBUTE
 from schemas.status import JobStatus
 from schemas.topics import TopicCatalog
 from voicenote.adverts import EngineAdvert, read_adverts
@@ -248,10 +249,13 @@ class JobService:
                 except TimeoutError:
                     pass
 
-    async def _publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None) -> None:
+    async def _publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None,
+                       stream: bool = False) -> None:
         created_at = _now_ms()
         req, model, voice = routed.request, routed.model, routed.voice
         attributes = {"owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
+        if stream:
+            attributes[STREAM_ATTRIBUTE] = "true"  # the synthesis worker publishes each finished segment
         if routed.ignored:
             attributes["ignored_params"] = ",".join(routed.ignored)
         record: dict[str, Any] = {

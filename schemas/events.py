@@ -162,6 +162,11 @@ class DeadLetter(Event):
     failed_at: int
 
 
+# A SynthesisRequest attribute ("true"): a caller streams the job, so the synthesis worker publishes each
+# finished segment as a SpeechSegment. An attribute, not a field: old workers and readers just ignore it.
+STREAM_ATTRIBUTE = "stream"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpeechSegment(Event):
     """One finished segment of a streaming job's audio (voicenote.segments.v1, keyed by job_id, in order)."""

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from producer_api.deps import IdempotencyKey, Jobs, Submitter
 from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, SpeechRequest
 from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
 from producer_api.service import ignored_header
+from producer_api.streaming import open_stream
 from voicenote.audio import CONTENT_TYPES
 
 router = APIRouter(prefix="/v1/audio", tags=["speech"])
 
-_AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format",
-                "content": {ct: {"example": "(binary audio)"} for ct in CONTENT_TYPES.values()}}}
+_AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format. With "
+                               "stream_format 'audio' it comes in chunks as it is synthesized; with 'sse', as "
+                               "speech.audio.delta events then speech.audio.done",
+                "content": {**{ct: {"example": "(binary audio)"} for ct in CONTENT_TYPES.values()},
+                            "text/event-stream": {"example": 'data: {"type":"speech.audio.delta","audio":"..."}'}}}}
 
 
 @router.post("/speech", response_class=Response, summary="Speak now (OpenAI-compatible): answers with the audio",
              responses={**_AUDIO, **ERRORS, **CONFLICT_IDEMPOTENCY, **TIMEOUT})
-async def speech(body: SpeechRequest, caller: Submitter, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> Response:
+async def speech(body: SpeechRequest, caller: Submitter, jobs: Jobs, request: Request,
+                 idempotency_key: IdempotencyKey = None) -> Response:
+    if body.stream_format is not None:
+        return await open_stream(jobs, request.app.state.segments, caller, body, idempotency_key)  # type: ignore[no-any-return]
     audio = await jobs.speak(caller, body, idempotency_key)
     return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
 
