@@ -56,7 +56,9 @@ class SegmentRouter:
             "group.id": f"voicenote-api-segments-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
-            "fetch.wait.max.ms": 10,  # a segment waits in the broker for no batch: someone is listening
+            # A segment should not sit in the broker waiting for a fuller fetch; 50 ms keeps an idle API's
+            # fetches at 20/s.
+            "fetch.wait.max.ms": 50,
             "allow.auto.create.topics": False,
         }
         self._topic = topic
@@ -308,6 +310,7 @@ class JobSegments:
         self._jobs = jobs
         self.job_id = job_id
         self._queue = queue
+        self._timeout = timeout
         self._deadline = asyncio.get_running_loop().time() + timeout
         self.expected = 0
         self.count: int | None = None
@@ -338,6 +341,8 @@ class JobSegments:
                 self.expected += 1
                 self.count = segment.count
                 self.sample_rate = segment.sample_rate
+                # The timeout bounds the wait for each segment, not the whole stream: a long note keeps going.
+                self._deadline = loop.time() + self._timeout
                 return segment
             with self._jobs._waiter.watch(self.job_id) as done:
                 if self.record is None:

@@ -241,8 +241,9 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
         await asyncio.gather(*sent)
 
     async def publish_segment(record: dict[str, Any]) -> None:
-        # Queued in order on one partition (keyed by job_id); a failed delivery fails the producer, and the
-        # job's result still follows, so a lost segment costs the stream, never the job.
+        # Queued in order on one partition (keyed by job_id), not awaited to the broker: the result that
+        # follows is what the job's at-least-once rests on; a segment lost in delivery ends that one stream
+        # (the API sees the gap), never the job.
         await segments.send(key=record["job_id"].encode(), value=ctx.codecs.segment.encode(record))
 
     async def dead_letter(event: Any, refused: Refused) -> None:
