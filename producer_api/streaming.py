@@ -29,7 +29,7 @@ import numpy as np
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from schemas.codec import Codecs
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, VoicenoteError
 from schemas.events import SpeechSegment
 from schemas.topics import TopicSpec
 from voicenote.audio import _CODECS, CONTENT_TYPES, EncodeFailed
@@ -293,7 +293,7 @@ async def encoded(segments: AsyncIterator[SpeechSegment], encoder: StreamEncoder
 # -- a streaming job, from publish to the last byte -----------------------------------------------
 
 
-class StreamBroken(Exception):
+class StreamBroken(VoicenoteError):
     """The stream cannot go on after bytes were sent (a segment missing, the job failed mid-way)."""
 
 
