@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ dashboard: $(STAMP) ## the dashboard's queries against Prometheus over a real ru
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var
+
+bench-streaming: $(STAMP) ## streaming speech: time to first byte vs the whole job, 1,000 characters -> results/bench_streaming.json
+	$(BIN)/python -m ops.bench.streaming
 
 bench-api: $(STAMP) ## producer API: accepted requests/s and p50/p99 at rising concurrency (broker + Redis, workers off)
 	$(BIN)/python -m ops.bench.api

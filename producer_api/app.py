@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from producer_api.estimate import LagMonitor, ThroughputEstimator
 from producer_api.metrics import ApiMetrics, MetricsMiddleware
 from producer_api.routes import health, jobs, models, speech
 from producer_api.services.container import Services
+from producer_api.streaming import SegmentRouter
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
@@ -55,6 +57,10 @@ def create_app(settings: Settings) -> FastAPI:
             settings, producer=producer, redis=redis, jobs=job_store, store=store, codecs=Codecs(registry), waiter=waiter,
             estimators=estimators, metrics=metrics, models=model_registry)
         waiter.start()
+        segments = SegmentRouter(settings.kafka, catalog.segments, Codecs(registry)) if catalog.segments else None
+        app.state.segments = segments
+        if segments is not None:
+            segments.start()
         for monitor in monitors:
             monitor.start()
         try:
@@ -63,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
             for monitor in monitors:
                 await monitor.stop()
             await waiter.stop()
+            if segments is not None:
+                await asyncio.to_thread(segments.stop)
             producer.close()
             await redis.aclose()
             await store.close()

@@ -20,6 +20,7 @@ from producer_api.services.readiness import Readiness
 from producer_api.services.routing import ModelRouter
 from producer_api.services.submission import Submission
 from producer_api.services.sync import SyncSpeech
+from producer_api.streaming import SegmentRouter
 
 # Only documents the scheme in OpenAPI; the header itself is checked by the Authenticator.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -68,6 +69,10 @@ def _readiness(services: AllServices) -> Readiness:
     return services.readiness
 
 
+def _segments(request: Request) -> SegmentRouter | None:
+    return request.app.state.segments  # type: ignore[no-any-return]  # None: the catalog has no segments topic
+
+
 Router = Annotated[ModelRouter, Depends(_router)]
 Submitting = Annotated[Submission, Depends(_submission)]
 BatchService = Annotated[Batches, Depends(_batches)]
@@ -76,6 +81,7 @@ Queries = Annotated[JobQueries, Depends(_queries)]
 Cancelling = Annotated[Cancellation, Depends(_cancellation)]
 AudioFiles = Annotated[AudioAccess, Depends(_audio)]
 Ready = Annotated[Readiness, Depends(_readiness)]
+Segments = Annotated[SegmentRouter | None, Depends(_segments)]
 
 
 def _caller(scope: str) -> Callable[..., Awaitable[Caller]]:

@@ -89,7 +89,10 @@ class SpeechRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1],
                                              description="S1-mini repetition penalty over recent frames.")
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="S1-mini sampling seed: same seed, same audio.")
-    stream_format: Literal["audio"] | None = Field(None, description="Only 'audio' (the whole file) is supported.")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None, description="Unset: the whole file in one answer. 'audio': the audio streamed in chunks as segments are "
+                          "synthesized (wav with an unknown-length header, pcm, or mp3/opus/aac/flac encoded as it goes). "
+                          "'sse': OpenAI's speech stream events (speech.audio.delta with base64 audio, then speech.audio.done).")
     webhook_url: str | None = Field(None, max_length=2048, description="Receives the completion (signed) when the job ends.")
     use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
 

@@ -22,7 +22,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import DecodeError, EncodeError, SchemaError
-from schemas.events import EVENT_TYPES, DeadLetter, E, JobCompletion, SynthesisRequest, SynthesisResult
+from schemas.events import EVENT_TYPES, DeadLetter, E, JobCompletion, SpeechSegment, SynthesisRequest, SynthesisResult
 from schemas.registry import SchemaRegistry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -35,6 +35,7 @@ SCHEMA_FILES = {
     "SynthesisResult": "synthesis_result.avsc",
     "JobCompletion": "job_completion.avsc",
     "DeadLetter": "dead_letter.avsc",
+    "SpeechSegment": "speech_segment.avsc",
 }
 
 
@@ -103,6 +104,9 @@ class AvroCodec(Generic[E]):
                  registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
     @overload
     def __init__(self: AvroCodec[DeadLetter], name: Literal["DeadLetter"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[SpeechSegment], name: Literal["SpeechSegment"], *,
                  registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
     @overload
     def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
@@ -204,3 +208,4 @@ class Codecs:
         self.result = AvroCodec("SynthesisResult", registry=registry)
         self.completion = AvroCodec("JobCompletion", registry=registry)
         self.dead_letter = AvroCodec("DeadLetter", registry=registry)
+        self.segment = AvroCodec("SpeechSegment", registry=registry)

@@ -169,7 +169,27 @@ def carried(source: Event, target: type[Event]) -> dict[str, Any]:
     return {f.name: _copy(getattr(source, f.name)) for f in dataclasses.fields(source) if f.name in names}
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.SCHEMA: cls for cls in (SynthesisRequest, SynthesisResult, JobCompletion, DeadLetter)}
+# A SynthesisRequest attribute ("true"): a caller streams the job, so the synthesis worker publishes each
+# finished segment as a SpeechSegment. An attribute, not a field: old workers and readers just ignore it.
+STREAM_ATTRIBUTE = "stream"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechSegment(Event):
+    """One finished segment of a streaming job's audio (voicenote.segments.v1, keyed by job_id, in order)."""
+
+    SCHEMA: ClassVar[str] = "SpeechSegment"
+
+    job_id: str
+    index: int
+    count: int
+    sample_rate: int
+    pcm: bytes
+    emitted_at: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.SCHEMA: cls for cls in (SynthesisRequest, SynthesisResult, JobCompletion, DeadLetter,
+                                                                    SpeechSegment)}
 
 E = TypeVar("E", bound=Event)
 

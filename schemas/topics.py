@@ -57,11 +57,12 @@ class TopicCatalog:
     webhook_retries: tuple[TopicSpec, ...] = ()
     webhook_dead_letter: TopicSpec | None = None
     family_requests: tuple[tuple[str, TopicSpec], ...] = ()  # (family, topic) of the families beyond the CPU one
+    segments: TopicSpec | None = None  # streaming jobs' audio, segment by segment
 
     def all(self) -> list[TopicSpec]:
         webhooks = [*self.webhook_retries, *([self.webhook_dead_letter] if self.webhook_dead_letter else [])]
         return [self.requests, *(spec for _, spec in self.family_requests), self.audio, self.completions, self.dead_letter,
-                *webhooks]
+                *webhooks, *([self.segments] if self.segments else [])]
 
     def request_topics(self) -> list[TopicSpec]:
         """Every model family's request topic, the CPU family's first."""
@@ -129,6 +130,16 @@ def build_catalog(*, prefix: str = "", request_partitions: int = 24, partitions:
                     "with webhook-attempt and webhook-due-at headers. The dispatcher pauses a partition until its head is due.",
             )
             for tier in range(1, WEBHOOK_RETRY_TIERS + 1)
+        ),
+        segments=TopicSpec(
+            f"{prefix}voicenote.segments.v1",
+            partitions,
+            "SpeechSegment",
+            # Only a waiting HTTP response reads a segment, within the synchronous timeout: an hour is plenty.
+            retention_ms=3600 * 1000,
+            max_message_bytes=4 * 1_048_576,
+            doc="Streaming jobs' audio, one event per finished segment in order, keyed by job_id; every API process "
+                "reads all partitions and hands each segment to the response waiting for its job.",
         ),
         webhook_dead_letter=TopicSpec(
             f"{prefix}voicenote.webhooks.deadletter.v1",

@@ -21,6 +21,7 @@ from mode.supervisors import CrashingSupervisor
 from prometheus_client import generate_latest
 
 from schemas.errors import DecodeError
+from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
@@ -110,7 +111,8 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         assert engine is not None
         requests = cat.requests_for(family_of(ctx.settings.engine.kind))
         log.info("synthesis consumes %s in group %s", requests.name, consumer_group(ctx, role))
-        _wire_synthesis(app, ctx, engine, topic[requests.name], topic[cat.audio.name], send_dead_letter)
+        _wire_synthesis(app, ctx, engine, topic[requests.name], topic[cat.audio.name], send_dead_letter,
+                        topic[cat.segments.name] if cat.segments else None)
 
     else:
         assert ctx.jobs is not None
@@ -219,7 +221,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
 
 def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine, requests: Any, audio: Any,
-                    send_dead_letter: Callable[[Any, str, DecodeError], Awaitable[Any]]) -> None:
+                    send_dead_letter: Callable[[Any, str, DecodeError], Awaitable[Any]], segments: Any = None) -> None:
     """The synthesis agent: a :class:`SynthesisLoop` over the request topic, plus its metrics and drain hook."""
     s = ctx.settings
     synth = Synthesizer(engine, ctx.codecs, ctx.store, s.storage, s.synthesis, ctx.jobs, cache=ctx.cache)
@@ -241,6 +243,12 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
         sent = [await audio.send(key=r.job_id.encode(), value=ctx.codecs.result.encode_event(r)) for r in traced]
         await asyncio.gather(*sent)
 
+    async def publish_segment(segment: SpeechSegment) -> None:
+        # Queued in order on one partition (keyed by job_id), not awaited to the broker: the result that
+        # follows is what the job's at-least-once rests on; a segment lost in delivery ends that one stream
+        # (the API sees the gap), never the job.
+        await segments.send(key=segment.job_id.encode(), value=ctx.codecs.segment.encode_event(segment))
+
     async def dead_letter(event: Any, refused: Refused) -> None:
         await (await send_dead_letter(event, "synthesis", DecodeError(refused.reason, refused.message)))
 
@@ -259,7 +267,8 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
                 yield event, event.value
 
         loop: SynthesisLoop[Any] = SynthesisLoop(synth, policy, engine=slots, publish=publish, dead_letter=dead_letter,
-                                                 ack=ack, metrics=metrics, intake_size=s.synthesis.intake_size)
+                                                 ack=ack, metrics=metrics, intake_size=s.synthesis.intake_size,
+                                                 publish_segment=publish_segment if segments is not None else None)
         running.append(loop)
         try:
             await loop.run(source())

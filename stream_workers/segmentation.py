@@ -17,14 +17,24 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’)\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
 
 
-def split_text(text: str, max_chars: int) -> list[str]:
+def split_text(text: str, max_chars: int, first_max_chars: int | None = None) -> list[str]:
     """``text`` as segments of at most ``max_chars`` characters, cut at sentence boundaries.
 
     Sentences are packed greedily; a sentence longer than ``max_chars`` is cut at clause boundaries,
     then at spaces, and only a single word longer than ``max_chars`` is cut mid-word.
+
+    ``first_max_chars`` bounds the first segment more tightly (a streaming job's first audio is ready
+    sooner the shorter it is); the rest is split as usual.
     """
     if max_chars < 1:
         raise ValueError("max_chars must be at least 1")
+    if first_max_chars is not None and first_max_chars < max_chars:
+        # Segments are pieces of the text with its whitespace runs as single spaces, so the first one is a
+        # prefix of that text.
+        flat = " ".join(text.split())
+        first = split_text(flat, first_max_chars)[:1]
+        if first and flat.startswith(first[0]):
+            return [first[0], *split_text(flat[len(first[0]):], max_chars)]
     text = text.strip()
     if len(text) <= max_chars:
         return [text] if text else []
@@ -73,19 +83,26 @@ def join_audio(parts: list[np.ndarray], sample_rate: int, *, fade_ms: float = 8.
         return np.zeros(0, dtype=np.float32)
     if len(parts) == 1:
         return parts[0].astype(np.float32, copy=False)
+    return np.concatenate([joined_piece(part, i, len(parts), sample_rate, fade_ms=fade_ms, gap_ms=gap_ms)
+                           for i, part in enumerate(parts)])
+
+
+def joined_piece(part: np.ndarray, index: int, count: int, sample_rate: int, *,
+                 fade_ms: float = 8.0, gap_ms: float = 60.0) -> np.ndarray:
+    """What segment ``index`` of ``count`` contributes to :func:`join_audio`: its faded audio, preceded by
+    the pause when it is not the first. A stream of these pieces concatenates to exactly the joined audio,
+    so a streamed job and its stored file sound the same."""
+    if count == 1:
+        return part.astype(np.float32, copy=False)
     fade = max(1, int(sample_rate * fade_ms / 1000))
-    gap = np.zeros(int(sample_rate * gap_ms / 1000), dtype=np.float32)
-    out: list[np.ndarray] = []
-    for i, part in enumerate(parts):
-        part = part.astype(np.float32, copy=True)
-        n = min(fade, len(part) // 2)
-        if n:
-            ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-            if i > 0:
-                part[:n] *= ramp
-            if i < len(parts) - 1:
-                part[-n:] *= ramp[::-1]
-        if i > 0:
-            out.append(gap)
-        out.append(part)
-    return np.concatenate(out)
+    part = part.astype(np.float32, copy=True)
+    n = min(fade, len(part) // 2)
+    if n:
+        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+        if index > 0:
+            part[:n] *= ramp
+        if index < count - 1:
+            part[-n:] *= ramp[::-1]
+    if index == 0:
+        return part
+    return np.concatenate([np.zeros(int(sample_rate * gap_ms / 1000), dtype=np.float32), part])

@@ -19,13 +19,13 @@ import numpy as np
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
-from schemas.events import SynthesisRequest, carried
+from schemas.events import STREAM_ATTRIBUTE, SpeechSegment, SynthesisRequest, carried
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.result_cache import ResultCache, cache_key
-from stream_workers.segmentation import join_audio, split_text
+from stream_workers.segmentation import join_audio, joined_piece, split_text
 from voicenote.audio import to_wav
 from voicenote.jobstore import JobStore
 from voicenote.settings import StorageSettings, SynthesisSettings
@@ -85,6 +85,8 @@ class Job:
     engine_ms: int = 0
     started_ms: int = 0
     finished: bool = False  # its result is on its way: results of its segments still in the engine are dropped
+    emitted: int = 0  # streaming: how many leading segments are on the segments topic
+    held: list[Segment] = field(default_factory=list)  # streaming: segments admitted once the first one is in the engine
 
     def __post_init__(self) -> None:
         self.audio = [None] * len(self.texts)
@@ -96,6 +98,26 @@ class Job:
     @property
     def done(self) -> bool:
         return self.error is not None or all(a is not None for a in self.audio)
+
+    @property
+    def streaming(self) -> bool:
+        return (self.request.attributes or {}).get(STREAM_ATTRIBUTE) == "true"
+
+    def ready_segments(self) -> list[int]:
+        """Streaming: the indexes of the finished segments that follow the emitted ones, in order (marked emitted)."""
+        start = self.emitted
+        while self.error is None and self.emitted < len(self.audio) and self.audio[self.emitted] is not None:
+            self.emitted += 1
+        return list(range(start, self.emitted))
+
+    def segment_record(self, index: int) -> SpeechSegment:
+        """The SpeechSegment event of finished segment ``index``: the piece it adds to the joined audio."""
+        audio = self.audio[index]
+        assert audio is not None
+        piece = joined_piece(audio, index, len(self.audio), self.sample_rate)
+        pcm = (np.clip(piece, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        return SpeechSegment(job_id=self.job_id, index=index, count=len(self.audio), sample_rate=self.sample_rate,
+                             pcm=pcm, emitted_at=now_ms())
 
     def segments(self) -> list[Segment]:
         return [Segment(self, i, t) for i, t in enumerate(self.texts)]
@@ -222,8 +244,11 @@ class Synthesizer:
             if hit is not None:
                 out.results.append((i, hit))
             else:
-                texts = split_text(request.text, self._settings.max_segment_chars)
-                out.jobs.append((i, Job(request, texts, admitted_ms=now)))
+                job = Job(request, [], admitted_ms=now)
+                first = self._settings.stream_first_segment_chars if job.streaming else None
+                job.texts = split_text(request.text, self._settings.max_segment_chars, first)
+                job.audio = [None] * len(job.texts)
+                out.jobs.append((i, job))
         return out
 
     def deadline_result(self, request: SynthesisRequest) -> SynthesisResultEvent:

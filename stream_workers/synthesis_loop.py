@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
+from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from stream_workers.batching import Batcher, BatchPolicy, padding_waste
 from stream_workers.engine.base import ContinuousEngine, SynthesisResult
@@ -40,6 +41,8 @@ H = TypeVar("H")  # the source event handle (a Faust event in the worker)
 
 # Puts a group of result records on the broker: returns once every one is acknowledged.
 Publish = Callable[[list[SynthesisResultEvent]], Awaitable[None]]
+# Queues one SpeechSegment record with the producer (in call order); need not wait for the broker.
+PublishSegment = Callable[[SpeechSegment], Awaitable[None]]
 
 INTERACTIVE = "interactive"
 
@@ -70,11 +73,13 @@ class SynthesisLoop(Generic[H]):
         intake_size: int = 512,
         admit_group: int = 256,
         publishing: int = 8,
+        publish_segment: PublishSegment | None = None,
     ) -> None:
         self.synth = synth
         self.engine = engine
         self.metrics = metrics or SynthesisMetrics()
         self._publish = publish
+        self._publish_segment = publish_segment
         self._dead_letter = dead_letter
         self._ack = ack
         self._batcher: Batcher[Segment] = Batcher(policy)
@@ -145,7 +150,12 @@ class SynthesisLoop(Generic[H]):
             for i, job in admission.jobs:
                 job.handle = handles[i]
                 interactive = job.request.priority == INTERACTIVE
-                for segment in job.segments():
+                segments = job.segments()
+                if job.streaming and self._publish_segment is not None and len(segments) > 1:
+                    # The first segment alone: batched with the others it would wait for the longest of
+                    # them. The rest follow once it is in the engine (see _submit).
+                    segments, job.held = segments[:1], segments[1:]
+                for segment in segments:
                     self._batcher.add(segment, len(segment.text), interactive=interactive)
 
     def _idle(self) -> bool:
@@ -175,6 +185,12 @@ class SynthesisLoop(Generic[H]):
             job.batch_wait_ms = max(job.batch_wait_ms, int(waited * 1000))
             job.batch_sizes.append(len(segments))
         futures = self.engine.submit([s.to_input() for s in segments])
+        for segment in segments:
+            if segment.job.held:
+                held, segment.job.held = segment.job.held, []
+                interactive = segment.job.request.priority == INTERACTIVE
+                for rest in held:
+                    self._batcher.add(rest, len(rest.text), interactive=interactive)
         group = _Group(len(segments), waited, padding_waste([len(s.text) for s in segments]), now, len(segments))
         self._in_flight += len(segments)
         self.batches += 1
@@ -219,6 +235,10 @@ class SynthesisLoop(Generic[H]):
                 if job.finished:
                     continue  # failed or expired already, result out
                 self.synth.record(segment, result)
+                if job.streaming and self._publish_segment is not None:
+                    # In order: a segment goes out once every one before it has.
+                    for index in job.ready_segments():
+                        await self._publish_segment(job.segment_record(index))
                 if job.done:
                     job.finished = True
                     job.engine_ms = int(now_ms() - job.started_ms) if job.started_ms else 0

@@ -160,6 +160,8 @@ class SynthesisSettings(BaseModel):
     """The synthesis role (batch size and window are ``worker.max_batch`` / ``worker.window_seconds``)."""
 
     max_segment_chars: int = Field(300, ge=20, description="Long inputs are cut at sentence boundaries into segments this long.")
+    stream_first_segment_chars: int = Field(80, ge=20, description="A streaming job's first segment is at most this long, "
+                                                                    "so its first audio is ready sooner.")
     intake_size: int = Field(512, ge=1, description="Requests read ahead of the engine (admitted, waiting for a batch).")
     shutdown_grace_seconds: float = Field(20.0, gt=0, description="SIGTERM: finish the batch, publish, commit, exit within this.")
     lag_interval_seconds: float = Field(5.0, gt=0, description="How often consumer lag is sampled for the metrics.")

@@ -5,21 +5,31 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from producer_api.deps import BatchService, IdempotencyKey, Speaking, Submitter, Submitting
+from producer_api.deps import BatchService, IdempotencyKey, Segments, Speaking, Submitter, Submitting
 from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, SpeechRequest
 from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
 from producer_api.services.common import ignored_header
+from producer_api.streaming import open_stream
 from voicenote.audio import CONTENT_TYPES
+from voicenote.errors import DependencyUnavailable
 
 router = APIRouter(prefix="/v1/audio", tags=["speech"])
 
-_AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format",
-                "content": {ct: {"example": "(binary audio)"} for ct in CONTENT_TYPES.values()}}}
+_AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format. With "
+                               "stream_format 'audio' it comes in chunks as it is synthesized; with 'sse', as "
+                               "speech.audio.delta events then speech.audio.done",
+                "content": {**{ct: {"example": "(binary audio)"} for ct in CONTENT_TYPES.values()},
+                            "text/event-stream": {"example": 'data: {"type":"speech.audio.delta","audio":"..."}'}}}}
 
 
 @router.post("/speech", response_class=Response, summary="Speak now (OpenAI-compatible): answers with the audio",
              responses={**_AUDIO, **ERRORS, **CONFLICT_IDEMPOTENCY, **TIMEOUT})
-async def speech(body: SpeechRequest, caller: Submitter, sync: Speaking, idempotency_key: IdempotencyKey = None) -> Response:
+async def speech(body: SpeechRequest, caller: Submitter, sync: Speaking, segments: Segments,
+                 idempotency_key: IdempotencyKey = None) -> Response:
+    if body.stream_format is not None:
+        if segments is None:
+            raise DependencyUnavailable("kafka", "streaming needs the segments topic in the catalog")
+        return await open_stream(sync, segments, caller, body, idempotency_key)  # type: ignore[no-any-return]
     audio = await sync.speak(caller, body, idempotency_key)
     return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
 

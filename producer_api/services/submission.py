@@ -20,7 +20,7 @@ from producer_api.services.common import Links
 from producer_api.services.routing import ModelRouter, Routed
 from schemas.clock import now_ms
 from schemas.codec import Codecs
-from schemas.events import SynthesisRequest
+from schemas.events import STREAM_ATTRIBUTE, SynthesisRequest
 from schemas.status import JobStatus
 from voicenote.client import new_job_id
 from voicenote.errors import JobStoreError
@@ -57,10 +57,15 @@ class Submission:
 
         return AsyncAccepted(**await self._admission.once(caller, idempotency_key, "speech.async", req, publish))
 
-    async def publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None) -> None:
-        """Publish the request event (returns after the broker's ack), then write the job's ``queued`` record."""
+    async def publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None,
+                      stream: bool = False) -> None:
+        """Publish the request event (returns after the broker's ack), then write the job's ``queued`` record.
+
+        ``stream``: the synthesis worker publishes each finished segment too (docs/streaming.md)."""
         req, model, voice = routed.request, routed.model, routed.voice
         attributes = {"owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
+        if stream:
+            attributes[STREAM_ATTRIBUTE] = "true"
         if routed.ignored:
             attributes["ignored_params"] = ",".join(routed.ignored)
         with publish_span(job_id) as traceparent:

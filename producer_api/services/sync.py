@@ -10,7 +10,7 @@ from producer_api.errors import ApiError
 from producer_api.models import SpeechRequest
 from producer_api.services.admission import Admission
 from producer_api.services.common import Audio, Links, audio_headers, ignored_header
-from producer_api.services.routing import ModelRouter
+from producer_api.services.routing import ModelRouter, Routed
 from producer_api.services.submission import Submission
 from producer_api.waiter import CompletionWaiter
 from schemas.status import JobStatus
@@ -65,6 +65,45 @@ class SyncSpeech:
         if code == "invalid_request":
             raise ApiError(400, f"job {job_id}: {message}", code=code, headers=headers)
         raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers=headers)
+
+    # -- what the streaming answer (producer_api/streaming.py) shares with the whole-file one --------------
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def links(self) -> Links:
+        return self._links
+
+    def route(self, req: SpeechRequest) -> Routed:
+        routed = self._router.route(req)
+        if not self._waiter.subscribed.is_set():
+            raise JobStoreError("not subscribed to completions, cannot wait for the audio")
+        return routed
+
+    async def publish_once(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None, routed: Routed,
+                           job_id: str, *, stream: bool) -> bool:
+        """Publish ``job_id`` as interactive unless the Idempotency-Key already answered; True when published."""
+        published = False
+
+        async def publish() -> dict[str, Any]:
+            nonlocal published
+            published = True
+            await self._submission.publish(job_id, routed, caller, priority="interactive", stream=stream)
+            return {"job_id": job_id}
+
+        await self._admission.once(caller, idempotency_key, "speech", req, publish)
+        return published
+
+    def watch(self, job_id: str) -> Any:
+        """A context manager whose value is a future done when the job's completion is announced."""
+        return self._waiter.watch(job_id)
+
+    async def record(self, job_id: str) -> dict[str, str] | None:
+        return await self._jobs.get(job_id)
+
+    async def stored_audio(self, key: str) -> bytes:
+        return await self._store.get(key)
 
     async def _wait_terminal(self, job_id: str, timeout: float) -> dict[str, str]:
         loop = asyncio.get_running_loop()

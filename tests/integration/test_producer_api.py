@@ -75,7 +75,7 @@ async def test_async_submission_publishes_a_mapped_request_and_records_it(api_fa
     ({"response_format": "ogg"}, "response_format"),
     ({"voice": "bob"}, "voice"),
     ({"webhook_url": "ftp://example.com/x"}, "webhook_url"),
-    ({"stream_format": "sse"}, "stream_format"),
+    ({"stream_format": "chunks"}, "stream_format"),
     ({"surprise": 1}, "surprise"),
 ])
 async def test_malformed_requests_get_400_saying_what_to_fix(api_factory: Any, patch: dict[str, Any], param: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from schemas.codec import Codecs
+from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from stream_workers.acks import InOrderAcks
@@ -98,6 +99,7 @@ class Harness:
         self.published: list[SynthesisResultEvent] = []
         self.acked: list[int] = []
         self.dead: list[tuple[int, Refused]] = []
+        self.segments: list[dict[str, Any]] = []
         # With in_order, acknowledgements go through the worker's per-partition tracker (one partition here).
         self.in_order: InOrderAcks[int] | None = InOrderAcks(lambda handle: 0) if in_order else None
         synth = Synthesizer(engine, self.codecs, LocalAudioStore(settings.storage.local_dir), settings.storage,  # type: ignore[arg-type]
@@ -105,13 +107,17 @@ class Harness:
         self.engine = continuous(engine, 4)
         self.loop: SynthesisLoop[int] = SynthesisLoop(
             synth, policy or BatchPolicy(max_batch=4, window=0.05), engine=self.engine, publish=self._publish,
-            dead_letter=self._dead, ack=self._ack)
+            dead_letter=self._dead, ack=self._ack, publish_segment=self._segment)
         self.queue: asyncio.Queue[tuple[int, bytes | None]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self._n = 0
 
     async def _publish(self, records: list[SynthesisResultEvent]) -> None:
         self.published.extend(records)
+
+    async def _segment(self, record: SpeechSegment) -> None:
+        self.codecs.segment.encode_event(record)  # what the worker sends must encode
+        self.segments.append(record)
 
     async def _dead(self, handle: int, refused: Refused) -> None:
         self.dead.append((handle, refused))
@@ -362,3 +368,38 @@ async def test_drain_waits_for_rows_in_a_continuous_engine_and_publishes_them(se
     assert sorted(r.job_id for r in h.published) == ["r0", "r1"]
     assert sorted(h.acked) == handles[:2]  # r2 and r3 were never in the engine: redelivered
     assert len(engine.rows) == 2
+
+
+async def test_a_streaming_job_publishes_its_segments_in_order_as_they_finish(settings: Settings) -> None:
+    engine = ManualEngine(slots=8)
+    h = Harness(settings, engine, None, max_segment_chars=41, policy=BatchPolicy(max_batch=8, window=0.0))
+    h.start()
+    text = " ".join(f"Sentence {i} is short." for i in range(6))  # three segments
+    h.send_request("streamed", text, attributes={"stream": "true"})
+    h.send_request("plain", text)
+    await engine.wait_rows(6)
+    # The streaming job's first segment went to the engine alone, its others after it; the plain job's together.
+    streamed_groups = [[r for r in g if r.startswith("streamed#")] for g in engine.groups]
+    assert [g for g in streamed_groups if g][0] == ["streamed#0"]
+    assert any(g == ["plain#0", "plain#1", "plain#2"] for g in ([r for r in g if r.startswith("plain#")] for g in engine.groups))
+    waves = {i: np.full(400, 0.1 * (i + 1), dtype=np.float32) for i in range(3)}
+
+    def finish(row: str, i: int) -> None:
+        engine.rows[row].set_result(SynthesisResult(row, engine.sample_rate, audio=waves[i]))
+
+    finish("streamed#2", 2)
+    finish("streamed#1", 1)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert h.segments == []  # segment 0 is missing: the later ones wait for it
+    finish("streamed#0", 0)
+    result = await h.wait_published("streamed")
+    for i in range(3):
+        finish(f"plain#{i}", i)
+    await h.wait_published("plain")
+    await h.stop()
+    assert [(s.job_id, s.index, s.count) for s in h.segments] == [("streamed", i, 3) for i in range(3)]
+    with wave.open(io.BytesIO(result.audio)) as w:
+        stored = w.readframes(w.getnframes())
+    # The segments are the pieces of the joined audio: concatenated, they are the stored file's samples.
+    assert b"".join(s.pcm for s in h.segments) == stored

@@ -1,0 +1,123 @@
+"""Streaming speech through real processes: the ``openai`` package streams wav, pcm and mp3 chunk by chunk,
+SSE carries OpenAI's speech events, and the streamed audio is exactly the stored file's audio."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import av
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+
+from producer_api.auth import new_token
+from producer_api.streaming import UNKNOWN_SIZE
+from tests.stack import Stack
+from voicenote.settings import ApiKey, ApiSettings
+
+pytestmark = pytest.mark.e2e
+
+# Several segments (max 300 characters each, the first at most 80).
+SENTENCES = [
+    "Streaming speech starts playing before the whole note is ready.",
+    "Each sentence is synthesized and sent on as soon as it is done.",
+    "The listener hears the beginning while the rest is still being made.",
+    "A long voice note therefore feels almost instant.",
+    "This paragraph is long enough to need several segments.",
+    "The worker publishes every finished segment in order on the segments topic.",
+    "The API reads that topic and passes each segment to the waiting response.",
+    "Compressed formats are encoded as the audio arrives.",
+    "And at the end the stored file holds exactly the same audio.",
+]
+TEXT = " ".join(SENTENCES)
+
+
+def _decoded_seconds(data: bytes) -> float:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray().reshape(-1).astype(np.float64) for f in container.decode(stream)])
+        rate = stream.rate
+    scale = 32768.0 if np.abs(samples).max() > 2 else 1.0
+    assert float(np.sqrt(np.mean((samples / scale) ** 2))) > 0.01, "silent audio"
+    return len(samples) / rate
+
+
+def _wait_job(stack: Stack, token: str, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{stack.base_url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+        if body.get("status") in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished: {body}")
+
+
+@pytest.fixture
+def client_and_token(stack: Stack) -> tuple[OpenAI, str]:
+    token, digest = new_token()
+    stack.settings = stack.settings.model_copy(update={"api": ApiSettings(keys=[ApiKey(name="customer", sha256=digest)])})
+    stack.start_worker("synthesis")
+    stack.start_worker("completion")
+    stack.start_api()
+    return OpenAI(base_url=f"{stack.base_url}/v1", api_key=token, timeout=180, max_retries=0), token
+
+
+def test_openai_client_streams_wav_pcm_and_mp3(stack: Stack, client_and_token: tuple[OpenAI, str]) -> None:
+    client, token = client_and_token
+    for fmt in ("pcm", "wav", "mp3"):
+        first_chunk_ms = 0
+        chunks: list[bytes] = []
+        with client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice="alloy", input=TEXT, response_format=fmt, stream_format="audio",  # type: ignore[arg-type]
+                extra_body={"use_cache": False}) as streamed:
+            assert streamed.headers["x-voicenote-streamed"] == "true", fmt
+            job_id = streamed.headers["x-job-id"]
+            for chunk in streamed.iter_bytes():
+                if not chunks:
+                    first_chunk_ms = int(time.time() * 1000)
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        record = _wait_job(stack, token, job_id)
+        assert record["status"] == "succeeded", record
+        # Order, not timing: the first audio reached the client before the job's completion was recorded.
+        assert first_chunk_ms < int(record["completed_at"]), (fmt, first_chunk_ms, record["completed_at"])
+        stored = httpx.get(f"{stack.base_url}/v1/jobs/{job_id}/audio", headers={"Authorization": f"Bearer {token}"},
+                           follow_redirects=True, timeout=60).content
+        if fmt == "pcm":
+            assert streamed.headers["x-sample-rate"] == "22050"
+            # The stream is the stored file's audio, sample for sample: segments concatenate to the joined audio.
+            assert data == stored and len(data) / 2 / 22050 > 10
+        elif fmt == "wav":
+            assert data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") == UNKNOWN_SIZE
+            assert data[44:] == stored[44:] and _decoded_seconds(data) > 10
+        else:
+            assert streamed.headers["content-type"] == "audio/mpeg"
+            assert abs(_decoded_seconds(data) - _decoded_seconds(stored)) < 0.2
+
+
+def test_sse_carries_openai_speech_events(stack: Stack, client_and_token: tuple[OpenAI, str]) -> None:
+    _, token = client_and_token
+    events = []
+    with httpx.stream("POST", f"{stack.base_url}/v1/audio/speech", timeout=180, headers={"Authorization": f"Bearer {token}"},
+                      json={"model": "tts-1", "voice": "nova", "input": TEXT, "response_format": "pcm",
+                            "stream_format": "sse", "use_cache": False}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1) and len(events) > 2
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["input_characters"] == len(TEXT)
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    samples = np.frombuffer(pcm, dtype="<i2")
+    assert len(samples) / 22050 > 10 and np.abs(samples).max() > 1000
+
+
+def test_stream_of_a_bad_request_answers_like_a_plain_one(stack: Stack, client_and_token: tuple[OpenAI, str]) -> None:
+    _, token = client_and_token
+    response = httpx.post(f"{stack.base_url}/v1/audio/speech", timeout=60, headers={"Authorization": f"Bearer {token}"},
+                          json={"model": "tts-1", "voice": "nobody", "input": "hi", "stream_format": "audio"})
+    assert response.status_code == 400 and "voice" in response.text
