@@ -8,6 +8,10 @@ import subprocess
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voicenote.settings import Settings
 
 
 def machine(libraries: Iterable[str] = (), note: str | None = None) -> dict[str, object]:
@@ -87,3 +91,15 @@ def calibration_ms(repeat: int = 5) -> float:
         work()
         best = min(best, time.perf_counter() - started)
     return round(1000 * best, 2)
+
+
+def stack_settings(tag: str, bootstrap: str, redis_url: str, data_dir: Path) -> Settings:
+    """Settings for a benchmark's own stack: topics, keys and group named after ``tag``, audio under ``data_dir``."""
+    from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings
+
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"{tag}.", request_partitions=4, partitions=2),
+        redis=RedisSettings(url=redis_url, key_prefix=f"{tag}:"),
+        storage=StorageSettings(local_dir=data_dir / "audio"),
+        worker={"group_id": tag},  # type: ignore[arg-type]
+    )

@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 
-from ops.bench.common import machine, pct, stop_processes
+from ops.bench.common import machine, pct, stack_settings, stop_processes
 from ops.bench.pipeline import REPO, Watcher
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
-from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
+from voicenote.settings import to_env
 
 NOTES = [
     "Your order has shipped and will arrive on Thursday.",
@@ -60,12 +60,7 @@ def main() -> int:
     broker = TansuBroker(log_path=tmp / "tansu.log").start()
     redis = RedisServer().start()
     tag = "e" + uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=f"{tag}.", request_partitions=4, partitions=2),
-        redis=RedisSettings(url=redis.url, key_prefix=f"{tag}:"),
-        storage=StorageSettings(local_dir=tmp / "audio"),
-        worker={"group_id": tag},  # type: ignore[arg-type]
-    )
+    settings = stack_settings(tag, broker.bootstrap, redis.url, tmp)
     api_port, synth_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
     env.update(to_env(settings))

@@ -12,6 +12,7 @@ import pytest
 from producer_api.app import create_app
 from producer_api.auth import hash_token
 from schemas.topics import build_catalog
+from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
 from voicenote.settings import ApiKey, ApiSettings, Settings
 
@@ -46,3 +47,13 @@ def api_factory(settings: Settings) -> Callable[..., Any]:
         return running_api(api_settings(settings, **api), token)
 
     return factory
+
+
+@pytest.fixture
+async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
+    """A job store on this test's Redis key prefix."""
+    store = JobStore.from_settings(settings.redis)
+    try:
+        yield store
+    finally:
+        await store.close()

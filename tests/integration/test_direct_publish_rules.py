@@ -4,7 +4,6 @@ both digests; a request may name its owner; an ownerless job is readable only wi
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,6 @@ from voicenote.settings import ApiKey, ApiSettings, Settings, StorageSettings, S
 from voicenote.storage.local import LocalAudioStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
-    store = JobStore.from_settings(settings.redis)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _request(job_id: str, text: str, **extra: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,15 +17,6 @@ from voicenote.kafka import AsyncProducer, ensure_topics
 from voicenote.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
-    store = JobStore.from_settings(settings.redis)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _request(job_id: str, created_at: int, **extra: Any) -> SynthesisRequest:

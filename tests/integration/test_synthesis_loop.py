@@ -178,13 +178,6 @@ class Harness:
         return out
 
 
-@pytest.fixture
-async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
-    store = JobStore.from_settings(settings.redis)
-    yield store
-    await store.close()
-
-
 async def test_one_poisoned_item_fails_alone_and_its_batch_mates_succeed(settings: Settings, jobs: JobStore) -> None:
     engine = SlowEngine(fail_marker="POISON")
     h = Harness(settings, engine, jobs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,18 +11,8 @@ from schemas.events import JobCompletion, SynthesisRequest
 from stream_workers.completion import StatusProjector
 from stream_workers.watchdog import STUCK_CODE, Watchdog
 from voicenote.jobstore import JobStore
-from voicenote.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
-    store = JobStore.from_settings(settings.redis)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _request(job_id: str, created_at: int) -> SynthesisRequest:
