@@ -90,19 +90,19 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     return subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: float, logs: str = "var/log/") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in procs.items():
             if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with code {proc.returncode}; see its log under var/log/")
+                raise SystemExit(f"{name} exited with code {proc.returncode}; see its log under {logs}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise SystemExit(f"the API was not ready at {url} within {timeout}s; see var/log/")
+    raise SystemExit(f"the API was not ready at {url} within {timeout}s; see {logs}")
 
 
 @dataclass

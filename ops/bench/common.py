@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from voicenote.settings import Settings
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def machine(libraries: Iterable[str] = (), note: str | None = None) -> dict[str, object]:
     """CPU model, cores, memory, OS and Python, plus the versions of ``libraries``; written with each result."""
@@ -103,3 +105,28 @@ def stack_settings(tag: str, bootstrap: str, redis_url: str, data_dir: Path) -> 
         storage=StorageSettings(local_dir=data_dir / "audio"),
         worker={"group_id": tag},  # type: ignore[arg-type]
     )
+
+
+def start_api_stack(settings: Settings, log_dir: Path, *, api_port: int, synth_port: int,
+                    extra_env: dict[str, str] | None = None) -> dict[str, subprocess.Popen[bytes]]:
+    """Start a synthesis worker, a completion worker and an anonymous API on ``settings`` as processes.
+
+    The caller waits for ``/readyz`` (``ops.embedded.wait_ready``) inside its own try/finally, so the
+    processes are stopped whatever happens.
+    """
+    import sys
+
+    from ops.services import free_port
+    from voicenote.settings import to_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
+    env.update(to_env(settings))
+    env.update({"PYTHONPATH": str(REPO), "VOICENOTE_API__PORT": str(api_port), "VOICENOTE_API__ALLOW_ANONYMOUS": "true",
+                "VOICENOTE_API__PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}", **(extra_env or {})})
+    procs = {}
+    for name, cmd in (("synthesis", ["worker", "synthesis", "--web-port", str(synth_port)]),
+                      ("completion", ["worker", "completion", "--web-port", str(free_port())]), ("api", ["api"])):
+        log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
+        procs[name] = subprocess.Popen([sys.executable, "-m", "ops.cli", *cmd], env=env, cwd=REPO, stdout=log,
+                                       stderr=subprocess.STDOUT)
+    return procs

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,11 +22,11 @@ from typing import Any
 
 import httpx
 
-from ops.bench.common import machine, pct, stack_settings, stop_processes
-from ops.bench.pipeline import REPO, Watcher
+from ops.bench.common import machine, pct, stack_settings, start_api_stack, stop_processes
+from ops.bench.pipeline import Watcher
+from ops.embedded import wait_ready
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
-from voicenote.settings import to_env
 
 NOTES = [
     "Your order has shipped and will arrive on Thursday.",
@@ -62,15 +60,7 @@ def main() -> int:
     tag = "e" + uuid.uuid4().hex[:8]
     settings = stack_settings(tag, broker.bootstrap, redis.url, tmp)
     api_port, synth_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
-    env.update(to_env(settings))
-    env.update({"PYTHONPATH": str(REPO), "VOICENOTE_API__PORT": str(api_port), "VOICENOTE_API__ALLOW_ANONYMOUS": "true",
-                "VOICENOTE_API__PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}"})
-    procs = []
-    for name, cmd in (("synthesis", ["worker", "synthesis", "--web-port", str(synth_port)]),
-                      ("completion", ["worker", "completion", "--web-port", str(free_port())]), ("api", ["api"])):
-        log = open(tmp / f"{name}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "ops.cli", *cmd], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    procs = start_api_stack(settings, tmp, api_port=api_port, synth_port=synth_port)
     base = f"http://127.0.0.1:{api_port}"
     catalog = settings.kafka.catalog()
     completions = Watcher(settings, catalog.completions.name, Codecs().completion.decode)
@@ -78,16 +68,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     client = httpx.Client(timeout=30)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if client.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"API not ready; see {tmp}")
-            time.sleep(0.5)
+        wait_ready(f"{base}/readyz", procs, 120, logs=str(tmp))
         warm = client.post(f"{base}/v1/audio/speech/async", json={"input": "Warming up."}).json()["job_id"]
         completions.wait([warm], 120)
 
@@ -127,7 +108,7 @@ def main() -> int:
             print(json.dumps(runs[-1]))
     finally:
         completions.stop()
-        stop_processes(procs)
+        stop_processes(procs.values())
         redis.stop()
         broker.stop()
     figures = {"benchmark": "real voice (Piper joe, CPU sessions) end to end, HTTP POST to completion event",

@@ -32,14 +32,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from ops.bench.common import CpuMeter, calibration_ms, machine, pct, stop_processes
+from ops.bench.common import REPO, CpuMeter, calibration_ms, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from schemas.events import SynthesisRequest
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def request(job_id: str) -> SynthesisRequest:

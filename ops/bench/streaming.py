@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +26,9 @@ from typing import Any
 
 import httpx
 
-from ops.bench.common import machine, pct, stack_settings, stop_processes
-from ops.bench.pipeline import REPO
+from ops.bench.common import machine, pct, stack_settings, start_api_stack, stop_processes
+from ops.embedded import wait_ready
 from ops.services import RedisServer, TansuBroker, free_port
-from voicenote.settings import to_env
 
 SENTENCES = [
     "Good morning, this is your daily summary from the operations team.",
@@ -86,30 +83,13 @@ def main() -> int:
     tag = "s" + uuid.uuid4().hex[:8]
     settings = stack_settings(tag, broker.bootstrap, redis.url, tmp)
     api_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
-    env.update(to_env(settings))
-    env.update({"PYTHONPATH": str(REPO), "VOICENOTE_API__PORT": str(api_port), "VOICENOTE_API__ALLOW_ANONYMOUS": "true",
-                "VOICENOTE_API__PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}", "VOICENOTE_API__SYNC_TIMEOUT_SECONDS": "300"})
-    procs = []
-    for name, cmd in (("synthesis", ["worker", "synthesis", "--web-port", str(free_port())]),
-                      ("completion", ["worker", "completion", "--web-port", str(free_port())]), ("api", ["api"])):
-        log = open(tmp / f"{name}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "ops.cli", *cmd], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    procs = start_api_stack(settings, tmp, api_port=api_port, synth_port=free_port(), extra_env={"VOICENOTE_API__SYNC_TIMEOUT_SECONDS": "300"})
     base = f"http://127.0.0.1:{api_port}"
     text = note(args.chars)
     results: dict[str, Any] = {}
     client = httpx.Client(timeout=300)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if client.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"API not ready; see {tmp}")
-            time.sleep(0.5)
+        wait_ready(f"{base}/readyz", procs, 120, logs=str(tmp))
         url = f"{base}/v1/audio/speech"
         timed(client, url, {"input": "Warming up the voice.", "response_format": "pcm", "stream_format": "audio"})
         for fmt in args.formats.split(","):
@@ -135,7 +115,7 @@ def main() -> int:
             }
             print(json.dumps({fmt: results[fmt]}), flush=True)
     finally:
-        stop_processes(procs)
+        stop_processes(procs.values())
         redis.stop()
         broker.stop()
     figures = {"benchmark": "streaming speech: POST /v1/audio/speech, time to first byte vs the whole job (Piper, CPU)",
