@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import apply_rope
 from .model import DualARTransformer
 from .sampling import apply_repetition_penalty
 
@@ -134,17 +133,8 @@ class StepConsts(NamedTuple):
 def _attend_decode(attn, x: Tensor, cos_sin: Tensor, k_buf: Tensor, v_buf: Tensor, col: Tensor, mask: Tensor, kvb: int) -> Tensor:
     """One query per row at per-row column ``col`` (B, 1, 1, 1); reads columns [0, kvb)."""
     b, s, _ = x.shape
-    qs, ks = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim
-    q, k, v = attn.wqkv(x).split([qs, ks, ks], dim=-1)
-    q = q.view(b, s, attn.n_head, attn.head_dim)
-    k = k.view(b, s, attn.n_kv_head, attn.head_dim)
-    v = v.view(b, s, attn.n_kv_head, attn.head_dim)
-    if attn.qk_norm:
-        q = attn.q_norm(q)
-        k = attn.k_norm(k)
-    q = apply_rope(q, cos_sin).transpose(1, 2)
-    k = apply_rope(k, cos_sin).transpose(1, 2)
-    v = v.transpose(1, 2)
+    qs = attn.n_head * attn.head_dim
+    q, k, v = attn.qkv(x, cos_sin)
     idx = col.expand(b, attn.n_kv_head, 1, attn.head_dim)
     k_buf.scatter_(2, idx, k.to(k_buf.dtype))
     v_buf.scatter_(2, idx, v.to(v_buf.dtype))
@@ -255,17 +245,8 @@ def prefill(
     for i, layer in enumerate(model.layers):
         attn = layer.attention
         h_in = layer.attention_norm(x)
-        qs, ks = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim
-        q, k, v = attn.wqkv(h_in).split([qs, ks, ks], dim=-1)
-        q = q.view(n, width, attn.n_head, attn.head_dim)
-        k = k.view(n, width, attn.n_kv_head, attn.head_dim)
-        v = v.view(n, width, attn.n_kv_head, attn.head_dim)
-        if attn.qk_norm:
-            q = attn.q_norm(q)
-            k = attn.k_norm(k)
-        q = apply_rope(q, cos_sin).transpose(1, 2)
-        k = apply_rope(k, cos_sin).transpose(1, 2)
-        v = v.transpose(1, 2)
+        qs = attn.n_head * attn.head_dim
+        q, k, v = attn.qkv(h_in, cos_sin)
         cache_k[i][:, :, :width].index_copy_(0, slots, k.to(cache_k[i].dtype))
         cache_v[i][:, :, :width].index_copy_(0, slots, v.to(cache_v[i].dtype))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.n_head != attn.n_kv_head)

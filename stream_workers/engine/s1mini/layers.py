@@ -87,15 +87,8 @@ class Attention(nn.Module):
             self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos_sin: Tensor,
-        mask: Tensor | None,
-        kv: tuple[Tensor, Tensor] | None = None,
-        start: int = 0,
-        is_causal: bool = False,
-    ) -> Tensor:
+    def qkv(self, x: Tensor, cos_sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of ``x`` (B, S, dim), normed and rotated: (B, heads, S, head_dim) each."""
         b, s, _ = x.shape
         qs, ks = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([qs, ks, ks], dim=-1)
@@ -107,7 +100,20 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         q = apply_rope(q, cos_sin).transpose(1, 2)
         k = apply_rope(k, cos_sin).transpose(1, 2)
-        v = v.transpose(1, 2)
+        return q, k, v.transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos_sin: Tensor,
+        mask: Tensor | None,
+        kv: tuple[Tensor, Tensor] | None = None,
+        start: int = 0,
+        is_causal: bool = False,
+    ) -> Tensor:
+        b, s, _ = x.shape
+        qs = self.n_head * self.head_dim
+        q, k, v = self.qkv(x, cos_sin)
         if kv is not None:
             k_buf, v_buf = kv
             k_buf[:, :, start : start + s] = k
