@@ -1,4 +1,4 @@
-"""Native backing services on loopback: the Tansu broker, a Redis, moto's S3 server.
+"""Native backing services on loopback: the Tansu broker, a Redis, moto's S3 server, our disk-backed S3.
 
 Used by ``voicenote run`` (the embedded default) and by the test fixtures when no Docker engine answers.
 """
@@ -172,6 +172,64 @@ class MotoS3:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+
+@dataclass
+class DiskS3:
+    """``ops.diskstore``, our disk-backed S3-compatible server, as a child process: objects in
+    ``root/objects.sqlite3`` outlive the process (the embedded broker's durable storage)."""
+
+    root: Path
+    port: int = 0
+    log_path: Path | None = None
+    fsync: bool = True
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> DiskS3:
+        import sys
+
+        self.port = self.port or free_port()
+        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = [sys.executable, "-m", "ops.diskstore", "--root", str(self.root), "--port", str(self.port)]
+        deadline = time.monotonic() + timeout
+        while True:
+            self._proc = subprocess.Popen(cmd + ([] if self.fsync else ["--no-fsync"]), stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+            try:
+                wait_for_port("127.0.0.1", self.port, max(0.1, deadline - time.monotonic()), "disk S3", self._proc)
+                return self
+            except DependencyUnavailable:
+                if self._proc.poll() is None or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)  # the port of a previous run may linger: try it again
+
+    def create_bucket(self, bucket: str) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/{bucket}", method="PUT"), timeout=10).close()
+
+    def kill(self) -> None:
+        """kill -9, as a crash would; ``start()`` brings it back on the same port with its objects."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def stop(self) -> None:
+        _terminate(self._proc)
+        self._proc = None
 
 
 def docker_answers() -> bool:
