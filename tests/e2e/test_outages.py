@@ -1,5 +1,5 @@
 """Nothing lost, nothing stuck (issue #14): Redis restarted empty, the broker killed and restarted
-(durable s3:// storage), each worker killed with -9, all mid-run. Every accepted job ends exactly once
+(durable s3:// storage on ops.diskstore), each worker killed with -9, all mid-run. Every accepted job ends exactly once
 and is visible through GET /v1/jobs. Kept short (a few dozen jobs); `make bench-faults` runs the same
 scenarios with about 200 jobs each and writes the table to results/."""
 
@@ -103,12 +103,12 @@ def test_redis_restarted_empty_mid_run(own_redis: tuple[Settings, int], tmp_path
 
 
 def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_path: Path) -> None:
-    broker, s3 = start_broker("s3", tmp_path, free_port())
+    broker, objects = start_broker("disk", tmp_path, free_port())
     settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
     ensure_topics(settings.kafka, settings.kafka.catalog().all())
     stack = Stack(settings=settings, log_dir=tmp_path)
     fast_null_engine(stack)
-    tally = Tally("broker kill -9 and restart (s3://)")
+    tally = Tally("broker kill -9 and restart (disk)")
     try:
         stack.start_worker("synthesis")
         stack.start_worker("completion")
@@ -124,8 +124,8 @@ def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_pat
     finally:
         stack.stop_all()
         broker.stop()
-        if s3 is not None:
-            s3.stop()
+        if objects is not None:
+            objects.stop()
 
 
 @pytest.mark.parametrize("role", ["synthesis", "completion"])
