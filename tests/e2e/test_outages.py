@@ -128,6 +128,43 @@ def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_pat
             objects.stop()
 
 
+def test_accepted_work_outlives_a_full_stop_of_broker_and_storage(settings: Settings, tmp_path: Path) -> None:
+    """What stopping `voicenote run` and starting it again does to accepted work, with disk storage:
+    requests accepted while no synthesis worker runs are still there after the broker and its storage
+    server are both stopped and started again (new storage port, same directory), and get done."""
+    objects_dir = tmp_path / "broker-objects"
+    port = free_port()
+    broker, objects = start_broker("disk", tmp_path, port, objects_dir)
+    settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    ensure_topics(settings.kafka, settings.kafka.catalog().all())
+    stack = Stack(settings=settings, log_dir=tmp_path)
+    fast_null_engine(stack)
+    tally = Tally("full stop of broker and storage (disk)")
+    try:
+        stack.start_api()
+        submit(stack, tally, JOBS // 2)  # accepted, nobody synthesizes them yet
+        assert len(tally.accepted) == JOBS // 2
+        stack.stop_all()
+        broker.stop()
+        assert objects is not None
+        objects.stop()
+        assert (objects_dir / "objects.sqlite3").exists()
+
+        broker, objects = start_broker("disk", tmp_path, port, objects_dir)  # as the next `voicenote run` does
+        stack.procs.clear()
+        stack.start_worker("synthesis")
+        stack.start_worker("completion")
+        stack.start_api()
+        settle(stack, tally, timeout=150)
+        stack.check_alive()
+        assert_every_job_ended_once(tally, stack)
+    finally:
+        stack.stop_all()
+        broker.stop()
+        if objects is not None:
+            objects.stop()
+
+
 @pytest.mark.parametrize("role", ["synthesis", "completion"])
 def test_worker_killed_mid_run(stack: Stack, role: str) -> None:
     fast_null_engine(stack)
