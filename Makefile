@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming
+.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming bench-broker-storage
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -87,5 +87,9 @@ capacity: $(STAMP) ## fleet size and cost from the measured S1-mini results (res
 bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice: publishes once), submit --rate pacing -> results/bench_client.json
 	$(BIN)/python -m ops.bench.client
 
-bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, kill -9 per worker) + broker storage modes -> results/bench_faults.json
+bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, broker + storage restart, kill -9 per worker) -> results/bench_faults.json
 	$(BIN)/python -m ops.bench.faults
+
+bench-broker-storage: $(STAMP) ## broker storage compared in one run: memory://, s3:// on moto, ops.diskstore, npm's s3rver -> results/broker_storage.json
+	npm ci --prefix ops/bench/s3rver --no-audit --no-fund --loglevel=error
+	$(BIN)/python -m ops.bench.broker_storage

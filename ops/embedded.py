@@ -194,9 +194,10 @@ class Supervisor:
 TANSU_BUCKET = "tansu"
 
 
-def tansu_on_s3(endpoint_url: str, port: int, log_path: Path, bucket: str = TANSU_BUCKET) -> TansuBroker:
-    """A Tansu broker (not started) whose ``s3://`` storage engine writes to ``bucket`` at ``endpoint_url``."""
-    env = {"AWS_ENDPOINT": endpoint_url, "AWS_ACCESS_KEY_ID": "voicenote", "AWS_SECRET_ACCESS_KEY": "voicenote",
+def tansu_on_s3(endpoint_url: str, port: int, log_path: Path, bucket: str = TANSU_BUCKET, access_key: str = "voicenote") -> TansuBroker:
+    """A Tansu broker (not started) whose ``s3://`` storage engine writes to ``bucket`` at ``endpoint_url``
+    (``access_key`` is both key id and secret: the loopback servers here check none, or only that pair)."""
+    env = {"AWS_ENDPOINT": endpoint_url, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": access_key,
            "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
     return TansuBroker(port=port, log_path=log_path, storage=f"s3://{bucket}/", env=env)
 

@@ -1,14 +1,14 @@
 """``make bench-faults``: the fault scenarios of tests/e2e/test_outages.py at about 200 jobs each.
 
-Each scenario runs on a fresh stack (its own broker on s3:// storage, its own Redis, the API and all
+Each scenario runs on a fresh stack (its own broker on disk storage (ops.diskstore), its own Redis, the API and all
 three workers as processes, a zero-cost voice so the faults, not synthesis, set the pace), submits jobs
 at a steady rate with a webhook each, breaks one thing mid-run, repairs it, and accounts for every job
 through GET /v1/jobs, the completion topic and a webhook receiver. The table: accepted, succeeded,
 failed, lost, stuck, double outcomes (completion events that disagree), duplicate completions and
 webhook duplicates (at least once; same webhook-id). Targets: 0 lost, 0 double outcomes, 0 stuck.
 
-It also measures the two broker storage modes in one run: start-up time and produce throughput of
-Tansu on memory:// against s3:// (moto's S3 server), written as ratios.
+The broker storage modes (memory://, s3:// on moto, ops.diskstore and s3rver) are compared by
+``make bench-broker-storage`` (ops/bench/broker_storage.py).
 
 Writes results/bench_faults.json and prints a Markdown table.
 """
@@ -16,7 +16,6 @@ Writes results/bench_faults.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 import time
@@ -42,8 +41,7 @@ from tests.e2e.faults import (
     with_webhooks,
 )
 from tests.stack import Stack
-from voicenote.errors import DependencyUnavailable
-from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings
 
 COLUMNS = ("scenario", "accepted", "refused", "succeeded", "failed", "lost", "stuck", "double_outcomes",
@@ -51,13 +49,13 @@ COLUMNS = ("scenario", "accepted", "refused", "succeeded", "failed", "lost", "st
 
 
 class Env:
-    """One fresh stack: broker (s3://), Redis, the processes, a webhook receiver."""
+    """One fresh stack: broker (disk storage), Redis, the processes, a webhook receiver."""
 
     def __init__(self, root: Path, scenario: str) -> None:
         tag = "f" + uuid.uuid4().hex[:8]
         self.dir = root / tag
         self.dir.mkdir(parents=True)
-        self.broker, self.s3 = start_broker("s3", self.dir, free_port())
+        self.broker, self.objects = start_broker("disk", self.dir, free_port())
         self.redis_port = free_port()
         self.redis = ValkeyServer(port=self.redis_port, persist=False)
         self.redis.start()
@@ -93,6 +91,15 @@ class Env:
         time.sleep(2)
         self.broker.start()
 
+    def restart_broker_and_storage(self) -> None:
+        """kill -9 of the broker and of its storage server, both started again on their ports."""
+        assert self.objects is not None
+        self.broker.kill()
+        self.objects.kill()
+        time.sleep(2)
+        self.objects.start()
+        self.broker.start()
+
     def kill(self, role: str) -> None:
         kill_and_restart(self.stack, f"worker-{role}", role)
 
@@ -100,8 +107,8 @@ class Env:
         self.stack.stop_all()
         self.receiver.stop()
         self.broker.stop()
-        if self.s3 is not None:
-            self.s3.stop()
+        if self.objects is not None:
+            self.objects.stop()
         self.redis.stop()
 
 
@@ -124,56 +131,12 @@ def run_scenario(root: Path, name: str, fault: Callable[[Env], None], jobs: int,
 
 SCENARIOS: dict[str, Callable[[Env], None]] = {
     "redis restarted empty": Env.restart_redis_empty,
-    "broker kill -9 + restart (s3://)": Env.restart_broker,
+    "broker kill -9 + restart (disk)": Env.restart_broker,
+    "broker and storage kill -9 + restart (disk)": Env.restart_broker_and_storage,
     "kill -9 synthesis": lambda e: e.kill("synthesis"),
     "kill -9 completion": lambda e: e.kill("completion"),
     "kill -9 webhooks": lambda e: e.kill("webhooks"),
 }
-
-
-def storage_modes(root: Path, records: int) -> dict[str, Any]:
-    """Start-up seconds and acknowledged produce throughput of memory:// and s3://, same run."""
-    out: dict[str, Any] = {}
-    for mode in ("memory", "s3"):
-        started = time.monotonic()
-        broker, s3 = start_broker(mode, root, free_port())
-        settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=f"m{mode}.", request_partitions=4, partitions=1)
-        try:
-            ensure_topics(settings, [settings.catalog().requests])
-            startup = time.monotonic() - started
-            out[mode] = {"startup_seconds": round(startup, 3), **asyncio.run(_produce(settings, records))}
-            broker.kill()
-            restarted = time.monotonic()
-            broker.start()
-            out[mode]["restart_seconds"] = round(time.monotonic() - restarted, 3)
-            out[mode]["records_after_restart"] = _count(settings)
-        finally:
-            broker.stop()
-            if s3 is not None:
-                s3.stop()
-    out["s3_over_memory"] = {k: round(out["s3"][k] / out["memory"][k], 2) for k in ("startup_seconds", "records_per_second")}
-    return out
-
-
-async def _produce(settings: KafkaSettings, records: int) -> dict[str, Any]:
-    producer = AsyncProducer(settings)
-    topic = settings.catalog().requests.name
-    try:
-        started = time.monotonic()
-        await asyncio.gather(*(producer.send(topic, b"x" * 300, key=str(i).encode()) for i in range(records)))
-        seconds = time.monotonic() - started
-    finally:
-        producer.close()
-    return {"records": records, "records_per_second": round(records / seconds, 1)}
-
-
-def _count(settings: KafkaSettings) -> int:
-    from stream_workers.projection import read_topic
-
-    try:
-        return sum(1 for _ in read_topic(Settings(kafka=settings), settings.catalog().requests.name))
-    except DependencyUnavailable:
-        return 0  # memory://: the restarted broker has no such topic any more
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -187,14 +150,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--rate", type=float, default=12.0, help="submissions per second")
     parser.add_argument("--only", action="append", help="run only scenarios whose name contains this (repeatable)")
-    parser.add_argument("--storage-records", type=int, default=2000)
     parser.add_argument("--out", default="results/bench_faults.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
         root = Path(tmp)
-        storage = storage_modes(root, args.storage_records)
-        print(json.dumps(storage, indent=2), flush=True)
         for name, fault in SCENARIOS.items():
             if args.only and not any(o in name for o in args.only):
                 continue
@@ -202,7 +162,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"machine": machine(["confluent-kafka", "faust-streaming", "redis", "moto"]),
-              "jobs_per_scenario": args.jobs, "rate_per_second": args.rate, "scenarios": rows, "broker_storage": storage,
+              "jobs_per_scenario": args.jobs, "rate_per_second": args.rate, "scenarios": rows,
               "targets": "0 lost, 0 double outcomes, 0 stuck"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
