@@ -49,7 +49,8 @@ COLUMNS = ("backend", "startup_seconds", "records_per_second", "throughput_vs_me
 
 
 class StorageServer(Protocol):
-    endpoint_url: str
+    @property
+    def endpoint_url(self) -> str: ...
 
     def start(self) -> Any: ...
     def kill(self) -> None: ...
@@ -125,9 +126,9 @@ def readable(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -
             if msg is None:
                 continue
             if msg.error():
-                ended.add(msg.partition())
+                ended.add(msg.partition() or 0)
             else:
-                values.append(msg.value())
+                values.append(msg.value() or b"")
     finally:
         consumer.close()
     return values
@@ -184,6 +185,7 @@ def measure(backend: str, root: Path, records: int) -> dict[str, Any]:
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="bench.", request_partitions=4, partitions=1)
     catalog = settings.catalog()
     topic, race_topic = catalog.requests, catalog.segments  # segments: one partition here
+    assert race_topic is not None
     try:
         ensure_topics(settings, [topic, race_topic])
         out: dict[str, Any] = {"backend": backend, "startup_seconds": round(time.monotonic() - started, 3)}
