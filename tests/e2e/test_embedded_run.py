@@ -1,0 +1,122 @@
+"""`voicenote run` (what `make run` starts) keeps accepted work across a stop and a start: requests
+accepted while the synthesis worker cannot run are done by the next run on the same data directory,
+because the broker's topics and offsets live in <data-dir>/broker on disk (ops.diskstore)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ops.services import free_port, redis_answers
+from tests.conftest import _forget_redis_keys
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Run:
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str]) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = open(data_dir.parent / f"run-{time.monotonic_ns()}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--data-dir", str(data_dir), "--port", str(port)],
+                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"voicenote run exited with {self.proc.returncode}"
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("voicenote run did not become ready")
+
+    def child(self, needle: str) -> int:
+        pids = [p for p in descendants(self.proc.pid) if needle in cmdline(p)]
+        assert len(pids) == 1, (needle, pids)
+        return pids[0]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(90) == 0
+        self.log.close()
+
+
+@pytest.fixture
+def run_env() -> Iterator[dict[str, str]]:
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
+    env.update({"VOICENOTE_REDIS__KEY_PREFIX": prefix, "VOICENOTE_ENGINE__KIND": "null", "PYTHONPATH": str(REPO)})
+    yield env
+    if redis_answers(LOCAL_REDIS):  # the run used it (else a Valkey of its own, gone with it)
+        _forget_redis_keys(LOCAL_REDIS, f"{prefix}*")
+
+
+def test_requests_accepted_before_a_stop_are_done_by_the_next_run(tmp_path: Path, run_env: dict[str, str]) -> None:
+    data_dir, port = tmp_path / "var", free_port()
+    first = Run(data_dir, port, run_env)
+    try:
+        synthesis = first.child("worker synthesis")
+        os.kill(synthesis, signal.SIGSTOP)  # nothing gets synthesized from here on
+        job_ids = []
+        for i in range(3):
+            resp = httpx.post(f"{first.base}/v1/audio/speech/async", json={"input": f"Kept across runs, note {i}.", "response_format": "wav"}, timeout=10)
+            assert resp.status_code == 202, resp.text
+            job_ids.append(resp.json()["job_id"])
+        time.sleep(1)
+        assert {httpx.get(f"{first.base}/v1/jobs/{j}", timeout=5).json()["status"] for j in job_ids} == {"queued"}
+        os.kill(synthesis, signal.SIGKILL)  # it dies with the run, before doing them
+    finally:
+        first.stop()
+    assert (data_dir / "broker" / "objects.sqlite3").exists()
+
+    second = Run(data_dir, port, run_env)
+    try:
+        deadline = time.monotonic() + 120
+        statuses: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            statuses = {j: httpx.get(f"{second.base}/v1/jobs/{j}", timeout=5).json().get("status", "?") for j in job_ids}
+            if set(statuses.values()) == {"succeeded"}:
+                break
+            time.sleep(1)
+        assert set(statuses.values()) == {"succeeded"}, statuses
+        audio = httpx.get(f"{second.base}/v1/jobs/{job_ids[0]}/audio", timeout=10, follow_redirects=True)
+        assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
+    finally:
+        second.stop()
