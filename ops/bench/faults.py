@@ -151,10 +151,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=12.0, help="submissions per second")
     parser.add_argument("--only", action="append", help="run only scenarios whose name contains this (repeatable)")
     parser.add_argument("--out", default="results/bench_faults.json")
+    parser.add_argument("--keep", type=Path, help="keep each stack's logs and data under this directory")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        root = Path(tmp)
+        root = args.keep or Path(tmp)
         for name, fault in SCENARIOS.items():
             if args.only and not any(o in name for o in args.only):
                 continue
