@@ -276,7 +276,9 @@ def _cmd_projection(args: argparse.Namespace) -> int:
 
     report = _with_progress(args, "projection rebuild", lambda bar: asyncio.run(run(bar)))
     print(f"replayed {report.requests} requests and {report.completions} completions "
-          f"({report.skipped_expired} past their TTL skipped, {report.undecodable} undecodable)")
+          f"({report.skipped_expired} past their TTL skipped, {report.undecodable} undecodable); restored "
+          f"{report.batches} batch records ({report.batches_incomplete} incomplete batches left out) and "
+          f"{report.idempotency_keys} Idempotency-Key answers")
     return EXIT_OK
 
 

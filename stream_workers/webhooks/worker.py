@@ -36,11 +36,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     sender = build_sender(settings)
     catalog = settings.kafka.catalog()
     registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
-    # Redis down: the delivery state waits (offsets held) instead of the dispatcher exiting.
-    jobs: Any = Retrying(JobStore.from_settings(settings.redis), health=DependencyHealth(),
+    # Redis down: the delivery state waits (offsets held) instead of the dispatcher exiting, and /readyz
+    # says what it waits on: the readiness reads the same health the retrying store reports to.
+    health = DependencyHealth()
+    jobs: Any = Retrying(JobStore.from_settings(settings.redis), health=health,
                          base=settings.worker.retry_base_seconds, cap=settings.worker.retry_max_seconds)
     producer = AsyncProducer(settings.kafka)
-    metrics, readiness = WebhookMetrics(), Readiness()
+    metrics, readiness = WebhookMetrics(), Readiness(health=health)
     probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness, metrics.render)
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())

@@ -5,7 +5,6 @@ scenarios with about 200 jobs each and writes the table to results/."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -51,19 +50,6 @@ def assert_every_job_ended_once(tally: Tally, stack: Stack) -> None:
     assert (row["lost"], row["stuck"], row["double_outcomes"]) == (0, 0, 0), (row, {
         n: stack.log(n)[-2000:] for n in stack.procs})
     assert row["succeeded"] == len(tally.accepted), row
-
-
-@pytest.fixture
-def own_redis(settings: Settings) -> Iterator[tuple[Settings, int]]:
-    """A Redis of this test's own (not the shared one), so that it can be restarted empty."""
-    port = free_port()
-    server = ValkeyServer(port=port, persist=False)
-    server.start()
-    settings.redis = settings.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})
-    try:
-        yield settings, port
-    finally:
-        server.stop()
 
 
 def test_redis_restarted_empty_mid_run(own_redis: tuple[Settings, int], tmp_path: Path) -> None:

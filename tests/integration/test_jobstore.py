@@ -125,3 +125,40 @@ async def test_batch_records_on_unreachable_redis_are_translated() -> None:
         await store.get_batch("batch_x")
     with pytest.raises(JobStoreError, match="cannot remove batch batch_x"):
         await store.delete_batch("batch_x")
+
+
+async def test_restored_batches_and_answers_expire_when_the_originals_would_and_keep_newer_keys(settings: Settings) -> None:
+    import json
+    import time
+
+    from voicenote.idempotency import KeptAnswer
+    from voicenote.jobstore import BatchRecord
+
+    store = JobStore.from_settings(settings.redis)
+    now = int(time.time() * 1000)
+    ttl_ms = settings.redis.job_ttl_seconds * 1000
+    try:
+        fresh = BatchRecord("batch_fresh", "acme", now - 60_000, ("job_1", "job_2"))
+        gone = BatchRecord("batch_gone", "acme", now - ttl_ms - 1, ("job_3",))
+        assert await store.restore_batches([fresh, gone], now) == 1
+        assert await store.get_batch("batch_fresh") == fresh
+        assert await store.get_batch("batch_gone") is None
+        remaining = await store._redis.pttl(store.batch_key("batch_fresh"))
+        assert ttl_ms - 60_000 - 5_000 < remaining <= ttl_ms - 60_000
+
+        answer = KeptAnswer(owner="acme", key_sha256="ab" * 32, fingerprint="fp", response={"job_id": "job_1"},
+                            created_at=now - 1000, expires_at=now + 30_000)
+        newer = KeptAnswer(owner="acme", key_sha256="cd" * 32, fingerprint="fp", response={"job_id": "job_2"},
+                           created_at=now - 1000, expires_at=now + 30_000)
+        expired = KeptAnswer(owner="acme", key_sha256="ef" * 32, fingerprint="fp", response={"job_id": "job_3"},
+                             created_at=now - 9000, expires_at=now - 1)
+        # The key was used again since the loss: the API's newer record stays.
+        await store._redis.set(store.idempotency_key("acme", "cd" * 32), json.dumps({"fp": "other", "state": "pending"}))
+        assert await store.restore_answers([answer, newer, expired], now) == 1
+        held = json.loads(await store._redis.get(store.idempotency_key("acme", "ab" * 32)))
+        assert held == {"fp": "fp", "state": "done", "response": {"job_id": "job_1"}}
+        assert 25_000 < await store._redis.pttl(store.idempotency_key("acme", "ab" * 32)) <= 30_000
+        assert json.loads(await store._redis.get(store.idempotency_key("acme", "cd" * 32)))["fp"] == "other"
+        assert await store._redis.get(store.idempotency_key("acme", "ef" * 32)) is None
+    finally:
+        await store.close()

