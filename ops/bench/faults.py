@@ -77,7 +77,7 @@ class Env:
     def start(self) -> None:
         self.stack.start_worker("synthesis")
         self.stack.start_worker("completion")
-        self.stack.start("worker-webhooks", "worker", "webhooks")
+        self.stack.start_worker("webhooks")
         self.stack.start_api()
 
     def restart_redis_empty(self) -> None:
@@ -123,6 +123,7 @@ def run_scenario(root: Path, name: str, fault: Callable[[Env], None], jobs: int,
         feeder.join(jobs / rate + 120)
         settle(env.stack, env.tally, timeout=300)
         wait_deliveries(env.tally, timeout=120)
+        env.stack.check_alive()
         env.tally.seconds = time.monotonic() - started
         return env.tally.row()
     finally:

@@ -144,6 +144,7 @@ def settle(stack: Stack, tally: Tally, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not all_final():
         time.sleep(0.5)
+    stack.check_alive()  # a worker that died unnoticed (say, its port taken) would pass for a slow one
     for record in read_completions(stack):
         tally.completions[record["job_id"]] += 1
         tally.outcomes.setdefault(record["job_id"], set()).add(record["status"])
@@ -178,10 +179,7 @@ def kill_and_restart(stack: Stack, name: str, role: str) -> str:
     """kill -9 the worker ``name`` and start a new one of ``role``; returns the new one's name."""
     stack.stop(name, signal.SIGKILL, timeout=30)
     new_name = f"{name}-after-kill-{time.monotonic_ns()}"
-    if role == "webhooks":
-        stack.start(new_name, "worker", "webhooks")
-    else:
-        stack.start_worker(role, name=new_name)
+    stack.start_worker(role, name=new_name)  # its own --web-port: a fixed one may be taken by another stack
     return new_name
 
 

@@ -175,7 +175,7 @@ def test_webhook_worker_killed_mid_run_misses_no_delivery(stack: Stack) -> None:
     try:
         stack.start_worker("synthesis")
         stack.start_worker("completion")
-        stack.start("worker-webhooks", "worker", "webhooks")
+        stack.start_worker("webhooks")
         stack.start_api()
         feeder = submit_in_background(stack, tally, JOBS, pace=0.05)
         wait_some_done(stack, tally, 3)
