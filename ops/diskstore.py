@@ -50,6 +50,8 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from voicenote.errors import VoicenoteError
+
 log = logging.getLogger("voicenote.diskstore")
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -66,7 +68,7 @@ CREATE TABLE IF NOT EXISTS objects (
 """
 
 
-class S3Error(Exception):
+class S3Error(VoicenoteError):
     """An S3 error answer: HTTP status, S3 error code, message."""
 
     def __init__(self, status: int, code: str, message: str, resource: str = "") -> None:

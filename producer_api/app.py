@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from producer_api.auth import Authenticator
 from producer_api.bodylimit import BodyLimitMiddleware
 from producer_api.errors import install_error_handlers
-from producer_api.estimate import LagMonitor, ThroughputEstimator
+from producer_api.estimate import GroupLag, LagMonitor, ThroughputEstimator
 from producer_api.metrics import ApiMetrics, MetricsMiddleware
 from producer_api.routes import health, jobs, models, speech
 from producer_api.services.container import Services
@@ -22,7 +22,7 @@ from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
 from schemas.topics import CPU_FAMILY
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer, admin_client
+from voicenote.kafka import AsyncProducer
 from voicenote.models import ModelRegistry, synthesis_group
 from voicenote.settings import Settings
 from voicenote.storage import build_store
@@ -49,9 +49,9 @@ def create_app(settings: Settings) -> FastAPI:
         job_store = JobStore(redis, settings.redis)
         store = build_store(settings.storage)
         waiter = CompletionWaiter(redis, job_store.done_channel(""))
-        admin = admin_client(settings.kafka)
-        monitors = [LagMonitor(admin, synthesis_group(settings.worker.group_id, family), catalog.requests_for(family).name,
-                               catalog.requests_for(family).partitions, family_estimator, settings.api.estimate_refresh_seconds)
+        monitors = [LagMonitor(GroupLag(settings.kafka.client_config(), synthesis_group(settings.worker.group_id, family)),
+                               catalog.requests_for(family).name, catalog.requests_for(family).partitions, family_estimator,
+                               settings.api.estimate_refresh_seconds)
                     for family, family_estimator in estimators.items()]
         app.state.services = Services.build(
             settings, producer=producer, redis=redis, jobs=job_store, store=store, codecs=Codecs(registry), waiter=waiter,

@@ -13,16 +13,21 @@
   10 s Redis outage; now the estimate grows with the lag only.
 
 Sampling runs in the background every ``api.estimate_refresh_seconds``; requests only read the result.
+It reads with a plain consumer of the group's id that never subscribes (OffsetFetch and watermarks),
+not with the admin API: librdkafka 2.16's ListOffsets aborts the process (``rd_kafka_enq_once_del_source_return:
+Assertion `eonce->refcnt > 0' failed``) when its requests time out while the broker is down for a few
+seconds, which took the API down with the broker (tests/integration/test_broker_restart.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -64,39 +69,48 @@ class ThroughputEstimator:
         return round((self.lag + ahead + 1) / max(self.rate, _MIN_RATE), 2)
 
 
-def sample_lag(admin: AdminClient, group: str, topic: str, partitions: int, timeout: float = 5.0) -> tuple[int, int]:
-    """(sum of committed positions, lag) of ``group`` on ``topic``; raises KafkaException."""
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
-    committed_future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout)[group]
-    latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
-    earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=timeout)
-    committed = {(tp.topic, tp.partition): tp.offset for tp in committed_future.result().topic_partitions}
-    total_committed = lag = 0
-    for tp in tps:
-        key = (topic, tp.partition)
-        end = latest[_find(latest, key)].result().offset
-        position = committed.get(key, -1)
-        if position < 0:
-            position = earliest[_find(earliest, key)].result().offset
-        total_committed += position
-        lag += max(0, end - position)
-    return total_committed, lag
+class GroupLag:
+    """Reads a consumer group's committed positions and the topic's watermarks, without joining the group."""
 
+    def __init__(self, client_config: dict[str, Any], group: str) -> None:
+        self.group = group
+        self._lock = threading.Lock()  # a sample in a worker thread and close() never overlap
+        self._closed = False
+        # log_level 2: the API's producer already logs a lost broker; this reader stays quiet.
+        self._consumer = Consumer({**client_config, "group.id": group, "enable.auto.commit": False, "log_level": 2})
 
-def _find(futures: dict[TopicPartition, object], key: tuple[str, int]) -> TopicPartition:
-    for tp in futures:
-        if (tp.topic, tp.partition) == key:
-            return tp
-    raise KafkaException(f"no offset answer for {key}")
+    def sample(self, topic: str, partitions: int, timeout: float = 5.0) -> tuple[int, int]:
+        """(sum of committed positions, lag) of the group on ``topic``; raises KafkaException."""
+        with self._lock:
+            if self._closed:
+                raise KafkaException(f"lag reader of {self.group} is closed")
+            return self._sample(topic, partitions, timeout)
+
+    def _sample(self, topic: str, partitions: int, timeout: float) -> tuple[int, int]:
+        committed = self._consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
+        total_committed = lag = 0
+        for tp in committed:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout, cached=False)
+            position = tp.offset if tp.offset >= 0 else low  # nothing committed: the group starts at the earliest
+            total_committed += position
+            lag += max(0, high - position)
+        return total_committed, lag
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._consumer.close()
 
 
 class LagMonitor:
     """Samples the lag in the background and keeps the estimator current."""
 
-    def __init__(self, admin: AdminClient, group: str, topic: str, partitions: int, estimator: ThroughputEstimator,
-                 period: float) -> None:
+    def __init__(self, reader: GroupLag, topic: str, partitions: int, estimator: ThroughputEstimator, period: float) -> None:
         self.estimator = estimator
-        self._admin, self._group, self._topic, self._partitions = admin, group, topic, partitions
+        self._reader, self._topic, self._partitions = reader, topic, partitions
         self._period = period
         self._task: asyncio.Task[None] | None = None
 
@@ -107,10 +121,10 @@ class LagMonitor:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                committed, lag = await asyncio.to_thread(sample_lag, self._admin, self._group, self._topic, self._partitions)
+                committed, lag = await asyncio.to_thread(self._reader.sample, self._topic, self._partitions)
                 self.estimator.observe(LagSample(loop.time(), committed, lag))
             except KafkaException as exc:
-                log.info("lag sample of %s failed (keeping the last estimate): %s", self._group, exc)
+                log.info("lag sample of %s failed (keeping the last estimate): %s", self._reader.group, exc)
             await asyncio.sleep(self._period)
 
     async def stop(self) -> None:
@@ -120,3 +134,4 @@ class LagMonitor:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        await asyncio.to_thread(self._reader.close)  # waits for a sample still running in its thread

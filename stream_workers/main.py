@@ -11,7 +11,7 @@ from stream_workers.app import Role, build_app
 from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
 from stream_workers.faust_driver import DrainingWorker
-from stream_workers.probes import Readiness, attach_faust_probes
+from stream_workers.probes import BrokerWatch, Readiness, attach_faust_probes
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics
@@ -59,6 +59,7 @@ def run_worker(settings: Settings, role: Role, loglevel: str = "INFO") -> None:
     app = build_app(ctx, role, engine)
     readiness = Readiness(health=ctx.health, engine=engine)
     attach_faust_probes(app, readiness)
+    BrokerWatch(settings.kafka, ctx.health, interval=settings.worker.broker_check_seconds).start()  # a daemon thread
     worker = DrainingWorker(app, grace_seconds=settings.synthesis.shutdown_grace_seconds, readiness=readiness,
                             loglevel=loglevel, quiet=True,
                             logging_config=logging_config(settings.log.format, settings.log.level))

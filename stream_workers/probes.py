@@ -1,22 +1,29 @@
 """Liveness and readiness of a worker process, served beside its /metrics.
 
 ``/healthz``: the process answers. ``/readyz``: started (engine loaded and warmed up, consumer
-subscribed), not draining and not waiting out a Redis or storage outage, so a pod being stopped leaves its Service and a starting one is not counted before its
-engine is in memory. Faust workers serve these on Faust's web server; the webhook dispatcher, which
+subscribed), not draining and not waiting out a Redis, storage or broker outage, so a pod being stopped
+leaves its Service and a starting one is not counted before its engine is in memory. A broker outage is
+noticed by :class:`BrokerWatch`, which asks the broker for metadata every ``worker.broker_check_seconds``. Faust workers serve these on Faust's web server; the webhook dispatcher, which
 is not a Faust app, on a small aiohttp server of its own.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiohttp import web
+from confluent_kafka.admin import AdminClient
 
 from voicenote.retry import DependencyHealth
+from voicenote.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
@@ -78,3 +85,49 @@ async def serve_probes(host: str, port: int, readiness: Readiness, render_metric
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+class BrokerWatch:
+    """Marks ``kafka`` as waited on in ``health`` while the broker does not answer a metadata request.
+
+    A worker's consumer and producer retry a lost broker by themselves, so nothing crashes; but the worker
+    makes no progress meanwhile, and its readiness should say so. One miss can be a slow answer on a busy
+    machine, so it takes ``misses`` in a row. Runs on a daemon thread (the check blocks), one client kept.
+    """
+
+    def __init__(self, settings: KafkaSettings, health: DependencyHealth, interval: float = 5.0, misses: int = 2,
+                 timeout: float = 3.0) -> None:
+        # log_level 2: the consumer's own client already logs the lost connection; this one stays quiet.
+        self._admin = AdminClient({**settings.client_config(), "log_level": 2})
+        self._health, self._interval, self._misses, self._timeout = health, interval, misses, timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-watch", daemon=True)
+        self.missed = 0
+
+    def start(self) -> BrokerWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self._timeout + self._interval)
+
+    def check(self) -> None:
+        """One metadata request; updates ``health``."""
+        try:
+            self._admin.list_topics(timeout=self._timeout)
+        except Exception as exc:  # noqa: BLE001 - KafkaException or a client error: either way the broker is not answering
+            self.missed += 1
+            if self.missed >= self._misses:
+                if "kafka" not in self._health.waiting:
+                    log.warning("broker not answering (%d checks in a row): %s", self.missed, exc)
+                self._health.failing("kafka", f"no metadata from the broker: {exc}")
+            return
+        if "kafka" in self._health.waiting:
+            log.info("broker answering again")
+        self.missed = 0
+        self._health.recovered("kafka")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.check()

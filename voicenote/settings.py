@@ -144,6 +144,8 @@ class WorkerSettings(BaseModel):
     stuck_after_seconds: float = Field(7200.0, gt=0, description="A job without a completion this long after submission is "
                                                                  "ended as failed (stuck_timeout) by the watchdog.")
     watchdog_interval_seconds: float = Field(60.0, gt=0, description="How often the completion worker looks for stuck jobs.")
+    broker_check_seconds: float = Field(5.0, gt=0, description="How often a worker asks the broker for metadata; two misses "
+                                                               "in a row make its /readyz say it waits on kafka.")
 
 
 class ApiKey(BaseModel):

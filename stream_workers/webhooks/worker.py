@@ -10,7 +10,7 @@ from typing import Any
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
 from stream_workers.metrics import WebhookMetrics
-from stream_workers.probes import Readiness, serve_probes
+from stream_workers.probes import BrokerWatch, Readiness, serve_probes
 from stream_workers.webhooks.delivery import WebhookSender
 from stream_workers.webhooks.dispatcher import WebhookDispatcher
 from stream_workers.webhooks.policy import AddressPolicy
@@ -44,6 +44,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     producer = AsyncProducer(settings.kafka)
     metrics, readiness = WebhookMetrics(), Readiness(health=health)
     probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness, metrics.render)
+    watch = BrokerWatch(settings.kafka, health, interval=settings.worker.broker_check_seconds).start()
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())
         dispatcher = WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer, metrics=metrics)
@@ -51,6 +52,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await dispatcher.run(stop)
     finally:
         readiness.draining = True
+        watch.stop()
         await probes.cleanup()
         producer.close()
         await sender.close()

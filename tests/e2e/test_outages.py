@@ -96,6 +96,7 @@ def durable_broker(settings: Settings, tmp_path: Path, port: int = 0) -> Iterato
     (zero-cost voice); everything is stopped afterwards, whatever the test restarted."""
     broker, objects = start_broker("disk", tmp_path, port or free_port())
     assert objects is not None
+    settings.worker = settings.worker.model_copy(update={"broker_check_seconds": 0.5})
     settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
     ensure_topics(settings.kafka, settings.kafka.catalog().all())
     stack = Stack(settings=settings, log_dir=tmp_path)
@@ -117,7 +118,10 @@ def test_broker_killed_and_restarted_mid_run_durable(settings: Settings, tmp_pat
         submit(stack, tally, JOBS // 2)
         wait_some_done(stack, tally, 3)
         broker.kill()
+        # The workers wait for it (nothing crashes) and their readiness says what on.
+        wait_until(lambda: worker_ready(stack, "worker-synthesis") == 503, 30, "synthesis worker still ready", stack)
         broker.start()
+        wait_until(lambda: worker_ready(stack, "worker-synthesis") == 200, 60, "synthesis worker not ready again", stack)
         submit(stack, tally, JOBS // 2, start=JOBS // 2)
         settle(stack, tally, timeout=180)
         stack.check_alive()

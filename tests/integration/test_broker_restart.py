@@ -4,6 +4,8 @@ fatal error once the broker forgot its producer id, is rebuilt (not ready meanwh
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,4 +53,62 @@ async def test_restarted_broker_gets_its_port_and_the_producer_recovers(tmp_path
         assert len(topics[catalog.requests.name].partitions) == 3
     finally:
         producer.close(timeout=1)
+        broker.stop()
+
+
+LAG_SAMPLER = """
+import sys, time
+from confluent_kafka import KafkaException
+from producer_api.estimate import GroupLag
+reader = GroupLag({"bootstrap.servers": sys.argv[1]}, sys.argv[2])
+deadline, last = time.monotonic() + float(sys.argv[4]), None
+while time.monotonic() < deadline:
+    try:
+        last = reader.sample(sys.argv[3], 2, timeout=2.0)
+    except KafkaException:
+        last = None
+    time.sleep(0.1)
+reader.close()
+print(last)
+"""
+
+
+def test_the_apis_lag_reader_outlives_broker_outages_and_reads_the_lag_again(tmp_path: Path) -> None:
+    """The API samples its synthesis group's lag all the time. librdkafka's admin ListOffsets aborted the
+    whole process when its requests timed out during a broker outage of a few seconds; the reader that
+    replaced it (a consumer of the group that never joins) has to live through outages and read again."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="lagr.", request_partitions=2, partitions=1)
+    catalog = build_catalog(prefix="lagr.", request_partitions=2, partitions=1)
+    topic = catalog.requests.name
+    try:
+        ensure_topics(settings, [catalog.requests])
+        def produce(n: int) -> None:  # one record per batch: Tansu 0.6's high watermark counts batches
+            producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+            for i in range(n):
+                producer.produce(topic, value=b"r", partition=i % 2)
+                assert producer.flush(10) == 0
+
+        produce(10)
+        committer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "lag-group", "enable.auto.commit": False})
+        committer.commit(offsets=[TopicPartition(topic, 0, 2), TopicPartition(topic, 1, 1)], asynchronous=False)
+        committer.close()
+
+        sampler = subprocess.Popen([sys.executable, "-c", LAG_SAMPLER, broker.bootstrap, "lag-group", topic, "25"],
+                                   cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(2)
+        for _ in range(2):
+            broker.kill()
+            time.sleep(3)  # long enough for the requests in flight to time out
+            broker.start()
+            ensure_topics(settings, [catalog.requests])  # memory://: the topic (and the commits) went with it
+            time.sleep(3)
+        produce(6)
+        out, err = sampler.communicate(timeout=60)
+        assert sampler.returncode == 0, err.decode()[-2000:]
+        # After the restarts the broker is empty but for these 6 records and no commits: lag 6 from offset 0.
+        assert out.decode().strip() == "(0, 6)", (out, err.decode()[-1000:])
+    finally:
         broker.stop()
