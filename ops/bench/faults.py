@@ -44,6 +44,7 @@ from tests.stack import Stack
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings
 
+BROKER_OUTAGE_SECONDS = 10  # an outage, not a blip: the clients' requests in flight time out meanwhile
 COLUMNS = ("scenario", "accepted", "refused", "succeeded", "failed", "lost", "stuck", "double_outcomes",
            "duplicate_completions", "webhook_missing", "webhook_duplicates", "seconds")
 
@@ -88,7 +89,7 @@ class Env:
 
     def restart_broker(self) -> None:
         self.broker.kill()
-        time.sleep(2)
+        time.sleep(BROKER_OUTAGE_SECONDS)
         self.broker.start()
 
     def restart_broker_and_storage(self) -> None:
@@ -96,7 +97,7 @@ class Env:
         assert self.objects is not None
         self.broker.kill()
         self.objects.kill()
-        time.sleep(2)
+        time.sleep(BROKER_OUTAGE_SECONDS)
         self.objects.start()
         self.broker.start()
 
@@ -132,8 +133,8 @@ def run_scenario(root: Path, name: str, fault: Callable[[Env], None], jobs: int,
 
 SCENARIOS: dict[str, Callable[[Env], None]] = {
     "redis restarted empty": Env.restart_redis_empty,
-    "broker kill -9 + restart (disk)": Env.restart_broker,
-    "broker and storage kill -9 + restart (disk)": Env.restart_broker_and_storage,
+    "broker kill -9, 10 s down, restart (disk)": Env.restart_broker,
+    "broker and storage kill -9, 10 s down, restart (disk)": Env.restart_broker_and_storage,
     "kill -9 synthesis": lambda e: e.kill("synthesis"),
     "kill -9 completion": lambda e: e.kill("completion"),
     "kill -9 webhooks": lambda e: e.kill("webhooks"),
