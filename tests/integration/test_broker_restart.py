@@ -61,8 +61,8 @@ import sys, time
 from confluent_kafka import KafkaException
 from producer_api.estimate import GroupLag
 reader = GroupLag({"bootstrap.servers": sys.argv[1]}, sys.argv[2])
-deadline, last = time.monotonic() + float(sys.argv[4]), None
-while time.monotonic() < deadline:
+deadline, last, wanted = time.monotonic() + 90, None, sys.argv[4]
+while time.monotonic() < deadline and str(last) != wanted:  # until it reads the lag the test ends with
     try:
         last = reader.sample(sys.argv[3], 2, timeout=2.0)
     except KafkaException:
@@ -96,7 +96,7 @@ def test_the_apis_lag_reader_outlives_broker_outages_and_reads_the_lag_again(tmp
         committer.commit(offsets=[TopicPartition(topic, 0, 2), TopicPartition(topic, 1, 1)], asynchronous=False)
         committer.close()
 
-        sampler = subprocess.Popen([sys.executable, "-c", LAG_SAMPLER, broker.bootstrap, "lag-group", topic, "25"],
+        sampler = subprocess.Popen([sys.executable, "-c", LAG_SAMPLER, broker.bootstrap, "lag-group", topic, "(0, 6)"],
                                    cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(2)
         for _ in range(2):
@@ -104,9 +104,9 @@ def test_the_apis_lag_reader_outlives_broker_outages_and_reads_the_lag_again(tmp
             time.sleep(3)  # long enough for the requests in flight to time out
             broker.start()
             ensure_topics(settings, [catalog.requests])  # memory://: the topic (and the commits) went with it
-            time.sleep(3)
+            time.sleep(1)
         produce(6)
-        out, err = sampler.communicate(timeout=60)
+        out, err = sampler.communicate(timeout=120)
         assert sampler.returncode == 0, err.decode()[-2000:]
         # After the restarts the broker is empty but for these 6 records and no commits: lag 6 from offset 0.
         assert out.decode().strip() == "(0, 6)", (out, err.decode()[-1000:])
