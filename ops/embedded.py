@@ -92,7 +92,9 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     return subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: float, logs: str = "var/log/") -> None:
+def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: float, logs: str = "var/log/",
+               what: str = "the API") -> None:
+    """Until ``url`` answers 200; SystemExit (with where the logs are) if one of ``procs`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in procs.items():
@@ -104,7 +106,7 @@ def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: flo
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise SystemExit(f"the API was not ready at {url} within {timeout}s; see {logs}")
+    raise SystemExit(f"{what} was not ready at {url} within {timeout}s; see {logs}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ import httpx
 import pytest
 import yaml
 
+from ops.embedded import wait_ready
 from ops.services import free_port
 from tests.conftest import Backends
 from tests.registry_standin import RegistryStandIn
@@ -122,18 +123,10 @@ class ComposeHost:
 
     def wait_healthy(self, name: str, svc: dict[str, Any], timeout: float = 240) -> None:
         url = self.health_url(name, svc)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}; log:\n{self.log(name)}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"{name} not healthy at {url} within {timeout}s; log:\n{self.log(name)}")
+        try:
+            wait_ready(url, {name: self.procs[name]}, timeout, logs=f"{name}'s log", what=name)
+        except SystemExit as exc:  # the runner's way of failing; here a test failure with the log
+            raise AssertionError(f"{exc}; log:\n{self.log(name)}") from None
 
     def stop(self, name: str) -> None:
         proc = self.procs[name]

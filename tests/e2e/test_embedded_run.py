@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ops.embedded import wait_ready
 from ops.services import free_port, redis_answers
 from tests.conftest import _forget_redis_keys
 
@@ -56,16 +57,10 @@ class Run:
         self.log = open(data_dir.parent / f"run-{time.monotonic_ns()}.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--data-dir", str(data_dir), "--port", str(port)],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"voicenote run exited with {self.proc.returncode}"
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("voicenote run did not become ready")
+        try:
+            wait_ready(f"{self.base}/readyz", {"voicenote run": self.proc}, 180, logs=str(data_dir / "log"), what="voicenote run")
+        except SystemExit as exc:
+            raise AssertionError(str(exc)) from None
 
     def child(self, needle: str) -> int:
         pids = [p for p in descendants(self.proc.pid) if needle in cmdline(p)]
