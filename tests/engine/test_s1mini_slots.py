@@ -135,13 +135,15 @@ def test_static_sampling_rules_and_distribution():
     key, frame = torch.tensor([0, 1]), torch.tensor([0, 0])
     rp = torch.tensor([2.0, 1.0])
     # row 0 greedy after the penalty (3.0 -> 1.5, so index 0 wins); row 1: top_p tiny keeps the top token
-    out = sample_static(logits, prev, torch.tensor([0.0, 1.0]), torch.tensor([0.8, 1e-6]), rp, key, frame, 0)
+    noise = -torch.log(uniform(key, frame, 0, 4))
+    out = sample_static(logits, prev, torch.tensor([0.0, 1.0]), torch.tensor([0.8, 1e-6]), rp, noise)
     assert out.tolist() == [0, 2]
     # temperature 1, top_p 1: draws over many seeds follow the softmax
     n = 4000
     lg = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(n, 3)
     ones = torch.ones(n)
-    draws = sample_static(lg, torch.full((n, 1), -1), ones, ones, ones, torch.arange(n), torch.zeros(n, dtype=torch.long), 1)
+    noise = -torch.log(uniform(torch.arange(n), torch.zeros(n, dtype=torch.long), 1, 3))
+    draws = sample_static(lg, torch.full((n, 1), -1), ones, ones, ones, noise)
     freq = torch.bincount(draws, minlength=3).float() / n
     assert abs(freq[0] - 0.7) < 0.03 and abs(freq[2] - 0.1) < 0.02
 

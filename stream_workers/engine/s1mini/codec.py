@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CodecConfig
-from .layers import RMSNorm, TransformerBlock, rope_table
+from .layers import RMSNorm, TransformerBlock, rope_at, rope_rows, rope_table
 
 
 class Snake1d(nn.Module):
@@ -141,9 +141,9 @@ class WindowTransformer(nn.Module):
         i = torch.arange(t, device=x.device)
         mask = (i.view(1, -1) <= i.view(-1, 1)) & (i.view(1, -1) > i.view(-1, 1) - self.window)
         mask = mask.view(1, 1, t, t)
-        cos_sin = rope_table(t, self.head_dim, self.rope_base).to(x.device).unsqueeze(0).expand(b, -1, -1, -1)
+        rope = rope_at(rope_rows(rope_table(t, self.head_dim, self.rope_base).to(x.device)), slice(0, t))
         for layer in self.layers:
-            x = layer(x, cos_sin, mask)
+            x = layer(x, rope, mask)
         x = self.output_proj(self.norm(x))
         return x.transpose(1, 2)
 

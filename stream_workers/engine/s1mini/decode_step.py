@@ -15,12 +15,21 @@ and on the CPU it compiles with ``torch.compile(fullgraph=True)`` (tested).
 Layout: a slot's tokens sit at cache columns [0, len) and its RoPE position equals the column (no
 padding inside a slot). Prefill of joining rows is batched with right padding (:func:`prefill`).
 
-Sampling is counter-based: the noise for (row seed, frame index, codebook, vocabulary entry) is a
-32-bit integer hash of those four numbers (murmur3's finaliser, computed in int64 tensors with
-products kept below 2**63), turned into a uniform in (0, 1) and then into an exponential race
-(argmax of p / E with E = -log u, which samples exactly from p). A row's draws therefore depend only
-on its seed, its own frame counter and the codebook, never on its batch-mates or its slot. Greedy
-rows (temperature 0) take the argmax after the repetition penalty, exactly as generate.py does.
+Sampling is counter-based: the noise for (row key, frame index, codebook, vocabulary entry) is a
+32-bit integer hash of those numbers (:func:`hash32`: xor-shift-multiply rounds whose multipliers are
+below 2**31, so int64 tensors hold every product exactly), turned into a uniform in (0, 1) and then
+into an exponential race (argmax of p / E with E = -log u, which samples exactly from p). The row key
+is hashed from the request's seed once, at admission; the noise of all ten codebooks of a frame is
+drawn in two tensor passes at the start of the step (codebook 0 over the semantic vocabulary, the nine
+residual codebooks together), not one hash per codebook. A row's draws therefore depend only on its
+seed, its own frame counter and the codebook, never on its batch-mates or its slot. Greedy rows
+(temperature 0) take the argmax after the repetition penalty, exactly as generate.py does.
+
+Operator budget: the step is written for few kernels (it is launch-bound at small batches): queries
+and keys are normed and rotated as one tensor, attention reads the cache in packed-GQA form
+(layers.attend), the additive mask and RoPE rows are built once per step, the fast head computes only
+the residual codebook's logits, and position 0 of the fast loop skips the last layer's output half
+(only its K/V are read later). ``ops/bench/s1mini.py`` counts the operators on the ``meta`` device.
 """
 
 from __future__ import annotations
@@ -28,46 +37,51 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .layers import Rope, TransformerBlock, attend
 from .model import DualARTransformer
 from .sampling import apply_repetition_penalty
 
 _M32 = 0xFFFFFFFF
-_GOLD = 0x9E3779B1
-_C1 = 0x85EBCA77
-_C2 = 0xC2B2AE3D
+_K1 = 0x7FEB352D  # odd multipliers below 2**31: (x < 2**32) * K < 2**63, exact in int64
+_K2 = 0x5BD1E995
+_COLS = 0x27D4EB2F  # spreads vocabulary columns before hashing
+_FRAMES = 0x165667B1
 
 
-def _mul32(h: Tensor, c: int) -> Tensor:
-    """(h * c) mod 2**32 for 0 <= h < 2**32 without int64 overflow (split h into 16-bit halves)."""
-    lo = h & 0xFFFF
-    hi = h >> 16
-    return (lo * c + (((hi * (c & 0xFFFF)) & 0xFFFF) << 16)) & _M32
-
-
-def fmix32(h: Tensor) -> Tensor:
-    """murmur3's 32-bit finaliser on int64 tensors holding values in [0, 2**32)."""
+def hash32(h):
+    """A 32-bit integer hash (xor-shift-multiply, two rounds) of int64 tensors or Python ints holding
+    values in [0, 2**32). The same function runs on the host (row keys at admission) and in the step."""
     h = h & _M32
     h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
+    h = (h * _K1) & _M32
+    h = h ^ (h >> 15)
+    h = (h * _K2) & _M32
     return h ^ (h >> 16)
 
 
-def row_keys(seed_lo: Tensor, seed_hi: Tensor) -> Tensor:
-    """One 32-bit key per row from its 64-bit seed (given as two 32-bit halves)."""
-    return fmix32(seed_lo ^ fmix32(seed_hi + _GOLD))
+def row_key(seed: int) -> int:
+    """The 32-bit key of a request's 64-bit seed (computed once, on the host, when the row joins)."""
+    return hash32((seed & _M32) ^ hash32(((seed >> 32) + 0x9E3779B1) & _M32))
 
 
-def uniform(row_key: Tensor, frame: Tensor, codebook: int, n: int) -> Tensor:
-    """(B, n) uniforms in (0, 1): a pure function of (row key, frame index, codebook, column)."""
-    k = fmix32(row_key ^ _mul32((frame * 16 + codebook) & _M32, _C1))  # (B,)
-    cols = _mul32(torch.arange(n, device=row_key.device, dtype=torch.int64), _C2)  # (n,)
-    h = fmix32(k.view(-1, 1) ^ cols.view(1, -1))
+def frame_keys(key: Tensor, frame: Tensor, codebooks: int) -> Tensor:
+    """(B, codebooks) keys for (row key, frame index, codebook)."""
+    cb = torch.arange(codebooks, device=key.device, dtype=torch.int64)
+    return hash32(key.view(-1, 1) ^ ((frame.view(-1, 1) * _FRAMES) & _M32) ^ hash32(cb + 1).view(1, -1))
+
+
+def uniform_from_keys(keys: Tensor, n: int) -> Tensor:
+    """Uniforms in (0, 1), shape keys.shape + (n,): a pure function of each key and the column."""
+    cols = (torch.arange(n, device=keys.device, dtype=torch.int64) * _COLS) & _M32
+    h = hash32(keys.unsqueeze(-1) ^ cols)
     return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def uniform(key: Tensor, frame: Tensor, codebook: int, n: int) -> Tensor:
+    """(B, n) uniforms for one codebook: what the step draws for (row key, frame, codebook)."""
+    return uniform_from_keys(frame_keys(key, frame, codebook + 1)[:, codebook], n)
 
 
 def sample_static(
@@ -76,25 +90,24 @@ def sample_static(
     temperature: Tensor,
     top_p: Tensor,
     repetition_penalty: Tensor,
-    row_key: Tensor,
-    frame: Tensor,
-    codebook: int,
+    noise: Tensor,
 ) -> Tensor:
-    """One index per row, whole batch at once, no host sync. logits (B, V); previous (B, W) (-1 empty).
+    """One index per row, whole batch at once, no host sync. logits (B, V); previous (B, W) (-1 empty);
+    noise (B, V): Exp(1) draws (-log of :func:`uniform`).
 
     Same order as sampling.sample_rows: repetition penalty, top-p on the untempered distribution (the
     most likely token always stays), temperature, exponential race. temperature <= 0: argmax.
+    Top-p keeps the sorted prefix whose cumulative probability is <= top_p (at least one token) as a
+    logit cutoff: a token tied with the last kept one is kept too (sample_rows keeps one of the tie).
     """
     logits = apply_repetition_penalty(logits.float(), previous, repetition_penalty)
     greedy = logits.argmax(dim=-1)
-    v = logits.shape[-1]
-    sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+    sorted_logits = torch.sort(logits, dim=-1, descending=True).values
     cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    first = torch.arange(v, device=logits.device) == 0
-    drop_sorted = (cum > top_p.view(-1, 1)) & ~first
-    drop = torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)
-    probs = torch.softmax(logits.masked_fill(drop, float("-inf")) / temperature.clamp(min=1e-5).view(-1, 1), dim=-1)
-    noise = -torch.log(uniform(row_key, frame, codebook, v))
+    kept = (cum <= top_p.view(-1, 1)).sum(dim=-1, keepdim=True).clamp(min=1)
+    cutoff = sorted_logits.gather(1, kept - 1)
+    logits = logits.masked_fill(logits < cutoff, float("-inf"))
+    probs = torch.softmax(logits / temperature.clamp(min=1e-5).view(-1, 1), dim=-1)
     drawn = (probs / noise).argmax(dim=-1)
     return torch.where(temperature <= 0, greedy, drawn)
 
@@ -105,8 +118,7 @@ class SlotState(NamedTuple):
     lens: Tensor  # (S,) int64: tokens in the slot's KV cache; the next slow step writes this column
     steps: Tensor  # (S,) int64: frames produced so far (the counter of the noise)
     limit: Tensor  # (S,) int64: max frames
-    seed_lo: Tensor  # (S,) int64
-    seed_hi: Tensor  # (S,) int64
+    key: Tensor  # (S,) int64: the row's 32-bit noise key (row_key of its seed)
     temperature: Tensor  # (S,) fp32
     top_p: Tensor  # (S,) fp32
     repetition_penalty: Tensor  # (S,) fp32
@@ -130,18 +142,22 @@ class StepConsts(NamedTuple):
     repetition_window: int  # 0: no penalty window
 
 
-def _attend_decode(attn, x: Tensor, cos_sin: Tensor, k_buf: Tensor, v_buf: Tensor, col: Tensor, mask: Tensor, kvb: int) -> Tensor:
-    """One query per row at per-row column ``col`` (B, 1, 1, 1); reads columns [0, kvb)."""
-    b, s, _ = x.shape
-    qs = attn.n_head * attn.head_dim
-    q, k, v = attn.qkv(x, cos_sin)
+def _attend_decode(attn, x: Tensor, rope: Rope, k_buf: Tensor, v_buf: Tensor, col: Tensor, mask: Tensor, kvb: int) -> Tensor:
+    """One query per row at per-row column ``col`` (B, 1, 1, 1); reads columns [0, kvb) of the cache
+    as they are (layers.attend: packed GQA, no expanded or upcast copy)."""
+    b = x.shape[0]
+    q, k, v = attn.qkv(x, rope)
     idx = col.expand(b, attn.n_kv_head, 1, attn.head_dim)
     k_buf.scatter_(2, idx, k.to(k_buf.dtype))
     v_buf.scatter_(2, idx, v.to(v_buf.dtype))
-    y = F.scaled_dot_product_attention(
-        q, k_buf[:, :, :kvb], v_buf[:, :, :kvb], attn_mask=mask, enable_gqa=attn.n_head != attn.n_kv_head
-    )
-    return attn.wo(y.transpose(1, 2).reshape(b, s, qs))
+    return attn.out(attend(q, k_buf[:, :, :kvb], v_buf[:, :, :kvb], mask))
+
+
+def decode_mask(lens: Tensor, kvb: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask (B, 1, 1, kvb): 0 where column <= the row's length, -inf beyond. Built once per
+    step (a bool mask would be converted to this form inside every attention call)."""
+    cols = torch.arange(kvb, device=lens.device)
+    return torch.where(cols.view(1, -1) <= lens.view(-1, 1), 0.0, float("-inf")).to(dtype).view(-1, 1, 1, kvb)
 
 
 def slow_decode(
@@ -150,15 +166,21 @@ def slow_decode(
     """The slow transformer on one frame per slot (B, 11) at column ``lens``; returns (logits, hidden)."""
     b = frame.shape[0]
     x = model.embed(frame.unsqueeze(-1))
-    cos_sin = model.rope[lens].unsqueeze(1)
-    cols = torch.arange(kvb, device=lens.device)
-    mask = (cols.view(1, -1) <= lens.view(-1, 1)).view(b, 1, 1, kvb)
+    rope = model.rope_at(lens.view(b, 1))
+    mask = decode_mask(lens, kvb, x.dtype)
     col = lens.view(b, 1, 1, 1)
     for i, layer in enumerate(model.layers):
-        h = x + _attend_decode(layer.attention, layer.attention_norm(x), cos_sin, cache_k[i], cache_v[i], col, mask, kvb)
+        h = x + _attend_decode(layer.attention, layer.attention_norm(x), rope, cache_k[i], cache_v[i], col, mask, kvb)
         x = h + layer.feed_forward(layer.ffn_norm(h))
     x = x[:, -1]
     return model.logits_from_hidden(x, head), x
+
+
+def _fast_kv_only(layer: TransformerBlock, x: Tensor, rope: Rope, kv: tuple[Tensor, Tensor], pos: int) -> None:
+    """A layer whose output nobody reads: only write its K/V at ``pos`` (no attention, wo or FFN)."""
+    _, k, v = layer.attention.qkv(layer.attention_norm(x), rope)
+    kv[0][:, :, pos : pos + 1] = k
+    kv[1][:, :, pos : pos + 1] = v
 
 
 def decode_step(
@@ -176,29 +198,37 @@ def decode_step(
     cfg = model.config
     n_cb = cfg.num_codebooks
     b = st.lens.shape[0]
-    key = row_keys(st.seed_lo, st.seed_hi)
     hist = st.history
-    prev_main = torch.where(hist[:, 0] >= 0, hist[:, 0] - c.sem_begin, hist[:, 0])
     temp, top_p, rp = st.temperature, st.top_p, st.repetition_penalty
-    pick = sample_static(st.logits, prev_main, temp, top_p, rp, key, st.steps, 0)
+    # the frame's noise: codebook 0 over the semantic vocabulary + end, codebooks 1..9 in one pass
+    keys = frame_keys(st.key, st.steps, n_cb)
+    noise0 = -torch.log(uniform_from_keys(keys[:, 0], c.n_sem + 1))
+    noise_r = -torch.log(uniform_from_keys(keys[:, 1:], c.residual_vocab))
+    prev_main = torch.where(hist[:, 0] >= 0, hist[:, 0] - c.sem_begin, hist[:, 0])
+    pick = sample_static(st.logits, prev_main, temp, top_p, rp, noise0)
     is_end = pick == c.n_sem
-    main = torch.where(is_end, torch.full_like(pick, c.end_token_id), pick + c.sem_begin)
-    codes = [torch.where(is_end, torch.zeros_like(pick), pick)]
+    main = torch.where(is_end, c.end_token_id, pick + c.sem_begin)
+    codes = [torch.where(is_end, 0, pick)]
 
-    def fast(x: Tensor, pos: int) -> Tensor:
-        cos_sin = model.fast_rope[pos : pos + 1].unsqueeze(0).expand(b, 1, -1, -1)
-        for i, layer in enumerate(model.fast_layers):
-            x = layer(x, cos_sin, None, (fast_k[i], fast_v[i]), pos)
-        return x
-
+    fast_w = model.fast_output.weight[: c.residual_vocab]  # only the residual codebook's logits
+    last = len(model.fast_layers) - 1
     # position 0 (the slow hidden state) only fills the fast cache; position k predicts codebook k
-    fast(model.fast_project_in(st.hidden).unsqueeze(1), 0)
+    x = model.fast_project_in(st.hidden).unsqueeze(1)
+    rope = model.fast_rope_at(slice(0, 1))
+    for i, layer in enumerate(model.fast_layers):
+        if i == last:
+            _fast_kv_only(layer, x, rope, (fast_k[i], fast_v[i]), 0)
+        else:
+            x = layer(x, rope, None, (fast_k[i], fast_v[i]), 0)
     for k in range(1, n_cb):
-        x = fast(model.fast_embeddings(codes[-1]).unsqueeze(1), k)
-        flog = model.fast_output(model.fast_norm(x))[:, -1, : c.residual_vocab]
-        codes.append(sample_static(flog, hist[:, k + 1], temp, top_p, rp, key, st.steps, k))
+        x = model.fast_embeddings(codes[-1]).unsqueeze(1)
+        rope = model.fast_rope_at(slice(k, k + 1))
+        for i, layer in enumerate(model.fast_layers):
+            x = layer(x, rope, None, (fast_k[i], fast_v[i]), k)
+        flog = torch.nn.functional.linear(model.fast_norm(x[:, -1]), fast_w)
+        codes.append(sample_static(flog, hist[:, k + 1], temp, top_p, rp, noise_r[:, k - 1]))
     frame = torch.stack([main] + codes, dim=1)  # (b, 1 + n_cb)
-    frame = torch.where(st.active.view(-1, 1), frame, torch.zeros_like(frame))
+    frame = torch.where(st.active.view(-1, 1), frame, 0)
     max_frames = st.codes.shape[2]
     at = st.steps.clamp(max=max_frames - 1).view(b, 1, 1)
     st.codes.scatter_(2, at.expand(b, n_cb, 1), frame[:, 1:, None])
@@ -209,7 +239,7 @@ def decode_step(
     st.done.copy_(st.active & (is_end | (step1 >= st.limit)))
     st.ended.copy_(st.active & is_end)
     logits, hidden = slow_decode(model, head, frame, st.lens, cache_k, cache_v, kvb)
-    st.logits.copy_(logits.float())
+    st.logits.copy_(logits)
     st.hidden.copy_(hidden)
     inc = st.active.to(torch.int64)
     st.steps.add_(inc)
@@ -219,38 +249,29 @@ def decode_step(
 def prefill(
     model: DualARTransformer,
     head: Tensor,
-    prompts: list[Tensor],
+    tokens: Tensor,
+    lens: Tensor,
     slots: Tensor,
     cache_k: list[Tensor],
     cache_v: list[Tensor],
 ) -> tuple[Tensor, Tensor]:
-    """Run the prompts (11, L_b) of joining rows together, right-padded, and write their K/V into the
-    rows ``slots`` of the caches at columns [0, L_b). Returns (restricted logits, hidden) at each
-    prompt's last token. Padded columns hold junk K/V that decode overwrites before reading."""
-    dev = slots.device
-    n = len(prompts)
-    lens = [int(p.shape[1]) for p in prompts]
-    width = max(lens)
-    tokens = torch.zeros((n, prompts[0].shape[0], width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        tokens[i, :, : lens[i]] = p.long()
-    tokens = tokens.to(dev)
-    lens_t = torch.tensor(lens, device=dev)
-    cols = torch.arange(width, device=dev)
+    """Run the prompts of joining rows together: ``tokens`` (n, 11, width) right-padded on the device,
+    ``lens`` (n,) their lengths; write their K/V into the rows ``slots`` of the caches at columns
+    [0, width). Returns (restricted logits, hidden) at each prompt's last token. Padded columns hold
+    junk K/V that decode overwrites before reading."""
+    n, _, width = tokens.shape
+    cols = torch.arange(width, device=tokens.device)
     # causal, and keys beyond a row's prompt are never visible (a padding query still sees its prompt)
-    mask = (cols.view(1, 1, -1) <= cols.view(1, -1, 1)) & (cols.view(1, 1, -1) < lens_t.view(-1, 1, 1))
+    mask = (cols.view(1, 1, -1) <= cols.view(1, -1, 1)) & (cols.view(1, 1, -1) < lens.view(-1, 1, 1))
     mask = mask.unsqueeze(1)
     x = model.embed(tokens)
-    cos_sin = model.rope[:width].unsqueeze(0).expand(n, -1, -1, -1)
+    rope = model.rope_at(slice(0, width))
     for i, layer in enumerate(model.layers):
         attn = layer.attention
-        h_in = layer.attention_norm(x)
-        qs = attn.n_head * attn.head_dim
-        q, k, v = attn.qkv(h_in, cos_sin)
+        q, k, v = attn.qkv(layer.attention_norm(x), rope)
         cache_k[i][:, :, :width].index_copy_(0, slots, k.to(cache_k[i].dtype))
         cache_v[i][:, :, :width].index_copy_(0, slots, v.to(cache_v[i].dtype))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.n_head != attn.n_kv_head)
-        h = x + attn.wo(y.transpose(1, 2).reshape(n, width, qs))
+        h = x + attn.out(attend(q, k, v, mask))
         x = h + layer.feed_forward(layer.ffn_norm(h))
-    last = x[torch.arange(n, device=dev), lens_t - 1]
+    last = x[torch.arange(n, device=tokens.device), lens - 1]
     return model.logits_from_hidden(last, head), last

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+Rope = tuple[Tensor, Tensor]  # (cos, sin), each broadcastable to (B, S, H, head_dim), fp32
+
 
 def rope_table(n_pos: int, head_dim: int, base: float) -> Tensor:
     """(n_pos, head_dim // 2, 2) cos/sin table for interleaved-pair RoPE, bf16-rounded, kept in fp32."""
@@ -21,15 +23,69 @@ def rope_table(n_pos: int, head_dim: int, base: float) -> Tensor:
     return table.to(torch.bfloat16).to(torch.float32)
 
 
-def apply_rope(x: Tensor, cos_sin: Tensor) -> Tensor:
-    """Rotate pairs (x[2i], x[2i+1]). x: (B, S, H, D); cos_sin: (B, S, D/2, 2). Computed in fp32."""
-    b, s, h, d = x.shape
-    xf = x.float().reshape(b, s, h, d // 2, 2)
-    cos = cos_sin[..., 0].float().unsqueeze(2)
-    sin = cos_sin[..., 1].float().unsqueeze(2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
-    return out.reshape(b, s, h, d).type_as(x)
+def rope_rows(table: Tensor) -> Rope:
+    """The table (n, D/2, 2) as full-width rows: cos (n, D) = [c0, c0, c1, c1, ...] and the signed
+    sin (n, D) = [-s0, s0, -s1, s1, ...], so a rotation is ``x * cos + swap_pairs(x) * sin``."""
+    cos = table[..., 0].repeat_interleave(2, dim=-1)
+    sin = torch.stack([-table[..., 1], table[..., 1]], dim=-1).flatten(-2)
+    return cos, sin
+
+
+def rope_at(rows: Rope, index: Tensor | slice) -> Rope:
+    """Rows of a full-width table for positions ``index`` ((B,) or (B, S) tensor, or a slice), shaped
+    to broadcast over heads: (B, 1, 1, D) for a (B,) index, (B, S, 1, D) for (B, S), (S, 1, D) for a slice."""
+    cos, sin = rows
+    return cos[index].unsqueeze(-2), sin[index].unsqueeze(-2)
+
+
+def apply_rope(x: Tensor, rope: Rope) -> Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, S, H, D) in fp32: (x0 c - x1 s, x1 c + x0 s), four ops
+    (the swapped pairs times the signed sin gives exactly the same floats as the two-half form)."""
+    cos, sin = rope
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + swapped * sin).type_as(x)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Attention that reads each K/V once: q (B, H, S, D); k, v (B, KV, K, D) with H a multiple of KV.
+
+    Grouped queries are packed instead of K/V expanded: the G = H / KV query heads that share a K/V
+    head become G * S queries of that head, (B, KV, G * S, D), so SDPA sees plain multi-head attention
+    over the cache as it is. That form has no ``enable_gqa``, so the fused kernels (memory-efficient
+    with a mask, flash without) accept it on CUDA instead of the math fallback, which upcast q/k/v to
+    fp32 and copied K/V once per query head. ``mask``: bool or additive float, (B or 1, 1, S, K).
+    ``causal``: top-left causal (SDPA's ``is_causal``) when no mask is given.
+    """
+    b, h, s, d = q.shape
+    kv = k.shape[1]
+    if h == kv:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and s > 1)
+    g = h // kv
+    if causal and mask is None and s > 1:
+        mask = torch.ones(s, k.shape[2], dtype=torch.bool, device=q.device).tril().view(1, 1, s, -1)
+    if mask is not None and s > 1:
+        mb = mask.shape[0]
+        mask = mask.unsqueeze(2).expand(mb, 1, g, s, mask.shape[-1]).reshape(mb, 1, g * s, mask.shape[-1])
+    y = F.scaled_dot_product_attention(q.reshape(b, kv, g * s, d), k, v, attn_mask=mask)
+    return y.reshape(b, h, s, d)
+
+
+# torch >= 2.8 registers a CUDA kernel for it (one launch, fp32 inside); on the CPU it decomposes
+_FUSED_RMS = getattr(torch.ops.aten, "_fused_rms_norm", None)
+
+
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    """x / rms(x) over the last dimension, computed in fp32 and returned in x's dtype.
+
+    Eager off the CPU (CUDA; and meta, where the operator counts model CUDA) this is one kernel
+    (aten._fused_rms_norm) instead of seven; under torch.compile the
+    plain form is traced instead, since inductor fuses it with its neighbours (it would keep the fused
+    op as an opaque fallback). Both give the same floats as the upcast-compute-cast form (tested)."""
+    if _FUSED_RMS is not None and x.device.type != "cpu" and not torch.compiler.is_compiling():
+        return _FUSED_RMS(x, [x.shape[-1]], None, eps)[0]
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -41,9 +97,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y.type_as(x) * self.weight
+        return rms_normalize(x, self.eps) * self.weight
 
 
 class FeedForward(nn.Module):
@@ -87,44 +141,44 @@ class Attention(nn.Module):
             self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps)
 
-    def qkv(self, x: Tensor, cos_sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values of ``x`` (B, S, dim), normed and rotated: (B, heads, S, head_dim) each."""
+    def qkv(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of ``x`` (B, S, dim), normed and rotated: (B, heads, S, head_dim) each.
+
+        Queries and keys are normed (per head, each with its own weight) and rotated as one tensor of
+        n_head + n_kv_head heads: the same floats as doing each apart, in half the operators."""
         b, s, _ = x.shape
-        qs, ks = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([qs, ks, ks], dim=-1)
-        q = q.view(b, s, self.n_head, self.head_dim)
-        k = k.view(b, s, self.n_kv_head, self.head_dim)
-        v = v.view(b, s, self.n_kv_head, self.head_dim)
+        nq = self.n_head + self.n_kv_head
+        qkv = self.wqkv(x).view(b, s, nq + self.n_kv_head, self.head_dim)
+        qk, v = qkv[:, :, :nq], qkv[:, :, nq:]
         if self.qk_norm:
-            q = self.q_norm(q)
-            k = self.k_norm(k)
-        q = apply_rope(q, cos_sin).transpose(1, 2)
-        k = apply_rope(k, cos_sin).transpose(1, 2)
-        return q, k, v.transpose(1, 2)
+            w = torch.cat([self.q_norm.weight.expand(self.n_head, -1), self.k_norm.weight.expand(self.n_kv_head, -1)])
+            qk = rms_normalize(qk, self.q_norm.eps) * w
+        qk = apply_rope(qk, rope).transpose(1, 2)
+        return qk[:, : self.n_head], qk[:, self.n_head :], v.transpose(1, 2)
 
     def forward(
         self,
         x: Tensor,
-        cos_sin: Tensor,
+        rope: Rope,
         mask: Tensor | None,
         kv: tuple[Tensor, Tensor] | None = None,
         start: int = 0,
         is_causal: bool = False,
     ) -> Tensor:
         b, s, _ = x.shape
-        qs = self.n_head * self.head_dim
-        q, k, v = self.qkv(x, cos_sin)
+        q, k, v = self.qkv(x, rope)
         if kv is not None:
             k_buf, v_buf = kv
             k_buf[:, :, start : start + s] = k
             v_buf[:, :, start : start + s] = v
             k = k_buf[:, :, : start + s]
             v = v_buf[:, :, : start + s]
-        gqa = self.n_head != self.n_kv_head
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None and s > 1, enable_gqa=gqa
-        )
-        return self.wo(y.transpose(1, 2).reshape(b, s, qs))
+        return self.out(attend(q, k, v, mask, causal=is_causal))
+
+    def out(self, y: Tensor) -> Tensor:
+        """``wo`` on the attention output (B, heads, S, head_dim)."""
+        b, _, s, _ = y.shape
+        return self.wo(y.transpose(1, 2).reshape(b, s, self.n_head * self.head_dim))
 
 
 class LayerScale(nn.Module):
@@ -167,13 +221,13 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos_sin: Tensor,
+        rope: Rope,
         mask: Tensor | None,
         kv: tuple[Tensor, Tensor] | None = None,
         start: int = 0,
         is_causal: bool = False,
     ) -> Tensor:
-        a = self.attention(self.attention_norm(x), cos_sin, mask, kv, start, is_causal)
+        a = self.attention(self.attention_norm(x), rope, mask, kv, start, is_causal)
         if self.layer_scale:
             a = self.attention_layer_scale(a)
         h = x + a

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import DualARConfig
-from .layers import RMSNorm, TransformerBlock, init_linear_embedding, rope_table
+from .layers import RMSNorm, Rope, TransformerBlock, init_linear_embedding, rope_at, rope_rows, rope_table
 
 
 @dataclass
@@ -91,10 +91,11 @@ class DualARTransformer(nn.Module):
         )
         self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
         self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
-        self.register_buffer("rope", rope_table(c.max_seq_len, c.head_dim, c.rope_base), persistent=False)
-        self.register_buffer(
-            "fast_rope", rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base), persistent=False
-        )
+        # RoPE as full-width cos / signed-sin rows (layers.rope_rows), fp32 whatever the model's dtype
+        for name, (n_pos, head_dim) in {"rope": (c.max_seq_len, c.head_dim), "fast_rope": (c.num_codebooks, c.fast_head_dim)}.items():
+            cos, sin = rope_rows(rope_table(n_pos, head_dim, c.rope_base))
+            self.register_buffer(f"{name}_cos", cos, persistent=False)
+            self.register_buffer(f"{name}_sin", sin, persistent=False)
         self.register_buffer(
             "codebook_offsets", torch.arange(c.num_codebooks) * c.codebook_size, persistent=False
         )
@@ -117,6 +118,14 @@ class DualARTransformer(nn.Module):
         return KVCache.allocate(
             c.n_fast_layer, batch, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim, dtype, device
         )
+
+    # ------------------------------------------------------------------ positions
+    def rope_at(self, positions: Tensor | slice) -> Rope:
+        """The slow transformer's RoPE rows at ``positions`` (see layers.rope_at)."""
+        return rope_at((self.rope_cos, self.rope_sin), positions)
+
+    def fast_rope_at(self, positions: Tensor | slice) -> Rope:
+        return rope_at((self.fast_rope_cos, self.fast_rope_sin), positions)
 
     # ------------------------------------------------------------------ slow transformer
     def embed(self, tokens: Tensor) -> Tensor:
@@ -161,10 +170,10 @@ class DualARTransformer(nn.Module):
         projection, see head_rows) the logits are only those rows' (B, len(head)).
         """
         x = self.embed(tokens)
-        cos_sin = self.rope[positions]
+        rope = self.rope_at(positions)
         for i, layer in enumerate(self.layers):
             kv = cache.layer(i) if cache is not None else None
-            x = layer(x, cos_sin, mask, kv, start, is_causal=mask is None)
+            x = layer(x, rope, mask, kv, start, is_causal=mask is None)
         if not return_all:
             x = x[:, -1]
         return self.logits_from_hidden(x, head), x
@@ -172,9 +181,9 @@ class DualARTransformer(nn.Module):
     # ------------------------------------------------------------------ fast transformer
     def forward_fast(self, x: Tensor, pos: int, cache: KVCache) -> Tensor:
         """One fast step: x (B, 1, fast_dim) at codebook position ``pos``; returns (B, codebook_size)."""
-        cos_sin = self.fast_rope[pos : pos + 1].unsqueeze(0).expand(x.shape[0], 1, -1, -1)
+        rope = self.fast_rope_at(slice(pos, pos + 1))
         for i, layer in enumerate(self.fast_layers):
-            x = layer(x, cos_sin, None, cache.layer(i), pos)
+            x = layer(x, rope, None, cache.layer(i), pos)
         return self.fast_output(self.fast_norm(x))[:, -1]
 
     def forward_fast_full(self, hidden: Tensor, codes: Tensor) -> Tensor:
@@ -182,9 +191,9 @@ class DualARTransformer(nn.Module):
         0..8. Returns logits (B, num_codebooks, codebook_size) for positions 0..9."""
         x = torch.cat([self.fast_project_in(hidden)[:, None], self.fast_embeddings(codes)], dim=1)
         n = x.shape[1]
-        cos_sin = self.fast_rope[:n].unsqueeze(0).expand(x.shape[0], n, -1, -1)
+        rope = self.fast_rope_at(slice(0, n))
         for layer in self.fast_layers:
-            x = layer(x, cos_sin, None, None, 0, is_causal=True)
+            x = layer(x, rope, None, None, 0, is_causal=True)
         return self.fast_output(self.fast_norm(x))
 
     def parameter_count(self) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .decode_step import SlotState, StepConsts, decode_step, prefill
+from .decode_step import SlotState, StepConsts, decode_step, prefill, row_key
 from .generate import RowRequest
 from .model import DualARTransformer
 
@@ -106,7 +106,7 @@ class SlotDecoder:
                 return torch.zeros(shape, dtype=dt, device=dev)
 
             self.state = SlotState(
-                lens=z(slots), steps=z(slots), limit=z(slots), seed_lo=z(slots), seed_hi=z(slots),
+                lens=z(slots), steps=z(slots), limit=z(slots), key=z(slots),
                 temperature=z(slots, dt=torch.float32), top_p=z(slots, dt=torch.float32),
                 repetition_penalty=z(slots, dt=torch.float32), active=z(slots, dt=torch.bool),
                 logits=z(slots, n_sem + 1, dt=torch.float32), hidden=z(slots, cfg.dim, dt=dtype),
@@ -267,26 +267,41 @@ class SlotDecoder:
             self._prefill(chunk)
 
     def _prefill(self, chunk: list[tuple[int, RowRequest, Any]]) -> None:
+        """One batched prefill of the rows in ``chunk`` into their slots. Everything the device needs
+        (right-padded tokens, slots, lengths, limits, noise keys, sampling parameters) travels in one
+        host buffer (pinned on CUDA): one copy, no per-field host-to-device syncs."""
         dev, st = self.device, self.state
-        slots = [s for s, _, _ in chunk]
-        idx = torch.tensor(slots, device=dev)
-        logits, hidden = prefill(self.model, self.head, [r.prompt for _, r, _ in chunk], idx, self.cache_k, self.cache_v)
+        n = len(chunk)
+        lens = [int(r.prompt.shape[1]) for _, r, _ in chunk]
+        width = max(lens)
+        n_tok = 1 + self.model.config.num_codebooks
         seeds = [random.getrandbits(63) if r.seed is None else int(r.seed) & 0xFFFFFFFFFFFFFFFF for _, r, _ in chunk]
-
-        def put(t: Tensor, values, dtype=torch.int64) -> None:
-            t.index_copy_(0, idx, torch.tensor(values, dtype=dtype, device=dev))
-
-        put(st.lens, [int(r.prompt.shape[1]) for _, r, _ in chunk])
-        put(st.steps, [0] * len(chunk))
-        put(st.limit, [r.max_new_tokens for _, r, _ in chunk])
-        put(st.seed_lo, [s & 0xFFFFFFFF for s in seeds])
-        put(st.seed_hi, [(s >> 32) & 0xFFFFFFFF for s in seeds])
-        put(st.temperature, [r.temperature for _, r, _ in chunk], torch.float32)
-        put(st.top_p, [r.top_p for _, r, _ in chunk], torch.float32)
-        put(st.repetition_penalty, [r.repetition_penalty for _, r, _ in chunk], torch.float32)
-        put(st.active, [True] * len(chunk), torch.bool)
+        params = torch.tensor([[r.temperature, r.top_p, r.repetition_penalty] for _, r, _ in chunk], dtype=torch.float32)
+        fields = torch.tensor(
+            [[s for s, _, _ in chunk], lens, [r.max_new_tokens for _, r, _ in chunk], [row_key(x) for x in seeds]],
+            dtype=torch.int64,
+        )
+        host = torch.zeros(n * n_tok * width + 4 * n + 3 * n, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        tok = host[: n * n_tok * width].view(n, n_tok, width)
+        for i, (_, r, _) in enumerate(chunk):
+            tok[i, :, : lens[i]] = r.prompt
+        host[n * n_tok * width : n * n_tok * width + 4 * n] = fields.flatten()
+        host[n * n_tok * width + 4 * n :] = params.view(torch.int32).flatten().to(torch.int64)
+        staged = host.to(dev, non_blocking=True)
+        tokens = staged[: n * n_tok * width].view(n, n_tok, width)
+        idx, lens_t, limit, keys = staged[n * n_tok * width : n * n_tok * width + 4 * n].view(4, n)
+        floats = staged[n * n_tok * width + 4 * n :].to(torch.int32).view(torch.float32).view(n, 3)
+        logits, hidden = prefill(self.model, self.head, tokens, lens_t, idx, self.cache_k, self.cache_v)
+        st.lens.index_copy_(0, idx, lens_t)
+        st.steps.index_fill_(0, idx, 0)
+        st.limit.index_copy_(0, idx, limit)
+        st.key.index_copy_(0, idx, keys)
+        st.temperature.index_copy_(0, idx, floats[:, 0])
+        st.top_p.index_copy_(0, idx, floats[:, 1])
+        st.repetition_penalty.index_copy_(0, idx, floats[:, 2])
+        st.active.index_fill_(0, idx, True)
         st.logits.index_copy_(0, idx, logits.float())
         st.hidden.index_copy_(0, idx, hidden.to(st.hidden.dtype))
         st.history.index_fill_(0, idx, -1)
-        for s, r, tag in chunk:
-            self.live[s] = _Live(tag, int(r.prompt.shape[1]), r.max_new_tokens)
+        for (s, r, tag), n_prompt in zip(chunk, lens, strict=True):
+            self.live[s] = _Live(tag, n_prompt, r.max_new_tokens)
