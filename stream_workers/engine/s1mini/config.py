@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _round_up(n: int, k: int) -> int:
@@ -20,35 +23,41 @@ def _round_up(n: int, k: int) -> int:
 
 @dataclass
 class DualARConfig:
-    """Shapes of the dual autoregressive text-to-semantic transformer (fish-speech ``dual_ar``)."""
+    """Shapes of the dual autoregressive text-to-semantic transformer (fish-speech ``dual_ar``).
 
-    vocab_size: int = 155776
-    n_layer: int = 28
-    n_head: int = 16
-    n_local_heads: int = 8
-    dim: int = 1024
-    head_dim: int = 128
-    intermediate_size: int = 3072
-    rope_base: float = 1_000_000.0
-    norm_eps: float = 1e-6
-    max_seq_len: int = 8192
+    The defaults are fish-speech's own (``BaseModelArgs`` / ``DualARModelArgs`` in
+    ``fish_speech/models/text2semantic/llama.py``), and so is ``__post_init__``'s filling-in, so a
+    ``config.json`` gives exactly the shapes fish-speech builds from it, including keys the file omits.
+    They are NOT the S1-mini shapes: :func:`s1mini_config` sets those explicitly.
+    """
+
+    vocab_size: int = 32000
+    n_layer: int = 32
+    n_head: int = 32
+    n_local_heads: int = -1  # -1: n_head (no grouped-query attention)
+    dim: int = 4096
+    head_dim: int = 64
+    intermediate_size: int = None  # type: ignore[assignment]  # None: 2/3 * 4 * dim rounded up to 256
+    rope_base: float = 10000
+    norm_eps: float = 1e-5
+    max_seq_len: int = 2048
     tie_word_embeddings: bool = True
     attention_qkv_bias: bool = False
     attention_o_bias: bool = False
-    attention_qk_norm: bool = True
-    codebook_size: int = 4096
-    num_codebooks: int = 10
-    scale_codebook_embeddings: bool = True
-    # fast (codebook) transformer
+    attention_qk_norm: bool = False
+    codebook_size: int = 160
+    num_codebooks: int = 4
+    scale_codebook_embeddings: bool = False
+    # fast (codebook) transformer; None: the slow transformer's value
     n_fast_layer: int = 4
-    fast_dim: int | None = 1024
-    fast_n_head: int | None = 16
-    fast_n_local_heads: int | None = 8
-    fast_head_dim: int | None = 64
-    fast_intermediate_size: int | None = 3072
-    fast_attention_qkv_bias: bool | None = False
-    fast_attention_o_bias: bool | None = False
-    fast_attention_qk_norm: bool | None = False
+    fast_dim: int | None = None
+    fast_n_head: int | None = None
+    fast_n_local_heads: int | None = None
+    fast_head_dim: int | None = None
+    fast_intermediate_size: int | None = None
+    fast_attention_qkv_bias: bool | None = None
+    fast_attention_o_bias: bool | None = None
+    fast_attention_qk_norm: bool | None = None
     model_type: str = "dual_ar"
 
     def __post_init__(self) -> None:
@@ -76,14 +85,24 @@ class DualARConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DualARConfig:
-        """Build from a fish-speech ``config.json``; keys we do not model are ignored."""
+        """Build from a fish-speech ``config.json``; keys we do not model are ignored, keys it lacks
+        take fish-speech's defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
     def from_json(cls, path: str | Path) -> DualARConfig:
+        """Read a checkpoint's ``config.json`` and log the effective configuration (one INFO line:
+        the file, the keys that took fish-speech's defaults, then the whole config as JSON)."""
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            data = json.load(f)
+        cfg = cls.from_dict(data)
+        defaulted = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data)
+        log.info(
+            "S1-mini model config from %s (fish-speech defaults for %s): %s",
+            path, ", ".join(defaulted) or "none", json.dumps(cfg.to_dict(), sort_keys=True),
+        )
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,8 +147,38 @@ class CodecConfig:
 
 
 def s1mini_config() -> DualARConfig:
-    """The published openaudio-s1-mini ``config.json`` shapes (a loaded checkpoint's file wins)."""
-    return DualARConfig()
+    """The published openaudio-s1-mini ``config.json`` shapes (a loaded checkpoint's file wins).
+
+    Every field is set here: the dataclass defaults are fish-speech's generic ones, not S1-mini's.
+    """
+    return DualARConfig(
+        vocab_size=155776,
+        n_layer=28,
+        n_head=16,
+        n_local_heads=8,
+        dim=1024,
+        head_dim=128,
+        intermediate_size=3072,
+        rope_base=1_000_000.0,
+        norm_eps=1e-6,
+        max_seq_len=8192,
+        tie_word_embeddings=True,
+        attention_qkv_bias=False,
+        attention_o_bias=False,
+        attention_qk_norm=True,
+        codebook_size=4096,
+        num_codebooks=10,
+        scale_codebook_embeddings=True,
+        n_fast_layer=4,
+        fast_dim=1024,
+        fast_n_head=16,
+        fast_n_local_heads=8,
+        fast_head_dim=64,
+        fast_intermediate_size=3072,
+        fast_attention_qkv_bias=False,
+        fast_attention_o_bias=False,
+        fast_attention_qk_norm=False,
+    )
 
 
 def s1mini_codec_config() -> CodecConfig:
@@ -146,15 +195,24 @@ def tiny_config(vocab_size: int, codebook_size: int = 64) -> DualARConfig:
         dim=64,
         head_dim=16,
         intermediate_size=128,
+        rope_base=1_000_000.0,
+        norm_eps=1e-6,
         max_seq_len=512,
+        tie_word_embeddings=True,
+        attention_qkv_bias=False,
+        attention_o_bias=False,
+        attention_qk_norm=True,
         codebook_size=codebook_size,
         num_codebooks=10,
+        scale_codebook_embeddings=True,
         n_fast_layer=2,
         fast_dim=48,  # != dim, so fast_project_in is a real Linear as in checkpoints with fast_dim != dim
         fast_n_head=4,
         fast_n_local_heads=2,
         fast_head_dim=12,
         fast_intermediate_size=96,
+        fast_attention_qkv_bias=False,
+        fast_attention_o_bias=False,
         fast_attention_qk_norm=False,
     )
 

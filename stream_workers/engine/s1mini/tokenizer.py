@@ -40,7 +40,12 @@ BASE_SPECIAL_TOKENS = [
     "<|audio|>",
 ]
 
-# Pre-tokenisation split (GPT-4o style, punctuation split out), as tiktoken ``pat_str``.
+# Pre-tokenisation split, as tiktoken ``pat_str``: fish-speech's ``FISH_TIKTOKEN_PATTERN``
+# (fish_speech/tokenizer.py) character for character, because the checkpoint was trained with it.
+# Note its seventh alternative is ``\s+(\?!\S)`` with an ESCAPED ``?``: not GPT-4o's lookahead
+# ``\s+(?!\S)`` but whitespace followed by a literal "?!" and one non-space character. So a run of
+# whitespace is one piece ("Hello  world" -> "Hello", "  ", "world"), not "Hello", " ", " world" as with
+# the lookahead. Do not "fix" it: tests/engine/test_s1mini_tokenizer.py compares against fish-speech.
 SPLIT_PATTERN = "|".join(
     [
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)",
@@ -49,7 +54,7 @@ SPLIT_PATTERN = "|".join(
         r"\p{N}",
         r" ?[^\s\p{L}\p{N}]+[\r\n]*",
         r"\s*[\r\n]+",
-        r"\s+(?!\S)",
+        r"\s+(\?!\S)",
         r"\s+",
     ]
 )
