@@ -183,3 +183,33 @@ def test_repetition_ring_equals_the_sliding_window(s1_model, s1_tok):
         assert torch.equal(got[i].codes, ref.codes)
         plain = generate_batch(s1_model, [RowRequest(r.prompt, 11)], end_token_id=s1_tok.im_end_id, residual_vocab=32)[0]
         assert not torch.equal(plain.codes, ref.codes)  # the penalty changed the output, so the check has teeth
+
+
+def test_compiled_decoder_warms_every_bucket_pair_and_decodes_like_eager(s1_model, s1_tok):
+    """compile=True with more (batch, KV) pairs than dynamo's default recompile limit (8): warm-up
+    reaches every pair (it used to stop at the ninth with FailOnRecompileLimitHit, so the engine never
+    became ready), then greedy rows joining and leaving decode the same tokens as the eager decoder.
+    Dynamo's eager backend keeps the test quick: inductor's C++ builds take minutes per graph
+    on this CPU. The recompile limit is dynamo's, so the eager backend (dynamo alone) meets it as
+    inductor would; test_decode_step_compiles_fullgraph covers aot_eager, and ops/bench/s1mini.py
+    (--modes compile) measures inductor itself."""
+    torch._dynamo.reset()
+    limit = torch._dynamo.config.recompile_limit
+    try:
+        torch._dynamo.config.recompile_limit = 8
+        comp = decoder(s1_model, s1_tok, slots=4, capacity=256, kv_min=32, compile=True, compile_backend="eager")
+        pairs = [(b, k) for b in comp.buckets for k in comp.kv_buckets]
+        assert len(pairs) == 12 > 8
+        comp.warm_up()
+        assert sorted(comp.warm_up_times) == sorted(pairs)
+        rows = {n: RowRequest(prompt(s1_tok, t), m) for n, t, m in
+                (("a", "compiled rows", 40), ("b", "leave early", 3), ("c", "a longer sentence to decode", 70))}
+        ref = decoder(s1_model, s1_tok, slots=4, capacity=256, kv_min=32)
+        want = drain(_with(ref, [(rows["a"], "a"), (rows["b"], "b")]), join_at={5: [(rows["c"], "c")]})
+        got = drain(_with(comp, [(rows["a"], "a"), (rows["b"], "b")]), join_at={5: [(rows["c"], "c")]})
+        for n in rows:
+            assert torch.equal(got[n].codes, want[n].codes), n
+        assert got["c"].codes.shape[1] == 70  # ran past the 64 KV bucket into 128
+    finally:
+        torch._dynamo.config.recompile_limit = limit
+        torch._dynamo.reset()

@@ -17,6 +17,7 @@ The only host sync per step is reading the ``done`` flags after it (outside the 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,7 @@ class SlotDecoder:
         kv_min: int = 128,
         use_graphs: bool | None = None,
         compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         cfg = model.config
         self.model = model
@@ -119,8 +121,18 @@ class SlotDecoder:
         self.use_graphs = dev.type == "cuda" if use_graphs is None else use_graphs
         self._graphs: dict[tuple[int, int], Any] = {}
         self._step_fn: Callable = decode_step
+        self.compiled = compile
         if compile:
-            self._step_fn = torch.compile(decode_step, fullgraph=True, dynamic=False)
+            # One graph per KV bucket with the batch dimension symbolic (plus batch 1, which dynamo
+            # specialises): len(kv_buckets) * 2 compiles instead of one per (batch, KV) pair. The
+            # recompile limit (8 by default) is raised to the pair count so that no bucket can ever
+            # hit it: before, the ninth pair failed warm-up and the engine never became ready.
+            pairs = len(self.buckets) * len(self.kv_buckets)
+            dyn = torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, pairs)
+            dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * pairs)
+            self._step_fn = torch.compile(decode_step, fullgraph=True, dynamic=None, backend=compile_backend)
+        self.warm_up_times: dict[tuple[int, int], dict[str, float]] = {}
         self.steps_run = 0
         self.row_steps = 0
 
@@ -139,6 +151,9 @@ class SlotDecoder:
         st = self.state.head(b)
         ck, cv = [k[:b] for k in self.cache_k], [v[:b] for v in self.cache_v]
         fk, fv = [k[:b] for k in self.fast_k], [v[:b] for v in self.fast_v]
+        if self.compiled and b > 1:
+            for t in (*st, *ck, *cv, *fk, *fv):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
         fn, model, head, consts = self._step_fn, self.model, self.head, self.consts
 
         def run() -> None:
@@ -148,31 +163,47 @@ class SlotDecoder:
 
     @torch.no_grad()
     def warm_up(self) -> None:
-        """Capture one CUDA graph per (batch bucket, KV bucket) with every slot idle (so capturing
-        changes no live row). Without graphs, run each batch bucket once eagerly (allocator, kernels)."""
+        """Make every (batch bucket, KV bucket) pair ready, with every slot idle (so no live row changes):
+        compiled (``compile``), then captured in a CUDA graph (``use_graphs``); eagerly, run each batch
+        bucket once (allocator, kernels). ``warm_up_times`` records the seconds per pair: the first run
+        (compile, when compiling) and the capture."""
         if self.live:
             raise RuntimeError("warm_up must run before any row is added")
-        if not self.use_graphs:
+        if not self.use_graphs and not self.compiled:
             for b in self.buckets:
                 self._views(b, self.kv_buckets[0])()
             return
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(self.device)
+        pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        side = torch.cuda.Stream(self.device) if self.use_graphs else None
         for b in self.buckets:
             for kvb in self.kv_buckets:
                 run = self._views(b, kvb)
+                times: dict[str, float] = {}
+                t0 = time.perf_counter()
+                if side is None:
+                    run()
+                    times["first_run_s"] = time.perf_counter() - t0
+                    self.warm_up_times[(b, kvb)] = times
+                    continue
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):
                     run()
+                    torch.cuda.synchronize(self.device)
+                    times["first_run_s"] = time.perf_counter() - t0
                     run()
                 torch.cuda.current_stream(self.device).wait_stream(side)
+                t1 = time.perf_counter()
                 g = torch.cuda.CUDAGraph()
                 # every graph writes its results into the slot buffers, so its intermediates are dead
                 # when it ends and one pool serves all graphs whatever order they replay in
                 with torch.cuda.graph(g, pool=pool):
                     run()
+                torch.cuda.synchronize(self.device)
+                times["capture_s"] = time.perf_counter() - t1
                 self._graphs[(b, kvb)] = g
-        torch.cuda.synchronize(self.device)
+                self.warm_up_times[(b, kvb)] = times
+        if self.use_graphs:
+            torch.cuda.synchronize(self.device)
 
     def _bucket(self) -> tuple[int, int]:
         top = max(self.live) + 1
