@@ -22,7 +22,7 @@ from schemas.errors import DecodeError
 from schemas.events import STREAM_ATTRIBUTE, SpeechSegment, SynthesisRequest, carried
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
-from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems
+from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems, valid_job_id
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.result_cache import ResultCache, cache_key
 from stream_workers.segmentation import join_audio, joined_piece, split_text
@@ -210,7 +210,7 @@ class Synthesizer:
                 out.refused.append(Refused(i, exc.reason, str(exc)))
                 continue
             problems = request_problems(event.to_record())
-            if problems and "job_id" in problems[0]:
+            if not valid_job_id(event.job_id):  # no job to fail under that id: dead-lettered (and never projected)
                 out.refused.append(Refused(i, "invalid_request", "; ".join(problems)))
             elif problems:
                 out.results.append((i, result_record(event, status="failed", error_code="invalid_request",
