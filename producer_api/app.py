@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from producer_api.auth import Authenticator
@@ -21,7 +20,7 @@ from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
 from schemas.topics import CPU_FAMILY
-from voicenote.jobstore import JobStore
+from voicenote.jobstore import JobStore, redis_client
 from voicenote.kafka import AsyncProducer
 from voicenote.models import ModelRegistry, synthesis_group
 from voicenote.settings import Settings
@@ -45,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
         catalog = settings.kafka.catalog()
         producer = AsyncProducer(settings.kafka)
-        redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        redis = redis_client(settings.redis, socket_connect_timeout=2, socket_timeout=5)
         job_store = JobStore(redis, settings.redis)
         store = build_store(settings.storage)
         waiter = CompletionWaiter(redis, job_store.done_channel(""))

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 class ApiError(VoicenoteError):
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None, job_id: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -26,10 +26,15 @@ class ApiError(VoicenoteError):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.job_id = job_id  # an accepted job's id: the answer names it (error.job_id), so a client polls, not resubmits
 
 
-def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def envelope(message: str, type_: str, param: str | None = None, code: str | None = None,
+             job_id: str | None = None) -> dict[str, object]:
+    error: dict[str, object] = {"message": message, "type": type_, "param": param, "code": code}
+    if job_id is not None:
+        error["job_id"] = job_id
+    return {"error": error}
 
 
 # Validation error types (raised in producer_api/models.py) that are the answer's code as they are.
@@ -49,7 +54,8 @@ def json_error_message(error: Mapping[str, Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(envelope(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(envelope(exc.message, exc.type, exc.param, exc.code, exc.job_id), status_code=exc.status,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

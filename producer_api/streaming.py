@@ -399,6 +399,7 @@ async def open_stream(sync: SyncSpeech, router: SegmentRouter, caller: Any, req:
 
     from producer_api.errors import ApiError
     from producer_api.services.common import audio_headers, ignored_header
+    from producer_api.services.sync import NO_RESUBMIT, answering_accepted
     from voicenote.client import new_job_id
     from voicenote.errors import AudioNotFound, DependencyUnavailable
 
@@ -422,29 +423,31 @@ async def open_stream(sync: SyncSpeech, router: SegmentRouter, caller: Any, req:
             audio = await sync.speak(caller, req, idempotency_key)
             return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
         segments = JobSegments(sync, job_id, queue, timeout)
-        try:
-            first = await segments.next()
-        except TimeoutError:
-            raise ApiError(504, f"job {job_id} sent no audio within {timeout:g}s; poll {sync.links.job(job_id)}",
-                           type_="server_error", code="timeout", param=None,
-                           headers={**headers, "Location": sync.links.job(job_id)}) from None
-        except StreamBroken as exc:
-            raise ApiError(502, str(exc), type_="server_error", code="stream_broken", headers=headers) from None
-        if first is None:
-            record = segments.record or {}
-            if record.get("status") != "succeeded":
-                _raise_for(job_id, record, headers)
-            # Answered without the engine (a cache hit), or no segment reached this process: the stored file.
+        # Accepted from here on (the request is on the topic): a failure before the answer starts names the job.
+        with answering_accepted(job_id, sync.links, ignored_header(routed.ignored)):
             try:
-                data = await sync.stored_audio(record["audio_key"])
-            except AudioNotFound:
-                raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired") from None
-            headers["X-Voicenote-Streamed"] = "false"
-            if sse:
-                return StreamingResponse(iter([sse_delta(data), sse_done({"input_characters": len(req.input)})]),
-                                         media_type="text/event-stream", headers=headers)
-            headers.update(audio_headers(job_id, fmt, record, routed.model.sample_rate))
-            return Response(content=data, media_type=record.get("content_type") or CONTENT_TYPES[fmt], headers=headers)
+                first = await segments.next()
+            except TimeoutError:
+                raise ApiError(504, f"job {job_id} sent no audio within {timeout:g}s; poll {sync.links.job(job_id)}",
+                               type_="server_error", code="timeout", param=None, job_id=job_id,
+                               headers={**headers, "Location": sync.links.job(job_id), **NO_RESUBMIT}) from None
+            except StreamBroken as exc:
+                raise ApiError(502, str(exc), type_="server_error", code="stream_broken", headers=headers) from None
+            if first is None:
+                record = segments.record or {}
+                if record.get("status") != "succeeded":
+                    _raise_for(job_id, record, headers)
+                # Answered without the engine (a cache hit), or no segment reached this process: the stored file.
+                try:
+                    data = await sync.stored_audio(record["audio_key"])
+                except AudioNotFound:
+                    raise ApiError(410, f"the audio of job {job_id!r} has expired", code="audio_expired") from None
+                headers["X-Voicenote-Streamed"] = "false"
+                if sse:
+                    return StreamingResponse(iter([sse_delta(data), sse_done({"input_characters": len(req.input)})]),
+                                             media_type="text/event-stream", headers=headers)
+                headers.update(audio_headers(job_id, fmt, record, routed.model.sample_rate))
+                return Response(content=data, media_type=record.get("content_type") or CONTENT_TYPES[fmt], headers=headers)
     except BaseException:
         watch.__exit__(None, None, None)
         raise

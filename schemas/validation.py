@@ -68,10 +68,16 @@ def request_digest(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def valid_job_id(job_id: object) -> bool:
+    """Whether ``job_id`` is one: 1-64 characters of [A-Za-z0-9_-], wholly (``JOB_ID.match`` alone lets a trailing
+    newline through). A request with another is dead-lettered; nothing is recorded or ended under it."""
+    return isinstance(job_id, str) and JOB_ID.fullmatch(job_id) is not None
+
+
 def request_problems(record: Mapping[str, Any], *, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
-    """Every reason ``record`` is not a valid request; empty when it is."""
+    """Every reason ``record`` is not a valid request; empty when it is (a bad job id is always the first)."""
     problems = []
-    if not JOB_ID.match(str(record.get("job_id", ""))):
+    if not valid_job_id(record.get("job_id", "")):
         problems.append("job_id must be 1-64 characters of [A-Za-z0-9_-]")
     text = record.get("text") or ""
     if not text.strip():

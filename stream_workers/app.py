@@ -16,7 +16,6 @@ from enum import Enum
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from mode.supervisors import CrashingSupervisor
 from prometheus_client import generate_latest
 
@@ -41,6 +40,7 @@ from stream_workers.synthesis_loop import SynthesisLoop
 from stream_workers.watchdog import Watchdog
 from voicenote.adverts import ADVERT_INTERVAL_SECONDS, publish_advert
 from voicenote.errors import DependencyUnavailable, JobStoreError
+from voicenote.jobstore import redis_client
 from voicenote.models import family_of, synthesis_group
 from voicenote.storage.local import LocalAudioStore
 from voicenote.tracing import record_span
@@ -290,7 +290,7 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
     @app.task
     async def advertise() -> None:
         # Not a consumer: a missed advert only leaves GET /v1/audio/voices without this engine for a while.
-        client = aioredis.Redis.from_url(s.redis.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        client = redis_client(s.redis, socket_connect_timeout=2, socket_timeout=5)
         family = family_of(s.engine.kind)
         try:
             while True:

@@ -153,20 +153,28 @@ class Batcher(Generic[T]):
 
     async def next_batch(self, free: Callable[[], int] | None = None,
                          idle: Callable[[], bool] | None = None) -> tuple[list[T], float]:
-        """The next group and how long its oldest waiting item had waited (seconds).
+        """The next group and how long the oldest item in it had waited (seconds).
 
         ``free``: how many the engine takes now (at most ``max_batch`` are taken); ``idle``: true when
         the engine has nothing to do, which closes the group at once. Call :meth:`wake` when either
         changes. Returns as soon as the group is full, the engine is idle, or the oldest item's window
         closes.
         """
+        timed = await self.next_timed(free, idle)
+        return [item for item, _ in timed], max((waited for _, waited in timed), default=0.0)
+
+    async def next_timed(self, free: Callable[[], int] | None = None,
+                         idle: Callable[[], bool] | None = None) -> list[tuple[T, float]]:
+        """:meth:`next_batch`'s group, each item with its own wait: from its :meth:`add` to now, on this batcher's
+        clock. Not the wait of the oldest item in the pool, which may be in another lane or past the lookahead,
+        and older than the job of an item taken now (issue 25, defect 6)."""
         while True:
             limit = self.policy.max_batch if free is None else min(self.policy.max_batch, free())
             if len(self) and limit > 0:
                 oldest = min(lane[0].arrived for lane in self._lanes.values() if lane)
                 remaining = oldest + self.policy.window - self._clock()
                 if len(self) >= limit or remaining <= 0 or (idle is not None and idle()):
-                    return self._cut(limit, oldest)
+                    return self._cut(limit)
                 self._changed.clear()
                 try:
                     await asyncio.wait_for(self._changed.wait(), remaining)
@@ -176,7 +184,7 @@ class Batcher(Generic[T]):
                 self._changed.clear()
                 await self._changed.wait()
 
-    def _cut(self, limit: int, oldest: float) -> tuple[list[T], float]:
+    def _cut(self, limit: int) -> list[tuple[T, float]]:
         look = self.policy.lookahead
         candidates = self._lanes[True][:look] + self._lanes[False][:look]
         now = self._clock()
@@ -184,4 +192,4 @@ class Batcher(Generic[T]):
         taken = {id(candidates[i]) for i in chosen}
         for key, lane in self._lanes.items():
             self._lanes[key] = [p for p in lane if id(p) not in taken]
-        return [candidates[i].item for i in chosen], max(0.0, now - oldest)
+        return [(candidates[i].item, max(0.0, now - candidates[i].arrived)) for i in chosen]

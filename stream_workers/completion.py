@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult, carried
 from schemas.status import JobStatus
-from schemas.validation import REQUEST_DIGEST_FIELD, request_digest
+from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, valid_job_id
 from stream_workers.result_cache import CachedAudio, ResultCache
 from voicenote.audio import CONTENT_TYPES, EXTENSIONS, UnsupportedFormat, encode, wav_info
 from voicenote.errors import AudioNotFound
@@ -22,6 +23,8 @@ from voicenote.jobstore import JobStore, Transition, WebhookState
 from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore, audio_key
 from voicenote.storage.base import Put
+
+log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
@@ -152,9 +155,35 @@ class StatusProjector:
         return (await self.on_completions([completion]))[0]
 
     async def on_requests(self, requests: Sequence[SynthesisRequest]) -> list[bool]:
+        """Record each request as ``queued`` and index it for the watchdog; per request, whether it moved its job.
+
+        A request the synthesis group dead-letters is neither recorded nor indexed (issue 25, defect 5): no
+        completion ever untracks it, so the watchdog would end it hours later, under an invalid id too."""
+        keep = await self.projectable(requests)
+        projected = [requests[i] for i in keep]
         # Indexed first: a job whose completion is projected before this returns is unindexed after it.
-        await self._jobs.track_pending([(r.job_id, r.created_at) for r in requests])
-        return await self._jobs.apply([Transition(r.job_id, JobStatus.queued, request_fields(r)) for r in requests])
+        await self._jobs.track_pending([(r.job_id, r.created_at) for r in projected])
+        moved = dict(zip(keep, await self._jobs.apply([Transition(r.job_id, JobStatus.queued, request_fields(r))
+                                                           for r in projected]), strict=True))
+        return [moved.get(i, False) for i in range(len(requests))]
+
+    async def projectable(self, requests: Sequence[SynthesisRequest]) -> list[int]:
+        """The indexes of ``requests`` the synthesis group does not dead-letter (``Synthesizer.admit``'s rules): not
+        those with an invalid job id, nor those whose job id already belongs to another request (``job_id_conflict``:
+        the first request's digest is on the record, or came earlier in this group). One pipelined read."""
+        valid = [(i, r) for i, r in enumerate(requests) if valid_job_id(r.job_id)]
+        known = await self._jobs.get_fields_many([r.job_id for _, r in valid], (REQUEST_DIGEST_FIELD,)) if valid else []
+        owners: dict[str, str] = {}
+        keep = []
+        for (i, request), record in zip(valid, known, strict=True):
+            digest = request_digest(request.to_record())
+            if owners.setdefault(request.job_id, (record or {}).get(REQUEST_DIGEST_FIELD) or digest) == digest:
+                keep.append(i)
+        if len(keep) < len(requests):
+            skipped = sorted(set(range(len(requests))) - set(keep))
+            log.warning("not projecting %d requests the synthesis group dead-letters (invalid job id or job_id_conflict): %s",
+                        len(skipped), ", ".join(repr(requests[i].job_id)[:80] for i in skipped[:10]))
+        return keep
 
     async def on_completions(self, completions: Sequence[JobCompletion]) -> list[bool]:
         transitions = [Transition(c.job_id, JobStatus(c.status), completion_fields(c)) for c in completions]

@@ -39,7 +39,7 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
         catalog=catalog,
         store=retrying(build_store(settings.storage)),
         jobs=retrying(JobStore.from_settings(settings.redis)),  # completion: the projection; synthesis: cancel/redelivery checks
-        cache=retrying(ResultCache.from_url(settings.redis.url, settings.redis.key_prefix, settings.cache.ttl_seconds))
+        cache=retrying(ResultCache.from_settings(settings.redis, settings.cache.ttl_seconds))
         if settings.cache.enabled else None,
         health=health,
     )

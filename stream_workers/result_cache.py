@@ -20,6 +20,8 @@ from redis.exceptions import RedisError
 # CACHE_REGISTRY is re-exported: app.py renders it from here.
 from stream_workers.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_REGISTRY  # noqa: F401
 from voicenote.errors import ResultCacheError
+from voicenote.jobstore import redis_client
+from voicenote.settings import RedisSettings
 
 # The request fields that change the audio. Anything else (job id, webhook, priority) does not.
 _KEYED_FIELDS = ("text", "voice", "format", "speed", "temperature", "top_p", "repetition_penalty", "seed", "instructions")
@@ -56,6 +58,11 @@ class ResultCache:
     @classmethod
     def from_url(cls, url: str, key_prefix: str, ttl_seconds: int) -> ResultCache:
         return cls(aioredis.Redis.from_url(url, decode_responses=True), key_prefix, ttl_seconds)
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings, ttl_seconds: int) -> ResultCache:
+        """On a waiting pool sized from ``settings`` (voicenote.jobstore.redis_client), as the workers build it."""
+        return cls(redis_client(settings), settings.key_prefix, ttl_seconds)
 
     async def lookup(self, key: str) -> CachedAudio | None:
         """The cached audio for ``key``, counting a hit or a miss."""

@@ -22,7 +22,7 @@ from schemas.errors import DecodeError
 from schemas.events import STREAM_ATTRIBUTE, SpeechSegment, SynthesisRequest, carried
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
-from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems
+from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems, valid_job_id
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.result_cache import ResultCache, cache_key
 from stream_workers.segmentation import join_audio, joined_piece, split_text
@@ -77,6 +77,7 @@ class Job:
     texts: list[str]
     handle: Any = None  # the source event, acknowledged once the result is published
     admitted_ms: int = 0
+    admitted_at: float = field(default_factory=time.monotonic)  # the same, on this process's monotonic clock
     audio: list[np.ndarray | None] = field(default_factory=list)
     sample_rate: int = 0
     error: EngineError | None = None
@@ -210,7 +211,7 @@ class Synthesizer:
                 out.refused.append(Refused(i, exc.reason, str(exc)))
                 continue
             problems = request_problems(event.to_record())
-            if problems and "job_id" in problems[0]:
+            if not valid_job_id(event.job_id):  # no job to fail under that id: dead-lettered (and never projected)
                 out.refused.append(Refused(i, "invalid_request", "; ".join(problems)))
             elif problems:
                 out.results.append((i, result_record(event, status="failed", error_code="invalid_request",
@@ -279,8 +280,10 @@ class Synthesizer:
             "engine": self.engine.name,
             "model_version": self.engine.model_version,
             "batch_size": max(job.batch_sizes, default=0),
+            # created_at is the publisher's clock (another host): clamped, a clock ahead of ours would make it negative.
             "queued_ms": max(0, job.started_ms - request.created_at),
-            "batch_wait_ms": job.batch_wait_ms,
+            # Measured on this process's monotonic clock, within the job's life here; the bound only makes it explicit.
+            "batch_wait_ms": min(job.batch_wait_ms, int((time.monotonic() - job.admitted_at) * 1000)),
             "engine_ms": job.engine_ms,
         }
         if self._cache is not None:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -166,14 +166,17 @@ class SynthesisLoop(Generic[H]):
             while self.engine.free_slots() <= 0:  # back-pressure: the engine's slots are full
                 self._slots_changed.clear()
                 await self._slots_changed.wait()
-            segments, waited = await self._batcher.next_batch(self.engine.free_slots, self._idle)
-            segments = await self._drop_expired(segments)
+            timed = await self._batcher.next_timed(self.engine.free_slots, self._idle)
+            waits = dict(timed)  # by segment (identity): each one's own wait in the batcher
+            segments = await self._drop_expired([segment for segment, _ in timed])
             if segments:
-                self._submit(segments, waited)
+                self._submit(segments, waits)
 
-    def _submit(self, segments: list[Segment], waited: float) -> None:
-        """Hand a group to the engine (no await: a drain never leaves a group half submitted)."""
+    def _submit(self, segments: list[Segment], waits: Mapping[Segment, float]) -> None:
+        """Hand a group to the engine (no await: a drain never leaves a group half submitted). ``waits``: how long
+        each segment waited in the batcher (seconds, on its monotonic clock)."""
         now = time.monotonic()
+        waited = max(waits[segment] for segment in segments)  # the group's: its oldest member's (metrics)
         if self._in_flight == 0:
             if self._idle_since is not None:
                 self.metrics.idle(now - self._idle_since)
@@ -182,7 +185,10 @@ class SynthesisLoop(Generic[H]):
         for segment in segments:
             job = segment.job
             job.started_ms = job.started_ms or wall_ms
-            job.batch_wait_ms = max(job.batch_wait_ms, int(waited * 1000))
+            # The job's batch wait: the longest its own segments waited, on one clock (the batcher's monotonic one,
+            # from each segment's add to now). It was the group's "oldest item in the pool" wait, which could belong to
+            # another job that came long before this one: 196 s of wait reported for a job that lived 72 s.
+            job.batch_wait_ms = max(job.batch_wait_ms, int(waits[segment] * 1000))
             job.batch_sizes.append(len(segments))
         futures = self.engine.submit([s.to_input() for s in segments])
         for segment in segments:

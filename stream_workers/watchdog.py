@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from schemas.events import JobCompletion
 from schemas.status import JobStatus
+from schemas.validation import valid_job_id
 from stream_workers.completion import COMPLETION_EMITTED_FIELD, StatusProjector
 from voicenote.jobstore import JobStore
 
@@ -62,6 +63,16 @@ class Watchdog:
         due = await self._jobs.pending_before(now_ms - int(self._stuck_after * 1000), self._batch)
         if not due:
             return []
+        # An id that is not a job id was indexed by mistake (before issue 25's fix, a dead-lettered request was
+        # indexed too): it is dropped, never ended. A completion under it would carry an invalid id to every consumer.
+        invalid = [job_id for job_id in due if not valid_job_id(job_id)]
+        if invalid:
+            log.warning("watchdog drops %d invalid job ids from the pending index: %s", len(invalid),
+                        ", ".join(repr(j)[:80] for j in invalid[:10]))
+            await self._jobs.untrack_pending(invalid)
+            due = [job_id for job_id in due if valid_job_id(job_id)]
+            if not due:
+                return []
         records = await self._jobs.get_fields_many(due, _FIELDS)
         finished, stuck = [], []
         for job_id, record in zip(due, records, strict=True):

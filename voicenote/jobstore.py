@@ -90,6 +90,16 @@ def _field_args(fields: Mapping[str, Any] | None) -> list[Any]:
     return args
 
 
+def redis_client(settings: RedisSettings, **connection: Any) -> aioredis.Redis:
+    """A client whose pool waits for a free connection (up to ``settings.pool_timeout_seconds``) when all
+    ``settings.max_connections`` are busy, instead of failing at once. Every job-store, result-cache and
+    API client is built here. ``connection``: more connection options (timeouts)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.url, max_connections=settings.max_connections, timeout=settings.pool_timeout_seconds,
+        decode_responses=True, **connection)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+
+
 class JobStore:
     def __init__(self, client: aioredis.Redis, settings: RedisSettings) -> None:
         self._redis = client
@@ -100,7 +110,7 @@ class JobStore:
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> JobStore:
-        return cls(aioredis.Redis.from_url(settings.url, decode_responses=True), settings)
+        return cls(redis_client(settings), settings)
 
     def job_key(self, job_id: str) -> str:
         return f"{self._prefix}job:{{{job_id}}}"

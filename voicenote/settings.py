@@ -52,6 +52,11 @@ class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "vn:"
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # One pool per client (voicenote.jobstore.redis_client): a call finding every connection busy waits for one,
+    # up to pool_timeout_seconds, instead of failing at once (issue 25, defect 3: false 503s under a burst).
+    max_connections: int = Field(100, ge=1, description="Connections per Redis client (per process); more calls wait.")
+    pool_timeout_seconds: float = Field(5.0, gt=0, description="How long a call waits for a free connection before "
+                                        "it fails (as Redis unavailable).")
 
 
 class StorageBackend(str, Enum):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from producer_api.auth import Caller
@@ -16,12 +19,47 @@ from producer_api.waiter import CompletionWaiter
 from schemas.status import JobStatus
 from voicenote.audio import CONTENT_TYPES
 from voicenote.client import new_job_id
-from voicenote.errors import AudioNotFound, JobStoreError
+from voicenote.errors import AudioNotFound, DependencyUnavailable, JobStoreError
 from voicenote.idempotency import SPEECH, IdempotencyMark, mark_attributes
 from voicenote.jobstore import JobStore
 from voicenote.storage import AudioStore
 
+log = logging.getLogger(__name__)
+
 _RECHECK_SECONDS = 2.0
+# OpenAI's clients retry a 5xx unless told not to; resubmitting an accepted sync request makes a second job.
+NO_RESUBMIT = {"x-should-retry": "false"}
+
+
+@contextmanager
+def answering_accepted(job_id: str, links: Links, headers: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Around the work that follows a sync request's acceptance (its event is on the topic, the job exists).
+
+    Nothing that fails in there may answer without the job's id: a bare 503 says "retry later", and a client
+    that retries makes a duplicate job. A dependency that fails (Redis, storage: e.g. every pooled connection
+    busy past ``redis.pool_timeout_seconds``) answers 503 ``<dependency>_unavailable`` and anything unexpected 500
+    ``internal_error`` (logged), both with ``error.job_id``, ``X-Job-Id``, ``Location`` (the job's status URL)
+    and ``x-should-retry: false``, and no Retry-After. ``ApiError``s (the job's own outcome, 504) pass as they are.
+    """
+    try:
+        yield
+    except ApiError:
+        raise
+    except DependencyUnavailable as exc:
+        raise ApiError(503, f"job {job_id} was accepted, but {exc.dependency} is unavailable so its answer cannot be given "
+                            f"now; do not send the request again (that would be a second job): poll {links.job(job_id)}",
+                       type_="server_error", code=f"{exc.dependency}_unavailable", job_id=job_id,
+                       headers=_accepted_headers(job_id, links, headers)) from exc
+    except Exception as exc:
+        log.exception("job %s: answering an accepted sync request failed", job_id)
+        raise ApiError(500, f"job {job_id} was accepted, but its answer failed (internal error, logged); do not send "
+                            f"the request again (that would be a second job): poll {links.job(job_id)}",
+                       type_="server_error", code="internal_error", job_id=job_id,
+                       headers=_accepted_headers(job_id, links, headers)) from exc
+
+
+def _accepted_headers(job_id: str, links: Links, headers: Mapping[str, str] | None) -> dict[str, str]:
+    return {**(headers or {}), "X-Job-Id": job_id, "Location": links.job(job_id), **NO_RESUBMIT}
 
 
 class SyncSpeech:
@@ -49,6 +87,11 @@ class SyncSpeech:
 
         # No lost wake-up: _wait_terminal registers for the job's completion, then re-reads the record.
         job_id = (await self._admission.once(caller, idempotency_key, SPEECH, req, publish))["job_id"]
+        # Accepted from here on (the request is on the topic): every answer names the job.
+        with answering_accepted(job_id, self._links, ignored_header(routed.ignored)):
+            return await self._answer(job_id, routed, req)
+
+    async def _answer(self, job_id: str, routed: Routed, req: SpeechRequest) -> Audio:
         record = await self._wait_terminal(job_id, self._timeout)
         status = record["status"]
         if status == JobStatus.succeeded.value:
@@ -118,8 +161,8 @@ class SyncSpeech:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise ApiError(504, f"job {job_id} is not finished after {timeout:g}s; poll {self._links.job(job_id)}",
-                                   type_="server_error", code="timeout", param=None,
-                                   headers={"X-Job-Id": job_id, "Location": self._links.job(job_id)})
+                                   type_="server_error", code="timeout", param=None, job_id=job_id,
+                                   headers={"X-Job-Id": job_id, "Location": self._links.job(job_id), **NO_RESUBMIT})
                 try:
                     await asyncio.wait_for(done, min(remaining, _RECHECK_SECONDS))
                 except TimeoutError:

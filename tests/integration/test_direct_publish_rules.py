@@ -11,6 +11,7 @@ import pytest
 
 from producer_api.auth import hash_token
 from schemas.codec import Codecs
+from schemas.events import JobCompletion
 from schemas.status import JobStatus
 from schemas.validation import request_digest
 from stream_workers.completion import StatusProjector
@@ -65,3 +66,28 @@ async def test_owner_of_a_direct_publish_and_admin_only_ownerless_jobs(settings:
         admin = {"Authorization": "Bearer vn-admin"}
         assert (await api.get("/v1/jobs/job_orphan1", headers=admin)).json()["status"] == "queued"
         assert (await api.get("/v1/jobs/job_owned1", headers=admin)).status_code == 200
+
+
+async def test_requests_the_synthesis_group_dead_letters_are_neither_recorded_nor_indexed(jobs: JobStore) -> None:
+    """Issue 25, defect 5: the projection indexed every decodable request, so a dead-lettered one stayed pending
+    until the watchdog ended it (under the invalid id "../x y" in one case)."""
+    codecs = Codecs()
+
+    def event(job_id: str, text: str, **extra: Any) -> Any:
+        return codecs.request.decode_event(codecs.request.encode(_request(job_id, text, **extra)))
+
+    first = event("job_dl1", "The first request.")
+    projector = StatusProjector(jobs)
+    moved = await projector.on_requests([
+        event("../x y", "A bad job id."), first, event("job_dl1", "Same id, other text, same group.", webhook_url="https://h.example/x"),
+        event("job_dl1\n", "A job id with a trailing newline.")])
+    assert moved == [False, True, False, False]  # only the first request of job_dl1 moved a job
+    await projector.on_completions([JobCompletion(job_id="job_dl1", status="succeeded", created_at=first.created_at,
+                                                  completed_at=first.created_at + 1)])
+    # A conflicting request after the first one's completion: the old code indexed it again (the first was untracked).
+    assert await projector.on_requests([event("job_dl1", "Same id, later.", webhook_url="https://h.example/y")]) == [False]
+    assert await jobs.pending_before(int(time.time() * 1000) + 3_600_000, 10) == []
+    assert await jobs.get("../x y") is None and await jobs.get("job_dl1\n") is None
+    record = await jobs.get("job_dl1")
+    assert record is not None and record["request_digest"] == request_digest(first.to_record())
+    assert "webhook_url" not in record  # the conflicting requests filled no gap of the first one's record

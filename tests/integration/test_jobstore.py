@@ -65,6 +65,27 @@ async def test_terminal_transition_is_published_and_records_expire(settings: Set
         await store.close()
 
 
+async def test_more_concurrent_calls_than_pooled_connections_wait_for_a_connection(settings: Settings, unique: str) -> None:
+    """Issue 25, defect 3: a pool of ``max_connections`` makes further calls wait for a free connection (up to
+    ``pool_timeout_seconds``) instead of failing with "too many connections" (a false 503 in the API)."""
+    name = f"{unique}-pool"  # names this store's connections, to count them in CLIENT LIST
+    capped = settings.redis.model_copy(update={"url": f"{settings.redis.url}?client_name={name}", "max_connections": 2,
+                                               "pool_timeout_seconds": 10.0})
+    store = JobStore.from_settings(capped)
+    admin = aioredis.Redis.from_url(settings.redis.url, decode_responses=True)
+    try:
+        writes = await asyncio.gather(*(store.transition(f"job_{i}", JobStatus.queued, {"created_at": i}) for i in range(20)),
+                                      return_exceptions=True)
+        assert writes == [True] * 20  # none failed: each waited its turn
+        reads = await asyncio.gather(*(store.get(f"job_{i}") for i in range(20)), return_exceptions=True)
+        assert [r["created_at"] if isinstance(r, dict) else r for r in reads] == [str(i) for i in range(20)]
+        opened = [c for c in await admin.client_list() if c["name"] == name]
+        assert 1 <= len(opened) <= 2, f"the pool opened {len(opened)} connections; max_connections is 2"
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
 async def test_unreachable_redis_is_translated(settings: Settings) -> None:
     from voicenote.errors import JobStoreError
     from voicenote.settings import RedisSettings

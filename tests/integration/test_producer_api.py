@@ -222,6 +222,34 @@ async def test_sync_speech_times_out_with_504_and_the_job_id(api_factory: Any) -
         assert (await api.get(f"/v1/jobs/{job_id}")).json()["status"] == "queued"
 
 
+async def test_sync_answer_names_the_accepted_job_when_the_redis_pool_stays_exhausted(settings: Settings, unique: str) -> None:
+    """Issue 25, defect 3: a sync request whose event was accepted never answers a bare 503. Here the API's pool
+    has one connection, which the completion subscription holds: every later Redis call waits
+    ``pool_timeout_seconds`` and fails, after the request is on the topic. The answer names the job (body, headers)
+    and tells the client not to resubmit."""
+    name = f"{unique}-api"  # names the API's Redis connections, to see its subscription in CLIENT LIST
+    one = settings.redis.model_copy(update={"url": f"{settings.redis.url}?client_name={name}", "max_connections": 1,
+                                            "pool_timeout_seconds": 0.2})
+    admin = aioredis.Redis.from_url(settings.redis.url, decode_responses=True)
+    try:
+        async with running_api(api_settings(settings.model_copy(update={"redis": one}), sync_timeout_seconds=20)) as api:
+            deadline = time.monotonic() + 10
+            while not any(c["name"] == name and c["psub"] == "1" for c in await admin.client_list()):
+                assert time.monotonic() < deadline, "the API never subscribed to completions"
+                await asyncio.sleep(0.05)
+            resp = await api.post("/v1/audio/speech", json=SPEECH)
+    finally:
+        await admin.aclose()
+    assert resp.status_code == 503, resp.text
+    error = resp.json()["error"]
+    job_id = resp.headers["X-Job-Id"]
+    assert error["code"] == "redis_unavailable" and error["job_id"] == job_id and job_id in error["message"]
+    assert resp.headers["Location"] == f"http://127.0.0.1:8000/v1/jobs/{job_id}"
+    assert resp.headers["x-should-retry"] == "false" and "Retry-After" not in resp.headers  # poll the job, do not resubmit
+    # It was accepted: its one request event is on the topic.
+    assert [e["job_id"] for e in _requests_on_topic(settings, 1)] == [job_id]
+
+
 async def test_failed_job_answers_sync_caller_with_its_error_code(api_factory: Any, settings: Settings) -> None:
     jobs = JobStore.from_settings(settings.redis)
 

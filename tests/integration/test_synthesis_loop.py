@@ -396,3 +396,37 @@ async def test_a_streaming_job_publishes_its_segments_in_order_as_they_finish(se
         stored = w.readframes(w.getnframes())
     # The segments are the pieces of the joined audio: concatenated, they are the stored file's samples.
     assert b"".join(s.pcm for s in h.segments) == stored
+
+
+async def test_a_jobs_batch_wait_is_its_own_and_never_longer_than_its_life(settings: Settings) -> None:
+    """Issue 25, defect 6: a job reported the wait of the oldest segment anywhere in the batcher (here a bulk job
+    waiting out its bulk_delay), more than its own life. Now: its own segments' wait, within its life."""
+    engine = ManualEngine(slots=1)
+    h = Harness(settings, engine, None, policy=BatchPolicy(max_batch=4, window=0.0, bulk_delay=3600.0))
+    h.start()
+    h.send_request("bulk0", "Bulk work holds the only slot.")
+    await engine.wait_rows(1)
+    h.send_request("bulk1", "Bulk work waiting for the slot.")
+    while h.loop.waiting < 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.6)  # bulk1 has waited 0.6 s when the interactive job arrives
+    h.send_request("live1", "A caller is waiting.", priority="interactive")
+    while h.loop.waiting < 2:
+        await asyncio.sleep(0.01)
+    engine.finish("bulk0#0")
+    await engine.wait_rows(2)
+    assert engine.groups[1] == ["live1#0"]  # the interactive job went first, alone
+    engine.finish("live1#0")
+    live = await h.wait_published("live1")
+    life_ms = live.synthesized_at - live.created_at  # both on this host's wall clock in this test
+    assert live.batch_wait_ms <= life_ms, f"batch wait {live.batch_wait_ms} ms > the job's life {life_ms} ms"
+    assert live.batch_wait_ms < 500  # its own wait (a few ms), not bulk1's (600 ms and more)
+    engine.finish(await _next_row(engine, 3))
+    bulk = await h.wait_published("bulk1")
+    assert 600 <= bulk.batch_wait_ms <= bulk.synthesized_at - bulk.created_at
+    await h.stop()
+
+
+async def _next_row(engine: ManualEngine, count: int) -> str:
+    await engine.wait_rows(count)
+    return engine.groups[-1][0]

@@ -45,3 +45,22 @@ async def test_stuck_job_is_failed_once_and_finished_or_young_jobs_are_left(jobs
     assert await watchdog.sweep() == [] and len(emitted) == 1  # once
     assert await jobs.pending_before(now + 1, 10) == ["job_wd_young"]  # only the young one is still watched
     assert (await jobs.get("job_wd_young") or {})["status"] == "queued"
+
+
+async def test_invalid_ids_in_the_pending_index_are_dropped_never_ended(jobs: JobStore) -> None:
+    # Issue 25, defect 5: an index entry left by a dead-lettered request (before the fix) once became a
+    # stuck_timeout completion under the id "../x y". Such entries are dropped; valid stuck jobs still end.
+    projector = StatusProjector(jobs)
+    hours_ago = int(time.time() * 1000) - 3 * 3600 * 1000
+    await jobs.track_pending([("../x y", hours_ago), ("job_wd_nl\n", hours_ago), ("", hours_ago)])
+    await projector.on_requests([_request("job_wd_valid", hours_ago)])
+    emitted: list[JobCompletion] = []
+
+    async def emit(records: Any) -> None:
+        emitted.extend(records)
+
+    watchdog = Watchdog(jobs, projector, emit, stuck_after=3600)
+    assert await watchdog.sweep() == ["job_wd_valid"]
+    assert [c.job_id for c in emitted] == ["job_wd_valid"]
+    assert await jobs.pending_before(int(time.time() * 1000) + 1, 10) == []  # the invalid entries are gone too
+    assert await jobs.get("../x y") is None

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from producer_api import routes
+from producer_api.errors import ApiError, envelope
 from producer_api.services.common import IGNORED_HEADER, Links, audio_headers, ignored_header, new_batch_id
+from producer_api.services.sync import answering_accepted
 from schemas.validation import JOB_ID
+from voicenote.errors import JobStoreError, StorageError
 
 ROUTES = sorted(Path(routes.__file__).parent.glob("*.py"))
 # What a handler would need to write Kafka or Redis inline.
@@ -63,3 +66,29 @@ def test_ignored_header_is_absent_when_nothing_is_ignored() -> None:
 def test_batch_ids_are_valid_job_ids_and_distinct() -> None:
     ids = {new_batch_id() for _ in range(200)}
     assert len(ids) == 200 and all(JOB_ID.match(i) and i.startswith("batch_") for i in ids)
+
+
+@pytest.mark.parametrize(("failure", "status", "code"), [
+    (StorageError("the audio store did not answer"), 503, "storage_unavailable"),
+    (JobStoreError("No connection available."), 503, "redis_unavailable"),
+    (RuntimeError("a bug"), 500, "internal_error"),
+])
+def test_a_failure_after_acceptance_answers_with_the_job_never_a_bare_retry(failure: Exception, status: int, code: str) -> None:
+    # Issue 25, defect 3: the sync paths (SyncSpeech.speak, streaming) answer this way once the request is on the topic.
+    links = Links("https://api.example.com")
+    with pytest.raises(ApiError) as caught, answering_accepted("job_a", links, ignored_header(["seed"])):
+        raise failure
+    answer = caught.value
+    assert (answer.status, answer.code, answer.job_id) == (status, code, "job_a")
+    assert "job_a" in answer.message and "https://api.example.com/v1/jobs/job_a" in answer.message
+    assert answer.headers == {IGNORED_HEADER: "seed", "X-Job-Id": "job_a", "Location": "https://api.example.com/v1/jobs/job_a",
+                              "x-should-retry": "false"}
+    assert answer.__cause__ is failure
+    assert envelope(answer.message, answer.type, answer.param, answer.code, answer.job_id)["error"]["job_id"] == "job_a"  # type: ignore[index]
+
+
+def test_the_job_outcome_passes_through_the_accepted_guard_unchanged() -> None:
+    timeout = ApiError(504, "job job_a is not finished", code="timeout", job_id="job_a")
+    with pytest.raises(ApiError) as caught, answering_accepted("job_a", Links("https://api.example.com")):
+        raise timeout
+    assert caught.value is timeout

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from producer_api.errors import install_error_handlers
 from producer_api.models import BatchRequest, SpeechRequest
-from schemas.validation import bad_characters, request_problems, speakable, speed_problem
+from schemas.validation import bad_characters, request_problems, speakable, speed_problem, valid_job_id
 
 
 @pytest.mark.parametrize("text", ["Hello", "42", "Ünïcödé", "日本語", "a...", "\tword\n"])
@@ -92,3 +92,14 @@ def test_invalid_json_says_where_and_what_to_send() -> None:
     assert error["code"] == "invalid_json"
     assert "not valid JSON" in error["message"] and "at character 15" in error["message"]
     assert "double quotes" in error["message"]
+
+
+@pytest.mark.parametrize("job_id", ["../x y", "job_1\n", "", "x" * 65, "job 1", None, 7])
+def test_an_invalid_job_id_is_refused_first_even_with_a_trailing_newline(job_id: object) -> None:
+    # Issue 25, defect 5: such a request is dead-lettered, so nothing may be recorded, indexed or ended under its id.
+    assert not valid_job_id(job_id)
+    assert "job_id" in request_problems({"job_id": job_id, "text": "Hello.", "format": "wav", "speed": 1.0})[0]
+
+
+def test_valid_job_ids_pass() -> None:
+    assert all(valid_job_id(j) for j in ("job_1", "a", "A-b_9" * 12 + "abcd"))

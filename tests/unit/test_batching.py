@@ -196,3 +196,25 @@ async def test_the_batcher_looks_ahead_in_each_lane_so_an_interactive_item_behin
     batcher.add("urgent", 10, interactive=True)
     batch, _ = await asyncio.wait_for(batcher.next_batch(), 5)
     assert batch[0] == "urgent" and batch[1:] == ["b0", "b1", "b2"]
+
+
+async def test_each_item_reports_its_own_wait_not_the_oldest_in_the_pool() -> None:
+    # Issue 25, defect 6: the wait was that of the oldest item anywhere in the pool. A bulk item waiting its
+    # bulk_delay made an interactive item that came 100 s later report 100 s of wait: more than its whole life.
+    clock = FakeClock()
+    batcher: Batcher[str] = Batcher(BatchPolicy(max_batch=4, window=0.0, bulk_delay=3600.0), clock=clock)
+    batcher.add("old bulk", 1)
+    clock.now = 100.0
+    batcher.add("live", 1, interactive=True)
+    clock.now = 100.25
+    assert await asyncio.wait_for(batcher.next_timed(free=lambda: 1), 5) == [("live", 0.25)]
+    clock.now = 100.5
+    batcher.add("live2", 1, interactive=True)
+    clock.now = 101.0
+    batch, waited = await asyncio.wait_for(batcher.next_batch(free=lambda: 1), 5)
+    assert batch == ["live2"] and waited == pytest.approx(0.5)  # <= its life in the batcher, 0.5 s
+    # The oldest item's wait is its own when it is taken, with its group-mates' own.
+    clock.now = 102.0
+    batcher.add("bulk2", 1)
+    clock.now = 103.0
+    assert await asyncio.wait_for(batcher.next_timed(), 5) == [("old bulk", 103.0), ("bulk2", 1.0)]
