@@ -265,12 +265,14 @@ def _cmd_projection(args: argparse.Namespace) -> int:
     from ops.rebuild import rebuild
     from voicenote.jobstore import JobStore
 
+    if args.timeout <= 0:
+        raise UsageError(f"bad --timeout {args.timeout:g}: expected seconds, more than 0")
     settings = _kafka(args)
 
     async def run(bar: _Progress) -> Any:
         jobs = JobStore.from_settings(settings.redis)
         try:
-            return await rebuild(settings, jobs, progress=bar)
+            return await rebuild(settings, jobs, progress=bar, timeout=args.timeout)
         finally:
             await jobs.close()
 
@@ -553,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     projection = command("projection", help="rebuild the job-status projection in Redis by replaying the topics")
     projection.add_argument("action", choices=["rebuild"])
+    projection.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                            help="how long reading one topic to its end may take before the rebuild fails (default 300)")
     projection.set_defaults(func=_cmd_projection)
 
     replay = command("replay", help="publish requests from a time or offset range again, as new jobs (dry run unless --execute)")

@@ -21,6 +21,7 @@ from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
+from voicenote.kafka import read_to_end
 from voicenote.settings import KafkaSettings
 
 
@@ -46,18 +47,24 @@ class ReplayReport:
         return dict(self.__dict__)
 
 
-def read_range(settings: KafkaSettings, topic: str, rng: Range, *, idle_timeout: float = 2.0) -> Iterator[Any]:
-    """Every message of ``topic`` inside ``rng``, partition by partition, without joining a group."""
+READ_TIMEOUT_SECONDS = 300.0
+
+
+def read_range(settings: KafkaSettings, topic: str, rng: Range, *, timeout: float = READ_TIMEOUT_SECONDS) -> Iterator[Any]:
+    """Every message of ``topic`` inside ``rng``, all partitions read together, without joining a group.
+
+    Each partition is read up to its end as it was when reading began (voicenote.kafka.read_to_end), so a
+    reader that publishes into the topic it reads never reads its own output, and a read is never cut
+    short by a slow broker: it is whole, or DependencyUnavailable after ``timeout`` seconds.
+    """
     consumer = Consumer({**settings.client_config(), "group.id": f"voicenote-replay-{time.time_ns()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+                         "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             raise DependencyUnavailable("kafka", f"topic {topic} does not exist")
-        parts = sorted(rng.partitions or meta.partitions.keys())
-        for partition in parts:
-            # The end is found by partition EOF, not the high watermark: Tansu's ListOffsets reports the
-            # batch count rather than the record count for batched produces.
+        starts: dict[int, int] = {}
+        for partition in sorted(rng.partitions or meta.partitions.keys()):
             low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             start = max(low, rng.start_offset) if rng.start_offset is not None else low
             if rng.start_ms is not None:
@@ -65,33 +72,19 @@ def read_range(settings: KafkaSettings, topic: str, rng: Range, *, idle_timeout:
                 if found.offset < 0:
                     continue  # nothing at or after start_ms in this partition
                 start = max(start, found.offset)
-            stop = rng.end_offset
-            if stop is not None and start >= stop:
-                continue
-            consumer.assign([TopicPartition(topic, partition, start)])
-            deadline = time.monotonic() + idle_timeout
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                if msg.error() is not None:
-                    if msg.error().code() == -191:  # _PARTITION_EOF
-                        break
-                    raise DependencyUnavailable("kafka", f"reading {topic}[{partition}]: {msg.error()}")
-                deadline = time.monotonic() + idle_timeout
-                if stop is not None and msg.offset() >= stop:
-                    break
-                ts = msg.timestamp()[1]
-                if rng.end_ms is not None and ts >= rng.end_ms:
-                    break
-                if rng.start_ms is not None and ts < rng.start_ms:
-                    continue  # brokers differ in how exactly they answer offsets_for_times
-                yield msg
-            consumer.unassign()
+            starts[partition] = start
     except KafkaException as exc:
         raise DependencyUnavailable("kafka", f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+    stops = dict.fromkeys(starts, rng.end_offset) if rng.end_offset is not None else None
+    for msg in read_to_end(settings, topic, starts=starts, stops=stops, timeout=timeout, group_prefix="voicenote-replay"):
+        ts = msg.timestamp()[1]
+        if rng.end_ms is not None and ts >= rng.end_ms:
+            continue
+        if rng.start_ms is not None and ts < rng.start_ms:
+            continue  # brokers differ in how exactly they answer offsets_for_times
+        yield msg
 
 
 def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:

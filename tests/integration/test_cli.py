@@ -196,6 +196,35 @@ def test_projection_rebuild_finishes_with_exit_0(cli, settings: Settings, topics
     assert "projection rebuild: 2" in err
 
 
+def test_projection_rebuild_counts_the_same_every_run(cli, settings: Settings, topics: None) -> None:
+    # Regression: reading a topic gave up after 3 s without records, so five runs on the same data reported
+    # 0, 0, 52, 3 and 52 requests. Each topic is now read to its end, taken when the read begins.
+    codecs = Codecs()
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 20})  # batched: Tansu's ListOffsets counts batches
+    for i in range(52):
+        producer.produce(settings.kafka.catalog().requests.name, key=f"job_x{i}".encode(),
+                         value=codecs.request.encode(api_request(f"job_x{i}", "alloy")))
+    assert producer.flush(10) == 0
+    publish_completions(settings, [completion(f"job_x{i}") for i in range(7)])
+    outputs = []
+    for _ in range(5):
+        code, out, err = cli("projection", "rebuild")
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs == [outputs[0]] * 5
+    assert outputs[0].startswith("replayed 52 requests and 7 completions")
+
+
+def test_projection_rebuild_that_cannot_read_to_the_end_in_time_fails(cli, settings: Settings, topics: None) -> None:
+    codecs = Codecs()
+    produce(settings, settings.kafka.catalog().requests.name, [(b"job_t1", codecs.request.encode(api_request("job_t1", "alloy")))])
+    code, out, err = cli("projection", "rebuild", "--timeout", "0.000001")
+    assert code == 1 and out == ""  # no partial count
+    assert "not read to their end within" in one_line(err)
+    code, _, err = cli("projection", "rebuild", "--timeout", "0")
+    assert code == 2 and "--timeout" in one_line(err)
+
+
 def dead_letter(settings: Settings, offset: int, error_type: str, value: bytes, key: bytes | None = b"job_r") -> dict:
     return {"source_topic": settings.kafka.catalog().requests.name, "source_partition": 0, "source_offset": offset,
             "key": key, "value": value, "consumer": "synthesis", "error_type": error_type, "error_message": "m", "failed_at": 1}
