@@ -109,7 +109,10 @@ def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:
 
 def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: dict[str, str], *,
                     new_job_id: Callable[[], str], dry_run: bool = False,
-                    progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
+                    progress: Callable[[ReplayReport], None] | None = None,
+                    on_published: Callable[[str, str], None] | None = None) -> ReplayReport:
+    """Publish the requests of ``rng`` that match ``filters`` again as new jobs; ``on_published(new_job_id,
+    replay_of)`` is called for each one once the broker acknowledged it."""
     codec = AvroCodec("SynthesisRequest")
     report = ReplayReport()
     producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
@@ -135,8 +138,14 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
         job_id = new_job_id()
         replayed = replace(request, job_id=job_id, created_at=int(time.time() * 1000),
                            attributes={**request.attributes, REPLAY_OF_ATTRIBUTE: request.job_id})
-        producer.produce(topic, key=job_id.encode(), value=codec.encode_event(replayed),
-                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
+
+        def delivered(err: Any, _msg: Any, job_id: str = job_id, replay_of: str = request.job_id) -> None:
+            if err:
+                failures.append(str(err))
+            elif on_published is not None:
+                on_published(job_id, replay_of)
+
+        producer.produce(topic, key=job_id.encode(), value=codec.encode_event(replayed), on_delivery=delivered)
         producer.poll(0)
         report.published += 1
     if producer is not None and producer.flush(30) > 0 or failures:
