@@ -9,8 +9,10 @@ Actions that publish (replay, redrive) are dry runs unless ``--execute`` is give
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -129,23 +131,100 @@ class Pacer:
         self._next = now + self._interval
 
 
-class _Progress:
-    """A tqdm counter on stderr (count and rate), shown on a terminal or with --progress on."""
+PROGRESS_EVERY_SECONDS = 3.0
 
-    def __init__(self, args: argparse.Namespace, desc: str, unit: str = "records") -> None:
+
+class _Progress:
+    """Progress on stderr: a tqdm counter (count and rate) on a terminal or with --progress on; with
+    --progress auto and stderr not a terminal (a pipe, a log file), a plain line every few seconds."""
+
+    def __init__(self, args: argparse.Namespace, desc: str, unit: str = "records", *,
+                 every: float = PROGRESS_EVERY_SECONDS) -> None:
         from tqdm import tqdm
 
+        self._desc, self._unit = desc, unit
+        self._count, self._postfix = 0, ""
+        self._started = time.monotonic()
+        self._lines: _ProgressLines | None = None
         disable = {"on": False, "off": True}.get(args.progress)  # None: only on a terminal
+        if disable is None and not _isatty(sys.stderr):
+            disable = True
+            self._lines = _ProgressLines(self, every)
         self._bar = tqdm(desc=desc, unit=f" {unit}", file=sys.stderr, disable=disable, mininterval=0.5,
                          dynamic_ncols=True, leave=True)
 
     def __call__(self, report: Any) -> None:
+        self._count += 1
         self._bar.update(1)
         if hasattr(report, "matched"):
+            self._postfix = f", matched={report.matched}, published={report.published}"
             self._bar.set_postfix(matched=report.matched, published=report.published, refresh=False)
 
+    def line(self) -> str:
+        elapsed = time.monotonic() - self._started
+        return f"{self._desc}: {self._count} {self._unit} in {elapsed:.0f}s ({self._count / max(elapsed, 1e-9):.1f}/s){self._postfix}"
+
     def close(self) -> None:
+        if self._lines is not None:
+            self._lines.stop()
         self._bar.close()
+
+
+class _ProgressLines:
+    """Writes the counter's line to stderr every ``every`` seconds, from a thread, so a slow read shows too."""
+
+    def __init__(self, progress: _Progress, every: float) -> None:
+        import threading
+
+        self._progress = progress
+        self._every = every
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="voicenote-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every):
+            try:
+                print(self._progress.line(), file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(1)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def emit(line: str) -> bool:
+    """Print a result line on stdout; False once the reader has gone (``voicenote watch | head -1``).
+
+    Then stdout goes to /dev/null, so nothing writes a BrokenPipeError traceback at exit; commands that
+    only show things stop, commands that act (replay, redrive) finish their work.
+    """
+    global _STDOUT_GONE
+    if _STDOUT_GONE:
+        return False
+    try:
+        print(line, flush=True)
+        return True
+    except BrokenPipeError:
+        _STDOUT_GONE = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        return False
+
+
+_STDOUT_GONE = False
 
 
 def _with_progress(args: argparse.Namespace, desc: str, action: Callable[[_Progress], Any]) -> Any:
@@ -265,12 +344,14 @@ def _cmd_projection(args: argparse.Namespace) -> int:
     from ops.rebuild import rebuild
     from voicenote.jobstore import JobStore
 
+    if args.timeout <= 0:
+        raise UsageError(f"bad --timeout {args.timeout:g}: expected seconds, more than 0")
     settings = _kafka(args)
 
     async def run(bar: _Progress) -> Any:
         jobs = JobStore.from_settings(settings.redis)
         try:
-            return await rebuild(settings, jobs, progress=bar)
+            return await rebuild(settings, jobs, progress=bar, timeout=args.timeout)
         finally:
             await jobs.close()
 
@@ -294,10 +375,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     rng = Range(start_ms=start_ms, end_ms=end_ms, start_offset=int(start) if start else None,
                 end_offset=int(end) if end else None, partitions=tuple(args.partition) if args.partition else None)
     settings = _kafka(args)
+
+    def published(job_id: str, replay_of: str) -> None:  # once acknowledged, so every id printed is a job
+        emit(json.dumps({"job_id": job_id, "replay_of": replay_of}) if args.json else f"{job_id} {replay_of}")
+
     report = _with_progress(args, "replay", lambda bar: replay_requests(
         settings.kafka, settings.kafka.catalog().requests.name, rng, filters, new_job_id=new_job_id,
-        dry_run=not args.execute, progress=bar))
-    print(json.dumps(report.as_dict()))
+        dry_run=not args.execute, progress=bar, on_published=published))
+    emit(json.dumps(report.as_dict()))
     _dry_run_note(report, "requests", args)
     return EXIT_OK
 
@@ -310,7 +395,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     report = _with_progress(args, "dlq redrive", lambda bar: redrive_dead_letters(
         settings.kafka, settings.kafka.catalog().dead_letter.name, group_id=group, error_type=args.error_type,
         source_topic=args.source_topic, dry_run=not args.execute, progress=bar))
-    print(json.dumps(report.as_dict()))
+    emit(json.dumps(report.as_dict()))
     _dry_run_note(report, "dead letters", args)
     return EXIT_OK
 
@@ -326,7 +411,7 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     report = _with_progress(args, "webhooks redrive", lambda bar: redrive_webhooks(
         settings.kafka, dead_letters, catalog.webhook_retries[0].name, group_id=group,
         error_type=args.error_type, job_id=args.job_id, dry_run=not args.execute, progress=bar))
-    print(json.dumps(report.as_dict()))
+    emit(json.dumps(report.as_dict()))
     _dry_run_note(report, "webhook deliveries", args)
     return EXIT_OK
 
@@ -350,7 +435,7 @@ def _cmd_lag(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.json:
         for row in rows:
-            print(json.dumps(row.__dict__))
+            emit(json.dumps(row.__dict__))
         return EXIT_OK
     print(f"{'GROUP':36} {'TOPIC':40} {'PARTITION':>9} {'COMMITTED':>10} {'END':>10} {'LAG':>8}")
     for row in rows:
@@ -399,7 +484,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             pacer.wait()
             job_ids.append(client.publish(text, **options))
             bar(None)
-            print(job_ids[-1], flush=True)
+            emit(job_ids[-1])
     finally:
         bar.close()
         client.close()  # confirms every request; a PublishError names what the broker did not take
@@ -421,7 +506,7 @@ def _await_jobs(client: Any, job_ids: list[str], started_ms: int, timeout: float
             if completion.job_id in pending:
                 pending.discard(completion.job_id)
                 failed += not completion.ok
-                print(_completion_line(completion), flush=True)
+                emit(_completion_line(completion))
             if not pending or time.monotonic() > deadline:
                 break
     finally:
@@ -456,9 +541,12 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                                                until_end=args.exit_at_end, on_undecodable=undecodable)
     try:
         for completion in stream:
+            if since_ms is not None and completion.completed_at < since_ms:
+                continue  # the start offset is found by record time, and brokers answer that loosely
             if not matches(dict(completion.record), filters):
                 continue
-            print(json.dumps(dict(completion.record), default=_jsonable) if args.json else _completion_line(completion), flush=True)
+            if not emit(json.dumps(dict(completion.record), default=_jsonable) if args.json else _completion_line(completion)):
+                break  # the reader has gone: `voicenote watch | head -1`
             shown += 1
             if args.count is not None and shown >= args.count:
                 break
@@ -553,6 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     projection = command("projection", help="rebuild the job-status projection in Redis by replaying the topics")
     projection.add_argument("action", choices=["rebuild"])
+    projection.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                            help="how long reading one topic to its end may take before the rebuild fails (default 300)")
     projection.set_defaults(func=_cmd_projection)
 
     replay = command("replay", help="publish requests from a time or offset range again, as new jobs (dry run unless --execute)")
@@ -562,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--partition", type=int, action="append", help="only these partitions (repeatable)")
     replay.add_argument("--filter", action="append", default=[],
                         help="FIELD=VALUE, e.g. voice=alloy (as requested) or attributes.owner=acme (repeatable, all must hold)")
+    replay.add_argument("--json", action="store_true", help="each new job as a JSON object (job_id, replay_of)")
     _execute_flags(replay)
     replay.set_defaults(func=_cmd_replay)
 
@@ -644,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voicenote: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away under a command that does not check
+        emit("")
+        return EXIT_OK
     except Exception as exc:  # the last resort: one line, the traceback only when asked for
         log.debug("unexpected failure", exc_info=True)
         print(f"voicenote: error: unexpected {type(exc).__name__}: {exc} (rerun with --log-level debug for the traceback "

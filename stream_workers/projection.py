@@ -25,15 +25,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import SynthesisRequest
 from stream_workers.completion import StatusProjector
 from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers
-from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
+from voicenote.kafka import read_to_end
 from voicenote.links import Links
 from voicenote.settings import Settings
 
@@ -53,43 +51,27 @@ class RebuildReport:
     idempotency_keys: int = 0  # Idempotency-Key answers restored (a key in use again since the loss keeps its own)
 
 
-def read_topic(settings: Settings, topic: str, *, idle_timeout: float = 3.0) -> Iterator[bytes | None]:
-    """The value of every retained record of ``topic``, all partitions, without joining a group (blocking)."""
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"voicenote-rebuild-{time.time_ns()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise DependencyUnavailable("kafka", f"topic {topic} does not exist")
-        # Each partition is read from its beginning up to its end at the time of reading (EOF).
-        open_partitions = set(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, -2) for p in open_partitions])  # -2: OFFSET_BEGINNING
-        deadline = time.monotonic() + idle_timeout
-        while open_partitions and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    open_partitions.discard(msg.partition())
-                    continue
-                raise DependencyUnavailable("kafka", f"reading {topic}: {error}")
-            deadline = time.monotonic() + idle_timeout
-            yield msg.value()
-    finally:
-        consumer.close()
+READ_TIMEOUT_SECONDS = 300.0  # reading one topic to its end; past it the rebuild fails (a partial count never passes)
 
 
-def _read_all(settings: Settings, topic: str) -> list[bytes | None]:
-    return list(read_topic(settings, topic))
+def read_topic(settings: Settings, topic: str, *, timeout: float = READ_TIMEOUT_SECONDS) -> Iterator[bytes | None]:
+    """The value of every retained record of ``topic``, all partitions, up to each partition's end as it was
+    when reading began (voicenote.kafka.read_to_end: exact, or DependencyUnavailable after ``timeout``)."""
+    for msg in read_to_end(settings.kafka, topic, timeout=timeout, group_prefix="voicenote-rebuild"):
+        yield msg.value()
+
+
+def _read_all(settings: Settings, topic: str, timeout: float) -> list[bytes | None]:
+    return list(read_topic(settings, topic, timeout=timeout))
 
 
 async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = None, *,
-                  progress: Callable[[RebuildReport], None] | None = None) -> RebuildReport:
+                  progress: Callable[[RebuildReport], None] | None = None,
+                  timeout: float = READ_TIMEOUT_SECONDS) -> RebuildReport:
     """Replay every model family's request topic and the completion topic, from their beginning up to their
-    current end, into the projection, then restore the batch records and Idempotency-Key answers the requests
-    describe; ``progress`` ticks once per record applied."""
+    end as it was when the read of each began, into the projection, then restore the batch records and
+    Idempotency-Key answers the requests describe; ``progress`` ticks once per record applied. Reading a
+    topic takes at most ``timeout`` seconds, else DependencyUnavailable: the count is exact or the rebuild fails."""
     catalog = settings.kafka.catalog()
     codecs = codecs or Codecs()
     projector = StatusProjector(jobs)
@@ -100,7 +82,7 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     sources.append((catalog.completions.name, codecs.completion, projector.on_completions, False))
     requests: list[SynthesisRequest] = []  # those of a batch or a key, whatever their age (their TTLs are their own)
     for topic, codec, apply, is_request in sources:
-        values = await asyncio.to_thread(_read_all, settings, topic)
+        values = await asyncio.to_thread(_read_all, settings, topic, timeout)
         records: list[Any] = []
         for value in values:
             try:

@@ -115,3 +115,48 @@ def test_requests_accepted_before_a_stop_are_done_by_the_next_run(tmp_path: Path
         assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
     finally:
         second.stop()
+
+
+def test_run_uses_the_configured_redis_and_its_children_die_with_it(tmp_path: Path, run_env: dict[str, str]) -> None:
+    # Regression: `voicenote run` took redis://127.0.0.1:6379/0 whenever it answered, whatever
+    # VOICENOTE_REDIS__URL said; and `voicenote run | tee log` + Ctrl-C left the broker and its storage
+    # server running without a parent.
+    import redis
+
+    if not redis_answers(LOCAL_REDIS):
+        pytest.skip("needs the Redis on 127.0.0.1:6379")
+    db_url = "redis://127.0.0.1:6379/13"
+    prefix = run_env["VOICENOTE_REDIS__KEY_PREFIX"]
+    run = Run(tmp_path / "var", free_port(), {**run_env, "VOICENOTE_REDIS__URL": db_url})
+    children: list[int] = []
+    try:
+        resp = httpx.post(f"{run.base}/v1/audio/speech/async", json={"input": "Which Redis?", "response_format": "wav"}, timeout=10)
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{run.base}/v1/jobs/{job_id}", timeout=5).json().get("status") != "succeeded":
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.5)
+        in_db = redis.Redis.from_url(db_url)
+        in_default = redis.Redis.from_url(LOCAL_REDIS)
+        assert any(job_id.encode() in key for key in in_db.scan_iter(match=f"{prefix}*"))
+        assert list(in_default.scan_iter(match=f"{prefix}*")) == []
+
+        children = descendants(run.proc.pid)
+        assert {name for name in ("tansu", "ops.diskstore", "worker synthesis", "worker completion", "worker webhooks", " api")
+                if any(name in cmdline(p) for p in children)} == {"tansu", "ops.diskstore", "worker synthesis",
+                                                                   "worker completion", "worker webhooks", " api"}
+        run.proc.send_signal(signal.SIGKILL)  # it cannot stop them itself
+        run.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while [p for p in children if cmdline(p)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [cmdline(p) for p in children if cmdline(p)] == []
+    finally:
+        if run.proc.poll() is None:
+            run.stop()
+        for pid in children:
+            if cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+        run.log.close()
+        _forget_redis_keys(db_url, f"{prefix}*")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -177,13 +180,23 @@ def test_replay_filters_on_the_voice_requested_and_is_a_dry_run_by_default(cli, 
 
     code, out, err = cli("replay", "--filter", "voice=alloy", "--filter", "attributes.owner=writer", "--execute")
     assert code == 0, err
-    assert json.loads(out)["published"] == 2 and "dry run" not in err
+    *jobs, summary = out.splitlines()
+    assert json.loads(summary)["published"] == 2 and "dry run" not in err
     replayed = [r for r in (codecs.request.decode(m.value()) for m in read_range(settings.kafka, topic, Range()))
                 if "replay_of" in r["attributes"]]
     assert sorted(r["attributes"]["replay_of"] for r in replayed) == ["job_a1", "job_a2"]
+    # Every new job's id is printed, with the id it replays (regression: 6 jobs made, none of their ids shown).
+    assert sorted(line.split() for line in jobs) == sorted([r["job_id"], r["attributes"]["replay_of"]] for r in replayed)
+
+    code, out, err = cli("replay", "--filter", "attributes.replay_of=job_a1", "--execute", "--json")
+    assert code == 0, err
+    *jobs, summary = out.splitlines()
+    [job] = [json.loads(line) for line in jobs]
+    assert job["replay_of"] == next(r["job_id"] for r in replayed if r["attributes"]["replay_of"] == "job_a1")
+    assert json.loads(summary)["published"] == 1
 
     code, out, _ = cli("replay", "--filter", "voice=en_US-joe-medium", "--since", "2020-01-01T00:00:00Z")
-    assert code == 0 and json.loads(out)["matched"] == 5  # the installed id still matches too
+    assert code == 0 and json.loads(out)["matched"] == 6  # the installed id still matches too
 
 
 def test_projection_rebuild_finishes_with_exit_0(cli, settings: Settings, topics: None) -> None:
@@ -194,6 +207,35 @@ def test_projection_rebuild_finishes_with_exit_0(cli, settings: Settings, topics
     assert code == 0, err
     assert out.startswith("replayed 1 requests and 1 completions")
     assert "projection rebuild: 2" in err
+
+
+def test_projection_rebuild_counts_the_same_every_run(cli, settings: Settings, topics: None) -> None:
+    # Regression: reading a topic gave up after 3 s without records, so five runs on the same data reported
+    # 0, 0, 52, 3 and 52 requests. Each topic is now read to its end, taken when the read begins.
+    codecs = Codecs()
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 20})  # batched: Tansu's ListOffsets counts batches
+    for i in range(52):
+        producer.produce(settings.kafka.catalog().requests.name, key=f"job_x{i}".encode(),
+                         value=codecs.request.encode(api_request(f"job_x{i}", "alloy")))
+    assert producer.flush(10) == 0
+    publish_completions(settings, [completion(f"job_x{i}") for i in range(7)])
+    outputs = []
+    for _ in range(5):
+        code, out, err = cli("projection", "rebuild")
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs == [outputs[0]] * 5
+    assert outputs[0].startswith("replayed 52 requests and 7 completions")
+
+
+def test_projection_rebuild_that_cannot_read_to_the_end_in_time_fails(cli, settings: Settings, topics: None) -> None:
+    codecs = Codecs()
+    produce(settings, settings.kafka.catalog().requests.name, [(b"job_t1", codecs.request.encode(api_request("job_t1", "alloy")))])
+    code, out, err = cli("projection", "rebuild", "--timeout", "0.000001")
+    assert code == 1 and out == ""  # no partial count
+    assert "not read to their end within" in one_line(err)
+    code, _, err = cli("projection", "rebuild", "--timeout", "0")
+    assert code == 2 and "--timeout" in one_line(err)
 
 
 def dead_letter(settings: Settings, offset: int, error_type: str, value: bytes, key: bytes | None = b"job_r") -> dict:
@@ -328,6 +370,37 @@ def test_watch_tails_completions_with_filters(cli, settings: Settings, topics: N
     assert code == 0 and [json.loads(line)["job_id"] for line in out.splitlines()] == ["job_bad"]
     code, out, _ = cli("watch", "--from-beginning", "--count", "1")
     assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_watch_since_shows_nothing_older(cli, settings: Settings, topics: None) -> None:
+    # Regression: `watch --since` printed completions older than --since (the start offset is found by
+    # record time, which the broker answers loosely; a completion's own time is what the line shows).
+    now = int(time.time() * 1000)
+    publish_completions(settings, [completion("job_old", completed_at=now - 3_600_000), completion("job_new", completed_at=now)])
+    since = datetime.fromtimestamp((now - 60_000) / 1000, tz=UTC).isoformat()
+    code, out, err = cli("watch", "--since", since, "-e")
+    assert code == 0, err
+    assert [line.split()[1] for line in out.splitlines()] == ["job_new"]
+
+
+def test_watch_into_a_closed_pipe_ends_quietly(settings: Settings, topics: None) -> None:
+    # Regression: `voicenote watch | head -1` ended with a BrokenPipeError traceback.
+    publish_completions(settings, [completion("job_p1")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    watch = subprocess.Popen([sys.executable, "-m", "ops.cli", "--bootstrap-server", settings.kafka.bootstrap_servers,
+                              "--topic-prefix", settings.kafka.topic_prefix, "watch", "--from-beginning"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert watch.stdout is not None and watch.stderr is not None
+        assert "job_p1" in watch.stdout.readline().decode()
+        watch.stdout.close()  # as `head -1` exits
+        publish_completions(settings, [completion("job_p2")])  # the next line has nowhere to go
+        assert watch.wait(30) == 0
+        err = watch.stderr.read().decode()
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+    finally:
+        watch.kill()
 
 
 def test_projection_rebuild_without_redis_is_one_line(cli, settings: Settings, topics: None,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import pytest
 
 from ops.cli import Pacer, UsageError, _epoch_ms, _filters, _schema_fields
@@ -99,3 +102,43 @@ def test_generated_ids_have_the_shapes_the_workers_accept() -> None:
     assert all(JOB_ID.match(new_job_id()) for _ in range(50))
     version, trace, span, flags = new_traceparent().split("-")
     assert (version, len(trace), len(span), flags) == ("00", 32, 16, "01")
+
+
+def test_progress_goes_to_stderr_every_few_seconds_when_not_on_a_terminal(capsys) -> None:
+    # Regression: a dry run over 55 records took 37 s with no progress when stderr was not a terminal.
+    import argparse
+
+    from ops.cli import _Progress
+    from ops.replay import ReplayReport
+
+    bar = _Progress(argparse.Namespace(progress="auto"), "replay", every=0.05)  # capsys: not a terminal
+    report = ReplayReport(read=2, matched=1)
+    bar(report)
+    bar(report)
+    time.sleep(0.3)  # nothing else happens: the line still comes, from its own thread
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2 and lines[-1].startswith("replay: 2 records in ") and "matched=1, published=0" in lines[-1]
+    assert "\r" not in capsys.readouterr().err  # plain lines, no terminal redraws
+
+    bar = _Progress(argparse.Namespace(progress="off"), "replay", every=0.05)
+    bar(report)
+    time.sleep(0.2)
+    bar.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_emit_stops_quietly_once_the_reader_has_gone(monkeypatch) -> None:
+    import io
+
+    import ops.cli
+
+    class Gone(io.StringIO):
+        def write(self, _s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(ops.cli, "_STDOUT_GONE", False)
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert ops.cli.emit("one line") is False
+    assert ops.cli.emit("and another") is False  # no second attempt, no traceback
+    print("harmless now")  # stdout points at /dev/null

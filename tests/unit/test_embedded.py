@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.embedded import RestartPolicy, Supervisor, child_env, cpu_engine_kind
+from ops.embedded import RestartPolicy, Supervisor, child_env, cpu_engine_kind, redis_for_run
 
 
 def test_backoff_doubles_for_a_crash_loop_and_resets_after_a_stable_run() -> None:
@@ -70,3 +70,24 @@ def test_the_api_routes_only_to_families_a_worker_here_serves(tmp_path: Path, mo
     assert child_env("b:1", "redis://r", 8000, tmp_path)["VOICENOTE_MODELS__FAMILIES"] == '["s1mini"]'
     assert cpu_engine_kind({"VOICENOTE_ENGINE__KIND": "s1mini"}) == "piper"
     assert cpu_engine_kind({"VOICENOTE_ENGINE__KIND": "null"}) == "null"
+
+
+def test_run_takes_the_configured_redis_and_only_falls_back_without_one() -> None:
+    configured = redis_for_run({"VOICENOTE_REDIS__URL": "redis://127.0.0.1:6379/7"})
+    assert (configured.url, configured.required) == ("redis://127.0.0.1:6379/7", True)  # never swapped for another
+    default = redis_for_run({})
+    assert (default.url, default.required) == ("redis://127.0.0.1:6379/0", False)  # or a Valkey of its own
+
+
+def test_the_children_keep_the_callers_settings(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VOICENOTE_STORAGE__LOCAL_DIR", "/srv/notes")
+    monkeypatch.setenv("VOICENOTE_API__PUBLIC_BASE_URL", "https://notes.example")
+    monkeypatch.setenv("VOICENOTE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("VOICENOTE_REDIS__KEY_PREFIX", "mine:")
+    env = child_env("b:1", "redis://127.0.0.1:6379/7", 8001, tmp_path)
+    assert env["VOICENOTE_STORAGE__LOCAL_DIR"] == "/srv/notes" and env["VOICENOTE_API__PUBLIC_BASE_URL"] == "https://notes.example"
+    assert env["VOICENOTE_KAFKA__SESSION_TIMEOUT_MS"] == "6000" and env["VOICENOTE_REDIS__KEY_PREFIX"] == "mine:"
+    assert (env["VOICENOTE_REDIS__URL"], env["VOICENOTE_API__PORT"], env["VOICENOTE_KAFKA__BOOTSTRAP_SERVERS"]) == (
+        "redis://127.0.0.1:6379/7", "8001", "b:1")  # what the run decides
+    monkeypatch.delenv("VOICENOTE_STORAGE__LOCAL_DIR")
+    assert child_env("b:1", "redis://r", 8001, tmp_path)["VOICENOTE_STORAGE__LOCAL_DIR"] == str(tmp_path / "audio")
