@@ -41,6 +41,9 @@ def make_engine(s1_tok, s1_cfg):
     def make(**kw) -> S1MiniEngine:
         kw.setdefault("max_new_tokens", 8)
         kw.setdefault("on_max_tokens", "truncate")
+        # the codec in the engine's thread: spawning a codec process costs seconds per engine here;
+        # test_s1mini_codec_runner.py covers the process mode (the CPU default)
+        kw.setdefault("codec_process", "thread")
         settings = S1MiniSettings(
             random_init=True, seed=7, model_config=s1_cfg, codec_config=tiny_codec_config(N_SEM), **kw
         )

@@ -10,6 +10,7 @@ import torch
 
 from stream_workers.engine.base import SynthesisInput
 from stream_workers.engine.s1mini import CheckpointError, S1MiniEngine, S1MiniSettings, tiny_codec_config
+from stream_workers.engine.s1mini.codec_runner import build_codec
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer, load_tokenizer
 
 
@@ -30,7 +31,7 @@ def write_checkpoint(path, engine: S1MiniEngine, tok: ByteTokenizer, *, lightnin
         state = {"state_dict": {"model." + k: v for k, v in state.items()}}
     torch.save(state, path / "model.pth")
     codec = {}
-    for k, v in engine.codec.state_dict().items():
+    for k, v in build_codec(engine.codec_spec).state_dict().items():  # the engine's codec weights
         if k.startswith("decoder.") and k.endswith("conv.weight"):  # CausalWNConv1d: parametrizations
             g, vv = unfold_weight_norm(v)
             base = k[: -len("weight")]

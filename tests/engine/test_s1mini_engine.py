@@ -155,7 +155,7 @@ def test_more_rows_than_slots_queue_and_close_finishes_them(make_engine):
 
 def test_bf16_codec_setting(make_engine):
     eng = make_engine(codec_dtype="bfloat16", max_new_tokens=3)
-    assert next(eng.codec.parameters()).dtype == torch.bfloat16
+    assert eng.codec_runner.dtype == torch.bfloat16
     res = eng.synthesize_batch([SynthesisInput("a", "hi", temperature=0)])[0]
     assert res.ok and res.audio.dtype == np.float32 and res.audio.shape == (3 * 2048,)
     with pytest.raises(ValueError):

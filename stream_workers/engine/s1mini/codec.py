@@ -25,11 +25,18 @@ from .layers import RMSNorm, TransformerBlock, rope_at, rope_rows, rope_table
 
 
 class Snake1d(nn.Module):
+    """x + sin(alpha x)^2 / alpha. ``fp32``: computed in fp32 whatever the input (the bf16-autocast
+    codec runs its convolutions in bf16 and Snake in fp32, as fish-speech serves it)."""
+
+    fp32 = False
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fp32:
+            x = x.float()
         a = self.alpha
         return x + (a + 1e-9).reciprocal() * torch.sin(a * x).pow(2)
 

@@ -256,14 +256,20 @@ class S1MiniSettings:
     repetition_window: int = 16
     voices_dir: str | None = None
     voice_cache_size: int = 32
-    compile: bool = False  # torch.compile(fullgraph=True) the decode step (before graph capture on CUDA)
+    compile: bool | None = None  # torch.compile(fullgraph=True) the decode step before graph capture; None: on CUDA only
+    compile_backend: str = "inductor"
+    compile_cache_dir: str | None = None  # inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR): a restarted pod compiles nothing
+    admit_group: int = 8  # while rows decode, queued rows join in groups of this many (or all free slots)...
+    admit_wait_ms: float = 30.0  # ... or whatever waits once the oldest has waited this long (an idle engine admits at once)
     codec_batch_size: int = 8  # finished rows decoded by the codec at once
     slots: int | None = None  # rows decoding at once (batch buckets 1, 2, 4 .. slots); None: 64 on CUDA, 8 on CPU
     kv_capacity: int = 2048  # KV columns per slot (prompt + frames); capped at the model's max_seq_len
     prefill_tokens: int = 8192  # padded prompt tokens per batched prefill
     cuda_graphs: bool = True  # on CUDA, capture the decode step per (batch bucket, KV bucket) at start
-    codec_dtype: str = "float32"  # float32, or bfloat16 (see docs/s1mini.md for its error vs fp32)
+    codec_dtype: str = "float32"  # float32, bfloat16, or bf16-autocast (Snake in fp32); docs/s1mini.md: error vs fp32
     codec_compile: bool = False  # torch.compile the codec on padded length buckets (CUDA)
+    codec_process: str = "auto"  # auto: a child process on the CPU, a thread with its own stream on CUDA; thread; process
+    codec_threads: int | None = None  # torch threads of a codec process (None: torch's default)
     random_init: bool = False
     seed: int = 0  # for random_init weights
     model_config: DualARConfig | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 
 from ..base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
-from .checkpoint import CheckpointError, load_into, read_codec_state, read_llama_state
+from .checkpoint import CheckpointError, check_state, load_into, read_codec_state, read_llama_state
 from .codec import CodecDecoder
+from .codec_runner import CODEC_DTYPES, CodecSpec, codec_runner
 from .config import DualARConfig, S1MiniSettings, s1mini_codec_config, s1mini_config
 from .generate import RowRequest
 from .model import DualARTransformer
@@ -96,7 +98,7 @@ class S1MiniEngine:
             self.codec_config = s.codec_config or s1mini_codec_config()
             self.model = DualARTransformer(cfg, self.tokenizer.semantic_begin_id, self.tokenizer.semantic_end_id)
             self.model.init_random(s.seed)
-            self.codec = CodecDecoder(self.codec_config).init_random(s.seed)
+            codec_checkpoint = None
             self.model_version = f"s1mini-random-init-{s.seed}"
         else:
             d = Path(s.checkpoint_dir)  # type: ignore[arg-type]
@@ -112,8 +114,11 @@ class S1MiniEngine:
             self.codec_config = s.codec_config or s1mini_codec_config()
             self.model = DualARTransformer(cfg, self.tokenizer.semantic_begin_id, self.tokenizer.semantic_end_id)
             load_into(self.model, read_llama_state(d), "S1-mini model (model.pth)")
-            self.codec = CodecDecoder(self.codec_config)
-            load_into(self.codec, read_codec_state(d / "codec.pth"), "S1-mini codec (codec.pth)")
+            codec_checkpoint = str(d / "codec.pth")
+            # checked here, with the model's errors, though the codec may be built in its own process
+            with torch.device("meta"):
+                probe = CodecDecoder(self.codec_config)
+            check_state(probe, read_codec_state(codec_checkpoint), "S1-mini codec (codec.pth)")
             self.model_version = "openaudio-s1-mini-" + hashlib.sha256(
                 json.dumps(cfg.to_dict(), sort_keys=True).encode()
             ).hexdigest()[:8]
@@ -127,21 +132,24 @@ class S1MiniEngine:
                 f"tokenizer has {self.tokenizer.num_semantic} semantic tokens, model codebook_size {cfg.codebook_size}"
             )
         self.model.to(device=self.device, dtype=self.dtype).eval()
-        self.codec_dtype = resolve_dtype(s.codec_dtype, self.device)
-        self.codec.to(device=self.device, dtype=self.codec_dtype).eval()
+        if s.codec_dtype not in CODEC_DTYPES:
+            raise ValueError(f"unknown codec dtype {s.codec_dtype!r}; use one of {', '.join(CODEC_DTYPES)}")
+        self.codec_spec = CodecSpec(
+            self.codec_config, str(self.device), s.codec_dtype, codec_checkpoint, s.seed, s.codec_compile, s.codec_threads
+        )
+        self.codec_runner = codec_runner(self.codec_spec, s.codec_process)
+        if s.compile_cache_dir:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(s.compile_cache_dir).resolve()))
         self.voice_registry = VoiceRegistry(
             s.voices_dir, cfg.num_codebooks, s.voice_cache_size, build=self._voice_prefix
         )
-        self._codec_fn = self.codec.forward
-        if s.codec_compile:
-            self._codec_fn = torch.compile(self.codec.forward, dynamic=True)
         self.slots = s.slots or (64 if self.device.type == "cuda" else 8)
         self.decoder = SlotDecoder(
             self.model, end_token_id=self.tokenizer.im_end_id, residual_vocab=self.codec_config.codebook_size,
             semantic_vocab=self.tokenizer.num_semantic, slots=self.slots,
             capacity=min(s.kv_capacity, cfg.max_seq_len), repetition_window=s.repetition_window,
             prefill_tokens=s.prefill_tokens, use_graphs=self.device.type == "cuda" and s.cuda_graphs,
-            compile=s.compile,
+            compile=self.device.type == "cuda" if s.compile is None else s.compile, compile_backend=s.compile_backend,
         )
         self.load_s = time.perf_counter() - t0
         self.warm_up_s: float | None = None
@@ -256,6 +264,7 @@ class S1MiniEngine:
             self._cond.notify_all()
         self._decode_thread.join()
         self._codec_thread.join()
+        self.codec_runner.close()
 
     def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
         """Submit and wait. An out-of-memory row raises EngineOutOfMemory (the caller splits and retries)."""
@@ -270,6 +279,8 @@ class S1MiniEngine:
         return SynthesisResult(job.inp.job_id, self.sample_rate, error=e)
 
     def _as_engine_error(self, e: BaseException, what: str) -> EngineError:
+        if isinstance(e, EngineError):  # from the codec process: already coded
+            return e
         if is_oom(e):
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -287,15 +298,17 @@ class S1MiniEngine:
             return
         self.warm_up_s = time.perf_counter() - t0
         self._ready.set()
-        log.info("S1-mini decode ready: warm-up %.1fs (%d graphs)", self.warm_up_s, len(self.decoder._graphs))
+        log.info(
+            "S1-mini decode ready: warm-up %.1fs (%d pairs, %d graphs, compiled: %s)", self.warm_up_s,
+            len(self.decoder.warm_up_times), len(self.decoder._graphs), self.decoder.compiled,
+        )
         while True:
             with self._cond:
                 while not self._pending and not self.decoder.live and not self._closing:
                     self._cond.wait()
                 if self._closing and not self._pending and not self.decoder.live:
                     break
-                take = self._pending[: self.decoder.free_slots()]
-                del self._pending[: len(take)]
+                take = self._take_admissible()
             if take:
                 self._admit(take)
             try:
@@ -312,6 +325,23 @@ class S1MiniEngine:
                 f.tag.left_at_step = self.decoder.steps_run
                 self._codec_q.put((f, f.tag))
         self._codec_q.put(None)
+
+    def _take_admissible(self) -> list[_Job]:
+        """Queued rows to admit at this step boundary (called holding the lock). An idle decoder takes
+        what waits at once; a busy one admits in groups, each prefill costing about a step: at least
+        ``admit_group`` rows (or every free slot), or whatever waits once the oldest has waited
+        ``admit_wait_ms``."""
+        free = self.decoder.free_slots()
+        if not self._pending or not free:
+            return []
+        if self.decoder.live and not self._closing:
+            group = min(self.settings.admit_group, free)
+            waited = time.perf_counter() - self._pending[0].submitted
+            if len(self._pending) < group and waited * 1000 < self.settings.admit_wait_ms:
+                return []
+        take = self._pending[:free]
+        del self._pending[: len(take)]
+        return take
 
     def _admit(self, jobs: list[_Job]) -> None:
         try:
@@ -383,10 +413,7 @@ class S1MiniEngine:
         if not to_decode:
             return
         try:
-            audio = self.codec.decode_rows(
-                [f.codes for f, _ in to_decode], len(to_decode), forward=self._codec_fn,
-                pad_to=32 if self.settings.codec_compile else 1,
-            )
+            audio = self.codec_runner.decode([f.codes for f, _ in to_decode], len(to_decode))
         except Exception as e:  # noqa: BLE001 - each row of the batch gets the error as its result
             log.exception("S1-mini codec failed on %d rows", len(to_decode))
             err = self._as_engine_error(e, f"codec batch of {len(to_decode)} rows")

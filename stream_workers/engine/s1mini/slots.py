@@ -224,10 +224,11 @@ class SlotDecoder:
             self._views(b, kvb)()
         self.steps_run += 1
         self.row_steps += len(self.live)
-        flags = torch.stack([self.state.done[:b], self.state.ended[:b]]).cpu()
+        # the step's one host sync: both flag rows in one copy, read as Python lists
+        done_flags, ended_flags = torch.stack([self.state.done[:b], self.state.ended[:b]]).tolist()
         for r in self.live.values():
             r.steps += 1
-        done = [s for s in self.live if bool(flags[0, s])]
+        done = [s for s in self.live if done_flags[s]]
         if not done:
             return []
         out: list[FinishedRow] = []
@@ -235,7 +236,7 @@ class SlotDecoder:
         codes = self.state.codes.index_select(0, idx).cpu()
         for j, s in enumerate(done):
             r = self.live.pop(s)
-            ended = bool(flags[1, s])
+            ended = bool(ended_flags[s])
             n = r.steps - 1 if ended else r.steps
             out.append(FinishedRow(r.tag, codes[j, :, :n].clone(), ended, r.steps))
         self.state.active.index_fill_(0, idx, False)

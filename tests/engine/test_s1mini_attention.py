@@ -1,0 +1,136 @@
+"""The decode step's lean parts: packed-GQA attention equals grouped-query attention and reads the cache
+as it is (no head-expanded or fp32 copy), RoPE rows give the same floats as the pairwise rotation, and
+the step stays within its operator budget at real S1-mini shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ops.bench.s1mini_ops import count_step_ops
+from stream_workers.engine.s1mini.config import s1mini_config
+from stream_workers.engine.s1mini.decode_step import _attend_decode, decode_mask
+from stream_workers.engine.s1mini.layers import Attention, apply_rope, attend, rope_at, rope_rows, rope_table
+
+
+def reference(q, k, v, mask=None, causal=False):
+    """Grouped-query attention the plain way: K/V repeated per query head (what enable_gqa means).
+    ``causal`` as the model uses it: top-left causal for several queries; a single query sees every key."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and q.shape[2] > 1)
+
+
+@pytest.mark.parametrize("s", [1, 5])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "causal"])
+def test_packed_attention_equals_grouped_query_attention(s, mask_kind):
+    g = torch.Generator().manual_seed(s)
+    b, h, kv, n, d = 3, 8, 2, 12, 16
+    q = torch.randn(b, s, h, d, generator=g).transpose(1, 2)  # as Attention.qkv makes it (not contiguous)
+    k, v = torch.randn(b, kv, n, d, generator=g), torch.randn(b, kv, n, d, generator=g)
+    lens = torch.tensor([3, 12, 7])
+    keep = (torch.arange(n).view(1, 1, 1, n) < lens.view(-1, 1, 1, 1)).expand(b, 1, s, n)
+    mask = {"none": None, "causal": None, "bool": keep,
+            "float": torch.where(keep, 0.0, float("-inf"))}[mask_kind]
+    causal = mask_kind == "causal"
+    got = attend(q, k, v, mask, causal=causal)
+    want = reference(q, k, v, mask, causal)
+    assert got.shape == (b, h, s, d)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if not causal:  # and what the step used before: SDPA's own GQA
+        torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True), rtol=1e-5, atol=1e-6)
+
+
+def test_rope_rows_give_the_floats_of_the_pairwise_rotation():
+    table = rope_table(64, 16, 10_000.0)
+    x = torch.randn(2, 64, 4, 16, dtype=torch.bfloat16)
+    xf = x.float().reshape(2, 64, 4, 8, 2)
+    cos, sin = table[..., 0].unsqueeze(1), table[..., 1].unsqueeze(1)  # (64, 1, 8)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    pairwise = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).reshape(2, 64, 4, 16).type_as(x)
+    assert torch.equal(apply_rope(x, rope_at(rope_rows(table), slice(0, 64))), pairwise)
+
+
+class _SdpaCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls.append((args, dict(kwargs or {})))
+        return func(*args, **(kwargs or {}))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        self.ops.append((func.name(), ins, tuple(out.shape) if isinstance(out, torch.Tensor) else None,
+                         out.dtype if isinstance(out, torch.Tensor) else None))
+        return out
+
+
+def _decode_attention(device):
+    """One decode attention call at S1-mini's head layout (16 query heads over 8 K/V heads), bf16."""
+    torch.manual_seed(0)
+    b, kvb, cap, d = 2, 64, 96, 128
+    with torch.device(device):
+        attn = Attention(256, 16, 8, d, qk_norm=True).to(torch.bfloat16)
+        k_buf = torch.randn(b, 8, cap, d, dtype=torch.bfloat16)
+        v_buf = torch.randn(b, 8, cap, d, dtype=torch.bfloat16)
+        x = torch.randn(b, 1, 256, dtype=torch.bfloat16)
+        lens = torch.tensor([5, 40])
+    cos, sin = rope_rows(rope_table(cap, d, 1e6).to(device))
+    rope = rope_at((cos, sin), lens.view(b, 1))
+    return attn, x, rope, k_buf, v_buf, lens.view(b, 1, 1, 1), decode_mask(lens, kvb, torch.bfloat16), kvb
+
+
+def test_decode_attention_reads_the_cache_as_it_is():
+    """SDPA gets the cache's own K/V (same storage, dtype and 8 heads) and no enable_gqa, so CUDA's fused
+    kernels accept the call; and no operator of the call makes a head-expanded or fp32 copy of K/V.
+    On ``meta`` SDPA decomposes into its math form (the CUDA fallback the old call took): the old
+    enable_gqa form shows up there as a clone of K/V expanded to 16 heads."""
+    attn, x, rope, k_buf, v_buf, col, mask, kvb = _decode_attention("cpu")
+    with torch.no_grad(), _SdpaCalls() as seen, _Ops() as ops:
+        _attend_decode(attn, x, rope, k_buf, v_buf, col, mask, kvb)
+    (args, kwargs), = seen.calls
+    q, k, v = args[:3]
+    assert not kwargs.get("enable_gqa", False)
+    assert q.shape[1] == k.shape[1] == v.shape[1] == 8
+    assert k.dtype == v.dtype == torch.bfloat16
+    assert k.untyped_storage().data_ptr() == k_buf.untyped_storage().data_ptr()
+    assert v.untyped_storage().data_ptr() == v_buf.untyped_storage().data_ptr()
+    cache_sized = [o for o in ops.ops if o[2] is not None and len(o[2]) >= 3 and kvb in o[2] and o[2][-1] == 128]
+    assert not [o for o in cache_sized if o[0] in ("aten::clone", "aten::_to_copy", "aten::expand", "aten::repeat_interleave")], cache_sized
+    assert [o[0] for o in ops.ops if "scaled_dot_product" in o[0]] == ["aten::_scaled_dot_product_flash_attention_for_cpu"]
+
+    attn, x, rope, k_buf, v_buf, col, mask, kvb = _decode_attention("meta")
+    with torch.no_grad(), _Ops() as ops:
+        _attend_decode(attn, x, rope, k_buf, v_buf, col, mask, kvb)
+    k_numel = k_buf[:, :, :kvb].numel()
+
+    def expanded(trace):  # an operator whose output holds K/V columns for more heads than the cache has
+        return [o for o in trace if o[2] is not None and kvb in o[2] and torch.Size(o[2]).numel() > k_numel]
+
+    assert not expanded(ops.ops), expanded(ops.ops)
+    with torch.no_grad(), _Ops() as old:  # the old call, for contrast: K/V cloned per query head
+        q = torch.zeros(2, 16, 1, 128, dtype=torch.bfloat16, device="meta")
+        F.scaled_dot_product_attention(q, k_buf[:, :, :kvb], v_buf[:, :, :kvb], attn_mask=mask > -1, enable_gqa=True)
+    assert [o[0] for o in expanded(old.ops)].count("aten::clone") == 2  # K and V, each copied per query head
+
+
+def test_decode_step_operator_budget_at_real_shapes():
+    """Operators per decode step at S1-mini's shapes (counted on meta; see ops/bench/s1mini_ops.py):
+    5,948 before this step was made lean; the CUDA-eager count must stay within 3,000."""
+    cfg = s1mini_config()
+    one = count_step_ops(1, cfg)
+    assert one["cuda_eager"] <= 3000, one
+    assert count_step_ops(8, cfg)["cuda_eager"] == one["cuda_eager"]  # the count does not grow with the batch
