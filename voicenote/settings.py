@@ -102,13 +102,21 @@ class EngineSettings(BaseModel):
     s1mini_max_new_tokens: int = Field(1024, ge=1, description="Per item; about 47 s of audio.")
     s1mini_on_max_tokens: Literal["error", "truncate"] = Field(
         "error", description="An item that reaches max_new_tokens without ending: fail it, or keep the audio made so far.")
-    s1mini_compile: bool = Field(False, description="torch.compile(fullgraph=True) the decode step (before graph capture on CUDA).")
+    s1mini_compile: bool | None = Field(
+        None, description="torch.compile(fullgraph=True) the decode step before graph capture; unset: on CUDA, off on the CPU.")
+    s1mini_compile_cache_dir: Path | None = Field(
+        Path("var/torch-inductor"), description="Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, unless set): "
+        "a restarted worker reuses its compiled kernels. Mount a volume here on GPU pods.")
     s1mini_slots: int | None = Field(None, ge=1, le=64, description="Rows decoding at once (batch buckets 1, 2, 4 .. slots); "
                                      "unset: 64 on CUDA, 8 on the CPU.")
     s1mini_kv_capacity: int = Field(2048, ge=64, description="KV-cache columns per slot (prompt + frames).")
     s1mini_prefill_tokens: int = Field(8192, ge=256, description="Padded prompt tokens per batched prefill.")
     s1mini_cuda_graphs: bool = Field(True, description="On CUDA, capture the decode step per (batch, KV) bucket at start.")
-    s1mini_codec_dtype: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16: see docs/s1mini.md for its error.")
+    s1mini_codec_dtype: Literal["float32", "bfloat16", "bf16-autocast"] = Field(
+        "float32", description="bfloat16 / bf16-autocast (Snake in fp32): see docs/s1mini.md for the error vs fp32.")
+    s1mini_codec_process: Literal["auto", "thread", "process"] = Field(
+        "auto", description="Where the codec runs: auto = a child process on the CPU (out of the decode loop's GIL), "
+        "a thread with its own CUDA stream on CUDA.")
     s1mini_codec_compile: bool = Field(False, description="torch.compile the codec on padded length buckets (CUDA).")
     s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
     piper_batched: bool = Field(False, description="Piper as one padded run per batch (the GPU path, CUDA provider when present).")

@@ -17,8 +17,18 @@ Sections (``--modes``, comma-separated; default all):
               uniformly, twice: "saturated" (arrivals above capacity: throughput) and "at_load" (below:
               latency). Each reports audio-s/s, mean live slots, p50/p99 time from submit to audio, and
               the ratio to the static largest bucket measured in the same run.
-  codec       the codec decoder on random codes, fp32 vs bf16: audio-s/s and the bf16 error vs fp32.
-  startup     a child process from exec to ``engine.ready`` (imports, weights, warm-up / capture).
+  codec       the codec decoder on random codes, fp32 vs bf16 vs bf16-autocast (Snake in fp32):
+              audio-s/s and the error vs fp32.
+  startup     a child process from exec to ``engine.ready`` (imports, weights, warm-up / capture);
+              with --compile, the compiled step: compile (and capture) seconds per bucket pair.
+  ops         operators per decode step at real S1-mini shapes, batch 1, 8 and 64, counted on the
+              ``meta`` device (quick): CUDA-eager count and fully decomposed count (s1mini_ops.py).
+  kernels     the step compiled by inductor at real shapes, batch 1: generated kernels (inductor's
+              metrics) plus the extern calls (matmuls, attention) the compiled step makes per run,
+              and the compile seconds. On the CPU the C++ backend fuses a little differently from
+              CUDA's Triton backend: a proxy for the GPU's count.
+The continuous mode runs once per codec placement (``--codec-modes``, default thread,process): the
+codec in the engine's thread vs in its own process, each against the same static figure.
 Random weights cost the same compute as the checkpoint. Figures are for comparing within one run.
 """
 
@@ -33,13 +43,14 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from stream_workers.engine.base import SynthesisInput
-from stream_workers.engine.s1mini.codec import CodecDecoder
+from stream_workers.engine.s1mini.codec_runner import CodecSpec, ThreadCodec
 from stream_workers.engine.s1mini.config import (
     S1MiniSettings,
     s1mini_codec_config,
@@ -53,6 +64,8 @@ from stream_workers.engine.s1mini.generate import GenerateStats, RowRequest, gen
 from stream_workers.engine.s1mini.model import DualARTransformer
 from stream_workers.engine.s1mini.slots import SlotDecoder
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
+
+from .s1mini_ops import count_step_ops
 
 FRAME_RATE = 44100 / 2048  # code frames per second of audio
 
@@ -229,6 +242,47 @@ def bench_proxies(model, tok, ccfg, dev, steps, prompt_len, temperature, capacit
     return res
 
 
+# ---------------------------------------------------------------------------------------------- ops / kernels
+def bench_ops(batch_sizes=(1, 8, 64)) -> dict:
+    out = {str(b): count_step_ops(b) for b in batch_sizes}
+    out["method"] = ("meta device, bf16, real S1-mini shapes, KV bucket 512; cuda_eager counts SDPA and "
+                     "aten._fused_rms_norm as one operator each (one kernel each on CUDA), decomposed counts every aten op")
+    print(json.dumps({b: (r["cuda_eager"], r["decomposed"]) for b, r in out.items() if b != "method"}), flush=True)
+    return out
+
+
+def bench_kernels(model, tok, ccfg, dev, prompt_len, capacity) -> dict:
+    """Inductor on the real-shape step at batch 1: generated kernels + extern calls per step, compile s."""
+    import torch._inductor.metrics as metrics
+
+    dec = SlotDecoder(model, end_token_id=tok.im_end_id, residual_vocab=ccfg.codebook_size, slots=1,
+                      capacity=capacity, use_graphs=False)
+    dec.add([(make_rows(model.config, 1, prompt_len, 64, 0.8)[0], 0)])
+    kvb = dec._bucket()[1]
+    args = (dec.model, dec.head, dec.state, dec.cache_k, dec.cache_v, dec.fast_k, dec.fast_v, dec.consts, kvb)
+    torch._dynamo.reset()
+    metrics.reset()
+    comp = torch.compile(decode_step, fullgraph=True, dynamic=False)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        comp(*args)
+    compile_s = time.perf_counter() - t0
+    generated = metrics.generated_kernel_count
+    with torch.no_grad():
+        comp(*args)
+        extern = aten_ops(lambda: comp(*args))  # what the compiled graph still calls as aten ops
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            comp(*args)
+        sync(dev)
+    res = {"batch_size": 1, "kv_bucket": kvb, "compile_s": compile_s, "generated_kernels": generated,
+           "extern_calls_per_step": extern, "kernels_per_step": generated + extern,
+           "ms_per_step": 1000 * (time.perf_counter() - t0) / 5}
+    print(json.dumps(res), flush=True)
+    return res
+
+
 # ---------------------------------------------------------------------------------------------- continuous
 class _NoteEngine(S1MiniEngine):
     """The engine with each note's frame count fixed by the benchmark (random weights rarely stop)."""
@@ -244,6 +298,7 @@ class _NoteEngine(S1MiniEngine):
 def bench_continuous(settings, tok, n_requests, rate, slots, static_audio_s_per_s, seed):
     rng = random.Random(seed)
     eng = _NoteEngine(settings, tokenizer=tok)
+    codec_mode = type(eng.codec_runner).__name__
     try:
         eng.wait_ready()
         notes = [rng.uniform(1.0, 20.0) for _ in range(n_requests)]
@@ -272,7 +327,7 @@ def bench_continuous(settings, tok, n_requests, rate, slots, static_audio_s_per_
         tta = sorted(r.extra["seconds_in_engine"] for r in ok)
         st = eng.stats
         res = {
-            "requests": n_requests, "ok": len(ok), "arrival_rate_per_s": rate, "slots": slots,
+            "codec": codec_mode, "requests": n_requests, "ok": len(ok), "arrival_rate_per_s": rate, "slots": slots,
             "wall_s": t_end - t_start, "audio_s": audio, "audio_s_per_s": audio / (t_end - t_start),
             "mean_live_slots": st.row_steps / max(1, st.steps), "decode_steps": st.steps,
             "codec_batches": st.codec_batches, "codec_rows_per_batch": st.codec_rows / max(1, st.codec_batches),
@@ -292,21 +347,39 @@ def bench_continuous(settings, tok, n_requests, rate, slots, static_audio_s_per_
         eng.close()
 
 
+def bench_tiny_continuous(args) -> dict:
+    """The continuous-vs-static proxy on the tiny configuration (a CPU can run it quickly): the static
+    step at batch 1..8 (60 steps each), then the engine with Poisson arrivals per codec placement."""
+    cfg, tok, ccfg = configs(True)
+    model = DualARTransformer(cfg, tok.semantic_begin_id, tok.semantic_end_id).init_random(0).eval()
+    with torch.no_grad():
+        static = bench_static(model, tok, ccfg, torch.device("cpu"), [1, 2, 4, 8], 60, 32, 0.8, 512, use_graphs=False)
+    top = static["results"][-1]["audio_s_per_s"]
+    out: dict = {"config": "tiny", "slots": 8, "static": static}
+    for codec_mode in args.codec_modes.split(","):
+        s = S1MiniSettings(random_init=True, device="cpu", model_config=cfg, codec_config=ccfg, slots=8, kv_capacity=512,
+                           max_new_tokens=440, on_max_tokens="truncate", codec_batch_size=8, codec_process=codec_mode)
+        out[codec_mode] = {label: bench_continuous(s, tok, 48, load * top / 10.5, 8, top, seed=0) | {"load": load}
+                           for label, load in (("saturated", args.saturate), ("at_load", args.load))}
+    out["steady_vs_static"] = {m: out[m]["saturated"]["steady_vs_static_largest_bucket"] for m in args.codec_modes.split(",")}
+    print(json.dumps({"tiny_steady_vs_static": out["steady_vs_static"]}), flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- codec
 def bench_codec(ccfg, dev, batch, frames, dtype_names):
+    """Each codec dtype (codec_runner.CODEC_DTYPES) on the same random codes: audio-s/s and the error
+    against the first (float32). On CUDA each runs on the runner's own stream, as the engine runs it."""
     g = torch.Generator().manual_seed(1)
     codes = [torch.cat([torch.randint(0, ccfg.semantic_codebook_size, (1, frames), generator=g),
                         torch.randint(0, ccfg.codebook_size, (ccfg.n_codebooks, frames), generator=g)]) for _ in range(batch)]
     out, ref = {"batch": batch, "frames_per_row": frames}, None
     for name in dtype_names:
-        dt = resolve_dtype(name, dev)
-        with torch.device(dev):
-            codec = CodecDecoder(ccfg)
-        codec.init_random(0).to(dtype=dt).eval()
-        codec.decode_rows(codes[:1], 1)
+        runner = ThreadCodec(CodecSpec(ccfg, str(dev), name, None, seed=0))
+        runner.decode(codes[:1], 1)
         sync(dev)
         t0 = time.perf_counter()
-        audio = torch.stack(codec.decode_rows(codes, batch))
+        audio = torch.stack(runner.decode(codes, batch))
         sync(dev)
         dt_s = time.perf_counter() - t0
         e = {"audio_s_per_s": batch * frames / FRAME_RATE / dt_s, "seconds": dt_s}
@@ -317,7 +390,7 @@ def bench_codec(ccfg, dev, batch, frames, dtype_names):
             e["max_abs_err_vs_first"] = err.abs().max().item()
             e["snr_db_vs_first"] = 10 * math.log10(ref.double().pow(2).mean().item() / max(err.pow(2).mean().item(), 1e-30))
         out[name] = e
-        del codec
+        del runner
     print(json.dumps(out), flush=True)
     return out
 
@@ -328,10 +401,15 @@ def child_startup(args) -> int:
     t0 = float(os.environ["S1MINI_BENCH_T0"])
     cfg, tok, ccfg = configs(args.tiny)
     s = S1MiniSettings(random_init=True, device=args.device, dtype=args.dtype, model_config=cfg, codec_config=ccfg,
-                       slots=args.slots, kv_capacity=args.capacity)
+                       slots=args.slots, kv_capacity=args.capacity, compile=args.compile or None,
+                       compile_cache_dir=os.environ.get("S1MINI_BENCH_CACHE"))
     eng = S1MiniEngine(s, tokenizer=tok)
     eng.wait_ready()
+    times = eng.decoder.warm_up_times
     print(json.dumps({"process_to_ready_s": time.time() - t0, "load_s": eng.load_s, "warm_up_s": eng.warm_up_s,
+                      "ready": eng.ready and eng.warm_up_s is not None, "compiled": eng.decoder.compiled,
+                      "bucket_pairs": len(eng.decoder.buckets) * len(eng.decoder.kv_buckets), "pairs_warmed": len(times),
+                      "per_pair_s": {f"{b}x{k}": t for (b, k), t in times.items()},
                       "graphs": len(eng.decoder._graphs), "slots": eng.slots}))
     eng.close()
     return 0
@@ -339,12 +417,18 @@ def child_startup(args) -> int:
 
 def bench_startup(args) -> dict:
     cmd = [sys.executable, "-m", "ops.bench.s1mini", "--child-startup", "--device", args.device, "--dtype", args.dtype,
-           "--slots", str(args.slots), "--capacity", str(args.capacity)] + (["--tiny"] if args.tiny else [])
-    env = dict(os.environ, S1MINI_BENCH_T0=repr(time.time()))
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=1800)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    print(json.dumps(res), flush=True)
-    return res
+           "--slots", str(args.slots), "--capacity", str(args.capacity)] + (["--tiny"] if args.tiny else []) \
+        + (["--compile"] if args.compile else [])
+    res: dict = {}
+    # with --compile: a cold start (empty inductor cache), then a restart reusing the on-disk cache
+    runs = ("cold", "warm_cache") if args.compile else ("start",)
+    with tempfile.TemporaryDirectory() as cache:
+        for run in runs:
+            env = dict(os.environ, S1MINI_BENCH_T0=repr(time.time()), S1MINI_BENCH_CACHE=cache, TORCHINDUCTOR_CACHE_DIR=cache)
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=3600)
+            res[run] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(json.dumps({run: res[run]}), flush=True)
+    return res if args.compile else res["start"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--rounds", type=int, default=3, help="proxies: alternating old/new timing rounds")
     ap.add_argument("--inductor", action="store_true", help="proxies: also torch.compile the step with inductor")
+    ap.add_argument("--codec-modes", default="thread,process", help="continuous: codec placements to run (thread, process)")
+    ap.add_argument("--compile", action="store_true", help="startup: the compiled step (inductor) per bucket pair")
     ap.add_argument("--requests", type=int, default=None, help="continuous: notes (default cpu 48, cuda 400)")
     ap.add_argument("--load", type=float, default=0.7, help="continuous: arrival rate (latency run) as a fraction of the static largest bucket")
     ap.add_argument("--saturate", type=float, default=3.0, help="continuous: arrival rate of the throughput run, same unit")
@@ -411,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps, "prompt_len": prompt_len, "temperature": args.temperature, "build_s": build_s,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if "ops" in modes:
+        report["eager_ops_per_step"] = bench_ops()
     with torch.no_grad():
         if "static" in modes:
             report["static"] = bench_static(model, tok, ccfg, dev, batch_sizes, steps, prompt_len, args.temperature,
@@ -418,25 +506,31 @@ def main(argv: list[str] | None = None) -> int:
         if "proxies" in modes:
             report["proxies"] = bench_proxies(model, tok, ccfg, dev, steps, prompt_len, args.temperature, args.capacity,
                                               args.inductor, args.rounds)
+    if "kernels" in modes:
+        report["inductor_kernels"] = bench_kernels(model, tok, ccfg, dev, prompt_len, args.capacity)
     del model
     if "continuous" in modes:
         static = [r for r in report.get("static", {}).get("results", []) if "error" not in r]
         top = max(static, key=lambda r: r["batch_size"]) if static else None
         static_audio = top["audio_s_per_s"] if top else None
-        s = S1MiniSettings(random_init=True, device=args.device, dtype=args.dtype, model_config=cfg, codec_config=ccfg,
-                           slots=args.slots, kv_capacity=max(args.capacity, 480 + prompt_len), max_new_tokens=440,
-                           on_max_tokens="truncate", codec_batch_size=8)
         report["continuous"] = {}
-        # arrivals at a fraction of what the largest static bucket sustains (mean note 10.5 s): above 1
-        # the slots stay full (throughput); below 1 the queue stays short (time to audio)
-        for label, load in (("saturated", args.saturate), ("at_load", args.load)):
-            rate = (load * static_audio / 10.5) if static_audio else 1.0
-            report["continuous"][label] = bench_continuous(
-                s, tok, args.requests or (48 if cpu else 400), rate, args.slots, static_audio, seed=0
-            ) | {"load": load}
+        for codec_mode in args.codec_modes.split(","):
+            s = S1MiniSettings(random_init=True, device=args.device, dtype=args.dtype, model_config=cfg, codec_config=ccfg,
+                               slots=args.slots, kv_capacity=max(args.capacity, 480 + prompt_len), max_new_tokens=440,
+                               on_max_tokens="truncate", codec_batch_size=8, codec_process=codec_mode, compile=False)
+            part = report["continuous"][codec_mode] = {}
+            # arrivals at a fraction of what the largest static bucket sustains (mean note 10.5 s): above 1
+            # the slots stay full (throughput); below 1 the queue stays short (time to audio)
+            for label, load in (("saturated", args.saturate), ("at_load", args.load)):
+                rate = (load * static_audio / 10.5) if static_audio else 1.0
+                part[label] = bench_continuous(
+                    s, tok, args.requests or (48 if cpu else 400), rate, args.slots, static_audio, seed=0
+                ) | {"load": load}
+    if "tiny_continuous" in modes:
+        report["tiny_continuous"] = bench_tiny_continuous(args)
     if "codec" in modes:
         report["codec"] = bench_codec(ccfg, dev, args.codec_batch or (2 if cpu else 16), args.codec_frames or (8 if cpu else 256),
-                                      ["float32", "bfloat16"])
+                                      ["float32", "bfloat16", "bf16-autocast"])
     if "startup" in modes:
         report["startup"] = bench_startup(args)
     out.parent.mkdir(parents=True, exist_ok=True)

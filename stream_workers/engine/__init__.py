@@ -42,6 +42,8 @@ def build_engine(settings: EngineSettings) -> SpeechEngine:
             on_max_tokens=settings.s1mini_on_max_tokens,
             codec_config=_codec_config(settings.s1mini_checkpoint_dir),
             compile=settings.s1mini_compile,
+            compile_cache_dir=str(settings.s1mini_compile_cache_dir) if settings.s1mini_compile_cache_dir else None,
+            codec_process=settings.s1mini_codec_process,
             slots=settings.s1mini_slots,
             kv_capacity=settings.s1mini_kv_capacity,
             prefill_tokens=settings.s1mini_prefill_tokens,
