@@ -359,7 +359,8 @@ def _cmd_projection(args: argparse.Namespace) -> int:
     print(f"replayed {report.requests} requests and {report.completions} completions "
           f"({report.skipped_expired} past their TTL skipped, {report.undecodable} undecodable); restored "
           f"{report.batches} batch records ({report.batches_incomplete} incomplete batches left out) and "
-          f"{report.idempotency_keys} Idempotency-Key answers")
+          f"{report.idempotency_keys} Idempotency-Key answers and {report.webhook_states} webhook states "
+          f"(from {report.webhook_outcomes} delivery outcomes)")
     return EXIT_OK
 
 

@@ -5,7 +5,8 @@ retained request and completion through the same StatusProjector the workers use
 in an empty Redis (or repairs a partial one: transitions only move forward, so the replay order and
 records already present do not matter). Events older than the record TTL are skipped, as their
 records would already have expired. The replay also restores the batch records and Idempotency-Key
-answers the request events describe (stream_workers/restoration.py); not rate-limit buckets. The completion
+answers the request events describe, and each job's webhook delivery state from the webhook deliveries topic
+(stream_workers/restoration.py); not rate-limit buckets. The completion
 worker runs the same replay by itself when Redis comes back empty (stream_workers/projection.py).
 """
 

@@ -22,7 +22,16 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import DecodeError, EncodeError, SchemaError
-from schemas.events import EVENT_TYPES, DeadLetter, E, JobCompletion, SpeechSegment, SynthesisRequest, SynthesisResult
+from schemas.events import (
+    EVENT_TYPES,
+    DeadLetter,
+    E,
+    JobCompletion,
+    SpeechSegment,
+    SynthesisRequest,
+    SynthesisResult,
+    WebhookDelivery,
+)
 from schemas.registry import SchemaRegistry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -36,6 +45,7 @@ SCHEMA_FILES = {
     "JobCompletion": "job_completion.avsc",
     "DeadLetter": "dead_letter.avsc",
     "SpeechSegment": "speech_segment.avsc",
+    "WebhookDelivery": "webhook_delivery.avsc",
 }
 
 
@@ -107,6 +117,9 @@ class AvroCodec(Generic[E]):
                  registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
     @overload
     def __init__(self: AvroCodec[SpeechSegment], name: Literal["SpeechSegment"], *,
+                 registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
+    @overload
+    def __init__(self: AvroCodec[WebhookDelivery], name: Literal["WebhookDelivery"], *,
                  registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
     @overload
     def __init__(self, name: str, *, registry: SchemaRegistry | None = None, subject: str | None = None) -> None: ...
@@ -209,3 +222,4 @@ class Codecs:
         self.completion = AvroCodec("JobCompletion", registry=registry)
         self.dead_letter = AvroCodec("DeadLetter", registry=registry)
         self.segment = AvroCodec("SpeechSegment", registry=registry)
+        self.webhook_delivery = AvroCodec("WebhookDelivery", registry=registry)

@@ -197,8 +197,33 @@ class SpeechSegment(Event):
     emitted_at: int
 
 
+# WebhookDelivery.status: the job's webhook state after the attempt (the job record's webhook.status, less
+# ``pending``, which is the state before any attempt).
+WEBHOOK_DELIVERED = "delivered"
+WEBHOOK_RETRYING = "retrying"
+WEBHOOK_FAILED = "failed"
+WEBHOOK_REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookDelivery(Event):
+    """The outcome of one webhook delivery attempt (voicenote.webhooks.deliveries.v1, keyed by job_id): what the
+    projection rebuild restores a job's webhook state from after Redis lost it."""
+
+    SCHEMA: ClassVar[str] = "WebhookDelivery"
+
+    job_id: str
+    webhook_id: str
+    status: str
+    attempt: int
+    attempted_at: int
+    status_code: int | None = None
+    error: str | None = None
+    next_attempt_at: int | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {cls.SCHEMA: cls for cls in (SynthesisRequest, SynthesisResult, JobCompletion, DeadLetter,
-                                                                    SpeechSegment)}
+                                                                    SpeechSegment, WebhookDelivery)}
 
 E = TypeVar("E", bound=Event)
 

@@ -56,11 +56,13 @@ class TopicCatalog:
     dead_letter: TopicSpec
     webhook_retries: tuple[TopicSpec, ...] = ()
     webhook_dead_letter: TopicSpec | None = None
+    webhook_deliveries: TopicSpec | None = None  # every delivery attempt's outcome: the durable webhook state
     family_requests: tuple[tuple[str, TopicSpec], ...] = ()  # (family, topic) of the families beyond the CPU one
     segments: TopicSpec | None = None  # streaming jobs' audio, segment by segment
 
     def all(self) -> list[TopicSpec]:
-        webhooks = [*self.webhook_retries, *([self.webhook_dead_letter] if self.webhook_dead_letter else [])]
+        webhooks = [*self.webhook_retries, *([self.webhook_dead_letter] if self.webhook_dead_letter else []),
+                    *([self.webhook_deliveries] if self.webhook_deliveries else [])]
         return [self.requests, *(spec for _, spec in self.family_requests), self.audio, self.completions, self.dead_letter,
                 *webhooks, *([self.segments] if self.segments else [])]
 
@@ -148,5 +150,14 @@ def build_catalog(*, prefix: str = "", request_partitions: int = 24, partitions:
             retention_ms=30 * DAY_MS,
             doc="Webhook deliveries that failed every attempt or were refused; the value is the completion, "
                 "the webhook-log header lists every attempt.",
+        ),
+        webhook_deliveries=TopicSpec(
+            f"{prefix}voicenote.webhooks.deliveries.v1",
+            partitions,
+            "WebhookDelivery",
+            # As long as the completions: every job the projection rebuild restores gets its webhook state back too.
+            retention_ms=14 * DAY_MS,
+            doc="The outcome of every webhook delivery attempt (delivered, retrying, failed, refused), keyed by job_id: "
+                "the durable record of each job's webhook state, which `voicenote projection rebuild` restores into Redis.",
         ),
     )

@@ -9,8 +9,10 @@ built. A worker that dies mid-rebuild lets its lease expire and another one star
 only move forward, so a rebuild running alongside the live agents, or twice, changes nothing.
 
 The same replay restores what the API kept beside the job records: batch records and Idempotency-Key
-answers, rebuilt from the request events (stream_workers/restoration.py). Rate-limit buckets are not
-rebuilt: a bucket that starts full again after a loss is accepted.
+answers, rebuilt from the request events; and each job's webhook delivery state (delivered, retrying, failed,
+refused, with its attempts), from the outcomes the webhooks worker records on the deliveries topic
+(stream_workers/restoration.py). Rate-limit buckets are not rebuilt: a bucket that starts full again after a
+loss is accepted.
 
 Until the rebuild is done, jobs finished before the loss answer 404 and new ones are projected as
 usual. `voicenote projection rebuild` runs the same replay by hand.
@@ -27,9 +29,9 @@ from typing import Any
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
-from schemas.events import SynthesisRequest
+from schemas.events import SynthesisRequest, WebhookDelivery
 from stream_workers.completion import StatusProjector
-from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers
+from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
 from voicenote.jobstore import JobStore
 from voicenote.kafka import read_to_end
 from voicenote.links import Links
@@ -49,28 +51,32 @@ class RebuildReport:
     batches: int = 0  # batch records restored
     batches_incomplete: int = 0  # batch ids on requests without a whole batch to restore (see restoration.py)
     idempotency_keys: int = 0  # Idempotency-Key answers restored (a key in use again since the loss keeps its own)
+    webhook_outcomes: int = 0  # webhook delivery outcomes replayed (voicenote.webhooks.deliveries.v1)
+    webhook_states: int = 0  # jobs whose webhook state was restored (one recorded since the loss, or newer, is kept)
 
 
 READ_TIMEOUT_SECONDS = 300.0  # reading one topic to its end; past it the rebuild fails (a partial count never passes)
 
 
-def read_topic(settings: Settings, topic: str, *, timeout: float = READ_TIMEOUT_SECONDS) -> Iterator[bytes | None]:
+def read_topic(settings: Settings, topic: str, *, timeout: float = READ_TIMEOUT_SECONDS,
+               missing_ok: bool = False) -> Iterator[bytes | None]:
     """The value of every retained record of ``topic``, all partitions, up to each partition's end as it was
     when reading began (voicenote.kafka.read_to_end: exact, or DependencyUnavailable after ``timeout``)."""
-    for msg in read_to_end(settings.kafka, topic, timeout=timeout, group_prefix="voicenote-rebuild"):
+    for msg in read_to_end(settings.kafka, topic, timeout=timeout, group_prefix="voicenote-rebuild", missing_ok=missing_ok):
         yield msg.value()
 
 
-def _read_all(settings: Settings, topic: str, timeout: float) -> list[bytes | None]:
-    return list(read_topic(settings, topic, timeout=timeout))
+def _read_all(settings: Settings, topic: str, timeout: float, missing_ok: bool = False) -> list[bytes | None]:
+    return list(read_topic(settings, topic, timeout=timeout, missing_ok=missing_ok))
 
 
 async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = None, *,
                   progress: Callable[[RebuildReport], None] | None = None,
                   timeout: float = READ_TIMEOUT_SECONDS) -> RebuildReport:
     """Replay every model family's request topic and the completion topic, from their beginning up to their
-    end as it was when the read of each began, into the projection, then restore the batch records and
-    Idempotency-Key answers the requests describe; ``progress`` ticks once per record applied. Reading a
+    end as it was when the read of each began, into the projection, then restore the jobs' webhook states from the
+    deliveries topic and the batch records and Idempotency-Key answers the requests describe; ``progress`` ticks
+    once per record applied. Reading a
     topic takes at most ``timeout`` seconds, else DependencyUnavailable: the count is exact or the rebuild fails."""
     catalog = settings.kafka.catalog()
     codecs = codecs or Codecs()
@@ -106,8 +112,38 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
             if progress is not None:
                 for _ in chunk:  # one tick per record applied
                     progress(report)
+    await _restore_webhook_states(settings, jobs, codecs, oldest, timeout, report, progress)
     await _restore_api_records(settings, jobs, requests, report)
     return report
+
+
+async def _restore_webhook_states(settings: Settings, jobs: JobStore, codecs: Codecs, oldest: int, timeout: float,
+                                  report: RebuildReport, progress: Callable[[RebuildReport], None] | None) -> None:
+    """Each job's webhook state, from the delivery outcomes the webhooks worker recorded (after the completions, whose
+    projection wrote ``pending``), onto the job records that exist; a state recorded since the loss is kept."""
+    topic = settings.kafka.catalog().webhook_deliveries
+    if topic is None:
+        return
+    # A deployment older than the topic has none yet (the workers create it at start): nothing to restore, not a failure.
+    values = await asyncio.to_thread(_read_all, settings, topic.name, timeout, True)
+    outcomes: list[WebhookDelivery] = []
+    for value in values:
+        try:
+            outcome = codecs.webhook_delivery.decode_event(value)
+        except DecodeError:
+            report.undecodable += 1
+            continue
+        if outcome.attempted_at < oldest:
+            report.skipped_expired += 1  # its job's record would already have expired
+            continue
+        outcomes.append(outcome)
+    report.webhook_outcomes = len(outcomes)
+    if progress is not None:
+        for _ in outcomes:
+            progress(report)
+    states = webhook_states(outcomes)
+    for start in range(0, len(states), _CHUNK):
+        report.webhook_states += await jobs.restore_webhooks(states[start:start + _CHUNK])
 
 
 async def _restore_api_records(settings: Settings, jobs: JobStore, requests: list[SynthesisRequest], report: RebuildReport) -> None:
@@ -145,7 +181,9 @@ class ProjectionGuard:
         await self._jobs.set_projection_epoch(f"built:{time.time_ns()}")
         self.rebuilds += 1
         log.warning("projection rebuilt in %.1fs: %d requests, %d completions (%d past their TTL, %d undecodable), "
-                    "%d batch records (%d incomplete batches left out), %d Idempotency-Key answers",
+                    "%d batch records (%d incomplete batches left out), %d Idempotency-Key answers, %d webhook states "
+                    "(from %d delivery outcomes)",
                     time.monotonic() - started, report.requests, report.completions, report.skipped_expired, report.undecodable,
-                    report.batches, report.batches_incomplete, report.idempotency_keys)
+                    report.batches, report.batches_incomplete, report.idempotency_keys, report.webhook_states,
+                    report.webhook_outcomes)
         return report

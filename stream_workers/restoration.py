@@ -1,7 +1,8 @@
-"""What the API keeps in Redis beside the job records, rebuilt from the request events after Redis lost it:
-batch records and Idempotency-Key answers (the projection rebuild writes them, stream_workers/projection.py).
+"""What Redis kept beside the job records' status, rebuilt from the events after Redis lost it: batch records and
+Idempotency-Key answers (from the request events), and each job's webhook delivery state (from the webhooks worker's
+delivery outcomes). The projection rebuild writes them (stream_workers/projection.py).
 
-Pure functions over decoded request events.
+Pure functions over decoded events.
 
 - A batch record (``GET /v1/batches/{id}``): the API publishes every item of a batch with the batch's id, its
   owner (``attributes.owner``), the batch's creation time, the item's position and the batch's size
@@ -13,6 +14,9 @@ Pure functions over decoded request events.
   URL, the estimate it answered with and the ignored parameters), valid until the request's time plus
   ``api.idempotency_ttl_seconds``. A batch's answer needs the whole batch. When one key has several answers
   (it was used again after Redis lost the first one), the latest is kept: the one Redis held.
+- A job's webhook state (``webhook.status`` / ``attempts`` / ``last_error``): the webhooks worker publishes every
+  attempt's outcome (``WebhookDelivery``) before the job record shows it. Folded by the rule the job store applies
+  live (``delivered`` is final, the attempt count never goes down), the outcomes of a job give the state Redis held.
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import BATCH_INDEX_ATTRIBUTE, BATCH_SIZE_ATTRIBUTE, REPLAY_OF_ATTRIBUTE, SynthesisRequest
+from schemas.events import (
+    BATCH_INDEX_ATTRIBUTE,
+    BATCH_SIZE_ATTRIBUTE,
+    REPLAY_OF_ATTRIBUTE,
+    WEBHOOK_DELIVERED,
+    SynthesisRequest,
+    WebhookDelivery,
+)
 from voicenote.idempotency import ASYNC, BATCH, ESTIMATE_ATTRIBUTE, KEY_ATTRIBUTE, SPEECH, IdempotencyMark, KeptAnswer
-from voicenote.jobstore import BatchRecord
+from voicenote.jobstore import BatchRecord, WebhookState
 from voicenote.links import Links
 
 log = logging.getLogger(__name__)
@@ -168,3 +179,16 @@ def idempotency_answers(requests: Iterable[SynthesisRequest], batches: Iterable[
             latest[(owner, mark.key_sha256)] = kept
     found.kept = list(latest.values())
     return found
+
+
+def webhook_states(deliveries: Iterable[WebhookDelivery]) -> list[WebhookState]:
+    """Each job's webhook state after the outcomes ``deliveries`` (in topic order; one job's are on one partition, in
+    order), by the job store's rule: ``delivered`` is final, and an outcome of an earlier attempt than the one held
+    changes nothing (a redelivered record, an attempt repeated after a dispatcher was killed)."""
+    held: dict[str, WebhookState] = {}
+    for outcome in deliveries:
+        current = held.get(outcome.job_id)
+        if current is not None and (current.status == WEBHOOK_DELIVERED or outcome.attempt < current.attempts):
+            continue
+        held[outcome.job_id] = WebhookState(outcome.job_id, outcome.status, outcome.attempt, outcome.error or "")
+    return list(held.values())

@@ -37,9 +37,11 @@ for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 0
 """
 
-# Webhook delivery state, kept in the job hash. KEYS[1]: job hash. ARGV: status, attempts, last error, ttl.
+# Webhook delivery state, kept in the job hash. KEYS[1]: job hash. ARGV: status, attempts, last error, ttl, and
+# '1' to write only onto a record that exists (the rebuild: a job past its TTL does not come back as a bare state).
 # 'delivered' is final and the attempt count never goes down, so a redelivered old attempt changes nothing.
 _WEBHOOK = """
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'webhook_status')
 if cur == 'delivered' then return 0 end
 if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[1], 'webhook_attempts') or '0') then return 0 end
@@ -129,7 +131,8 @@ class JobStore:
     async def record_webhook(self, job_id: str, status: str, attempts: int, last_error: str = "") -> bool:
         """Record the webhook delivery state of ``job_id`` (pending, retrying, delivered, failed, refused)."""
         try:
-            result = await self._webhook(keys=[self.job_key(job_id)], args=[status, attempts, last_error, self._ttl])
+            state = WebhookState(job_id, status, attempts, last_error)
+            result = await self._webhook(keys=[self.job_key(job_id)], args=self._webhook_args(state))
         except RedisError as exc:
             raise JobStoreError(f"cannot record webhook state of job {job_id}: {exc}") from exc
         return bool(result)
@@ -145,12 +148,30 @@ class JobStore:
                     await self._transition(keys=self._transition_keys(t.job_id), args=self._transition_args(t.status, t.fields),
                                            client=pipe)
                 for w in webhooks:
-                    await self._webhook(keys=[self.job_key(w.job_id)], args=[w.status, w.attempts, w.last_error, self._ttl],
-                                        client=pipe)
+                    await self._webhook(keys=[self.job_key(w.job_id)], args=self._webhook_args(w), client=pipe)
                 results = await pipe.execute()
         except RedisError as exc:
             raise JobStoreError(f"cannot record {len(transitions)} transitions and {len(webhooks)} webhook states: {exc}") from exc
         return [bool(r) for r in results[: len(transitions)]]
+
+    async def restore_webhooks(self, states: Sequence[WebhookState]) -> int:
+        """Write back webhook states Redis lost (the projection rebuild, in one round trip), by the live rule
+        (``delivered`` is final, the attempt count never goes down), so a state recorded since the loss is kept; and
+        only onto a job record that exists: a job past its TTL does not come back as a bare webhook state. The
+        number written."""
+        if not states:
+            return 0
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for w in states:
+                    await self._webhook(keys=[self.job_key(w.job_id)], args=self._webhook_args(w, existing_only=True), client=pipe)
+                written = await pipe.execute()
+        except RedisError as exc:
+            raise JobStoreError(f"cannot restore {len(states)} webhook states: {exc}") from exc
+        return sum(1 for ok in written if ok)
+
+    def _webhook_args(self, w: WebhookState, *, existing_only: bool = False) -> list[Any]:
+        return [w.status, w.attempts, w.last_error, self._ttl, "1" if existing_only else "0"]
 
     def _transition_keys(self, job_id: str) -> list[str]:
         return [self.job_key(job_id), self.done_channel(job_id)]

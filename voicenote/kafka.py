@@ -224,7 +224,7 @@ OFFSET_BEGINNING = -2
 
 def read_to_end(settings: KafkaSettings, topic: str, *, starts: Mapping[int, int] | None = None,
                 stops: Mapping[int, int] | None = None, timeout: float = 300.0,
-                group_prefix: str = "voicenote-read") -> Iterator[Message]:
+                group_prefix: str = "voicenote-read", missing_ok: bool = False) -> Iterator[Message]:
     """Every record of ``topic`` from ``starts`` (per partition; default every partition from its beginning)
     up to the partition's end as it was when reading began, without joining a group (blocking).
 
@@ -234,7 +234,7 @@ def read_to_end(settings: KafkaSettings, topic: str, *, starts: Mapping[int, int
     (docs/architecture.md). Records written after that are not read, and a partition also ends at its
     ``stops`` offset (exclusive) or at partition EOF. Reading waits for every partition's end however
     long the broker takes to answer, up to ``timeout`` seconds in all: past it, DependencyUnavailable
-    (never a silent partial read).
+    (never a silent partial read). A topic that does not exist is an error, or reads as empty with ``missing_ok``.
     """
     consumer = Consumer({**settings.client_config(), "group.id": f"{group_prefix}-{time.time_ns()}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
@@ -242,6 +242,8 @@ def read_to_end(settings: KafkaSettings, topic: str, *, starts: Mapping[int, int
     try:
         meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
         if meta is None or meta.error is not None:
+            if missing_ok:
+                return
             raise DependencyUnavailable("kafka", f"topic {topic} does not exist (create it with `voicenote topics create`)")
         wanted = sorted(starts) if starts is not None else sorted(meta.partitions)
         ends: dict[int, int] = {}  # partition -> the end taken at the start (exclusive)

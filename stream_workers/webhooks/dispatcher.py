@@ -6,6 +6,10 @@ head is always the next due; the dispatcher pauses that partition until then (se
 and keeps serving every other partition. After the last attempt, or at once when the policy refuses the
 URL, the completion goes to the webhook dead-letter topic with every attempt listed.
 
+Every attempt's outcome (delivered, retrying, failed, refused) is published on the deliveries topic, keyed by
+job_id, before the job record shows it: Redis holds the job's webhook state, the topic the record of it that
+outlives Redis (``voicenote projection rebuild`` restores the state from it, stream_workers/projection.py).
+
 Each partition has its own worker task, which takes that partition's records one at a time: a slow or
 hanging receiver holds up its own partition (up to the attempt timeout), not the others, and offsets
 are stored in order.
@@ -28,7 +32,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
-from schemas.events import DeadLetter, JobCompletion
+from schemas.events import (
+    WEBHOOK_DELIVERED,
+    WEBHOOK_FAILED,
+    WEBHOOK_REFUSED,
+    WEBHOOK_RETRYING,
+    DeadLetter,
+    JobCompletion,
+    WebhookDelivery,
+)
 from schemas.topics import TopicCatalog
 from stream_workers.metrics import WebhookMetrics
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
@@ -65,7 +77,8 @@ class WebhookDispatcher:
     def __init__(self, settings: Settings, catalog: TopicCatalog, codecs: Codecs, jobs: JobStore, sender: WebhookSender,
                  producer: AsyncProducer, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
                  max_queued: int = 64, metrics: WebhookMetrics | None = None) -> None:
-        assert catalog.webhook_dead_letter is not None and catalog.webhook_retries
+        assert catalog.webhook_dead_letter is not None and catalog.webhook_retries and catalog.webhook_deliveries is not None
+        self._deliveries = catalog.webhook_deliveries.name
         self._hooks: WebhookSettings = settings.webhooks
         self._catalog = catalog
         self._codecs = codecs
@@ -262,28 +275,40 @@ class WebhookDispatcher:
         history.append({"attempt": attempt, "at": self._now_ms(), "status_code": outcome.status_code,
                         "result": outcome.summary})
         if outcome.ok:
-            await self._jobs.record_webhook(job_id, "delivered", attempt)
-            self._metrics.outcome("delivered")
+            await self._record(job_id, WEBHOOK_DELIVERED, attempt, outcome)
+            self._metrics.outcome(WEBHOOK_DELIVERED)
             return
         if outcome.permanent or attempt >= self._hooks.attempts:
-            state = "refused" if outcome.permanent else "failed"
+            state = WEBHOOK_REFUSED if outcome.permanent else WEBHOOK_FAILED
             reason = outcome.summary if outcome.permanent else f"{attempt} attempts failed; last: {outcome.summary}"
             await self._dead_letter(msg, {**headers, H_ATTEMPT: str(attempt).encode(), H_LOG: json.dumps(history).encode()},
                                     f"webhook_{state}", reason)
-            await self._jobs.record_webhook(job_id, state, attempt, outcome.summary)
+            await self._record(job_id, state, attempt, outcome)
             self._metrics.outcome(state)
             return
         delay = scheduled_delay(attempt, schedule=self._hooks.retry_schedule_seconds, base=self._hooks.backoff_base_seconds,
                                 cap=self._hooks.backoff_max_seconds, jitter=self._hooks.jitter, rng=self._rng)
         topic = self._retry_topics[retry_tier(attempt, len(self._retry_topics))]
+        due = self._now_ms() + int(delay * 1000)
         await self._producer.send(topic, msg.value() or b"", key=job_id.encode(), headers=[
             (H_ATTEMPT, str(attempt + 1).encode()),
-            (H_DUE, str(self._now_ms() + int(delay * 1000)).encode()),
+            (H_DUE, str(due).encode()),
             (H_LOG, json.dumps(history).encode()),
         ])
-        await self._jobs.record_webhook(job_id, "retrying", attempt, outcome.summary)
-        self._metrics.outcome("retrying")
+        await self._record(job_id, WEBHOOK_RETRYING, attempt, outcome, next_attempt_at=due)
+        self._metrics.outcome(WEBHOOK_RETRYING)
         log.info("webhook for %s failed (attempt %d: %s); retry in %.1fs via %s", job_id, attempt, outcome.summary, delay, topic)
+
+    async def _record(self, job_id: str, state: str, attempt: int, outcome: AttemptOutcome, *,
+                      next_attempt_at: int | None = None) -> None:
+        """The job's webhook state after an attempt: on the deliveries topic (acknowledged first, so what Redis shows
+        is on the topic too, and a rebuild restores it), then on the job record."""
+        error = None if outcome.ok else outcome.summary
+        event = WebhookDelivery(job_id=job_id, webhook_id=message_id(job_id), status=state, attempt=attempt,
+                                attempted_at=self._now_ms(), status_code=outcome.status_code, error=error,
+                                next_attempt_at=next_attempt_at)
+        await self._producer.send(self._deliveries, self._codecs.webhook_delivery.encode_event(event), key=job_id.encode())
+        await self._jobs.record_webhook(job_id, state, attempt, error or "")
 
     async def _dead_letter(self, msg: Message, headers: dict[str, bytes], error_type: str, error_message: str) -> None:
         assert self._catalog.webhook_dead_letter is not None

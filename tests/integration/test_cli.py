@@ -18,6 +18,7 @@ from ops.cli import main
 from ops.replay import Range, read_range
 from producer_api.auth import hash_token
 from schemas.codec import Codecs
+from schemas.events import WebhookDelivery
 from tests.integration.test_client import completion, publish_completions
 from voicenote.kafka import ensure_topics
 from voicenote.settings import Settings, to_env
@@ -203,10 +204,15 @@ def test_projection_rebuild_finishes_with_exit_0(cli, settings: Settings, topics
     codecs = Codecs()
     produce(settings, settings.kafka.catalog().requests.name, [(b"job_p1", codecs.request.encode(api_request("job_p1", "alloy")))])
     publish_completions(settings, [completion("job_p1")])
+    delivered = WebhookDelivery(job_id="job_p1", webhook_id="msg_job_p1", status="delivered", attempt=1,
+                                attempted_at=int(time.time() * 1000), status_code=200)
+    produce(settings, settings.kafka.catalog().webhook_deliveries.name,  # type: ignore[union-attr]
+            [(b"job_p1", codecs.webhook_delivery.encode_event(delivered))])
     code, out, err = cli("--progress", "on", "projection", "rebuild")
     assert code == 0, err
     assert out.startswith("replayed 1 requests and 1 completions")
-    assert "projection rebuild: 2" in err
+    assert out.rstrip().endswith("1 webhook states (from 1 delivery outcomes)")
+    assert "projection rebuild: 3" in err
 
 
 def test_projection_rebuild_counts_the_same_every_run(cli, settings: Settings, topics: None) -> None:

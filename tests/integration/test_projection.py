@@ -118,6 +118,34 @@ async def test_webhook_state_never_regresses(jobs: JobStore) -> None:
     assert await jobs._redis.ttl(jobs.job_key("job_whst")) > 0
 
 
+async def test_restored_webhook_states_keep_newer_ones_and_bring_back_no_bare_records(jobs: JobStore) -> None:
+    from voicenote.jobstore import WebhookState
+
+    projector = StatusProjector(jobs)
+    now = int(time.time() * 1000)
+    hook = "https://hooks.example/in"
+    await projector.on_completions([_completion(j, "succeeded", now, webhook_url=hook)
+                                    for j in ("job_rwpend", "job_rwlive", "job_rwnewer")])
+    # Since the loss, the live dispatcher recorded these itself: the rebuild's older outcomes must not undo them.
+    await jobs.record_webhook("job_rwlive", "delivered", 1)
+    await jobs.record_webhook("job_rwnewer", "retrying", 4, "HTTP 503")
+    written = await jobs.restore_webhooks([
+        WebhookState("job_rwpend", "delivered", 2), WebhookState("job_rwlive", "retrying", 1, "HTTP 500"),
+        WebhookState("job_rwnewer", "failed", 3, "HTTP 500"),
+        WebhookState("job_rwgone", "delivered", 1),  # its record expired (or was never projected)
+    ])
+    assert written == 1
+
+    def state(record: dict[str, str] | None) -> tuple[str, str, str]:
+        r = record or {}
+        return r.get("webhook_status", ""), r.get("webhook_attempts", ""), r.get("webhook_last_error", "")
+    assert state(await jobs.get("job_rwpend")) == ("delivered", "2", "")
+    assert state(await jobs.get("job_rwlive")) == ("delivered", "1", "")
+    assert state(await jobs.get("job_rwnewer")) == ("retrying", "4", "HTTP 503")
+    assert await jobs.get("job_rwgone") is None  # no record holding only a webhook state
+    assert await jobs.restore_webhooks([]) == 0
+
+
 async def test_rebuild_reads_every_record_of_batched_produces(settings: Settings, jobs: JobStore) -> None:
     # Regression: Tansu reports the high watermark in batches after a batched produce; the rebuild must
     # read to the partition's end, not to that watermark.

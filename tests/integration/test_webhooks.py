@@ -449,3 +449,60 @@ async def test_worker_readyz_says_it_waits_on_redis_while_redis_is_down(hook_set
         producer.close()
         if restarted is not None:
             restarted.stop()
+
+
+async def test_webhook_state_is_rebuilt_after_redis_comes_back_empty(own_redis: tuple[Settings, int], harness: Harness,
+                                                                     dispatcher: WebhookDispatcher, receiver: Receiver) -> None:
+    """Issue 25 (webhooks): after Redis came back empty, the projection rebuild put every finished job back with
+    ``webhook.status`` ``pending`` and 0 attempts, also those whose webhook had been delivered, and nothing ever
+    changed it (72 jobs in one run). The rebuild now restores each job's delivery state from the outcomes the
+    dispatcher records on the topics; the dispatcher, which reads its position from Kafka, delivers nothing again."""
+    from ops.rebuild import rebuild
+    from stream_workers.completion import StatusProjector
+
+    s, redis_port = own_redis
+    assert s is harness.settings and f":{redis_port}/" in s.redis.url  # a Redis of this test's own: flushing it is safe
+    flaky, failing = Receiver(statuses=[503]).start(), Receiver(statuses=[500] * 10).start()
+    try:
+        urls = {**{f"job_whrb_ok{i}": receiver.url for i in range(6)}, "job_whrb_flaky": flaky.url,
+                "job_whrb_dead": failing.url, "job_whrb_refused": "http://10.0.0.1/hook", "job_whrb_none": ""}
+        projector = StatusProjector(harness.jobs)
+        for job_id, url in urls.items():
+            # As the completion worker does: publish the completion, then project it (webhook pending).
+            completion = await harness.publish_completion(job_id, url)
+            await projector.on_completions([harness.codecs.completion.decode_event(harness.codecs.completion.encode(completion))])
+        final = {"delivered", "failed", "refused"}
+
+        async def settled() -> bool:
+            records = [await harness.jobs.get(job_id) for job_id, url in urls.items() if url]
+            return all((r or {}).get("webhook_status") in final for r in records)
+        await harness.until(settled)
+
+        def webhook_state(record: dict[str, str] | None) -> tuple[str | None, ...]:
+            r = record or {}
+            return (r.get("status"), r.get("webhook_status"), r.get("webhook_attempts"), r.get("webhook_last_error"))
+
+        before = {job_id: webhook_state(await harness.jobs.get(job_id)) for job_id in urls}
+        expected = {**{f"job_whrb_ok{i}": ("succeeded", "delivered", "1", "") for i in range(6)},
+                    "job_whrb_flaky": ("succeeded", "delivered", "2", ""),
+                    "job_whrb_dead": ("succeeded", "failed", "3", "HTTP 500"),
+                    "job_whrb_none": ("succeeded", None, None, None)}
+        assert {k: v for k, v in before.items() if k != "job_whrb_refused"} == expected, before
+        assert before["job_whrb_refused"][:3] == ("succeeded", "refused", "1")
+        hits = (len(receiver.received), len(flaky.received), len(failing.received))
+        assert hits == (6, 2, 3)
+
+        await harness.jobs._redis.flushdb()  # Redis comes back empty (this test's own server, nothing else on it)
+        assert await harness.jobs.get("job_whrb_ok0") is None
+
+        report = await rebuild(s, harness.jobs)
+        assert report.completions == len(urls)
+        after = {job_id: webhook_state(await harness.jobs.get(job_id)) for job_id in urls}
+        assert after == before  # not ("succeeded", "pending", "0", "") for every job with a webhook
+        assert report.webhook_states == len(urls) - 1
+
+        await asyncio.sleep(1.5)  # room for a (wrong) second delivery: the dispatcher's position is in Kafka, not Redis
+        assert (len(receiver.received), len(flaky.received), len(failing.received)) == hits
+    finally:
+        flaky.stop()
+        failing.stop()

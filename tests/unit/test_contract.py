@@ -55,3 +55,13 @@ def test_catalog_names_are_versioned_and_request_topic_has_24_partitions_by_defa
     assert catalog.requests.config()["cleanup.policy"] == "delete"
     prefixed = build_catalog(prefix="t1.")
     assert prefixed.requests.name == "t1.voicenote.requests.v1"
+
+
+def test_webhook_delivery_outcomes_have_a_topic_kept_as_long_as_the_completions() -> None:
+    catalog = build_catalog(prefix="t1.")
+    deliveries = catalog.webhook_deliveries
+    assert deliveries is not None and deliveries in catalog.all()
+    assert deliveries.name == "t1.voicenote.webhooks.deliveries.v1" and deliveries.event == "WebhookDelivery"
+    # The rebuild restores a job's webhook state only while its outcomes are retained: at least as long as the job.
+    assert deliveries.retention_ms >= catalog.completions.retention_ms
+    assert deliveries.partitions == catalog.completions.partitions

@@ -1,4 +1,5 @@
-"""Batch records and Idempotency-Key answers rebuilt from request events (stream_workers/restoration.py)."""
+"""Batch records and Idempotency-Key answers rebuilt from request events, webhook states from delivery outcomes
+(stream_workers/restoration.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 import pytest
 
 from schemas.codec import Codecs
-from schemas.events import BATCH_INDEX_ATTRIBUTE, BATCH_SIZE_ATTRIBUTE, REPLAY_OF_ATTRIBUTE, SynthesisRequest
-from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers
+from schemas.events import BATCH_INDEX_ATTRIBUTE, BATCH_SIZE_ATTRIBUTE, REPLAY_OF_ATTRIBUTE, SynthesisRequest, WebhookDelivery
+from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
 from voicenote.idempotency import (
     ASYNC,
     BATCH,
@@ -21,7 +22,7 @@ from voicenote.idempotency import (
     mark_attributes,
     record_key,
 )
-from voicenote.jobstore import BatchRecord
+from voicenote.jobstore import BatchRecord, WebhookState
 from voicenote.links import Links
 
 NOW = 1_800_000_000_000
@@ -181,3 +182,38 @@ def test_only_batch_items_and_keyed_requests_are_kept_for_restoring() -> None:
     assert describes_api_records(request("job_b", batch_id="batch_1"))
     assert describes_api_records(request("job_k", **mark("k", SPEECH).attributes()))
     assert not describes_api_records(request("job_plain"))
+
+
+# -- webhook states --------------------------------------------------------------------------------------------
+
+
+def outcome(job_id: str, status: str, attempt: int, error: str | None = None) -> WebhookDelivery:
+    return WebhookDelivery(job_id=job_id, webhook_id=f"msg_{job_id}", status=status, attempt=attempt, attempted_at=NOW,
+                           status_code=200 if status == "delivered" else 500, error=error)
+
+
+def test_webhook_states_fold_each_jobs_outcomes_by_the_job_stores_rule() -> None:
+    outcomes = [
+        outcome("job_a", "retrying", 1, "HTTP 500"), outcome("job_b", "delivered", 1),
+        outcome("job_a", "retrying", 2, "timeout"), outcome("job_a", "delivered", 3),
+        outcome("job_a", "retrying", 2, "timeout"),  # an attempt repeated after a kill: delivered stays
+        outcome("job_c", "retrying", 1, "HTTP 500"), outcome("job_c", "failed", 2, "HTTP 500"),
+        outcome("job_c", "retrying", 1, "HTTP 500"),  # a redelivered older attempt changes nothing
+        outcome("job_d", "refused", 1, "webhook_url host 10.0.0.1 is a private address"),
+        outcome("job_e", "failed", 8, "HTTP 502"), outcome("job_e", "delivered", 9),  # redriven, then delivered
+    ]
+    assert sorted(webhook_states(outcomes), key=lambda s: s.job_id) == [
+        WebhookState("job_a", "delivered", 3, ""),
+        WebhookState("job_b", "delivered", 1, ""),
+        WebhookState("job_c", "failed", 2, "HTTP 500"),
+        WebhookState("job_d", "refused", 1, "webhook_url host 10.0.0.1 is a private address"),
+        WebhookState("job_e", "delivered", 9, ""),
+    ]
+    assert webhook_states([]) == []
+
+
+def test_delivery_outcomes_round_trip_through_their_codec() -> None:
+    event = WebhookDelivery(job_id="job_rt", webhook_id="msg_job_rt", status="retrying", attempt=2, attempted_at=NOW,
+                            error="timeout", next_attempt_at=NOW + 300_000)
+    codec = Codecs().webhook_delivery
+    assert codec.decode_event(codec.encode_event(event)) == event
