@@ -243,7 +243,7 @@ def _watch_progress(app: FetchWaitApp, ctx: WorkerContext, group: str, topics: l
     async def watch_progress() -> None:
         await monitor.check()
 
-    @app.on_before_shutdown.connect  # sent once the consumer has stopped
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # sent once the consumer has stopped
     async def close_progress_reader(sender: Any, **_: Any) -> None:
         await asyncio.to_thread(monitor.close)
 
