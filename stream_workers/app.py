@@ -31,7 +31,14 @@ from stream_workers.engine.base import SpeechEngine
 from stream_workers.engine.slots import continuous
 from stream_workers.faust_driver import FetchWaitApp
 from stream_workers.kafka_security import faust_credentials
-from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, faust_consumer_lag, track_committed_offsets
+from stream_workers.metrics import (
+    CompletionMetrics,
+    ProgressMetrics,
+    SynthesisMetrics,
+    faust_consumer_lag,
+    track_committed_offsets,
+)
+from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch, faust_assignment, faust_fetched_ends
 from stream_workers.projection import ProjectionGuard
 from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
@@ -101,6 +108,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
     topic = {spec.name: app.topic(spec.name, key_type=bytes, value_type=bytes) for spec in ctx.catalog.all()}
     cat = ctx.catalog
     dlq = topic[cat.dead_letter.name]
+    progress = ProgressMetrics()
 
     async def send_dead_letter(event: Any, consumer: str, exc: DecodeError) -> Any:
         log.warning("dead-lettering %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
@@ -112,7 +120,8 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         requests = cat.requests_for(family_of(ctx.settings.engine.kind))
         log.info("synthesis consumes %s in group %s", requests.name, consumer_group(ctx, role))
         _wire_synthesis(app, ctx, engine, topic[requests.name], topic[cat.audio.name], send_dead_letter,
-                        topic[cat.segments.name] if cat.segments else None)
+                        topic[cat.segments.name] if cat.segments else None, progress)
+        _watch_progress(app, ctx, consumer_group(ctx, role), [requests.name], progress)
 
     else:
         assert ctx.jobs is not None
@@ -123,7 +132,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.page("/metrics")
         async def completion_metrics_page(web: Any, request: Any) -> Any:
-            body = completion_metrics.render() + generate_latest(CACHE_REGISTRY)
+            body = completion_metrics.render() + progress.render() + generate_latest(CACHE_REGISTRY)
             return web.bytes(body, content_type="text/plain; version=0.0.4")
 
         @app.timer(ctx.settings.synthesis.lag_interval_seconds)
@@ -217,11 +226,31 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 await projector.on_requests(requests)
                 yield None
 
+        _watch_progress(app, ctx, consumer_group(ctx, role), [cat.audio.name, *(spec.name for spec in cat.request_topics())],
+                        progress)
     return app
 
 
+def _watch_progress(app: FetchWaitApp, ctx: WorkerContext, group: str, topics: list[str], metrics: ProgressMetrics) -> None:
+    """Readiness that watches progress (stream_workers/progress.py): a round every ``worker.progress_check_seconds``."""
+    stall, leave = ctx.settings.progress_bounds()
+    monitor = ProgressMonitor(group=group, reader=GroupOffsets(ctx.settings.kafka, group), watch=ProgressWatch(stall),
+                              health=ctx.health, exit_seconds=leave, assigned=lambda: faust_assignment(app), topics=topics,
+                              gauge=metrics.seconds_since_progress.labels(group),
+                              known_ends=lambda partitions: faust_fetched_ends(app, partitions))
+
+    @app.timer(ctx.settings.worker.progress_check_seconds)
+    async def watch_progress() -> None:
+        await monitor.check()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # sent once the consumer has stopped
+    async def close_progress_reader(sender: Any, **_: Any) -> None:
+        await asyncio.to_thread(monitor.close)
+
+
 def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine, requests: Any, audio: Any,
-                    send_dead_letter: Callable[[Any, str, DecodeError], Awaitable[Any]], segments: Any = None) -> None:
+                    send_dead_letter: Callable[[Any, str, DecodeError], Awaitable[Any]], segments: Any = None,
+                    progress: ProgressMetrics | None = None) -> None:
     """The synthesis agent: a :class:`SynthesisLoop` over the request topic, plus its metrics and drain hook."""
     s = ctx.settings
     synth = Synthesizer(engine, ctx.codecs, ctx.store, s.storage, s.synthesis, ctx.jobs, cache=ctx.cache)
@@ -305,7 +334,8 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(metrics.render() + generate_latest(CACHE_REGISTRY), content_type="text/plain; version=0.0.4")
+        body = metrics.render() + (progress.render() if progress is not None else b"") + generate_latest(CACHE_REGISTRY)
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     @app.timer(s.synthesis.lag_interval_seconds)
     async def sample_lag() -> None:

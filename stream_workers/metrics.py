@@ -158,6 +158,20 @@ async def faust_consumer_lag(app: Any) -> int:
     return records_behind({tp: consumer.highwater(tp) for tp in committed}, committed)
 
 
+class ProgressMetrics:
+    """Every worker: how long its consumer group has been behind without a committed offset moving
+    (stream_workers/progress.py; 0 while nothing is behind)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.seconds_since_progress = Gauge(
+            "voicenote_seconds_since_progress", "Seconds the group has had lag with no committed offset moving (0: none behind).",
+            ["group"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
 class WebhookMetrics:
     """The webhook dispatcher: what became of each delivery attempt."""
 

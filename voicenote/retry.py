@@ -43,8 +43,10 @@ class DependencyHealth:
     clock: Callable[[], float] = time.monotonic
     waiting: dict[str, tuple[float, str]] = field(default_factory=dict)
 
-    def failing(self, dependency: str, error: str) -> None:
-        since = self.waiting.get(dependency, (self.clock(), ""))[0]
+    def failing(self, dependency: str, error: str, since: float | None = None) -> None:
+        """``dependency`` is waited on because of ``error``: since the first call, or since ``since`` (on ``clock``)."""
+        if since is None:
+            since = self.waiting.get(dependency, (self.clock(), ""))[0]
         self.waiting[dependency] = (since, error)
 
     def recovered(self, dependency: str) -> None:

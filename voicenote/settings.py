@@ -159,6 +159,14 @@ class WorkerSettings(BaseModel):
     watchdog_interval_seconds: float = Field(60.0, gt=0, description="How often the completion worker looks for stuck jobs.")
     broker_check_seconds: float = Field(5.0, gt=0, description="How often a worker asks the broker for metadata; two misses "
                                                                "in a row make its /readyz say it waits on kafka.")
+    # Readiness that watches progress (docs/reliability.md, issue 22): bounds derived from the session timeout
+    # unless set (Settings.progress_bounds).
+    progress_check_seconds: float = Field(5.0, gt=0, description="How often a worker reads its group's committed offsets "
+                                                                 "and the partitions' ends, to see whether it progresses.")
+    stall_seconds: float | None = Field(None, gt=0, description="Partitions with lag and no committed offset moving this "
+                                        "long: /readyz says it waits on progress. Unset: 3 x kafka.session_timeout_ms.")
+    stall_exit_seconds: float | None = Field(None, gt=0, description="Stalled this long (broker answering, nothing else "
+                                             "waited on): the worker exits (code 75) to be restarted. Unset: 10 x stall_seconds.")
 
 
 class ApiKey(BaseModel):
@@ -265,6 +273,19 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
+
+    def progress_bounds(self) -> tuple[float, float]:
+        """(stall, exit) seconds of the progress watch: ``worker.stall_seconds`` (default 3 x the Kafka session
+        timeout) and ``worker.stall_exit_seconds`` (default 10 x the stall bound)."""
+        stall = self.worker.stall_seconds or 3 * self.kafka.session_timeout_ms / 1000
+        return stall, self.worker.stall_exit_seconds or 10 * stall
+
+    @model_validator(mode="after")
+    def _exit_after_stall(self) -> Settings:
+        stall, leave = self.progress_bounds()
+        if leave <= stall:
+            raise ValueError(f"worker.stall_exit_seconds ({leave:g}) must be longer than worker.stall_seconds ({stall:g})")
+        return self
 
 
 def to_env(settings: Settings) -> dict[str, str]:

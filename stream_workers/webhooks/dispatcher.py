@@ -89,9 +89,10 @@ class WebhookDispatcher:
         self._clock = clock
         self._metrics = metrics or WebhookMetrics()
         self._retry_topics = [spec.name for spec in catalog.webhook_retries]
+        self.group = f"{settings.worker.group_id}-webhooks"
         self._consumer = Consumer({
             **settings.kafka.client_config(),
-            "group.id": f"{settings.worker.group_id}-webhooks",
+            "group.id": self.group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,  # an offset is stored only once its record is fully handled
@@ -110,13 +111,16 @@ class WebhookDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttled: set[tuple[str, int]] = set()
         self._revoked: list[tuple[str, int]] = []  # appended by the rebalance callback (poll's thread)
+        # Replaced whole by the rebalance callbacks (poll's thread), read by the progress watch (the loop).
+        self._assigned: frozenset[tuple[str, int]] = frozenset()
         self._max_queued = max_queued
         # Consumer calls made while poll() runs in its thread block until it returns (librdkafka serialises
         # them), so workers leave theirs here and the loop applies them between polls.
         self._ops: list[Callable[[], None]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._consumer.subscribe([self._catalog.completions.name, *self._retry_topics], on_revoke=self._on_revoke)
+        self._consumer.subscribe([self._catalog.completions.name, *self._retry_topics], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke)
         try:
             while not stop.is_set():
                 self._check_workers()
@@ -187,8 +191,20 @@ class WebhookDispatcher:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = self._assigned | {(tp.topic, tp.partition) for tp in partitions}
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked.extend((tp.topic, tp.partition) for tp in partitions)
+        self._assigned = self._assigned - {(tp.topic, tp.partition) for tp in partitions}
+
+    def watched_partitions(self) -> set[tuple[str, int]] | None:
+        """What the progress watch should see move: the assigned partitions less those parked until a retry
+        is due (they lag on purpose); None while none is assigned (stream_workers/progress.py)."""
+        assigned = self._assigned
+        if not assigned:
+            return None
+        return set(assigned) - set(self._paused)
 
     def _forget_revoked(self) -> None:
         # Records queued for a partition we lost are the new owner's now; an attempt in flight finishes,

@@ -9,8 +9,9 @@ from typing import Any
 
 from schemas.codec import Codecs
 from schemas.registry import HttpSchemaRegistry
-from stream_workers.metrics import WebhookMetrics
+from stream_workers.metrics import ProgressMetrics, WebhookMetrics
 from stream_workers.probes import BrokerWatch, Readiness, serve_probes
+from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch
 from stream_workers.webhooks.delivery import WebhookSender
 from stream_workers.webhooks.dispatcher import WebhookDispatcher
 from stream_workers.webhooks.policy import AddressPolicy
@@ -42,16 +43,34 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     jobs: Any = Retrying(JobStore.from_settings(settings.redis), health=health,
                          base=settings.worker.retry_base_seconds, cap=settings.worker.retry_max_seconds)
     producer = AsyncProducer(settings.kafka)
-    metrics, readiness = WebhookMetrics(), Readiness(health=health)
-    probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness, metrics.render)
+    metrics, progress, readiness = WebhookMetrics(), ProgressMetrics(), Readiness(health=health)
+    probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness,
+                                lambda: metrics.render() + progress.render())
     watch = BrokerWatch(settings.kafka, health, interval=settings.worker.broker_check_seconds).start()
+    watching: asyncio.Task[None] | None = None
+    monitor: ProgressMonitor | None = None
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())
         dispatcher = WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer, metrics=metrics)
+        group = dispatcher.group
+        stall, leave = settings.progress_bounds()
+        # Only the completion topic when nothing is assigned: the retry topics lag on purpose until records are due.
+        monitor = ProgressMonitor(group=group, reader=GroupOffsets(settings.kafka, group), watch=ProgressWatch(stall),
+                                  health=health, exit_seconds=leave, assigned=dispatcher.watched_partitions,
+                                  topics=[catalog.completions.name], gauge=progress.seconds_since_progress.labels(group))
+        watching = asyncio.create_task(monitor.run(settings.worker.progress_check_seconds), name="progress-watch")
+        watching.add_done_callback(lambda task: stop.set())  # it never ends by itself: a failure stops the dispatcher
         readiness.started = True
         await dispatcher.run(stop)
+        if watching.done() and not watching.cancelled() and (failure := watching.exception()) is not None:
+            raise failure
     finally:
         readiness.draining = True
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        if monitor is not None:
+            await asyncio.to_thread(monitor.close)
         watch.stop()
         await probes.cleanup()
         producer.close()

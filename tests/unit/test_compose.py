@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from ops.observability.dashboard import OUT as DASHBOARD_JSON
 from ops.observability.dashboard import PANELS, render
 from producer_api.metrics import ApiMetrics
-from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, WebhookMetrics
+from stream_workers.metrics import CompletionMetrics, ProgressMetrics, SynthesisMetrics, WebhookMetrics
 from tests.e2e.test_compose_boot import DEV_TOKEN, compose, interpolate, our_services
 from tests.k8s_support import ROOT, load_yaml, setting_names, settings_from, synthesis_route
 
@@ -98,7 +98,8 @@ def test_prometheus_scrapes_every_long_running_service_of_ours_on_its_port() -> 
 
 def _exposed_metric_names() -> set[str]:
     names = set()
-    registries = [SynthesisMetrics().registry, CompletionMetrics().registry, WebhookMetrics().registry, ApiMetrics().registry]
+    registries = [SynthesisMetrics().registry, CompletionMetrics().registry, WebhookMetrics().registry, ProgressMetrics().registry,
+                  ApiMetrics().registry]
     for registry in registries:
         assert isinstance(registry, CollectorRegistry)
         for family in registry.collect():
