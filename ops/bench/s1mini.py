@@ -35,6 +35,7 @@ Random weights cost the same compute as the checkpoint. Figures are for comparin
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -125,20 +126,24 @@ def bench_static(model, tok, ccfg, dev, batch_sizes, steps, prompt_len, temperat
     warm_s = time.perf_counter() - t0
     out = []
     for b in batch_sizes:
-        entry: dict = {"batch_size": b}
+        entry: dict = {"batch_size": b, "rows_decoding": "all b, every step"}
         try:
             dec.add([(r, i) for i, r in enumerate(make_rows(model.config, b, prompt_len, steps + 2, temperature))])
-            dec.step()  # the first step after a prefill (allocator, caches)
+            # the bucket's own step (the graph on CUDA), run as a full static batch: nothing frees a row
+            # between steps, so every step decodes b rows even where a random-weight row drew its end
+            # token (SlotDecoder.step would free it and shrink the bucket mid-measurement)
+            bucket, kvb = dec._bucket()
+            g = dec._graphs.get((bucket, kvb))
+            run = g.replay if g is not None else dec._views(bucket, kvb)
+            run()  # the first step after a prefill (allocator, caches)
             sync(dev)
-            kvb = dec._bucket()[1]
-            rs0, t0 = dec.row_steps, time.perf_counter()
+            t0 = time.perf_counter()
             for _ in range(steps):
-                dec.step()
+                run()
             sync(dev)
             dt = time.perf_counter() - t0
-            frames = dec.row_steps - rs0
-            while dec.live:
-                dec.step()
+            frames = b * steps
+            dec.abort()
             entry.update(ms_per_step=1000 * dt / steps, frames=frames, frames_per_s=frames / dt,
                          audio_s_per_s=frames / dt / FRAME_RATE, kv_bucket=kvb)
         except Exception as e:  # noqa: BLE001 - an OOM ends this bucket only, and is reported
@@ -251,6 +256,10 @@ def bench_ops(batch_sizes=(1, 8, 64)) -> dict:
     return out
 
 
+_KERNEL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product", "aten::sort", "aten::cumsum",
+               "aten::scatter", "aten::copy_", "aten::gather", "aten::index", "aten::embedding", "aten::arange")
+
+
 def bench_kernels(model, tok, ccfg, dev, prompt_len, capacity) -> dict:
     """Inductor on the real-shape step at batch 1: generated kernels + extern calls per step, compile s."""
     import torch._inductor.metrics as metrics
@@ -268,16 +277,27 @@ def bench_kernels(model, tok, ccfg, dev, prompt_len, capacity) -> dict:
         comp(*args)
     compile_s = time.perf_counter() - t0
     generated = metrics.generated_kernel_count
+    from torch.profiler import ProfilerActivity, profile
+
     with torch.no_grad():
         comp(*args)
-        extern = aten_ops(lambda: comp(*args))  # what the compiled graph still calls as aten ops
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            comp(*args)
+        # what the compiled graph still launches outside its generated kernels: matmuls, attention,
+        # sorts, scans, scatters and copies (allocations, views and nested calls are not kernels)
+        extern = collections.Counter(
+            e.name for e in prof.events()
+            if e.name.startswith(_KERNEL_OPS) and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        )
         sync(dev)
         t0 = time.perf_counter()
         for _ in range(5):
             comp(*args)
         sync(dev)
+    n_extern = sum(extern.values())
     res = {"batch_size": 1, "kv_bucket": kvb, "compile_s": compile_s, "generated_kernels": generated,
-           "extern_calls_per_step": extern, "kernels_per_step": generated + extern,
+           "extern_kernels_per_step": n_extern, "extern_by_op": dict(extern.most_common()),
+           "kernels_per_step": generated + n_extern,
            "ms_per_step": 1000 * (time.perf_counter() - t0) / 5}
     print(json.dumps(res), flush=True)
     return res
@@ -338,9 +358,17 @@ def bench_continuous(settings, tok, n_requests, rate, slots, static_audio_s_per_
             "steady_decode_audio_s_per_s": st_admitted[1] / FRAME_RATE / (t_admitted - t_start),
             "steady_mean_live_slots": st_admitted[1] / max(1, st_admitted[0]),
         }
+        if st.first_full is not None and st.first_full[0] < t_admitted:
+            # saturated: from when every slot first held a row until the queue drained into the slots
+            t_full, steps_full, rows_full = st.first_full
+            res["saturated_window_s"] = t_admitted - t_full
+            res["saturated_mean_live_slots"] = (st_admitted[1] - rows_full) / max(1, st_admitted[0] - steps_full)
+            res["saturated_decode_audio_s_per_s"] = (st_admitted[1] - rows_full) / FRAME_RATE / (t_admitted - t_full)
         if static_audio_s_per_s:
             res["vs_static_largest_bucket"] = res["audio_s_per_s"] / static_audio_s_per_s
             res["steady_vs_static_largest_bucket"] = res["steady_decode_audio_s_per_s"] / static_audio_s_per_s
+            if "saturated_decode_audio_s_per_s" in res:
+                res["saturated_vs_static_largest_bucket"] = res["saturated_decode_audio_s_per_s"] / static_audio_s_per_s
         print(json.dumps(res), flush=True)
         return res
     finally:
@@ -355,14 +383,18 @@ def bench_tiny_continuous(args) -> dict:
     with torch.no_grad():
         static = bench_static(model, tok, ccfg, torch.device("cpu"), [1, 2, 4, 8], 60, 32, 0.8, 512, use_graphs=False)
     top = static["results"][-1]["audio_s_per_s"]
-    out: dict = {"config": "tiny", "slots": 8, "static": static}
+    out: dict = {"config": "tiny", "slots": 8, "threads": torch.get_num_threads(), "codec_threads": args.codec_threads,
+                 "static": static}
     for codec_mode in args.codec_modes.split(","):
         s = S1MiniSettings(random_init=True, device="cpu", model_config=cfg, codec_config=ccfg, slots=8, kv_capacity=512,
-                           max_new_tokens=440, on_max_tokens="truncate", codec_batch_size=8, codec_process=codec_mode)
+                           max_new_tokens=440, on_max_tokens="truncate", codec_batch_size=8, codec_process=codec_mode,
+                           codec_threads=args.codec_threads)
         out[codec_mode] = {label: bench_continuous(s, tok, 48, load * top / 10.5, 8, top, seed=0) | {"load": load}
                            for label, load in (("saturated", args.saturate), ("at_load", args.load))}
-    out["steady_vs_static"] = {m: out[m]["saturated"]["steady_vs_static_largest_bucket"] for m in args.codec_modes.split(",")}
-    print(json.dumps({"tiny_steady_vs_static": out["steady_vs_static"]}), flush=True)
+    modes = args.codec_modes.split(",")
+    out["steady_vs_static"] = {m: out[m]["saturated"]["steady_vs_static_largest_bucket"] for m in modes}
+    out["saturated_vs_static"] = {m: out[m]["saturated"].get("saturated_vs_static_largest_bucket") for m in modes}
+    print(json.dumps({"tiny_steady_vs_static": out["steady_vs_static"], "tiny_saturated_vs_static": out["saturated_vs_static"]}), flush=True)
     return out
 
 
@@ -448,12 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inductor", action="store_true", help="proxies: also torch.compile the step with inductor")
     ap.add_argument("--codec-modes", default="thread,process", help="continuous: codec placements to run (thread, process)")
     ap.add_argument("--compile", action="store_true", help="startup: the compiled step (inductor) per bucket pair")
+    ap.add_argument("--update", action="store_true", help="keep the other sections of an existing --out file (each section names its own run time)")
     ap.add_argument("--requests", type=int, default=None, help="continuous: notes (default cpu 48, cuda 400)")
     ap.add_argument("--load", type=float, default=0.7, help="continuous: arrival rate (latency run) as a fraction of the static largest bucket")
     ap.add_argument("--saturate", type=float, default=3.0, help="continuous: arrival rate of the throughput run, same unit")
     ap.add_argument("--codec-frames", type=int, default=None, help="codec frames per row (cpu 8, cuda 256)")
     ap.add_argument("--codec-batch", type=int, default=None, help="codec rows per batch (cpu 2, cuda 16)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (the engine decode thread included)")
+    ap.add_argument("--codec-threads", type=int, default=None, help="torch threads of a codec process (default: torch's)")
     ap.add_argument("--child-startup", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -534,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     if "startup" in modes:
         report["startup"] = bench_startup(args)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.update and out.exists():
+        old = json.loads(out.read_text())
+        sections = {k: v for k, v in report.items() if isinstance(v, dict) and k != "model"}
+        for k in sections:
+            sections[k] = {**sections[k], "measured_at": report["time"]} if isinstance(sections[k], dict) else sections[k]
+        report = {**old, **{k: v for k, v in report.items() if k not in sections}, **sections}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

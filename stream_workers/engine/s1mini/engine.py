@@ -57,6 +57,8 @@ class EngineStats:
     prefills: int = 0
     codec_batches: int = 0
     codec_rows: int = 0
+    # when every slot first held a row: (perf_counter, steps, row_steps), for throughput at saturation
+    first_full: tuple[float, int, int] | None = None
 
 SPEAKER = "<|speaker:0|>"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -319,6 +321,8 @@ class S1MiniEngine:
                 for job in self.decoder.abort():
                     job.future.set_result(self._error(job, err))
                 continue
+            if self.stats.first_full is None and self.decoder.free_slots() == 0:
+                self.stats.first_full = (time.perf_counter(), self.stats.steps, self.stats.row_steps)
             self.stats.steps = self.decoder.steps_run
             self.stats.row_steps = self.decoder.row_steps
             for f in finished:
