@@ -77,9 +77,10 @@ bench-streaming: $(STAMP) ## streaming speech: time to first byte vs the whole j
 bench-api: $(STAMP) ## producer API: accepted requests/s and p50/p99 at rising concurrency (broker + Redis, workers off)
 	$(BIN)/python -m ops.bench.api
 
-bench-s1mini: $(STAMP) ## S1-mini decode step, proxies, continuous mode, codec, start-up -> results/s1mini_cpu*.json (GPU: python -m ops.bench.s1mini --device cuda)
-	$(BIN)/python -m ops.bench.s1mini --device cpu --batch-sizes 1,2,4 --modes static,proxies,codec,startup --out results/s1mini_cpu.json
-	$(BIN)/python -m ops.bench.s1mini --device cpu --tiny --batch-sizes 1,2,4,8 --steps 20 --inductor --out results/s1mini_cpu_tiny.json
+bench-s1mini: $(STAMP) ## S1-mini: operators and inductor kernels per step, tiny continuous vs static, codec dtypes, compiled start-up -> results/s1mini_cpu.json (GPU: python -m ops.bench.s1mini --device cuda)
+	$(BIN)/python -m ops.bench.s1mini --device cpu --modes ops,kernels,codec --out results/s1mini_cpu.json
+	$(BIN)/python -m ops.bench.s1mini --device cpu --modes tiny_continuous --threads 1 --codec-threads 1 --update --out results/s1mini_cpu.json
+	$(BIN)/python -m ops.bench.s1mini --device cpu --tiny --modes startup --compile --slots 4 --capacity 256 --update --out results/s1mini_cpu.json
 
 capacity: $(STAMP) ## fleet size and cost from the measured S1-mini results (results/s1mini_cuda.json, else _cpu)
 	$(BIN)/python -m ops.bench.capacity

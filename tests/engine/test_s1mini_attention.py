@@ -134,3 +134,22 @@ def test_decode_step_operator_budget_at_real_shapes():
     one = count_step_ops(1, cfg)
     assert one["cuda_eager"] <= 3000, one
     assert count_step_ops(8, cfg)["cuda_eager"] == one["cuda_eager"]  # the count does not grow with the batch
+
+
+def test_fused_ffn_projections_equal_the_two_matmuls_and_keep_the_checkpoint_layout():
+    from stream_workers.engine.s1mini.layers import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(32, 48).eval()
+    x = torch.randn(3, 2, 32)
+    keys = sorted(ff.state_dict())
+    with torch.no_grad():
+        want = ff(x)
+        ff.fuse()
+        assert ff.w13 is not None and ff.w1.weight.data_ptr() == ff.w13.data_ptr()  # views, not a copy
+        torch.testing.assert_close(ff(x), want, rtol=1e-6, atol=1e-6)
+        assert sorted(ff.state_dict()) == keys  # w13 is not saved: checkpoints keep w1 / w3
+        fresh = FeedForward(32, 48)
+        ff.load_state_dict(fresh.state_dict())  # loading new weights undoes the fusion ...
+        assert ff.w13 is None
+        torch.testing.assert_close(ff(x), fresh(x))  # ... so the new weights are the ones used

@@ -101,13 +101,41 @@ class RMSNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x). After :meth:`fuse`, w1 and w3 are row views of one weight ``w13``
+    and the two projections are one matmul (checkpoints keep their w1/w3 names: ``w13`` is not saved)."""
+
+    w13: Tensor | None
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.register_buffer("w13", None, persistent=False)
+
+    def fuse(self) -> None:
+        """Concatenate w1 and w3 into ``w13`` and make them views of it (no second copy of the weights).
+        Call once the weights are loaded and placed: loading or moving the module undoes the fusion."""
+        if self.w13 is not None:
+            return
+        h = self.w1.weight.shape[0]
+        w13 = torch.cat([self.w1.weight.detach(), self.w3.weight.detach()])
+        self.w1.weight = nn.Parameter(w13[:h], requires_grad=False)
+        self.w3.weight = nn.Parameter(w13[h:], requires_grad=False)
+        self.w13 = w13
+
+    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the views would not follow
+        self.w13 = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002 - nn.Module's signature
+        self.w13 = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.w13 is not None:
+            a, b = F.linear(x, self.w13).chunk(2, dim=-1)
+            return self.w2(F.silu(a) * b)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

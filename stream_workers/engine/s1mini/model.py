@@ -196,5 +196,12 @@ class DualARTransformer(nn.Module):
             x = layer(x, rope, None, None, 0, is_causal=True)
         return self.fast_output(self.fast_norm(x))
 
+    def fuse_projections(self) -> DualARTransformer:
+        """Serve every FFN's w1 and w3 as one matmul (layers.FeedForward.fuse): 2 * 28 + 2 * 4 fewer
+        launches per step. Call after loading and placing the model (the slot decoder does)."""
+        for layer in [*self.layers, *self.fast_layers]:
+            layer.feed_forward.fuse()
+        return self
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -85,7 +85,7 @@ class SlotDecoder:
         compile_backend: str = "inductor",
     ) -> None:
         cfg = model.config
-        self.model = model
+        self.model = model.fuse_projections()
         dev = self.device = model.embeddings.weight.device
         dtype = model.embeddings.weight.dtype
         if capacity > cfg.max_seq_len:
