@@ -256,8 +256,9 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from voicenote.tracing import configure_tracing
 
     settings = _settings(args)
+    settings.api.host = args.host or settings.api.host  # the metrics port, when set, listens on the same host
     configure_tracing("voicenote-api", settings.tracing)
-    uvicorn.run(create_app(settings), host=args.host or settings.api.host, port=args.port or settings.api.port,
+    uvicorn.run(create_app(settings), host=settings.api.host, port=args.port or settings.api.port,
                 log_level=args.log_level or "info", access_log=False, log_config=None)  # uvicorn's lines in our format (JSON in k8s)
     return EXIT_OK
 
@@ -282,10 +283,55 @@ def _cmd_topics(args: argparse.Namespace) -> int:
         for spec in _settings(args).kafka.catalog().all():
             print(f"{spec.name:40} partitions={spec.partitions:<3} {spec.config()}")
         return EXIT_OK
+    if args.action == "check":
+        return _check_topics(args)
     settings = _kafka(args)
     created = ensure_topics(settings.kafka, settings.kafka.catalog().all())
     print(f"created: {', '.join(created) or 'nothing (all exist)'}")
     return EXIT_OK
+
+
+class TopicsRefused(VoicenoteError):
+    """A catalog topic exists with another partition count: waiting will not fix it."""
+
+
+def _check_topics(args: argparse.Namespace, poll_seconds: float = 2.0) -> int:
+    """Exit 0 once every catalog topic exists with its partition count (the workers' init container runs
+    this, so nothing produces to or subscribes to a topic before ``topics create`` made it). With
+    ``--wait S`` it polls for up to S seconds while topics are missing (or the broker does not answer);
+    a topic with the wrong partition count is refused at once."""
+    from voicenote.kafka import check_topics
+
+    settings = _settings(args)
+    specs = settings.kafka.catalog().all()
+    deadline = time.monotonic() + args.wait
+    reported: list[str] = []
+    while True:
+        try:
+            _require_broker(settings, args.connect_timeout)  # one quiet line when no broker answers
+            result = check_topics(settings.kafka, specs, timeout=args.connect_timeout)
+        except DependencyUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_seconds)
+            continue
+        if result.wrong_partitions:
+            found = "; ".join(f"{name} has {have} partition(s), the catalog needs {want}"
+                              for name, have, want in result.wrong_partitions)
+            raise TopicsRefused(
+                f"refused: {found}. It was made before `voicenote topics create` (a broker that auto-creates "
+                f"topics makes them on the first produce) or by hand: delete it and rerun `voicenote topics create`, "
+                f"or set the catalog's partitions (VOICENOTE_KAFKA__REQUEST_PARTITIONS, __PARTITIONS) to match")
+        if result.ok:
+            print(f"ok: {len(specs)} topics, each with its partitions")
+            return EXIT_OK
+        if time.monotonic() >= deadline:
+            raise VoicenoteError(f"missing topics: {', '.join(result.missing)} (`voicenote topics create`, the "
+                                 f"voicenote-topics Job, makes them)")
+        if result.missing != reported:  # a line when the set changes, not one a poll
+            print(f"waiting for topics: {', '.join(result.missing)}", file=sys.stderr, flush=True)
+            reported = result.missing
+        time.sleep(poll_seconds)
 
 
 def _cmd_storage(args: argparse.Namespace) -> int:
@@ -623,8 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-port", type=int, help="Faust's web port (one per worker process)")
     worker.set_defaults(func=_cmd_worker)
 
-    topics = command("topics", help="provision or list the topic catalog")
-    topics.add_argument("action", choices=["create", "list"])
+    topics = command("topics", help="provision, list or check the topic catalog (check: exit 0 once every topic exists "
+                                    "with its partitions)")
+    topics.add_argument("action", choices=["create", "list", "check"])
+    topics.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="check: keep checking for up to SECONDS while topics are missing (default: once)")
     topics.set_defaults(func=_cmd_topics)
 
     storage = command("storage", help="create the bucket (or folder) and apply the audio lifecycle (TTL)")

@@ -12,7 +12,7 @@ from producer_api.auth import Authenticator
 from producer_api.bodylimit import BodyLimitMiddleware
 from producer_api.errors import install_error_handlers
 from producer_api.estimate import GroupLag, LagMonitor, ThroughputEstimator
-from producer_api.metrics import ApiMetrics, MetricsMiddleware
+from producer_api.metrics import ApiMetrics, MetricsMiddleware, serve_metrics
 from producer_api.routes import health, jobs, models, speech
 from producer_api.services.container import Services
 from producer_api.streaming import SegmentRouter
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     # One estimate per model family: each family's workers have their own lag and speed.
     estimators = {family: ThroughputEstimator(settings.api.estimate_prior_jobs_per_second) for family in settings.models.families}
     estimator = estimators.get(CPU_FAMILY) or next(iter(estimators.values()))  # the one /metrics shows
+    metrics.follow(estimator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,9 +63,13 @@ def create_app(settings: Settings) -> FastAPI:
             segments.start()
         for monitor in monitors:
             monitor.start()
+        stop_metrics = (serve_metrics(metrics, settings.api.host, settings.api.metrics_port)
+                        if settings.api.metrics_port is not None else None)
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             for monitor in monitors:
                 await monitor.stop()
             await waiter.stop()
@@ -83,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    if settings.api.metrics_port is None:  # otherwise only the metrics listener answers /metrics (serve_metrics)
+        app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -7,8 +7,10 @@ the ASGI middleware here counts requests, and the service reports through ``ApiM
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -24,6 +26,24 @@ class ApiMetrics:
         self.redis_fallbacks = Counter("voicenote_api_redis_fallbacks", "Requests served without Redis", ["what"], registry=r)
         self.synthesis_lag = Gauge("voicenote_api_synthesis_lag", "Request-topic lag of the synthesis group (last sample)", registry=r)
         self.synthesis_rate = Gauge("voicenote_api_synthesis_jobs_per_second", "Measured synthesis throughput", registry=r)
+
+    def follow(self, estimator: Any) -> None:
+        """The lag and throughput gauges read ``estimator`` at each scrape, on whichever listener serves them."""
+        self.synthesis_lag.set_function(lambda: estimator.lag)
+        self.synthesis_rate.set_function(lambda: estimator.rate)
+
+
+def serve_metrics(metrics: ApiMetrics, host: str, port: int) -> Callable[[], None]:
+    """Serve ``metrics`` at ``http://host:port/metrics`` on a listener of their own (a thread), so the API's
+    public port need not answer /metrics; returns the function that stops it."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
 
 
 class MetricsMiddleware:

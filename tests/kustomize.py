@@ -2,9 +2,11 @@
 
 Used by the manifest tests on machines without the kustomize binary (``kubectl kustomize``); where the
 binary is present, a test checks that both render the same objects. Supported: ``resources`` (files
-and directories), ``namespace``, ``labels`` (metadata only, kustomize's default), ``images``
-(``newName``/``newTag``), and ``patches`` either as JSON 6902 operations with a ``target`` or as a
-strategic-merge ``$patch: delete`` of a whole object. Anything else is refused, not ignored.
+and directories), ``namespace``, ``nameSuffix`` (names only: nothing in k8s/ refers to a suffixed
+object), ``labels`` (metadata only, kustomize's default), ``images`` (``newName``/``newTag``),
+``configMapGenerator`` from ``files`` with ``options.disableNameSuffixHash`` (no content hash), and
+``patches`` either as JSON 6902 operations with a ``target`` or as a strategic-merge ``$patch: delete``
+of a whole object. Anything else is refused, not ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import jsonpatch
 import yaml
 
-_SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches"}
+_SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "nameSuffix", "labels", "images", "patches",
+              "configMapGenerator"}
 # Kinds kustomize leaves without a namespace (ours, and the CRDs we ship objects of: kustomize does the
 # same for CRDs it knows nothing of only when told, so those carry no namespace in k8s/ either).
 _CLUSTER_SCOPED = {"Namespace", "NodePool", "EC2NodeClass", "ClusterRole", "ClusterRoleBinding",
@@ -41,6 +44,11 @@ def render(directory: Path) -> list[dict[str, Any]]:
             objects.extend(render(target))
         else:
             objects.extend(d for d in yaml.safe_load_all(target.read_text()) if d)
+    for generator in kust.get("configMapGenerator", []):
+        objects.append(_config_map(directory, generator, path))
+    if "nameSuffix" in kust:
+        for obj in objects:
+            obj["metadata"]["name"] += kust["nameSuffix"]
     for patch in kust.get("patches", []):
         objects = _apply_patch(objects, patch, path)
     for image in kust.get("images", []):
@@ -56,6 +64,23 @@ def render(directory: Path) -> list[dict[str, Any]]:
         for obj in objects:
             obj.setdefault("metadata", {}).setdefault("labels", {}).update(label["pairs"])
     return objects
+
+
+def _config_map(directory: Path, generator: dict[str, Any], where: Path) -> dict[str, Any]:
+    options = generator.get("options", {})
+    if set(generator) - {"name", "files", "options"} or set(options) - {"labels", "annotations", "disableNameSuffixHash"}:
+        raise KustomizeError(f"{where}: configMapGenerator fields this renderer does not implement: {generator}")
+    if not options.get("disableNameSuffixHash"):
+        raise KustomizeError(f"{where}: configMapGenerator without disableNameSuffixHash (the content hash) is not implemented")
+    metadata: dict[str, Any] = {"name": generator["name"]}
+    for field in ("annotations", "labels"):
+        if field in options:
+            metadata[field] = dict(options[field])
+    data = {}
+    for entry in generator.get("files", []):
+        key, _, file = entry.rpartition("=")
+        data[key or Path(file).name] = (directory / file).read_text()
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
 def _matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -208,6 +209,39 @@ def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec], *, timeou
                 continue
             raise DependencyUnavailable("kafka", f"cannot create topic {name}: {exc}") from exc
     return created
+
+
+@dataclass(frozen=True)
+class TopicCheck:
+    """The catalog against the broker: topics it lacks, and topics with another partition count."""
+
+    missing: list[str]
+    wrong_partitions: list[tuple[str, int, int]]  # (topic, partitions found, partitions the catalog wants)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.wrong_partitions
+
+
+def check_topics(settings: KafkaSettings, specs: Iterable[TopicSpec], *, timeout: float = 15.0) -> TopicCheck:
+    """Whether every topic of ``specs`` exists with its partition count (nothing is created or changed).
+
+    A topic whose metadata carries an error (not yet created, no leader yet) counts as missing. A topic
+    with another partition count was made by something else: typically a broker that auto-creates
+    topics on the first produce or subscribe (1 partition), before ``voicenote topics create`` ran.
+    """
+    try:
+        topics = admin_client(settings).list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise DependencyUnavailable("kafka", f"cannot list topics at {settings.bootstrap_servers}: {exc}") from exc
+    missing, wrong = [], []
+    for spec in specs:
+        meta = topics.get(spec.name)
+        if meta is None or meta.error is not None:
+            missing.append(spec.name)
+        elif len(meta.partitions) != spec.partitions:
+            wrong.append((spec.name, len(meta.partitions), spec.partitions))
+    return TopicCheck(missing, wrong)
 
 
 def broker_answers(settings: KafkaSettings, timeout: float = 2.0) -> bool:

@@ -194,6 +194,8 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics on this port (same host), "
+                                     "and not on the API's own; unset: /metrics on the API's port.")
     keys: list[ApiKey] = Field(default_factory=list, description="Accepted Bearer tokens, hashed (JSON list in the env).")
     allow_anonymous: bool = Field(False, description="Serve without keys; only the embedded default sets this, explicitly.")
     rate_per_second: float = Field(50.0, gt=0, description="Token-bucket refill per key (per client address when anonymous).")

@@ -9,6 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from producer_api.deps import Ready
 
 router = APIRouter(tags=["operations"])
+# /metrics: on the API's port, unless VOICENOTE_API__METRICS_PORT gives the metrics a listener of their own.
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The process is alive", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
@@ -32,11 +34,7 @@ async def readyz(readiness: Ready) -> JSONResponse:
     return JSONResponse({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "voicenote_api_requests_total{method=\"POST\",...} 42.0"}}}})
 async def metrics(request: Request) -> Response:
-    m = request.app.state.metrics
-    estimator = request.app.state.estimator
-    m.synthesis_lag.set(estimator.lag)
-    m.synthesis_rate.set(estimator.rate)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

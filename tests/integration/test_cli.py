@@ -3,6 +3,7 @@ its output, and each error path as one line with its exit code."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -105,7 +106,7 @@ def test_usage_errors_are_one_line_and_exit_2(cli, argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["topics", "create"], ["replay"], ["dlq", "redrive"], ["webhooks", "redrive"], ["projection", "rebuild"],
+    ["topics", "create"], ["topics", "check"], ["replay"], ["dlq", "redrive"], ["webhooks", "redrive"], ["projection", "rebuild"],
     ["lag"], ["submit", "hello"], ["watch"],
 ])
 def test_an_unreachable_broker_is_one_line_and_exit_1(cli, argv: list[str]) -> None:
@@ -130,6 +131,45 @@ def test_topics_create_then_list_use_the_flags(cli, settings: Settings) -> None:
     assert code == 0 and "nothing (all exist)" in out
     code, out, _ = cli("topics", "list")
     assert code == 0 and all(line.startswith(settings.kafka.topic_prefix) for line in out.splitlines())
+
+
+def test_topics_check_fails_until_topics_create_ran(cli, settings: Settings) -> None:
+    code, out, err = cli("topics", "check")
+    line = one_line(err)
+    assert code == 1 and out == ""
+    assert "missing topics:" in line and f"{settings.kafka.topic_prefix}voicenote.requests.v1" in line
+    assert cli("topics", "create")[0] == 0
+    code, out, err = cli("topics", "check", "--wait", "5")
+    assert code == 0 and out.startswith(f"ok: {len(settings.kafka.catalog().all())} topics"), err
+
+
+def test_topics_check_waits_for_the_topics_then_passes(cli, settings: Settings) -> None:
+    import threading
+
+    creator = threading.Timer(1.5, lambda: ensure_topics(settings.kafka, settings.kafka.catalog().all()))
+    creator.start()
+    try:
+        started = time.monotonic()
+        code, out, err = cli("topics", "check", "--wait", "30")
+    finally:
+        creator.join()
+    assert code == 0, err
+    assert "waiting for topics:" in err and out.startswith("ok:")
+    assert 1.0 < time.monotonic() - started < 30
+
+
+def test_topics_check_refuses_a_topic_with_the_wrong_partition_count_at_once(cli, settings: Settings) -> None:
+    """What a broker that auto-creates topics leaves when a client came first: a 1-partition topic."""
+    catalog = settings.kafka.catalog()
+    ensure_topics(settings.kafka, [dataclasses.replace(catalog.requests, partitions=1)])
+    assert cli("topics", "create")[0] == 0  # creates the others; leaves the existing one as it is
+    started = time.monotonic()
+    code, out, err = cli("topics", "check", "--wait", "30")
+    line = one_line(err)
+    assert code == 1 and out == ""
+    assert time.monotonic() - started < 10  # refused, not waited on
+    assert f"{catalog.requests.name} has 1 partition(s), the catalog needs {catalog.requests.partitions}" in line
+    assert line.startswith("voicenote: error: refused:") and "voicenote topics create" in line
 
 
 def test_storage_provision(cli, settings: Settings) -> None:

@@ -317,6 +317,25 @@ async def test_redis_down_async_still_accepted_the_rest_503(settings: Settings) 
     assert [e["job_id"] for e in _requests_on_topic(settings, 1)] == [accepted.json()["job_id"]]
 
 
+async def test_a_metrics_port_serves_metrics_there_and_not_on_the_api_port(api_factory: Any) -> None:
+    """k8s (eks): the public port behind the Ingress answers no /metrics; Prometheus scrapes its own port."""
+    import urllib.request
+
+    from ops.services import free_port
+
+    port = free_port()
+    async with api_factory(metrics_port=port) as api:
+        await api.post("/v1/audio/speech/async", json=SPEECH)
+        assert (await api.get("/metrics")).status_code == 404
+        assert "/metrics" not in (await api.get("/openapi.json")).json()["paths"]
+        scrape = lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: E731, S310
+        scraped = await asyncio.to_thread(scrape)
+    assert 'voicenote_api_requests_total{method="POST",route="/v1/audio/speech/async",status="202"} 1.0' in scraped
+    assert "voicenote_api_synthesis_lag " in scraped
+    with pytest.raises(OSError):  # stopped with the app
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)  # noqa: S310
+
+
 async def test_metrics_and_openapi_document_every_endpoint(api_factory: Any) -> None:
     async with api_factory() as api:
         await api.post("/v1/audio/speech/async", json=SPEECH)

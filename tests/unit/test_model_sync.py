@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("sha256sum") is None, reason="no sh
 
 def _init_container() -> dict:
     deployment = next(o for o in rendered("eks") if o["metadata"]["name"] == "voicenote-worker-s1mini-warm")
-    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    (init,) = [c for c in deployment["spec"]["template"]["spec"]["initContainers"] if c["name"] == "model-sync"]
     return init
 
 
