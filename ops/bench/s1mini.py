@@ -21,6 +21,8 @@ Sections (``--modes``, comma-separated; default all):
               audio-s/s and the error vs fp32.
   startup     a child process from exec to ``engine.ready`` (imports, weights, warm-up / capture);
               with --compile, the compiled step: compile (and capture) seconds per bucket pair.
+  sdpa        the SDPA backend torch picks for each attention call of a prefill and a decode step
+              (torch._fused_sdp_choice on the very tensors: FLASH_ATTENTION, EFFICIENT_ATTENTION, MATH...)
   ops         operators per decode step at real S1-mini shapes, batch 1, 8 and 64, counted on the
               ``meta`` device (quick): CUDA-eager count and fully decomposed count (s1mini_ops.py).
   kernels     the step compiled by inductor at real shapes, batch 1: generated kernels (inductor's
@@ -247,9 +249,45 @@ def bench_proxies(model, tok, ccfg, dev, steps, prompt_len, temperature, capacit
     return res
 
 
+# ---------------------------------------------------------------------------------------------- sdpa backends
+class _SdpaChoices(torch.overrides.TorchFunctionMode):
+    """Records, for every SDPA call, the backend torch's dispatcher picks for those tensors on this device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.picked: collections.Counter[str] = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            choice = torch._fused_sdp_choice(q, k, v, mask, 0.0, kwargs.get("is_causal", False),
+                                             enable_gqa=kwargs.get("enable_gqa", False))
+            self.picked[torch.nn.attention.SDPBackend(choice).name] += 1
+        return func(*args, **kwargs)
+
+
+def bench_sdpa_backends(model, tok, ccfg, dev, prompt_len, capacity) -> dict:
+    """Which SDPA backend each attention call of one prefill and one decode step gets on this device."""
+    dec = SlotDecoder(model, end_token_id=tok.im_end_id, residual_vocab=ccfg.codebook_size, slots=2,
+                      capacity=capacity, use_graphs=False)
+    out = {}
+    with torch.no_grad():
+        with _SdpaChoices() as seen:
+            dec.add([(r, i) for i, r in enumerate(make_rows(model.config, 2, prompt_len, 8, 0.8))])
+        out["prefill"] = dict(seen.picked)
+        with _SdpaChoices() as seen:
+            dec.step()
+        out["decode_step"] = dict(seen.picked)
+    dec.abort()
+    print(json.dumps({"sdpa_backends": out}), flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- ops / kernels
 def bench_ops(batch_sizes=(1, 8, 64)) -> dict:
-    out = {str(b): count_step_ops(b) for b in batch_sizes}
+    out: dict = {str(b): count_step_ops(b) for b in batch_sizes}
     out["method"] = ("meta device, bf16, real S1-mini shapes, KV bucket 512; cuda_eager counts SDPA and "
                      "aten._fused_rms_norm as one operator each (one kernel each on CUDA), decomposed counts every aten op")
     print(json.dumps({b: (r["cuda_eager"], r["decomposed"]) for b, r in out.items() if b != "method"}), flush=True)
@@ -467,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch-sizes", default=None, help="static buckets (default cpu 1,2,4; cuda 1,2,4,8,16,32,64)")
-    ap.add_argument("--modes", default="static,proxies,continuous,codec,startup")
+    ap.add_argument("--modes", default="static,sdpa,proxies,continuous,codec,startup")
     ap.add_argument("--out", default=None, help="results JSON (default results/s1mini_<device>[_tiny].json)")
     ap.add_argument("--tiny", action="store_true", help="the tiny test configuration")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
@@ -540,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         if "proxies" in modes:
             report["proxies"] = bench_proxies(model, tok, ccfg, dev, steps, prompt_len, args.temperature, args.capacity,
                                               args.inductor, args.rounds)
+    if "sdpa" in modes:
+        report["sdpa_backends"] = bench_sdpa_backends(model, tok, ccfg, dev, prompt_len, args.capacity)
     if "kernels" in modes:
         report["inductor_kernels"] = bench_kernels(model, tok, ccfg, dev, prompt_len, args.capacity)
     del model

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -122,10 +123,10 @@ class DualARTransformer(nn.Module):
     # ------------------------------------------------------------------ positions
     def rope_at(self, positions: Tensor | slice) -> Rope:
         """The slow transformer's RoPE rows at ``positions`` (see layers.rope_at)."""
-        return rope_at((self.rope_cos, self.rope_sin), positions)
+        return rope_at((cast(Tensor, self.rope_cos), cast(Tensor, self.rope_sin)), positions)
 
     def fast_rope_at(self, positions: Tensor | slice) -> Rope:
-        return rope_at((self.fast_rope_cos, self.fast_rope_sin), positions)
+        return rope_at((cast(Tensor, self.fast_rope_cos), cast(Tensor, self.fast_rope_sin)), positions)
 
     # ------------------------------------------------------------------ slow transformer
     def embed(self, tokens: Tensor) -> Tensor:
