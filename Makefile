@@ -78,7 +78,7 @@ bench-api: $(STAMP) ## producer API: accepted requests/s and p50/p99 at rising c
 	$(BIN)/python -m ops.bench.api
 
 bench-s1mini: $(STAMP) ## S1-mini: operators and inductor kernels per step, tiny continuous vs static, codec dtypes, compiled start-up -> results/s1mini_cpu.json (GPU: python -m ops.bench.s1mini --device cuda)
-	$(BIN)/python -m ops.bench.s1mini --device cpu --modes ops,kernels,codec --out results/s1mini_cpu.json
+	$(BIN)/python -m ops.bench.s1mini --device cpu --modes ops,static,sdpa,kernels,codec --batch-sizes 1,2,4 --codec-frames 4 --out results/s1mini_cpu.json
 	$(BIN)/python -m ops.bench.s1mini --device cpu --modes tiny_continuous --threads 1 --codec-threads 1 --update --out results/s1mini_cpu.json
 	$(BIN)/python -m ops.bench.s1mini --device cpu --tiny --modes startup --compile --slots 4 --capacity 256 --update --out results/s1mini_cpu.json
 

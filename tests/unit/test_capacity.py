@@ -41,6 +41,10 @@ def test_rate_comes_from_the_results_file(tmp_path) -> None:
     assert rate.audio_s_per_s == 60.0 and "static batch 8" in rate.source
     rate = measured_rate(_report(static, {"audio_s_per_s": 48.0}))
     assert rate.audio_s_per_s == 48.0 and "continuous" in rate.source
+    per_placement = _report(static) | {"continuous": {"thread": {"saturated": {"audio_s_per_s": 41.0}},
+                                                       "process": {"saturated": {"audio_s_per_s": 44.0}}}}
+    rate = measured_rate(per_placement)  # one run per codec placement: the better one
+    assert rate.audio_s_per_s == 44.0 and "continuous.process.saturated" in rate.source
     f = tmp_path / "s1mini_cuda.json"
     f.write_text(json.dumps(_report(static, {"audio_s_per_s": 40.0})))
     assert load_rate(f).audio_s_per_s == 40.0
