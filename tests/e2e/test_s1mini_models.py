@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
+from ops.lag import group_lag, list_groups
+from ops.services import free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
 from tests.stack import REPO, Stack
@@ -127,3 +129,38 @@ def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_
 def _consumes_line(log: str) -> str:
     return next(line for line in log.splitlines() if "synthesis consumes" in line)
 
+
+def test_a_refused_checkpoint_keeps_the_worker_up_not_ready_saying_why_and_consuming_nothing(stack: Stack, tiny_checkpoint: Path) -> None:
+    (tiny_checkpoint / "codec.pth").unlink()
+    port = free_port()
+    proc = stack.start("worker-s1mini", "worker", "synthesis", "--web-port", str(port), env={
+        "VOICENOTE_ENGINE__KIND": "s1mini", "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR": str(tiny_checkpoint)})
+    deadline, ready = time.monotonic() + 90, None
+    while time.monotonic() < deadline and ready is None:
+        assert proc.poll() is None, f"the worker exited with {proc.returncode}:\n{stack.log('worker-s1mini')[-3000:]}"
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    assert ready is not None, stack.log("worker-s1mini")[-3000:]
+    assert ready.status_code == 503
+    reason = ready.json()["waiting_on"]["engine"]["error"]
+    assert "codec.pth" in reason and "not found" in reason, reason
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200  # alive: no restart
+
+    # A request on its topic waits for a worker that can serve it: this one never joins the group.
+    settings = stack.settings
+    topic = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                          partitions=settings.kafka.partitions).requests_for("s1mini").name
+    producer = Producer(settings.kafka.client_config())
+    producer.produce(topic, key=b"job_waits", value=Codecs().request.encode({
+        "job_id": "job_waits", "created_at": int(time.time() * 1000), "text": TEXT, "voice": "default", "format": "wav",
+        "model": "s1-mini"}))
+    assert producer.flush(10) == 0
+    time.sleep(5)
+    assert proc.poll() is None and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 503
+    group = f"{settings.worker.group_id}-synthesis-s1mini"
+    assert group not in list_groups(settings.kafka) and group_lag(settings.kafka, group) == []
+    log = stack.log("worker-s1mini")
+    assert log.count("engine not loaded") == 1 and reason in log and "synthesis consumes" not in log
+    assert stack.stop("worker-s1mini", timeout=20) == 0  # and it stops when told
