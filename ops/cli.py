@@ -274,6 +274,26 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_s1mini(args: argparse.Namespace) -> int:
+    """``s1mini tiny-checkpoint DIR``: a tiny random checkpoint the S1-mini worker loads (needs torch)."""
+    try:
+        from stream_workers.engine.s1mini.tiny_checkpoint import FILES, WORKER_ENV, write_tiny_checkpoint
+    except ImportError as exc:
+        raise VoicenoteError(f"the S1-mini engine is not installed ({exc}); pip install 'voicenote[s1mini]'") from exc
+
+    path = Path(args.dir)
+    taken = [name for name in FILES if (path / name).exists()]
+    if taken and not args.force:
+        raise UsageError(f"{path} already has {', '.join(taken)}; pass --force to overwrite")
+    write_tiny_checkpoint(path, seed=args.seed)
+    where = path.resolve()
+    print(f"wrote a tiny random openaudio-s1-mini checkpoint to {where}; a worker on it (random weights: noise, "
+          f"cut at 24 frames):")
+    env = {**WORKER_ENV, "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR": str(where)}
+    print("  " + " ".join(f"{k}={v}" for k, v in env.items()) + " voicenote worker synthesis")
+    return EXIT_OK
+
+
 # -- provisioning --------------------------------------------------------------------------------------
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -668,6 +688,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("role", choices=["synthesis", "completion", "webhooks"])
     worker.add_argument("--web-port", type=int, help="Faust's web port (one per worker process)")
     worker.set_defaults(func=_cmd_worker)
+
+    s1mini = command("s1mini", help="S1-mini helpers: `s1mini tiny-checkpoint DIR` writes a tiny random checkpoint "
+                     "the worker loads (trying the path without the real weights)")
+    s1mini.add_argument("action", choices=["tiny-checkpoint"])
+    s1mini.add_argument("dir", metavar="DIR", help="the checkpoint directory (created if need be)")
+    s1mini.add_argument("--seed", type=int, default=7, help="of the random weights (default 7)")
+    s1mini.add_argument("--force", action="store_true", help="overwrite the checkpoint files DIR already has")
+    s1mini.set_defaults(func=_cmd_s1mini)
 
     topics = command("topics", help="provision, list or check the topic catalog (check: exit 0 once every topic exists "
                                     "with its partitions)")

@@ -10,7 +10,7 @@ touched. Then one job goes through the API with the compose development key.
 
 No Docker engine here: the images are not built; the services run from this checkout. No GPU here: the
 ``gpu`` profile's worker runs on the CPU (``S1MINI_DEVICE=cpu``) on a tiny random checkpoint
-(tests/tiny_s1mini.py). Running as ``python -m ops.cli`` is what the images' ``voicenote`` entrypoint is.
+(``voicenote s1mini tiny-checkpoint``). Running as ``python -m ops.cli`` is what the images' ``voicenote`` entrypoint is.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from ops.embedded import wait_ready
 from ops.services import free_port
 from tests.conftest import Backends
 from tests.registry_standin import RegistryStandIn
-from tests.tiny_s1mini import write_tiny_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -99,14 +98,13 @@ class ComposeHost:
             args[args.index("--host") + 1] = "127.0.0.1"
         return args
 
-    def start(self, name: str, svc: dict[str, Any], *, launcher: str = "ops.cli",
-              override: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, svc: dict[str, Any], *, override: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
         env.update(self.environment(name, svc))
         env.update(override or {})
         env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", launcher, *self.command(name, svc)], env=env, cwd=self.tmp,
+        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *self.command(name, svc)], env=env, cwd=self.tmp,
                                 stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
@@ -164,11 +162,14 @@ def test_every_service_of_ours_starts_from_the_compose_file_and_serves_a_job(hos
         code = host.start(name, services[name]).wait(timeout=120)
         assert code == 0, f"{name} exited with {code}; log:\n{host.log(name)}"
 
-    checkpoint = write_tiny_checkpoint(host.tmp / "models" / "openaudio-s1-mini")
+    checkpoint = host.tmp / "models" / "openaudio-s1-mini"
+    made = subprocess.run([sys.executable, "-m", "ops.cli", "s1mini", "tiny-checkpoint", str(checkpoint)], capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert made.returncode == 0, made.stderr.decode()
     assert "./models:/models:ro" in services["worker-synthesis-gpu"]["volumes"]
     for name in ("api", "worker-synthesis", "worker-completion", "worker-webhooks"):
         host.start(name, services[name])
-    host.start("worker-synthesis-gpu", services["worker-synthesis-gpu"], launcher="tests.tiny_s1mini",
+    host.start("worker-synthesis-gpu", services["worker-synthesis-gpu"],
                override={"VOICENOTE_ENGINE__S1MINI_DEVICE": "cpu"})  # no GPU on this machine
     assert host.environment("worker-synthesis-gpu", services["worker-synthesis-gpu"])[
         "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR"] == str(checkpoint)

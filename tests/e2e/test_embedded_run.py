@@ -4,7 +4,9 @@ because the broker's topics and offsets live in <data-dir>/broker on disk (ops.d
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,3 +162,41 @@ def test_run_uses_the_configured_redis_and_its_children_die_with_it(tmp_path: Pa
                 os.kill(pid, signal.SIGKILL)
         run.log.close()
         _forget_redis_keys(db_url, f"{prefix}*")
+
+
+def test_the_readme_s1mini_snippet_serves_s1mini_on_the_tiny_checkpoint(tmp_path: Path, run_env: dict[str, str]) -> None:
+    """README.md's "Try the S1-mini path without weights", as written there: its command, settings and request."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tiktoken")  # the checkpoint's BPE tokenizer needs it
+    readme = (REPO / "README.md").read_text()
+    blocks = [part.split("```")[0] for part in readme.split("```sh")[1:]]
+    snippet = next(block for block in blocks if "s1mini tiny-checkpoint" in block)
+    command = next(line for line in snippet.splitlines() if "s1mini tiny-checkpoint" in line)
+    where = command.split("s1mini tiny-checkpoint", 1)[1].split()[0]
+    checkpoint = tmp_path / "tiny-s1mini"
+    made = subprocess.run([sys.executable, "-m", "ops.cli", "s1mini", "tiny-checkpoint", str(checkpoint)], cwd=REPO, env=run_env,
+                          capture_output=True, timeout=120)
+    assert made.returncode == 0, made.stderr.decode()
+    settings = dict(re.findall(r"(VOICENOTE_\w+)=(\S+)", snippet))
+    assert settings.pop("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR") == where and settings  # the directory written
+    body = json.loads(re.search(r"-d '(\{.*\})'", snippet).group(1))  # type: ignore[union-attr]
+    assert body["model"] == "s1-mini"
+
+    run = Run(tmp_path / "var", free_port(), {**run_env, **settings, "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR": str(checkpoint)})
+    try:
+        resp = httpx.post(f"{run.base}/v1/audio/speech/async", json=body, timeout=10)
+        assert resp.status_code == 202, resp.text
+        job_id, job = resp.json()["job_id"], {}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            job = httpx.get(f"{run.base}/v1/jobs/{job_id}", timeout=5).json()
+            if job.get("status") in ("succeeded", "failed"):
+                break
+            time.sleep(0.5)
+        log = (tmp_path / "var" / "log" / "worker-s1mini.log").read_text(errors="replace")[-3000:]
+        assert job.get("status") == "succeeded", f"{job}\n{log}"
+        assert job["model"] == "s1-mini"
+        audio = httpx.get(f"{run.base}/v1/jobs/{job_id}/audio", timeout=10, follow_redirects=True)
+        assert audio.status_code == 200 and audio.content[:4] == b"RIFF" and len(audio.content) > 44
+    finally:
+        run.stop()

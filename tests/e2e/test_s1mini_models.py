@@ -5,11 +5,11 @@ serves it through its own topic; sampling parameters change S1-mini's audio and 
 from __future__ import annotations
 
 import io
-import json
-import re
+import os
+import subprocess
+import sys
 import time
 import wave
-from base64 import b64encode
 from pathlib import Path
 
 import httpx
@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
+from ops.lag import group_lag, list_groups
+from ops.services import free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
-from tests.stack import Stack
+from tests.stack import REPO, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -29,32 +31,14 @@ TEXT = "Hello there."
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
-    """A tiny openaudio-s1-mini directory with random weights, laid out as the published one (plus the codec's shapes)."""
-    torch = pytest.importorskip("torch")
+    """A tiny openaudio-s1-mini directory with random weights, written by the documented command."""
+    pytest.importorskip("torch")
     pytest.importorskip("tiktoken")  # the checkpoint's BPE tokenizer needs it
-    from stream_workers.engine.s1mini import S1MiniEngine, S1MiniSettings, tiny_codec_config, tiny_config
-    from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
-
-    tok = ByteTokenizer(num_semantic=64)
-    codec = tiny_codec_config(64)
-    engine = S1MiniEngine(S1MiniSettings(random_init=True, seed=11, model_config=tiny_config(tok.vocab_size, 64),
-                                         codec_config=codec), tokenizer=tok)
-    # Random codec weights speak at about 1e-7, below one step of 16-bit audio: louden the output layer so
-    # that the audio that comes back as WAV still tells one sampling from another.
-    last = max(int(m.group(1)) for k in engine.codec.state_dict() if (m := re.match(r"decoder\.model\.(\d+)\.conv\.", k)))
-    with torch.no_grad():
-        for name, param in engine.codec.named_parameters():
-            if name.startswith(f"decoder.model.{last}.conv."):
-                param.mul_(1e6)
     d = tmp_path / "openaudio-s1-mini-tiny"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(engine.config.to_dict()))
-    (d / "codec_config.json").write_text(json.dumps(codec.__dict__))
-    torch.save(engine.model.state_dict(), d / "model.pth")
-    torch.save(engine.codec.state_dict(), d / "codec.pth")
-    # One BPE rank per byte: the real tokenizer then encodes exactly as the byte tokenizer the weights were made with.
-    (d / "tokenizer.tiktoken").write_text("".join(f"{b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    (d / "special_tokens.json").write_text(json.dumps(tok.special))
+    made = subprocess.run([sys.executable, "-m", "ops.cli", "s1mini", "tiny-checkpoint", str(d)], capture_output=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert made.returncode == 0, made.stderr.decode()
+    assert f"VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR={d}" in made.stdout.decode()
     return d
 
 
@@ -87,7 +71,7 @@ def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_
         "VOICENOTE_ENGINE__KIND": "s1mini", "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR": str(tiny_checkpoint),
         "VOICENOTE_ENGINE__S1MINI_MAX_NEW_TOKENS": "24",
         # Random weights rarely say "end of speech": keep what 24 frames made instead of failing the job.
-        "VOICENOTE_ENGINE__S1MINI_ON_MAX_TOKENS": "truncate"})
+        "VOICENOTE_ENGINE__S1MINI_ON_MAX_TOKENS": "truncate"})  # as the command prints them
     stack.start_worker("completion")
     stack.start_api()
 
@@ -144,3 +128,39 @@ def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_
 
 def _consumes_line(log: str) -> str:
     return next(line for line in log.splitlines() if "synthesis consumes" in line)
+
+
+def test_a_refused_checkpoint_keeps_the_worker_up_not_ready_saying_why_and_consuming_nothing(stack: Stack, tiny_checkpoint: Path) -> None:
+    (tiny_checkpoint / "codec.pth").unlink()
+    port = free_port()
+    proc = stack.start("worker-s1mini", "worker", "synthesis", "--web-port", str(port), env={
+        "VOICENOTE_ENGINE__KIND": "s1mini", "VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR": str(tiny_checkpoint)})
+    deadline, ready = time.monotonic() + 90, None
+    while time.monotonic() < deadline and ready is None:
+        assert proc.poll() is None, f"the worker exited with {proc.returncode}:\n{stack.log('worker-s1mini')[-3000:]}"
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    assert ready is not None, stack.log("worker-s1mini")[-3000:]
+    assert ready.status_code == 503
+    reason = ready.json()["waiting_on"]["engine"]["error"]
+    assert "codec.pth" in reason and "not found" in reason, reason
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200  # alive: no restart
+
+    # A request on its topic waits for a worker that can serve it: this one never joins the group.
+    settings = stack.settings
+    topic = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
+                          partitions=settings.kafka.partitions).requests_for("s1mini").name
+    producer = Producer(settings.kafka.client_config())
+    producer.produce(topic, key=b"job_waits", value=Codecs().request.encode({
+        "job_id": "job_waits", "created_at": int(time.time() * 1000), "text": TEXT, "voice": "default", "format": "wav",
+        "model": "s1-mini"}))
+    assert producer.flush(10) == 0
+    time.sleep(5)
+    assert proc.poll() is None and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 503
+    group = f"{settings.worker.group_id}-synthesis-s1mini"
+    assert group not in list_groups(settings.kafka) and group_lag(settings.kafka, group) == []
+    log = stack.log("worker-s1mini")
+    assert log.count("engine not loaded") == 1 and reason in log and "synthesis consumes" not in log
+    assert stack.stop("worker-s1mini", timeout=20) == 0  # and it stops when told

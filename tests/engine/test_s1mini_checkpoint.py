@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from stream_workers.engine.base import SynthesisInput
-from stream_workers.engine.s1mini import CheckpointError, S1MiniEngine, S1MiniSettings, tiny_codec_config
+from stream_workers.engine.s1mini import CheckpointError, S1MiniEngine, S1MiniSettings, tiny_checkpoint, tiny_codec_config
 from stream_workers.engine.s1mini.codec_runner import build_codec
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer, load_tokenizer
 
 
-def unfold_weight_norm(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    g = w.flatten(1).norm(dim=1).view(-1, *([1] * (w.dim() - 1)))
-    return g, w * 3.0  # v is only defined up to scale
-
-
 def write_checkpoint(path, engine: S1MiniEngine, tok: ByteTokenizer, *, lightning=False):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(engine.config.to_dict()))
-    state = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    if lightning:  # LightningModule layout: {"state_dict": {"model.<name>": ...}} and split q/k/v
-        wqkv = state.pop("layers.0.attention.wqkv.weight")
-        c = engine.config
-        q, k, v = wqkv.split([c.n_head * c.head_dim, c.n_local_heads * c.head_dim, c.n_local_heads * c.head_dim])
-        state.update({"layers.0.attention.wq.weight": q, "layers.0.attention.wk.weight": k, "layers.0.attention.wv.weight": v})
-        state = {"state_dict": {"model." + k: v for k, v in state.items()}}
-    torch.save(state, path / "model.pth")
-    codec = {}
-    for k, v in build_codec(engine.codec_spec).state_dict().items():  # the engine's codec weights
-        if k.startswith("decoder.") and k.endswith("conv.weight"):  # CausalWNConv1d: parametrizations
-            g, vv = unfold_weight_norm(v)
-            base = k[: -len("weight")]
-            codec[base + "parametrizations.weight.original0"] = g
-            codec[base + "parametrizations.weight.original1"] = vv
-        elif k.endswith("out_proj.weight"):  # dac's WNConv1d: weight_g / weight_v
-            g, vv = unfold_weight_norm(v)
-            codec[k + "_g"], codec[k + "_v"] = g, vv
-        else:
-            codec[k] = v.clone()
-    # encode-side weights and saved buffers that a real codec.pth carries (ignored by the loader)
-    codec["encoder.block.0.conv.weight_g"] = torch.ones(4, 1, 1)
-    codec["quantizer.semantic_quantizer.quantizers.0.in_proj.weight_v"] = torch.ones(4, 32, 1)
-    codec["quantizer.post_module.freqs_cis"] = torch.zeros(8, 8, 2)
-    codec["quantizer.post_module.causal_mask"] = torch.ones(8, 8, dtype=torch.bool)
-    torch.save(codec, path / "codec.pth")
-    lines = [f"{__import__('base64').b64encode(bytes([i])).decode()} {i}" for i in range(256)]
-    (path / "tokenizer.tiktoken").write_text("\n".join(lines) + "\n")
-    (path / "special_tokens.json").write_text(json.dumps(tok.special))
+    """The engine's weights (its codec's as build_codec makes them) in the published layout."""
+    return tiny_checkpoint.write_checkpoint(path, engine.config, engine.model.state_dict(),
+                                            build_codec(engine.codec_spec).state_dict(), tok.special, lightning=lightning)
 
 
 @pytest.fixture
@@ -143,3 +108,27 @@ def test_settings_select_s1mini_and_a_missing_checkpoint_stops_start_up(tmp_path
         build_engine(EngineSettings(kind=EngineKind.s1mini))
     with pytest.raises(CheckpointError, match="does not exist"):
         build_engine(EngineSettings(kind=EngineKind.s1mini, s1mini_checkpoint_dir=tmp_path / "nowhere"))
+
+
+def test_the_tiny_checkpoint_command_writes_what_the_worker_loads_as_it_is(tmp_path, capsys) -> None:
+    pytest.importorskip("tiktoken")  # the checkpoint's BPE tokenizer needs it
+    from ops.cli import main
+    from stream_workers.engine import build_engine
+    from voicenote.settings import EngineKind, EngineSettings
+
+    d = tmp_path / "tiny"
+    assert main(["s1mini", "tiny-checkpoint", str(d)]) == 0
+    assert f"VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR={d}" in capsys.readouterr().out
+    assert {p.name for p in d.iterdir()} == set(tiny_checkpoint.FILES)
+    # The settings the worker builds from, and nothing else: codec_config.json gives the codec's shapes.
+    engine = build_engine(EngineSettings(kind=EngineKind.s1mini, s1mini_checkpoint_dir=d, s1mini_max_new_tokens=8,
+                                         s1mini_on_max_tokens="truncate", s1mini_codec_process="thread"))
+    try:
+        assert engine.model_version.startswith("openaudio-s1-mini-")
+        (out,) = engine.synthesize_batch([SynthesisInput("a", "hello", temperature=0.7, seed=1)])
+        assert out.ok and out.audio.size > 0 and np.abs(out.audio).max() * 32767 > 1  # audible in 16-bit WAV
+    finally:
+        engine.close()
+    assert main(["s1mini", "tiny-checkpoint", str(d)]) == 2  # never overwrites a checkpoint unasked
+    assert "--force" in capsys.readouterr().err
+    assert main(["s1mini", "tiny-checkpoint", str(d), "--force", "--seed", "8"]) == 0

@@ -226,6 +226,22 @@ def test_workers_serve_probes_and_metrics_on_the_port_their_settings_name(overla
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_s1mini_workers_refusing_their_checkpoint_stay_up_not_ready_instead_of_restarting(overlay: str) -> None:
+    # A refused checkpoint serves /healthz 200 and /readyz 503 with the reason (stream_workers/main.py):
+    # a startup probe on /readyz would restart it every 10 minutes, a liveness probe on it at once.
+    checked = []
+    for name, obj in _by_kind(rendered(overlay), "Deployment").items():
+        (container,) = obj["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if env.get("VOICENOTE_ENGINE__KIND") == "s1mini":
+            checked.append(name)
+            assert container["startupProbe"]["httpGet"]["path"] == "/healthz", obj["metadata"]["name"]
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", obj["metadata"]["name"]
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", obj["metadata"]["name"]
+    assert checked or overlay == "dev"  # dev has no GPU workers
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_every_worker_grace_period_covers_its_drain(overlay: str) -> None:
     objects = rendered(overlay)
     maps = _configmaps(objects)
