@@ -68,7 +68,7 @@ def check_extra_fields(req: SpeechRequest, where: str = "") -> list[str]:
         if not name or len(name) > MAX_EXTRA_NAME:
             raise ApiError(400, f"unknown field names must be 1 to {MAX_EXTRA_NAME} characters long",
                            param=f"{where}{name[:MAX_EXTRA_NAME]}", code="invalid_request")
-        names.append(quote(name, safe="_-.~"))
+        names.append(quote(name, safe="_-.~", errors="surrogatepass"))  # JSON may carry a lone surrogate
     return names
 
 

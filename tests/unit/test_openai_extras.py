@@ -16,8 +16,8 @@ def _req(**fields: Any) -> OpenAISpeechRequest:
 
 
 def test_other_servers_fields_are_named_sorted_and_header_safe() -> None:
-    req = _req(top_k=30, lang_code="a", stream=True, streaming=True, reference_id="x", **{"a b,c": 1, "ünï": 2})
-    assert check_extra_fields(req) == ["a%20b%2Cc", "lang_code", "reference_id", "stream", "streaming", "top_k",
+    req = _req(top_k=30, lang_code="a", stream=True, streaming=True, reference_id="x", **{"a b,c": 1, "ünï": 2, "\x00": 3})
+    assert check_extra_fields(req) == ["%00", "a%20b%2Cc", "lang_code", "reference_id", "stream", "streaming", "top_k",
                                        "%C3%BCn%C3%AF"]
     assert check_extra_fields(_req()) == [] and check_extra_fields(SpeechRequest(input="Hello.")) == []
 
