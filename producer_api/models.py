@@ -89,10 +89,12 @@ class SpeechRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1],
                                              description="S1-mini repetition penalty over recent frames.")
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="S1-mini sampling seed: same seed, same audio.")
-    stream_format: Literal["audio", "sse"] | None = Field(
-        None, description="Unset: the whole file in one answer. 'audio': the audio streamed in chunks as segments are "
-                          "synthesized (wav with an unknown-length header, pcm, or mp3/opus/aac/flac encoded as it goes). "
-                          "'sse': OpenAI's speech stream events (speech.audio.delta with base64 audio, then speech.audio.done).")
+    stream_format: Literal["audio", "sse", "none"] | None = Field(
+        None, description="Unset or 'audio' (OpenAI's default): the audio streamed in chunks as segments are synthesized "
+                          "(wav with an unknown-length header, pcm, or mp3/opus/aac/flac encoded as it goes); the whole "
+                          "body is still a complete file. 'sse': OpenAI's speech stream events (speech.audio.delta with "
+                          "base64 audio, then speech.audio.done). 'none': the whole file in one buffered answer, with a "
+                          "Content-Length. Only POST /v1/audio/speech streams; the async endpoint ignores it.")
     webhook_url: str | None = Field(None, max_length=2048, description="Receives the completion (signed) when the job ends.")
     use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
 
@@ -100,6 +102,16 @@ class SpeechRequest(BaseModel):
     _input = field_validator("input")(_check_input)
     _instructions = field_validator("instructions")(_check_optional_text)
     _speed = field_validator("speed", mode="before")(_check_speed)
+
+
+class OpenAISpeechRequest(SpeechRequest):
+    """The body of ``POST /v1/audio/speech``: OpenAI's SDK sends whatever ``extra_body`` holds, and clients written
+    for other servers send their own fields (Kokoro's ``lang_code``, fish-speech's ``chunk_length``). Unknown fields
+    are accepted and named in ``X-Voicenote-Ignored-Params`` (``ModelRouter.route``), except those that look like a
+    field of ours misspelt or in another spelling (``check_extra_fields``): ignoring those would silently drop what
+    the caller meant. The native endpoints (``/async``, ``/batch``) keep refusing every unknown field."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class BatchItem(BaseModel):
@@ -267,7 +279,12 @@ class VoiceList(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [
         {"model": "tts-1", "aliases": [], "engine": "piper", "default_voice": "en_US-joe-medium",
          "voices": [{"id": "en_US-joe-medium", "description": "Piper, US English, male, medium quality"}],
-         "voice_names": {"alloy": "en_US-joe-medium", "en_US-joe-medium": "en_US-joe-medium"}}]}]})
+         "voice_names": {"alloy": "en_US-joe-medium", "en_US-joe-medium": "en_US-joe-medium"}}],
+        "voices": ["en_US-joe-medium", "alloy"]}]})
 
     object: Literal["list"] = "list"
     data: list[ModelVoices]
+    voices: list[str] = Field(..., description="Every name the listed models accept for voice, flat, as Kokoro-FastAPI "
+                                               "answers (what third-party web UIs read): each model's voice ids and "
+                                               "names in data's order, without repeats. A name may be accepted by only "
+                                               "some models; data[].voice_names says which (or ask with ?model=).")

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-StreamFormat = Literal["audio", "sse"]
+StreamFormat = Literal["audio", "sse", "none"]  # unset is "audio", OpenAI's default
 
 
 # -- routing segments to responses ----------------------------------------------------------------
@@ -376,6 +376,12 @@ class JobSegments:
         return None
 
 
+async def router_reading(router: SegmentRouter, seconds: float = ROUTER_READY_WAIT_SECONDS) -> bool:
+    """Whether ``router`` reads the segments topic, waiting up to ``seconds`` (just after start-up it may still be
+    looking up the partitions' ends: a moment's wait, not a refusal)."""
+    return router.ready.is_set() or await asyncio.to_thread(router.ready.wait, seconds)
+
+
 def _raise_for(job_id: str, record: dict[str, str], headers: dict[str, str]) -> None:
     """The error a non-streaming request gets for a job that did not succeed (SyncSpeech.speak's mapping)."""
     from producer_api.errors import ApiError
@@ -405,7 +411,7 @@ async def open_stream(sync: SyncSpeech, router: SegmentRouter, caller: Any, req:
 
     routed = sync.route(req)  # raises when not subscribed to completions (it could not see the job end)
     # Just after start-up the router may still be looking up the partitions' ends: a moment's wait, not a 503.
-    if not router.ready.is_set() and not await asyncio.to_thread(router.ready.wait, ROUTER_READY_WAIT_SECONDS):
+    if not await router_reading(router):
         raise DependencyUnavailable("kafka", "not reading the segments topic, cannot stream")
     fmt: str = req.response_format
     sse = req.stream_format == "sse"

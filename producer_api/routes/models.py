@@ -46,4 +46,5 @@ async def list_voices(caller: Submitter, router: Router,
                       model: str | None = Query(None, max_length=64, description="Only this model (id or alias).")) -> VoiceList:
     models = [router.find(model)] if model else list(router.models.models)
     running = await router.running_engines()
-    return VoiceList(data=[_voices(m, running.get(m.family)) for m in models])
+    names = list(dict.fromkeys(name for m in models for name in m.voice_names()))
+    return VoiceList(data=[_voices(m, running.get(m.family)) for m in models], voices=names)

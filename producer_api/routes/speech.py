@@ -6,32 +6,39 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from producer_api.deps import BatchService, IdempotencyKey, Segments, Speaking, Submitter, Submitting
-from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, SpeechRequest
+from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, OpenAISpeechRequest, SpeechRequest
 from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
 from producer_api.services.common import ignored_header
-from producer_api.streaming import open_stream
+from producer_api.streaming import open_stream, router_reading
 from voicenote.audio import CONTENT_TYPES
 from voicenote.errors import DependencyUnavailable
 
 router = APIRouter(prefix="/v1/audio", tags=["speech"])
 
-_AUDIO = {200: {"description": "The audio; pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format. With "
-                               "stream_format 'audio' it comes in chunks as it is synthesized; with 'sse', as "
-                               "speech.audio.delta events then speech.audio.done",
+_AUDIO = {200: {"description": "The audio, in chunks as it is synthesized (stream_format unset or 'audio', as OpenAI "
+                               "streams; the whole body is a complete file), as speech.audio.delta events then "
+                               "speech.audio.done (stream_format 'sse'), or in one buffered answer with a Content-Length "
+                               "(stream_format 'none'). pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format",
                 "content": {**{ct: {"example": "(binary audio)"} for ct in CONTENT_TYPES.values()},
                             "text/event-stream": {"example": 'data: {"type":"speech.audio.delta","audio":"..."}'}}}}
 
 
 @router.post("/speech", response_class=Response, summary="Speak now (OpenAI-compatible): answers with the audio",
              responses={**_AUDIO, **ERRORS, **CONFLICT_IDEMPOTENCY, **TIMEOUT})
-async def speech(body: SpeechRequest, caller: Submitter, sync: Speaking, segments: Segments,
+async def speech(body: OpenAISpeechRequest, caller: Submitter, sync: Speaking, segments: Segments,
                  idempotency_key: IdempotencyKey = None) -> Response:
-    if body.stream_format is not None:
+    if body.stream_format is None:
+        # OpenAI's default: stream. Where this process cannot (no segments topic, or not reading it after a
+        # moment's wait), the answer is the whole file: the caller asked for nothing in particular, and gets a
+        # complete answer rather than a 503.
+        if segments is not None and await router_reading(segments):
+            return await open_stream(sync, segments, caller, body, idempotency_key)  # type: ignore[no-any-return]
+    elif body.stream_format != "none":
         if segments is None:
             raise DependencyUnavailable("kafka", "streaming needs the segments topic in the catalog")
         return await open_stream(sync, segments, caller, body, idempotency_key)  # type: ignore[no-any-return]
     audio = await sync.speak(caller, body, idempotency_key)
-    return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
+    return Response(content=audio.data, media_type=audio.content_type, headers={**audio.headers, "X-Voicenote-Streamed": "false"})
 
 
 @router.post("/speech/async", status_code=202, response_model=AsyncAccepted, summary="Queue a voice note",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 
@@ -22,6 +25,53 @@ class Routed:
     ignored: list[str]
 
 
+# The other spellings our native endpoints accept (BatchItem's aliases): on the OpenAI endpoint, sent instead of
+# the OpenAI field, ignoring them would silently give the default voice or format.
+NATIVE_ALIASES = {"text": "input", "voice_id": "voice", "format": "response_format"}
+MAX_EXTRA_FIELDS = 32  # every one is named in a header: bounded, so the answer's headers stay small
+MAX_EXTRA_NAME = 64
+_SPELLING = re.compile(r"[^a-z0-9]")
+
+
+def _spelling(name: str) -> str:
+    return _SPELLING.sub("", name.lower())
+
+
+def check_extra_fields(req: SpeechRequest, where: str = "") -> list[str]:
+    """The unknown fields of ``req`` (the OpenAI endpoint accepts them), as named in the ignored-params header.
+
+    Refused (400 naming the field) where ignoring it would silently drop what the caller meant: a field of ours
+    in another spelling (``responseFormat``, ``Speed``) or misspelt (``respone_format``, ``webook_url``), and
+    ``text``/``voice_id``/``format`` (our batch endpoint's names) sent without the OpenAI field they stand for.
+    Names are percent-encoded for the header; more than ``MAX_EXTRA_FIELDS`` of them is refused too."""
+    extra = req.model_extra or {}
+    if not extra:
+        return []
+    known = [name for name in type(req).model_fields]
+    by_spelling = {_spelling(name): name for name in known}
+    for name in extra:
+        target = NATIVE_ALIASES.get(name)
+        if target is not None and target not in req.model_fields_set:
+            raise ApiError(400, f"{name!r} is not a field of this endpoint (OpenAI's speech request); send {target!r}",
+                           param=f"{where}{name}", code="invalid_request")
+        same = by_spelling.get(_spelling(name))
+        close = [same] if same and same != name else difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            raise ApiError(400, f"unknown field {name!r}: did you mean {close[0]!r}? (unknown fields are otherwise "
+                                "ignored, and this one looks like a field that would change the answer)",
+                           param=f"{where}{name}", code="invalid_request")
+    if len(extra) > MAX_EXTRA_FIELDS:
+        raise ApiError(400, f"{len(extra)} unknown fields; at most {MAX_EXTRA_FIELDS} are accepted (and ignored)",
+                       param=None, code="invalid_request")
+    names = []
+    for name in sorted(extra):
+        if not name or len(name) > MAX_EXTRA_NAME:
+            raise ApiError(400, f"unknown field names must be 1 to {MAX_EXTRA_NAME} characters long",
+                           param=f"{where}{name[:MAX_EXTRA_NAME]}", code="invalid_request")
+        names.append(quote(name, safe="_-.~", errors="surrogatepass"))  # JSON may carry a lone surrogate
+    return names
+
+
 class ModelRouter:
     def __init__(self, *, models: ModelRegistry, redis: aioredis.Redis, key_prefix: str) -> None:
         self.models = models
@@ -38,7 +88,8 @@ class ModelRouter:
             voice = model.resolve_voice(req.voice)
         except UnknownVoiceName as exc:
             raise ApiError(400, str(exc), param=f"{where}voice", code="unknown_voice") from None
-        return Routed(req, model, voice, model.ignored(req.model_dump()))
+        extra = check_extra_fields(req, where)
+        return Routed(req, model, voice, model.ignored(req.model_dump()) + extra)
 
     def find(self, name: str) -> Model:
         """A model by id or alias; 404 when this deployment does not serve it."""

@@ -77,6 +77,39 @@ async def test_parameters_the_engine_ignores_are_named_in_the_header_and_the_job
     assert event["attributes"]["ignored_params"] == ",".join(expected)  # so a rebuilt projection keeps it
 
 
+async def test_unknown_fields_on_the_openai_endpoint_are_named_as_ignored_not_refused(api_factory: Any,
+                                                                                      settings: Settings) -> None:
+    """What the OpenAI SDK's extra_body carries (here fields of other servers: Kokoro's lang_code, fish-speech's
+    chunk_length, a nested object) is accepted on POST /v1/audio/speech and named with what the engine ignores.
+    No worker runs: the 504 names the job, whose record says what was ignored."""
+    extra = {"lang_code": "a", "chunk_length": 200, "normalization_options": {"normalize": True}, "weird name,": 1}
+    async with api_factory(sync_timeout_seconds=1.0) as api:
+        resp = await api.post("/v1/audio/speech", json={**SPEECH, "seed": 3, **extra})
+        assert resp.status_code == 504, resp.text
+        job = (await api.get(f"/v1/jobs/{resp.headers['x-job-id']}")).json()
+        # The native endpoints still refuse what they do not know.
+        native = await api.post("/v1/audio/speech/async", json={**SPEECH, "lang_code": "a"})
+    named = ["seed", "chunk_length", "lang_code", "normalization_options", "weird%20name%2C"]
+    assert job["ignored_params"] == named and resp.headers[IGNORED] == ", ".join(named)
+    assert native.status_code == 400 and native.json()["error"]["param"] == "lang_code"
+
+
+@pytest.mark.parametrize(("patch", "param", "hint"), [
+    ({"responseFormat": "wav"}, "responseFormat", "response_format"),  # another spelling of ours
+    ({"webook_url": "https://example.com/hook"}, "webook_url", "webhook_url"),  # misspelt: the callback would be lost
+    ({"Speed": 1.5}, "Speed", "speed"),
+    ({"voice_id": "nova"}, "voice_id", "voice"),  # the batch endpoint's name, without OpenAI's voice
+    ({"format": "wav"}, "format", "response_format"),
+])
+async def test_unknown_fields_that_look_like_ours_are_refused(api_factory: Any, patch: dict[str, Any], param: str,
+                                                              hint: str) -> None:
+    async with api_factory() as api:
+        resp = await api.post("/v1/audio/speech", json={"input": "Your parcel is on its way.", **patch})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param and error["code"] == "invalid_request" and repr(hint) in error["message"]
+
+
 @pytest.mark.parametrize(("body", "param", "listed"), [
     ({"model": "s1-mini", "voice": "en_US-joe-medium"}, "voice", ["default", "alloy", "cedar"]),
     ({"model": "tts-1", "voice": "bob"}, "voice", ["en_US-joe-medium", "marin", "verse"]),
@@ -124,6 +157,10 @@ async def test_models_and_voices_are_listed(api_factory: Any) -> None:
     assert [v["id"] for v in by_model["s1-mini"]["voices"]] == ["default"]
     assert by_model["s1-mini"]["voice_names"]["alloy"] == "default"
     assert [entry["model"] for entry in s1_voices["data"]] == ["s1-mini"]
+    # Flat, as Kokoro-FastAPI answers: every accepted name once, each model's in data's order.
+    assert voices["voices"][:2] == ["en_US-joe-medium", "alloy"] and len(set(voices["voices"])) == len(voices["voices"])
+    assert set(voices["voices"]) == {name for entry in voices["data"] for name in entry["voice_names"]}
+    assert s1_voices["voices"][0] == "default" and "en_US-joe-medium" not in s1_voices["voices"]
 
 
 async def test_a_family_this_deployment_does_not_serve_is_refused(api_factory: Any, settings: Settings) -> None:

@@ -183,8 +183,12 @@ async def test_body_size_limit_is_413(api_factory: Any) -> None:
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
 
 
-async def test_sync_speech_waits_for_the_completion_and_returns_the_audio(api_factory: Any, settings: Settings) -> None:
-    """A stand-in for the workers: store audio and record success for whatever job the API queued."""
+@pytest.mark.parametrize("stream_format", [None, "none"])
+async def test_sync_speech_waits_for_the_completion_and_returns_the_audio(api_factory: Any, settings: Settings,
+                                                                         stream_format: str | None) -> None:
+    """A stand-in for the workers: store audio and record success for whatever job the API queued. It publishes no
+    segments (like a cache hit), so the default (streaming) answer is the stored file in one piece too; "none" asks
+    for that answer whatever the worker does."""
     jobs = JobStore.from_settings(settings.redis)
     store = build_store(settings.storage)
     wav = to_wav((0.3 * np.sin(np.arange(22050) / 10)).astype(np.float32), 22050)
@@ -202,13 +206,17 @@ async def test_sync_speech_waits_for_the_completion_and_returns_the_audio(api_fa
 
     async with api_factory() as api:
         worker = asyncio.create_task(fake_worker())
-        resp = await api.post("/v1/audio/speech", json={**SPEECH, "response_format": "mp3"})
+        extra = {"stream_format": stream_format} if stream_format else {}
+        resp = await api.post("/v1/audio/speech", json={**SPEECH, "response_format": "mp3", **extra})
         job_id = await worker
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == "audio/mpeg" and resp.headers["x-job-id"] == job_id
     assert resp.content[:3] == b"ID3" or resp.content[0] == 0xFF
+    assert resp.headers["x-voicenote-streamed"] == "false" and int(resp.headers["content-length"]) == len(resp.content)
     [event] = _requests_on_topic(settings, 1)
     assert event["priority"] == "interactive"
+    # Asked for a stream (the default) or not: the worker is told whether to publish segments.
+    assert event["attributes"].get("stream") == (None if stream_format == "none" else "true")
     await jobs.close()
     await store.close()
 

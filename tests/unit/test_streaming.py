@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import struct
+from typing import Any
 
 import av
 import numpy as np
@@ -44,6 +45,41 @@ def test_wav_and_pcm_streams_are_the_samples_in_order() -> None:
     wav_out = [wav.feed(c, RATE) for c in chunks] + [wav.finish()]
     assert wav_out[0][:44] == streaming_wav_header(RATE) and b"".join(wav_out)[44:] == b"".join(chunks)
     assert b"".join(pcm.feed(c, RATE) for c in chunks) + pcm.finish() == b"".join(chunks)
+
+
+class _Pipe(io.RawIOBase):
+    """A non-seekable reader, as a client reading the HTTP body sees it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_whole_streamed_wav_is_a_valid_file_for_wave_and_pyav() -> None:
+    """The whole body of a streamed wav: Python's wave reads the format and every sample (its frame count is the
+    header's "unknown" size, 0xFFFFFFFF // 2); PyAV decodes every sample, from a seekable file and from a pipe."""
+    import wave
+
+    chunks = _chunks()
+    encoder = stream_encoder("wav")
+    data = b"".join(encoder.feed(c, RATE) for c in chunks) + encoder.finish()
+    with wave.open(io.BytesIO(data)) as reader:
+        assert (reader.getnchannels(), reader.getsampwidth(), reader.getframerate()) == (1, 2, RATE)
+        assert reader.getnframes() == UNKNOWN_SIZE // 2
+        assert reader.readframes(reader.getnframes()) == b"".join(chunks)
+    expected = sum(len(c) for c in chunks) // 2
+    assert _decoded_samples(data) == (expected, RATE)
+    with av.open(_Pipe(data)) as container:  # type: ignore[arg-type]
+        stream = container.streams.audio[0]
+        pcm = b"".join(bytes(frame.planes[0])[:frame.samples * 2] for frame in container.decode(stream))
+    assert stream.codec_context.name == "pcm_s16le" and pcm == b"".join(chunks)
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac"])
