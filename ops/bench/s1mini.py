@@ -608,12 +608,14 @@ def main(argv: list[str] | None = None) -> int:
     if "startup" in modes:
         report["startup"] = bench_startup(args)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # every section says which run made it (shapes, time); the top level holds what all runs share
+    run = {"measured_at": report.pop("time"), "config": "tiny" if args.tiny else "real S1-mini shapes",
+           "model": report.pop("model"), **{k: report.pop(k) for k in ("steps", "prompt_len", "temperature", "build_s", "tiny")}}
+    for v in report.values():
+        if isinstance(v, dict):
+            v["run"] = run
     if args.update and out.exists():
-        old = json.loads(out.read_text())
-        sections = {k: v for k, v in report.items() if isinstance(v, dict) and k != "model"}
-        for k in sections:
-            sections[k] = {**sections[k], "measured_at": report["time"]} if isinstance(sections[k], dict) else sections[k]
-        report = {**old, **{k: v for k, v in report.items() if k not in sections}, **sections}
+        report = {**json.loads(out.read_text()), **report}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
