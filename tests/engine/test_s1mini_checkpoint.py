@@ -35,21 +35,27 @@ def test_loads_real_layout_and_matches_in_memory_model(ckpt, s1_tok):
     d, ref = ckpt
     tok = load_tokenizer(d)
     assert tok.encode("<|speaker:0|>hi") == s1_tok.encode("<|speaker:0|>hi")
-    eng = S1MiniEngine(settings(d))
-    assert eng.model_version.startswith("openaudio-s1-mini-")
-    items = [SynthesisInput("a", "hello", temperature=0), SynthesisInput("b", "bye now", temperature=0)]
-    got, want = eng.synthesize_batch(items), ref.synthesize_batch(items)
-    for g, w in zip(got, want, strict=True):
-        assert g.ok and w.ok
-        np.testing.assert_allclose(g.audio, w.audio, atol=1e-5)
+    eng = S1MiniEngine(settings(d))  # the CPU default: the codec (loaded from codec.pth) in its own process
+    try:
+        assert eng.model_version.startswith("openaudio-s1-mini-")
+        items = [SynthesisInput("a", "hello", temperature=0), SynthesisInput("b", "bye now", temperature=0)]
+        got, want = eng.synthesize_batch(items), ref.synthesize_batch(items)
+        for g, w in zip(got, want, strict=True):
+            assert g.ok and w.ok
+            np.testing.assert_allclose(g.audio, w.audio, atol=1e-5)
+    finally:
+        eng.close()
 
 
 def test_lightning_layout_with_split_qkv(tmp_path, make_engine, s1_tok):
     ref = make_engine()
     write_checkpoint(tmp_path / "c", ref, s1_tok, lightning=True)
-    eng = S1MiniEngine(settings(tmp_path / "c"), tokenizer=s1_tok)
-    for k, v in ref.model.state_dict().items():
-        assert torch.equal(v, eng.model.state_dict()[k]), k
+    eng = S1MiniEngine(settings(tmp_path / "c", codec_process="thread"), tokenizer=s1_tok)
+    try:
+        for k, v in ref.model.state_dict().items():
+            assert torch.equal(v, eng.model.state_dict()[k]), k
+    finally:
+        eng.close()
 
 
 def _expect_error(d, s1_tok, *needles):
