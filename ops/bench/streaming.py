@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,37 +64,32 @@ def note(chars: int = 1000) -> str:
     return text[:chars].rsplit(" ", 1)[0] + "."
 
 
-def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, float, int, int, str]:
-    """(seconds to first byte, seconds to last byte, bytes, chunks, streamed header) of one POST."""
-    t0 = time.perf_counter()
+def _read_timed(t0: float, chunks_in: Iterable[bytes], headers: Any) -> tuple[float, float, int, int, str]:
+    """(seconds to first byte, seconds to last byte, bytes, chunks, streamed header) of one answer."""
     first = 0.0
     size = chunks = 0
+    for chunk in chunks_in:
+        if chunk:
+            if not chunks:
+                first = time.perf_counter() - t0
+            chunks += 1
+            size += len(chunk)
+    return first, time.perf_counter() - t0, size, chunks, headers.get("x-voicenote-streamed", "")
+
+
+def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, float, int, int, str]:
+    """The figures of one POST (see _read_timed)."""
+    t0 = time.perf_counter()
     with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
-        for chunk in response.iter_raw():
-            if chunk:
-                if not chunks:
-                    first = time.perf_counter() - t0
-                chunks += 1
-                size += len(chunk)
-        streamed = response.headers.get("x-voicenote-streamed", "")
-    return first, time.perf_counter() - t0, size, chunks, streamed
+        return _read_timed(t0, response.iter_raw(), response.headers)
 
 
 def timed_openai(client: OpenAI, text: str) -> tuple[float, float, int, int, str]:
     """The same figures for the official client, called with OpenAI's parameters only (no stream_format)."""
     t0 = time.perf_counter()
-    first = 0.0
-    size = chunks = 0
     with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=text) as response:
-        for chunk in response.iter_bytes():
-            if chunk:
-                if not chunks:
-                    first = time.perf_counter() - t0
-                chunks += 1
-                size += len(chunk)
-        streamed = response.headers.get("x-voicenote-streamed", "")
-    return first, time.perf_counter() - t0, size, chunks, streamed
+        return _read_timed(t0, response.iter_bytes(), response.headers)
 
 
 def unique_note(chars: int, run: int, tag: str) -> str:
