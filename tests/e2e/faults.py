@@ -16,10 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer
 
 from schemas.codec import Codecs
 from tests.stack import Stack
+from voicenote.kafka import read_to_end
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -150,22 +150,14 @@ def settle(stack: Stack, tally: Tally, timeout: float) -> None:
         tally.outcomes.setdefault(record["job_id"], set()).add(record["status"])
 
 
-def read_completions(stack: Stack, idle: float = 4.0) -> list[dict[str, Any]]:
+def read_completions(stack: Stack, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Every completion event on the topic, read to the partitions' ends as they were when reading began
+    (voicenote.kafka.read_to_end, no group to join): the reader this used to have stopped after 4 s without
+    a record, which on a loaded machine could be before its group's first assignment (jobs read as lost)."""
     s = stack.settings
-    catalog = s.kafka.catalog()
-    consumer = Consumer({**s.kafka.client_config(), "group.id": f"{s.worker.group_id}-fault-check-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
-    consumer.subscribe([catalog.completions.name])
-    codecs, out, idle_since = Codecs(), [], time.monotonic()
-    try:
-        while time.monotonic() - idle_since < idle:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                out.append(codecs.completion.decode(msg.value()))
-                idle_since = time.monotonic()
-    finally:
-        consumer.close()
-    return out
+    codecs = Codecs()
+    records = read_to_end(s.kafka, s.kafka.catalog().completions.name, timeout=timeout, group_prefix="fault-check")
+    return [codecs.completion.decode(m.value()) for m in records]
 
 
 def fast_null_engine(stack: Stack) -> None:
