@@ -133,6 +133,7 @@ class SlotDecoder:
             dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * pairs)
             self._step_fn = torch.compile(decode_step, fullgraph=True, dynamic=None, backend=compile_backend)
         self.warm_up_times: dict[tuple[int, int], dict[str, float]] = {}
+        self._runs: dict[tuple[int, int], Callable[[], None]] = {}  # the step on each pair's views, built once
         self.steps_run = 0
         self.row_steps = 0
 
@@ -161,6 +162,14 @@ class SlotDecoder:
 
         return run
 
+    def _run(self, b: int, kvb: int) -> Callable[[], None]:
+        """The step on the (b, kvb) views, built once per pair (the buffers never move): the step path
+        does not rebuild views or re-mark dynamic dimensions every frame."""
+        run = self._runs.get((b, kvb))
+        if run is None:
+            run = self._runs[(b, kvb)] = self._views(b, kvb)
+        return run
+
     @torch.no_grad()
     def warm_up(self) -> None:
         """Make every (batch bucket, KV bucket) pair ready, with every slot idle (so no live row changes):
@@ -171,13 +180,13 @@ class SlotDecoder:
             raise RuntimeError("warm_up must run before any row is added")
         if not self.use_graphs and not self.compiled:
             for b in self.buckets:
-                self._views(b, self.kv_buckets[0])()
+                self._run(b, self.kv_buckets[0])()
             return
         pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         side = torch.cuda.Stream(self.device) if self.use_graphs else None
         for b in self.buckets:
             for kvb in self.kv_buckets:
-                run = self._views(b, kvb)
+                run = self._run(b, kvb)
                 times: dict[str, float] = {}
                 t0 = time.perf_counter()
                 if side is None:
@@ -221,7 +230,7 @@ class SlotDecoder:
         if g is not None:
             g.replay()
         else:
-            self._views(b, kvb)()
+            self._run(b, kvb)()
         self.steps_run += 1
         self.row_steps += len(self.live)
         # the step's one host sync: both flag rows in one copy, read as Python lists
