@@ -13,7 +13,7 @@ from producer_api.bodylimit import BodyLimitMiddleware
 from producer_api.errors import install_error_handlers
 from producer_api.estimate import GroupLag, LagMonitor, ThroughputEstimator
 from producer_api.metrics import ApiMetrics, MetricsMiddleware, serve_metrics
-from producer_api.routes import health, jobs, models, speech
+from producer_api.routes import health, jobs, models, playground, speech
 from producer_api.services.container import Services
 from producer_api.streaming import SegmentRouter
 from producer_api.waiter import CompletionWaiter
@@ -28,7 +28,8 @@ from voicenote.storage import build_store
 
 DESCRIPTION = """Text to voice notes over Kafka. `POST /v1/audio/speech` is compatible with OpenAI's speech endpoint
 (point the `openai` package's `base_url` here). Authenticate with `Authorization: Bearer <key>`.
-Every error uses OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`."""
+Every error uses OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`. Try it in a browser at
+[`/web`](/web), the playground page."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(playground.router)  # GET /web: no key needed for the page; its calls send the key typed in
     if settings.api.metrics_port is None:  # otherwise only the metrics listener answers /metrics (serve_metrics)
         app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
