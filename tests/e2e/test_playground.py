@@ -194,3 +194,15 @@ def test_api_errors_are_shown(stack: Stack, token: str, page: tuple[Page, list[s
     # The refused calls, and nothing else.
     base = stack.base_url
     assert problems == [f"401 GET {base}/v1/models", f"400 POST {base}/v1/audio/speech", f"400 POST {base}/v1/audio/speech"], problems
+
+
+def test_without_keys_the_page_needs_none(stack: Stack, page: tuple[Page, list[str]]) -> None:
+    """As `make run` serves (anonymous, explicitly): the page lists the models at once, with the key field empty."""
+    stack.start_api()
+    p, problems = page
+    p.goto(f"{stack.base_url}/web/")
+    assert _wait_state(p, "ready", "error", timeout_s=30) == "ready", p.text_content("#error")
+    assert p.input_value("#key") == "" and p.text_content("#error") == ""
+    assert "tts-1" in p.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+    assert not p.is_disabled("#speed")  # the CPU models honour speed
+    assert problems == [], problems
