@@ -23,18 +23,18 @@ from schemas.validation import MAX_INPUT_CHARS
 from tests.stack import Stack
 from voicenote.settings import ApiKey, ApiSettings
 
-pytestmark = pytest.mark.e2e
-
 # Debian's chromium, never a browser downloaded by Playwright (nothing is fetched at run time).
 CHROMIUM = os.environ.get("VOICENOTE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Skipped before any backend or process starts.
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; "
+                                                                            ".ci/run does): the playground's browser tests need it")]
 TEXT = ("The playground speaks what you type. The first sentence is played while the rest is still being made. "
         "Each segment arrives on the stream as soon as the worker finishes it. And the download holds the whole note.")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); the playground's browser tests need it")
+    assert CHROMIUM is not None
     with sync_playwright() as playwright:
         # Autoplay without a gesture: Speak is clicked, but playback starts after awaits; muted: no sound device.
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
