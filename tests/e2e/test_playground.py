@@ -29,7 +29,9 @@ CHROMIUM = os.environ.get("VOICENOTE_CHROMIUM") or shutil.which("chromium") or s
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; "
                                                                             ".ci/run does): the playground's browser tests need it")]
 TEXT = ("The playground speaks what you type. The first sentence is played while the rest is still being made. "
-        "Each segment arrives on the stream as soon as the worker finishes it. And the download holds the whole note.")
+        "Each segment arrives on the stream as soon as the worker finishes it. The browser appends it to the buffer it "
+        "is playing from, so the listener hears the start of a long note almost at once. Nothing waits for the end. "
+        "And when the last segment is in, the download holds the whole note, a file like any other.")
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +142,12 @@ def test_speak_streams_plays_and_downloads(stack: Stack, token: str, page: tuple
     # It plays: the clock of the audio element moves, and the browser reported no media error.
     p.wait_for_function("() => document.getElementById('audio').currentTime > 0.2", timeout=30_000)
     assert p.evaluate("document.getElementById('audio').error") is None
+    # Heard before the last byte arrived: played as it streamed, not after.
+    sound = _ms(p, "#sound")
+    assert ttfb <= sound < total, (ttfb, sound, total)
     mp3 = _download(p, tmp_path)
     assert len(mp3) == received
-    assert _speech_seconds(mp3) > 5
+    assert _speech_seconds(mp3) > 10
 
     # wav: played when complete, from the whole body.
     p.select_option("#format", "wav")
