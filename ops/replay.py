@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
+from voicenote.kafka import consumer as new_consumer
+from voicenote.kafka import producer as new_producer
 from voicenote.kafka import read_to_end
 from voicenote.settings import KafkaSettings
 
@@ -57,8 +59,7 @@ def read_range(settings: KafkaSettings, topic: str, rng: Range, *, timeout: floa
     reader that publishes into the topic it reads never reads its own output, and a read is never cut
     short by a slow broker: it is whole, or DependencyUnavailable after ``timeout`` seconds.
     """
-    consumer = Consumer({**settings.client_config(), "group.id": f"voicenote-replay-{time.time_ns()}",
-                         "enable.auto.commit": False})
+    consumer = new_consumer(settings, f"voicenote-replay-{time.time_ns()}", {"enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -115,7 +116,7 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
     replay_of)`` is called for each one once the broker acknowledged it."""
     codec = AvroCodec("SynthesisRequest")
     report = ReplayReport()
-    producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
+    producer = None if dry_run else new_producer(settings, {"enable.idempotence": True})
     failures: list[str] = []
     # Replay writes into the topic it reads: stop at what was there when it started, or it would read
     # (and replay) its own output.
@@ -174,8 +175,7 @@ class GroupCursor:
         self.topic = topic
         self._idle_timeout = idle_timeout
         self._next: dict[int, int] = {}
-        self._consumer = Consumer({**settings.client_config(), "group.id": group_id, "enable.auto.commit": False,
-                                   "enable.partition.eof": True})
+        self._consumer = new_consumer(settings, group_id, {"enable.auto.commit": False, "enable.partition.eof": True})
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -264,7 +264,7 @@ def _redrive(settings: KafkaSettings, topic: str, group_id: str,
              progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
     codec = AvroCodec("DeadLetter")
     report = ReplayReport()
-    producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
+    producer = None if dry_run else new_producer(settings, {"enable.idempotence": True})
     failures: list[str] = []
     cursor = GroupCursor(settings, topic, group_id)
     try:

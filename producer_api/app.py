@@ -49,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         job_store = JobStore(redis, settings.redis)
         store = build_store(settings.storage)
         waiter = CompletionWaiter(redis, job_store.done_channel(""))
-        monitors = [LagMonitor(GroupLag(settings.kafka.client_config(), synthesis_group(settings.worker.group_id, family)),
+        monitors = [LagMonitor(GroupLag(settings.kafka, synthesis_group(settings.worker.group_id, family)),
                                catalog.requests_for(family).name, catalog.requests_for(family).partitions, family_estimator,
                                settings.api.estimate_refresh_seconds)
                     for family, family_estimator in estimators.items()]

@@ -13,7 +13,7 @@ from stream_workers.metrics import ProgressMetrics, WebhookMetrics
 from stream_workers.probes import BrokerWatch, Readiness, serve_probes
 from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch
 from stream_workers.webhooks.delivery import WebhookSender
-from stream_workers.webhooks.dispatcher import WebhookDispatcher
+from stream_workers.webhooks.dispatcher import WebhookDispatcher, webhook_consumer
 from stream_workers.webhooks.policy import AddressPolicy
 from stream_workers.webhooks.signing import decode_secret
 from voicenote.errors import ConfigError
@@ -51,7 +51,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     monitor: ProgressMonitor | None = None
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())
-        dispatcher = WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer, metrics=metrics)
+        dispatcher = WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer, metrics=metrics,
+                                       consumer=webhook_consumer(settings))
         group = dispatcher.group
         stall, leave = settings.progress_bounds()
         # Only the completion topic when nothing is assigned: the retry topics lag on purpose until records are due.

@@ -1,0 +1,44 @@
+"""Kafka, in one place: settings become client config (both client stacks), confluent-kafka client factories,
+an asyncio-friendly idempotent producer, topic provisioning, and reading a topic to its end.
+
+- :mod:`voicenote.kafka.config`: ``client_config``, the settings read once for confluent-kafka and aiokafka;
+- :mod:`voicenote.kafka.clients`: ``producer``, ``consumer``, ``admin_client`` (and their ``*_config``);
+- :mod:`voicenote.kafka.async_producer`: ``AsyncProducer``;
+- :mod:`voicenote.kafka.topics`: ``ensure_topics``, ``check_topics``, ``broker_answers``;
+- :mod:`voicenote.kafka.reading`: ``read_to_end``;
+
+Every public name is importable from ``voicenote.kafka`` itself.
+"""
+
+from __future__ import annotations
+
+from voicenote.kafka.async_producer import AsyncProducer
+from voicenote.kafka.clients import (
+    admin_client,
+    admin_config,
+    consumer,
+    consumer_config,
+    producer,
+    producer_config,
+)
+from voicenote.kafka.config import SASL_MECHANISMS, client_config
+from voicenote.kafka.reading import OFFSET_BEGINNING, read_to_end
+from voicenote.kafka.topics import TopicCheck, broker_answers, check_topics, ensure_topics
+
+__all__ = [
+    "OFFSET_BEGINNING",
+    "SASL_MECHANISMS",
+    "AsyncProducer",
+    "TopicCheck",
+    "admin_client",
+    "admin_config",
+    "broker_answers",
+    "check_topics",
+    "client_config",
+    "consumer",
+    "consumer_config",
+    "ensure_topics",
+    "producer",
+    "producer_config",
+    "read_to_end",
+]
