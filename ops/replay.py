@@ -17,13 +17,13 @@ from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from schemas.codec import AvroCodec
+from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
 from voicenote.kafka import consumer as new_consumer
+from voicenote.kafka import event_codecs, read_to_end
 from voicenote.kafka import producer as new_producer
-from voicenote.kafka import read_to_end
 from voicenote.settings import KafkaSettings
 
 
@@ -111,10 +111,11 @@ def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:
 def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: dict[str, str], *,
                     new_job_id: Callable[[], str], dry_run: bool = False,
                     progress: Callable[[ReplayReport], None] | None = None,
-                    on_published: Callable[[str, str], None] | None = None) -> ReplayReport:
+                    on_published: Callable[[str, str], None] | None = None, codecs: Codecs | None = None) -> ReplayReport:
     """Publish the requests of ``rng`` that match ``filters`` again as new jobs; ``on_published(new_job_id,
-    replay_of)`` is called for each one once the broker acknowledged it."""
-    codec = AvroCodec("SynthesisRequest")
+    replay_of)`` is called for each one once the broker acknowledged it. Records are read, and the new ones
+    written, with the deployment's codec (voicenote.kafka.event_codecs: the schema registry when one is set)."""
+    codec = (codecs or event_codecs(settings)).request
     report = ReplayReport()
     producer = None if dry_run else new_producer(settings, {"enable.idempotence": True})
     failures: list[str] = []
@@ -261,8 +262,8 @@ def _origin(letter: DeadLetter) -> str:
 def _redrive(settings: KafkaSettings, topic: str, group_id: str,
              target: Callable[[DeadLetter], tuple[str, Headers]], *,
              select: Callable[[DeadLetter], bool], dry_run: bool,
-             progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
-    codec = AvroCodec("DeadLetter")
+             progress: Callable[[ReplayReport], None] | None, codecs: Codecs | None = None) -> ReplayReport:
+    codec = (codecs or event_codecs(settings)).dead_letter  # letters are written with the registry when one is set
     report = ReplayReport()
     producer = None if dry_run else new_producer(settings, {"enable.idempotence": True})
     failures: list[str] = []

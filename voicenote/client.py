@@ -22,6 +22,7 @@ from schemas.errors import DecodeError, EncodeError
 from schemas.validation import request_problems
 from voicenote.errors import DependencyUnavailable, PublishError, VoicenoteError
 from voicenote.kafka import consumer as new_consumer
+from voicenote.kafka import event_codecs
 from voicenote.kafka import producer as new_producer
 from voicenote.models import ModelRegistry, UnknownModel, UnknownVoiceName
 from voicenote.settings import KafkaSettings
@@ -93,7 +94,8 @@ class VoicenoteClient:
             models = ModelRegistry.from_settings(Settings(kafka=self.settings))
         self.models = models
         self.completions_topic = catalog.completions.name
-        self._codecs = codecs or Codecs()  # pass Codecs(registry) when the cluster uses a schema registry
+        # The deployment's codec (voicenote.kafka.event_codecs): the settings' schema registry when one is set.
+        self._codecs = codecs or event_codecs(self.settings)
         self._producer: Producer | None = None
         self._failures: list[str] = []
         self._published_at: dict[str, int] = {}

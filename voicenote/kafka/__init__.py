@@ -1,11 +1,13 @@
 """Kafka, in one place: settings become client config (both client stacks), confluent-kafka client factories,
-an asyncio-friendly idempotent producer, topic provisioning, and reading a topic to its end.
+an asyncio-friendly idempotent producer, topic provisioning, reading a topic to its end, and the event codec
+every reader and writer builds from settings.
 
 - :mod:`voicenote.kafka.config`: ``client_config``, the settings read once for confluent-kafka and aiokafka;
 - :mod:`voicenote.kafka.clients`: ``producer``, ``consumer``, ``admin_client`` (and their ``*_config``);
 - :mod:`voicenote.kafka.async_producer`: ``AsyncProducer``;
 - :mod:`voicenote.kafka.topics`: ``ensure_topics``, ``check_topics``, ``broker_answers``;
 - :mod:`voicenote.kafka.reading`: ``read_to_end``;
+- :mod:`voicenote.kafka.codec`: ``event_codecs``, the one codec of the wire events, registry included.
 
 Every public name is importable from ``voicenote.kafka`` itself.
 """
@@ -21,6 +23,7 @@ from voicenote.kafka.clients import (
     producer,
     producer_config,
 )
+from voicenote.kafka.codec import event_codecs, schema_registry
 from voicenote.kafka.config import SASL_MECHANISMS, client_config
 from voicenote.kafka.reading import OFFSET_BEGINNING, read_to_end
 from voicenote.kafka.topics import TopicCheck, broker_answers, check_topics, ensure_topics
@@ -38,7 +41,9 @@ __all__ = [
     "consumer",
     "consumer_config",
     "ensure_topics",
+    "event_codecs",
     "producer",
     "producer_config",
     "read_to_end",
+    "schema_registry",
 ]
