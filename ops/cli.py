@@ -66,9 +66,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _require_broker(settings: Settings, timeout: float) -> None:
     """Fail in one line, within ``timeout``, when no broker answers (instead of librdkafka's retry chatter)."""
-    from confluent_kafka import KafkaException
-
-    from voicenote.kafka import admin_client
+    from voicenote.kafka import KafkaException, admin_client
 
     admin = admin_client(settings.kafka, {"log_level": 0})
     try:

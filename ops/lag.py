@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import OffsetSpec
-
 from voicenote.errors import DependencyUnavailable
-from voicenote.kafka import admin_client
+from voicenote.kafka import ConsumerGroupTopicPartitions, KafkaException, OffsetSpec, TopicPartition, admin_client
 from voicenote.settings import KafkaSettings
 
 

@@ -15,14 +15,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
-
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
+from voicenote.kafka import KafkaException, TopicPartition, event_codecs, read_to_end
 from voicenote.kafka import consumer as new_consumer
-from voicenote.kafka import event_codecs, read_to_end
 from voicenote.kafka import producer as new_producer
 from voicenote.settings import KafkaSettings
 

@@ -26,8 +26,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, TopicPartition
-
+from voicenote.kafka import KafkaException, TopicPartition
 from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import KafkaSettings
 

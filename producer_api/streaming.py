@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError, VoicenoteError
 from schemas.events import SpeechSegment
 from schemas.topics import TopicSpec
 from voicenote.audio import _CODECS, CONTENT_TYPES, EncodeFailed
+from voicenote.kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import KafkaSettings
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
-from confluent_kafka import KafkaException, TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
+from voicenote.kafka import KafkaException, TopicPartition
 from voicenote.kafka import consumer as new_consumer
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings

@@ -15,14 +15,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-
 from schemas.codec import Codecs
 from schemas.errors import DecodeError, EncodeError
 from schemas.validation import request_problems
 from voicenote.errors import DependencyUnavailable, PublishError, VoicenoteError
+from voicenote.kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition, event_codecs
 from voicenote.kafka import consumer as new_consumer
-from voicenote.kafka import event_codecs
 from voicenote.kafka import producer as new_producer
 from voicenote.models import ModelRegistry, UnknownModel, UnknownVoiceName
 from voicenote.settings import KafkaSettings

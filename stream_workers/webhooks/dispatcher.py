@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import (
@@ -47,7 +45,7 @@ from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
 from stream_workers.webhooks.schedule import retry_tier, scheduled_delay
 from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer
+from voicenote.kafka import AsyncProducer, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import Settings, WebhookSettings
 from voicenote.tracing import record_span

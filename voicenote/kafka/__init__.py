@@ -9,10 +9,25 @@ every reader and writer builds from settings.
 - :mod:`voicenote.kafka.reading`: ``read_to_end``;
 - :mod:`voicenote.kafka.codec`: ``event_codecs``, the one codec of the wire events, registry included.
 
-Every public name is importable from ``voicenote.kafka`` itself.
+Every public name is importable from ``voicenote.kafka`` itself, with the confluent-kafka types and errors
+the rest of the tree needs (``Consumer``, ``Message``, ``TopicPartition``, ``KafkaException``...).
 """
 
 from __future__ import annotations
+
+# The confluent-kafka names the rest of the tree uses (types, errors, offsets): the library is imported here
+# and in voicenote/kafka/ only (the import-linter contract "kafka-libraries-in-one-place").
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import OffsetSpec
 
 from voicenote.kafka.async_producer import AsyncProducer
 from voicenote.kafka.clients import (
@@ -29,6 +44,15 @@ from voicenote.kafka.reading import OFFSET_BEGINNING, read_to_end
 from voicenote.kafka.topics import TopicCheck, broker_answers, check_topics, ensure_topics
 
 __all__ = [
+    "OFFSET_END",
+    "Consumer",
+    "ConsumerGroupTopicPartitions",
+    "KafkaError",
+    "KafkaException",
+    "Message",
+    "OffsetSpec",
+    "Producer",
+    "TopicPartition",
     "OFFSET_BEGINNING",
     "SASL_MECHANISMS",
     "AsyncProducer",
