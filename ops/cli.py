@@ -66,10 +66,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _require_broker(settings: Settings, timeout: float) -> None:
     """Fail in one line, within ``timeout``, when no broker answers (instead of librdkafka's retry chatter)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from voicenote.kafka import KafkaException, admin_client
 
-    admin = AdminClient({**settings.kafka.client_config(), "log_level": 0})
+    admin = admin_client(settings.kafka, {"log_level": 0})
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:

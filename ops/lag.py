@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
-
 from voicenote.errors import DependencyUnavailable
+from voicenote.kafka import ConsumerGroupTopicPartitions, KafkaException, OffsetSpec, TopicPartition, admin_client
 from voicenote.settings import KafkaSettings
 
 
@@ -28,7 +26,7 @@ class PartitionLag:
 
 def list_groups(settings: KafkaSettings, timeout: float = 10.0) -> list[str]:
     """Every consumer group the cluster knows."""
-    admin = AdminClient(dict(settings.client_config()))
+    admin = admin_client(settings)
     try:
         result = admin.list_consumer_groups(request_timeout=timeout).result()
     except KafkaException as exc:
@@ -38,7 +36,7 @@ def list_groups(settings: KafkaSettings, timeout: float = 10.0) -> list[str]:
 
 def group_lag(settings: KafkaSettings, group: str, timeout: float = 10.0) -> list[PartitionLag]:
     """Committed position, end and lag of every partition ``group`` has committed on; empty for an unknown group."""
-    admin = AdminClient(dict(settings.client_config()))
+    admin = admin_client(settings)
     try:
         answer = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)[group].result()
         committed = [tp for tp in answer.topic_partitions or [] if tp.offset >= 0]

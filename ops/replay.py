@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-
-from schemas.codec import AvroCodec
+from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
 from voicenote.errors import DependencyUnavailable, PublishError
-from voicenote.kafka import read_to_end
+from voicenote.kafka import KafkaException, TopicPartition, event_codecs, read_to_end
+from voicenote.kafka import consumer as new_consumer
+from voicenote.kafka import producer as new_producer
 from voicenote.settings import KafkaSettings
 
 
@@ -57,8 +57,7 @@ def read_range(settings: KafkaSettings, topic: str, rng: Range, *, timeout: floa
     reader that publishes into the topic it reads never reads its own output, and a read is never cut
     short by a slow broker: it is whole, or DependencyUnavailable after ``timeout`` seconds.
     """
-    consumer = Consumer({**settings.client_config(), "group.id": f"voicenote-replay-{time.time_ns()}",
-                         "enable.auto.commit": False})
+    consumer = new_consumer(settings, f"voicenote-replay-{time.time_ns()}", {"enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -110,12 +109,13 @@ def matches(record: Mapping[str, Any], filters: dict[str, str]) -> bool:
 def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: dict[str, str], *,
                     new_job_id: Callable[[], str], dry_run: bool = False,
                     progress: Callable[[ReplayReport], None] | None = None,
-                    on_published: Callable[[str, str], None] | None = None) -> ReplayReport:
+                    on_published: Callable[[str, str], None] | None = None, codecs: Codecs | None = None) -> ReplayReport:
     """Publish the requests of ``rng`` that match ``filters`` again as new jobs; ``on_published(new_job_id,
-    replay_of)`` is called for each one once the broker acknowledged it."""
-    codec = AvroCodec("SynthesisRequest")
+    replay_of)`` is called for each one once the broker acknowledged it. Records are read, and the new ones
+    written, with the deployment's codec (voicenote.kafka.event_codecs: the schema registry when one is set)."""
+    codec = (codecs or event_codecs(settings)).request
     report = ReplayReport()
-    producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
+    producer = None if dry_run else new_producer(settings, {"enable.idempotence": True})
     failures: list[str] = []
     # Replay writes into the topic it reads: stop at what was there when it started, or it would read
     # (and replay) its own output.
@@ -174,8 +174,7 @@ class GroupCursor:
         self.topic = topic
         self._idle_timeout = idle_timeout
         self._next: dict[int, int] = {}
-        self._consumer = Consumer({**settings.client_config(), "group.id": group_id, "enable.auto.commit": False,
-                                   "enable.partition.eof": True})
+        self._consumer = new_consumer(settings, group_id, {"enable.auto.commit": False, "enable.partition.eof": True})
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -261,10 +260,10 @@ def _origin(letter: DeadLetter) -> str:
 def _redrive(settings: KafkaSettings, topic: str, group_id: str,
              target: Callable[[DeadLetter], tuple[str, Headers]], *,
              select: Callable[[DeadLetter], bool], dry_run: bool,
-             progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
-    codec = AvroCodec("DeadLetter")
+             progress: Callable[[ReplayReport], None] | None, codecs: Codecs | None = None) -> ReplayReport:
+    codec = (codecs or event_codecs(settings)).dead_letter  # letters are written with the registry when one is set
     report = ReplayReport()
-    producer = None if dry_run else Producer({**settings.client_config(), "enable.idempotence": True})
+    producer = None if dry_run else new_producer(settings, {"enable.idempotence": True})
     failures: list[str] = []
     cursor = GroupCursor(settings, topic, group_id)
     try:

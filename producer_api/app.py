@@ -17,11 +17,9 @@ from producer_api.routes import health, jobs, models, playground, speech
 from producer_api.services.container import Services
 from producer_api.streaming import SegmentRouter
 from producer_api.waiter import CompletionWaiter
-from schemas.codec import Codecs
-from schemas.registry import HttpSchemaRegistry
 from schemas.topics import CPU_FAMILY
 from voicenote.jobstore import JobStore, redis_client
-from voicenote.kafka import AsyncProducer
+from voicenote.kafka import AsyncProducer, event_codecs
 from voicenote.models import ModelRegistry, synthesis_group
 from voicenote.settings import Settings
 from voicenote.storage import build_store
@@ -43,22 +41,22 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
+        codecs = event_codecs(settings.kafka)  # the one codec of this deployment (registry included), shared
         catalog = settings.kafka.catalog()
         producer = AsyncProducer(settings.kafka)
         redis = redis_client(settings.redis, socket_connect_timeout=2, socket_timeout=5)
         job_store = JobStore(redis, settings.redis)
         store = build_store(settings.storage)
         waiter = CompletionWaiter(redis, job_store.done_channel(""))
-        monitors = [LagMonitor(GroupLag(settings.kafka.client_config(), synthesis_group(settings.worker.group_id, family)),
+        monitors = [LagMonitor(GroupLag(settings.kafka, synthesis_group(settings.worker.group_id, family)),
                                catalog.requests_for(family).name, catalog.requests_for(family).partitions, family_estimator,
                                settings.api.estimate_refresh_seconds)
                     for family, family_estimator in estimators.items()]
         app.state.services = Services.build(
-            settings, producer=producer, redis=redis, jobs=job_store, store=store, codecs=Codecs(registry), waiter=waiter,
+            settings, producer=producer, redis=redis, jobs=job_store, store=store, codecs=codecs, waiter=waiter,
             estimators=estimators, metrics=metrics, models=model_registry)
         waiter.start()
-        segments = SegmentRouter(settings.kafka, catalog.segments, Codecs(registry)) if catalog.segments else None
+        segments = SegmentRouter(settings.kafka, catalog.segments, codecs) if catalog.segments else None
         app.state.segments = segments
         if segments is not None:
             segments.start()

@@ -25,9 +25,10 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from voicenote.kafka import KafkaException, TopicPartition
+from voicenote.kafka import consumer as new_consumer
+from voicenote.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,12 @@ class ThroughputEstimator:
 class GroupLag:
     """Reads a consumer group's committed positions and the topic's watermarks, without joining the group."""
 
-    def __init__(self, client_config: dict[str, Any], group: str) -> None:
+    def __init__(self, kafka: KafkaSettings, group: str) -> None:
         self.group = group
         self._lock = threading.Lock()  # a sample in a worker thread and close() never overlap
         self._closed = False
         # log_level 2: the API's producer already logs a lost broker; this reader stays quiet.
-        self._consumer = Consumer({**client_config, "group.id": group, "enable.auto.commit": False, "log_level": 2})
+        self._consumer = new_consumer(kafka, group, {"enable.auto.commit": False, "log_level": 2})
 
     def sample(self, topic: str, partitions: int, timeout: float = 5.0) -> tuple[int, int]:
         """(sum of committed positions, lag) of the group on ``topic``; raises KafkaException."""

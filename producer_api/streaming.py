@@ -26,13 +26,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError, VoicenoteError
 from schemas.events import SpeechSegment
 from schemas.topics import TopicSpec
 from voicenote.audio import _CODECS, CONTENT_TYPES, EncodeFailed
+from voicenote.kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -53,10 +54,10 @@ class SegmentRouter:
     POLL_SECONDS = 0.2
 
     def __init__(self, settings: KafkaSettings, topic: TopicSpec, codecs: Codecs) -> None:
+        self._settings = settings
+        # Never committed: a group id only because the client requires one for fetching.
+        self._group = f"voicenote-api-segments-{uuid.uuid4().hex}"
         self._conf = {
-            **settings.client_config(),
-            # Never committed: a group id only because the client requires one for fetching.
-            "group.id": f"voicenote-api-segments-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
             # A segment should not sit in the broker waiting for a fuller fetch; 50 ms keeps an idle API's
@@ -98,7 +99,7 @@ class SegmentRouter:
         while not self._stop.is_set():
             consumer: Consumer | None = None
             try:
-                consumer = Consumer(self._conf)
+                consumer = new_consumer(self._settings, self._group, self._conf)
                 # The end offset of each partition, explicitly: a logical "end" resolves only on the first
                 # fetch, and a segment published before that would be skipped.
                 parts = []

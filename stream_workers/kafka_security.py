@@ -1,7 +1,7 @@
 """The Faust side of the Kafka client config: :func:`voicenote.kafka.client_config` (aiokafka dialect) as
 the ``broker_credentials`` Faust takes.
 
-The settings are read and checked once, in voicenote/kafka.py, for both client stacks; this module only
+The settings are read and checked once, in voicenote/kafka/config.py, for both client stacks; this module only
 changes the shape, so the workers and the confluent-kafka clients always carry the same security settings.
 """
 

@@ -7,8 +7,6 @@ import logging
 import signal
 from typing import Any
 
-from schemas.codec import Codecs
-from schemas.registry import HttpSchemaRegistry
 from stream_workers.app import Role, build_app
 from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
@@ -17,7 +15,7 @@ from stream_workers.faust_driver import DrainingWorker
 from stream_workers.probes import BrokerWatch, Readiness, attach_faust_probes, serve_probes
 from stream_workers.result_cache import ResultCache
 from voicenote.jobstore import JobStore
-from voicenote.kafka import ensure_topics
+from voicenote.kafka import ensure_topics, event_codecs
 from voicenote.logs import logging_config
 from voicenote.retry import DependencyHealth, Retrying
 from voicenote.settings import Settings
@@ -28,7 +26,6 @@ log = logging.getLogger(__name__)
 
 
 def build_context(settings: Settings, role: Role) -> WorkerContext:
-    registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
     catalog = settings.kafka.catalog()
     health = DependencyHealth()
 
@@ -38,7 +35,7 @@ def build_context(settings: Settings, role: Role) -> WorkerContext:
 
     return WorkerContext(
         settings=settings,
-        codecs=Codecs(registry),
+        codecs=event_codecs(settings.kafka),
         catalog=catalog,
         store=retrying(build_store(settings.storage)),
         jobs=retrying(JobStore.from_settings(settings.redis)),  # completion: the projection; synthesis: cancel/redelivery checks

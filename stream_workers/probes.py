@@ -18,8 +18,8 @@ from typing import Any
 
 import faust
 from aiohttp import web
-from confluent_kafka.admin import AdminClient
 
+from voicenote.kafka import admin_client
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings
 
@@ -98,7 +98,7 @@ class BrokerWatch:
     def __init__(self, settings: KafkaSettings, health: DependencyHealth, interval: float = 5.0, misses: int = 2,
                  timeout: float = 3.0) -> None:
         # log_level 2: the consumer's own client already logs the lost connection; this one stays quiet.
-        self._admin = AdminClient({**settings.client_config(), "log_level": 2})
+        self._admin = admin_client(settings, {"log_level": 2})
         self._health, self._interval, self._misses, self._timeout = health, interval, misses, timeout
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-watch", daemon=True)

@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
+from voicenote.kafka import KafkaException, TopicPartition
+from voicenote.kafka import consumer as new_consumer
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings
 
@@ -120,8 +121,7 @@ class GroupOffsets:
         self._lock = threading.Lock()  # a read in a worker thread and close() never overlap
         self._closed = False
         # log_level 2: the worker's own clients already log a lost broker; this reader stays quiet.
-        self._consumer = Consumer({**settings.client_config(), "group.id": group, "enable.auto.commit": False,
-                                   "log_level": 2})
+        self._consumer = new_consumer(settings, group, {"enable.auto.commit": False, "log_level": 2})
 
     def partitions_of(self, topics: Sequence[str]) -> list[Partition]:
         """Every partition of ``topics`` (for a worker that holds none); raises KafkaException."""

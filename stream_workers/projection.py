@@ -33,7 +33,7 @@ from schemas.events import SynthesisRequest, WebhookDelivery
 from stream_workers.completion import StatusProjector
 from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
 from voicenote.jobstore import JobStore
-from voicenote.kafka import read_to_end
+from voicenote.kafka import event_codecs, read_to_end
 from voicenote.links import Links
 from voicenote.settings import Settings
 
@@ -79,7 +79,7 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     once per record applied. Reading a
     topic takes at most ``timeout`` seconds, else DependencyUnavailable: the count is exact or the rebuild fails."""
     catalog = settings.kafka.catalog()
-    codecs = codecs or Codecs()
+    codecs = codecs or event_codecs(settings.kafka)  # the registry too, when one is configured
     projector = StatusProjector(jobs)
     report = RebuildReport()
     oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-
 from schemas.codec import Codecs
 from schemas.errors import DecodeError, EncodeError
 from schemas.validation import request_problems
 from voicenote.errors import DependencyUnavailable, PublishError, VoicenoteError
+from voicenote.kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition, event_codecs
+from voicenote.kafka import consumer as new_consumer
+from voicenote.kafka import producer as new_producer
 from voicenote.models import ModelRegistry, UnknownModel, UnknownVoiceName
 from voicenote.settings import KafkaSettings
 
@@ -91,7 +92,8 @@ class VoicenoteClient:
             models = ModelRegistry.from_settings(Settings(kafka=self.settings))
         self.models = models
         self.completions_topic = catalog.completions.name
-        self._codecs = codecs or Codecs()  # pass Codecs(registry) when the cluster uses a schema registry
+        # The deployment's codec (voicenote.kafka.event_codecs): the settings' schema registry when one is set.
+        self._codecs = codecs or event_codecs(self.settings)
         self._producer: Producer | None = None
         self._failures: list[str] = []
         self._published_at: dict[str, int] = {}
@@ -195,15 +197,15 @@ only when this consumer is the group's only member); ``idle_timeout`` stops
         after that many seconds without a record. An undecodable record raises DecodeError unless
         ``on_undecodable`` takes it.
         """
-        conf: dict[str, Any] = {**self.settings.client_config(), "enable.partition.eof": True,
+        conf: dict[str, Any] = {"enable.partition.eof": True,
                                 "session.timeout.ms": self.settings.session_timeout_ms,
                                 "heartbeat.interval.ms": self.settings.heartbeat_interval_ms}
         if group_id:
-            conf.update({"group.id": group_id, "enable.auto.commit": True, "enable.auto.offset.store": False,
+            conf.update({"enable.auto.commit": True, "enable.auto.offset.store": False,
                          "auto.offset.reset": "earliest" if from_beginning else "latest"})
         else:
-            conf.update({"group.id": f"voicenote-client-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False})
-        consumer = Consumer(conf)
+            conf.update({"enable.auto.commit": False})
+        consumer = new_consumer(self.settings, group_id or f"voicenote-client-{uuid.uuid4().hex[:12]}", conf)
         try:
             partitions = self._partitions(consumer)
             if group_id:
@@ -266,8 +268,8 @@ only when this consumer is the group's only member); ``idle_timeout`` stops
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer({**self.settings.client_config(), "enable.idempotence": True,
-                                       "delivery.timeout.ms": self.settings.delivery_timeout_ms})
+            self._producer = new_producer(self.settings, {"enable.idempotence": True,
+                                                          "delivery.timeout.ms": self.settings.delivery_timeout_ms})
         return self._producer
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,12 +40,6 @@ class KafkaSettings(BaseModel):
     def catalog(self) -> TopicCatalog:
         """The topic catalog these settings name (prefix and partition counts)."""
         return build_catalog(prefix=self.topic_prefix, request_partitions=self.request_partitions, partitions=self.partitions)
-
-    def client_config(self) -> dict[str, Any]:
-        """librdkafka settings shared by every confluent-kafka client (:func:`voicenote.kafka.client_config`)."""
-        from voicenote.kafka import client_config  # voicenote.kafka builds on these settings
-
-        return client_config(self, "confluent")
 
 
 class RedisSettings(BaseModel):

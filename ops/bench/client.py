@@ -19,8 +19,6 @@ import os
 import time
 from pathlib import Path
 
-from confluent_kafka import Producer
-
 from ops.bench import common
 from ops.cli import main as cli
 from ops.replay import Range, read_range
@@ -29,6 +27,7 @@ from schemas.codec import Codecs
 from schemas.events import DeadLetter, JobCompletion, SynthesisRequest
 from voicenote.client import VoicenoteClient
 from voicenote.kafka import ensure_topics
+from voicenote.kafka import producer as new_producer
 from voicenote.settings import KafkaSettings
 
 TEXT = "Your parcel is on its way and will arrive tomorrow."
@@ -57,7 +56,7 @@ def run(records: int, rate: float) -> dict[str, object]:
         publish_s = time.perf_counter() - started
 
         now = int(time.time() * 1000)
-        producer = Producer({**kafka.client_config(), "linger.ms": 5})
+        producer = new_producer(kafka, {"linger.ms": 5})
         for i in range(records):
             job = f"job_{i}"
             producer.produce(catalog.completions.name, key=job.encode(), value=codecs.completion.encode_event(

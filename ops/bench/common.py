@@ -136,9 +136,12 @@ def readable(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -
     """Every record value of ``topic``, read from the start to the end of each partition (a fresh group)."""
     import time
 
-    from confluent_kafka import Consumer, TopicPartition
+    from voicenote.kafka import TopicPartition
+    from voicenote.kafka import consumer as new_consumer
+    from voicenote.settings import KafkaSettings
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.monotonic_ns()}", "enable.partition.eof": True})
+    consumer = new_consumer(KafkaSettings(bootstrap_servers=bootstrap), f"read-{time.monotonic_ns()}",
+                            {"enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     values: list[bytes] = []
     ended: set[int] = set()

@@ -30,13 +30,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
-
 from ops.bench.common import REPO, CpuMeter, calibration_ms, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
 from schemas.codec import Codecs
 from schemas.events import SynthesisRequest
+from voicenote.kafka import consumer as new_consumer
 from voicenote.kafka import ensure_topics
+from voicenote.kafka import producer as new_producer
 from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSettings, to_env
 
 
@@ -60,8 +60,8 @@ class Watcher(threading.Thread):
         self.paused = False
         self._halt = threading.Event()
         self._decode = decode
-        self._consumer = Consumer({**settings.kafka.client_config(), "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                                   "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10, "session.timeout.ms": 6000})
+        self._consumer = new_consumer(settings.kafka, f"bench-{uuid.uuid4().hex[:8]}",
+                                      {"auto.offset.reset": "earliest", "fetch.wait.max.ms": 10, "session.timeout.ms": 6000})
         self._consumer.subscribe([topic])
 
     def run(self) -> None:
@@ -130,7 +130,7 @@ class Stack:
                                                env=env, cwd=src, stdout=log, stderr=subprocess.STDOUT))
         self.synthesis, self.completion = self.procs
         self.codecs = Codecs()
-        self.producer = Producer({**self.settings.kafka.client_config(), "linger.ms": 2, "enable.idempotence": True})
+        self.producer = new_producer(self.settings.kafka, {"linger.ms": 2, "enable.idempotence": True})
         self.results = Watcher(self.settings, self.catalog.audio.name, self.codecs.result.decode)
         self.completions = Watcher(self.settings, self.catalog.completions.name, self.codecs.completion.decode)
         self.results.start()

@@ -127,9 +127,9 @@ def _wait_ready(urls: list[str], timeout: float = 180) -> None:
 
 
 def _load(settings: Settings, api: str, hooks: str, seconds: float) -> None:
-    from confluent_kafka import Producer
+    from voicenote.kafka import producer
 
-    garbage = Producer(settings.kafka.client_config())
+    garbage = producer(settings.kafka)
     end = time.monotonic() + seconds
     burst = 0
     with httpx.Client(timeout=30) as client:

@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import (
@@ -47,7 +45,8 @@ from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
 from stream_workers.webhooks.schedule import retry_tier, scheduled_delay
 from voicenote.errors import DependencyUnavailable
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer
+from voicenote.kafka import AsyncProducer, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import Settings, WebhookSettings
 from voicenote.tracing import record_span
 
@@ -68,6 +67,26 @@ def webhook_payload(completion: JobCompletion) -> bytes:
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
+def webhook_group(settings: Settings) -> str:
+    """The dispatcher's consumer group."""
+    return f"{settings.worker.group_id}-webhooks"
+
+
+def webhook_consumer(settings: Settings) -> Consumer:
+    """The dispatcher's consumer, from the one client factory (voicenote.kafka); the dispatcher subscribes it."""
+    return new_consumer(settings.kafka, webhook_group(settings), {
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,  # an offset is stored only once its record is fully handled
+        # A killed dispatcher redelivers what was handled since the last commit: committing every 200 ms
+        # instead of librdkafka's 5 s keeps those duplicates to about what was in flight.
+        "auto.commit.interval.ms": 200,
+        "session.timeout.ms": settings.kafka.session_timeout_ms,
+        "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
+        "fetch.wait.max.ms": settings.kafka.fetch_max_wait_ms,
+    })
+
+
 def message_id(job_id: str) -> str:
     """The ``webhook-id``: the same on every attempt, so receivers can drop duplicates."""
     return f"msg_{job_id}"
@@ -76,7 +95,8 @@ def message_id(job_id: str) -> str:
 class WebhookDispatcher:
     def __init__(self, settings: Settings, catalog: TopicCatalog, codecs: Codecs, jobs: JobStore, sender: WebhookSender,
                  producer: AsyncProducer, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
-                 max_queued: int = 64, metrics: WebhookMetrics | None = None) -> None:
+                 max_queued: int = 64, metrics: WebhookMetrics | None = None, consumer: Consumer | None = None) -> None:
+        """``consumer``: the one to subscribe (unsubscribed, in :func:`webhook_group`); default :func:`webhook_consumer`."""
         assert catalog.webhook_dead_letter is not None and catalog.webhook_retries and catalog.webhook_deliveries is not None
         self._deliveries = catalog.webhook_deliveries.name
         self._hooks: WebhookSettings = settings.webhooks
@@ -89,20 +109,8 @@ class WebhookDispatcher:
         self._clock = clock
         self._metrics = metrics or WebhookMetrics()
         self._retry_topics = [spec.name for spec in catalog.webhook_retries]
-        self.group = f"{settings.worker.group_id}-webhooks"
-        self._consumer = Consumer({
-            **settings.kafka.client_config(),
-            "group.id": self.group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,  # an offset is stored only once its record is fully handled
-            # A killed dispatcher redelivers what was handled since the last commit: committing every 200 ms
-            # instead of librdkafka's 5 s keeps those duplicates to about what was in flight.
-            "auto.commit.interval.ms": 200,
-            "session.timeout.ms": settings.kafka.session_timeout_ms,
-            "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
-            "fetch.wait.max.ms": settings.kafka.fetch_max_wait_ms,
-        })
+        self.group = webhook_group(settings)
+        self._consumer = consumer if consumer is not None else webhook_consumer(settings)
         self._paused: dict[tuple[str, int], tuple[int, TopicPartition]] = {}  # (topic, partition) -> (due ms, head)
         # One worker task per partition, each working through its partition's records in order: a slow
         # receiver holds up its own partition only, and offsets are stored in order.

@@ -7,18 +7,16 @@ import logging
 import signal
 from typing import Any
 
-from schemas.codec import Codecs
-from schemas.registry import HttpSchemaRegistry
 from stream_workers.metrics import ProgressMetrics, WebhookMetrics
 from stream_workers.probes import BrokerWatch, Readiness, serve_probes
 from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch
 from stream_workers.webhooks.delivery import WebhookSender
-from stream_workers.webhooks.dispatcher import WebhookDispatcher
+from stream_workers.webhooks.dispatcher import WebhookDispatcher, webhook_consumer
 from stream_workers.webhooks.policy import AddressPolicy
 from stream_workers.webhooks.signing import decode_secret
 from voicenote.errors import ConfigError
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.kafka import AsyncProducer, ensure_topics, event_codecs
 from voicenote.retry import DependencyHealth, Retrying
 from voicenote.settings import Settings
 
@@ -36,7 +34,6 @@ def build_sender(settings: Settings) -> WebhookSender:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     sender = build_sender(settings)
     catalog = settings.kafka.catalog()
-    registry = HttpSchemaRegistry(settings.kafka.schema_registry_url) if settings.kafka.schema_registry_url else None
     # Redis down: the delivery state waits (offsets held) instead of the dispatcher exiting, and /readyz
     # says what it waits on: the readiness reads the same health the retrying store reports to.
     health = DependencyHealth()
@@ -51,7 +48,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     monitor: ProgressMonitor | None = None
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka, catalog.all())
-        dispatcher = WebhookDispatcher(settings, catalog, Codecs(registry), jobs, sender, producer, metrics=metrics)
+        dispatcher = WebhookDispatcher(settings, catalog, event_codecs(settings.kafka), jobs, sender, producer, metrics=metrics,
+                                       consumer=webhook_consumer(settings))
         group = dispatcher.group
         stall, leave = settings.progress_bounds()
         # Only the completion topic when nothing is assigned: the retry topics lag on purpose until records are due.

@@ -15,7 +15,7 @@ from schemas.codec import Codecs
 from schemas.validation import REQUEST_DIGEST_FIELD
 from tests.stack import Stack
 from voicenote.jobstore import JobStore
-from voicenote.kafka import ensure_topics
+from voicenote.kafka import client_config, ensure_topics
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def test_a_dead_lettered_direct_publish_is_never_indexed_as_pending(stack: Stack
     codecs = Codecs()
     bad = codecs.request.encode(_request(BAD_ID, "A job id that is no job id."))
     marker_id = f"job_{unique}"
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     # One partition, the bad record first: once the projection has recorded the marker, it has seen the bad record.
     producer.produce(catalog.requests.name, key=BAD_ID.encode(), value=bad, partition=0)
     producer.produce(catalog.requests.name, key=marker_id.encode(), value=codecs.request.encode(_request(marker_id, "A marker.")),
@@ -66,7 +66,7 @@ def test_a_dead_lettered_direct_publish_is_never_indexed_as_pending(stack: Stack
 
 
 def _dead_letters(settings: Any, expect: int, timeout: float = 30) -> list[dict[str, Any]]:
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"{settings.worker.group_id}-dlq-check",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": f"{settings.worker.group_id}-dlq-check",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
     consumer.subscribe([settings.kafka.catalog().dead_letter.name])
     codecs, letters = Codecs(), []

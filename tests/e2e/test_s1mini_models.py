@@ -22,6 +22,7 @@ from ops.services import free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
 from tests.stack import REPO, Stack
+from voicenote.kafka import client_config
 
 pytestmark = pytest.mark.e2e
 
@@ -108,7 +109,7 @@ def test_s1mini_speaks_through_its_own_topic_and_sampling_parameters_change_its_
     settings = stack.settings
     topic = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                           partitions=settings.kafka.partitions).requests_for("s1mini").name
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     producer.produce(topic, key=b"job_direct_s1", value=Codecs().request.encode({
         "job_id": "job_direct_s1", "created_at": int(time.time() * 1000), "text": TEXT, "voice": "default", "format": "wav",
         "model": "s1-mini", "seed": 7, "temperature": 0.5}))
@@ -152,7 +153,7 @@ def test_a_refused_checkpoint_keeps_the_worker_up_not_ready_saying_why_and_consu
     settings = stack.settings
     topic = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                           partitions=settings.kafka.partitions).requests_for("s1mini").name
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     producer.produce(topic, key=b"job_waits", value=Codecs().request.encode({
         "job_id": "job_waits", "created_at": int(time.time() * 1000), "text": TEXT, "voice": "default", "format": "wav",
         "model": "s1-mini"}))

@@ -12,6 +12,7 @@ from confluent_kafka import Consumer
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
 from tests.stack import Stack
+from voicenote.kafka import client_config
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +46,7 @@ def _wait_some_succeeded(stack: Stack, ids: list[str], timeout: float = 60) -> N
 def _completions(stack: Stack) -> list[dict]:
     s = stack.settings
     catalog = build_catalog(prefix=s.kafka.topic_prefix, request_partitions=s.kafka.request_partitions, partitions=s.kafka.partitions)
-    consumer = Consumer({**s.kafka.client_config(), "group.id": f"{s.worker.group_id}-completion-check",
+    consumer = Consumer({**client_config(s.kafka), "group.id": f"{s.worker.group_id}-completion-check",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
     consumer.subscribe([catalog.completions.name])
     codecs, out, idle_since = Codecs(), [], time.monotonic()

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
 from tests.stack import Stack
+from voicenote.kafka import client_config
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +59,7 @@ def test_garbage_goes_to_dead_letter_and_valid_request_still_succeeds(stack: Sta
     stack.start_worker("completion")
     stack.start_api()
 
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     garbage = [b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"wrong fingerprint", b"\xc3\x01short"]
     for i, value in enumerate(garbage):
         producer.produce(catalog.requests.name, key=f"g{i}".encode(), value=value)
@@ -67,7 +68,7 @@ def test_garbage_goes_to_dead_letter_and_valid_request_still_succeeds(stack: Sta
     accepted = _post(stack, "A valid request sent after the garbage still gets its voice note.")
     assert stack.wait_job(accepted["job_id"])["status"] == "succeeded"
 
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"{settings.worker.group_id}-dlq-check",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": f"{settings.worker.group_id}-dlq-check",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
     consumer.subscribe([catalog.dead_letter.name])
     codecs = Codecs()

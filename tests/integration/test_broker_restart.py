@@ -9,12 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
-
 from ops.services import TansuBroker
 from schemas.topics import build_catalog
 from voicenote.errors import PublishError
-from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.kafka import AsyncProducer, admin_client, ensure_topics
 from voicenote.settings import KafkaSettings
 
 
@@ -48,7 +46,7 @@ async def test_restarted_broker_gets_its_port_and_the_producer_recovers(tmp_path
             await producer.send("restart.not-in-the-catalog", b"x")
         except PublishError:
             pass
-        topics = AdminClient(settings.client_config()).list_topics(timeout=10).topics
+        topics = admin_client(settings).list_topics(timeout=10).topics
         assert "restart.not-in-the-catalog" not in topics
         assert len(topics[catalog.requests.name].partitions) == 3
     finally:
@@ -60,7 +58,8 @@ LAG_SAMPLER = """
 import sys, time
 from confluent_kafka import KafkaException
 from producer_api.estimate import GroupLag
-reader = GroupLag({"bootstrap.servers": sys.argv[1]}, sys.argv[2])
+from voicenote.settings import KafkaSettings
+reader = GroupLag(KafkaSettings(bootstrap_servers=sys.argv[1]), sys.argv[2])
 deadline, last, wanted = time.monotonic() + 90, None, sys.argv[4]
 while time.monotonic() < deadline and str(last) != wanted:  # until it reads the lag the test ends with
     try:

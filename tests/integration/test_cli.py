@@ -21,7 +21,7 @@ from producer_api.auth import hash_token
 from schemas.codec import Codecs
 from schemas.events import WebhookDelivery
 from tests.integration.test_client import completion, publish_completions
-from voicenote.kafka import ensure_topics
+from voicenote.kafka import client_config, ensure_topics
 from voicenote.settings import Settings, to_env
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def topics(settings: Settings) -> None:
 
 
 def produce(settings: Settings, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     for key, value in values:
         producer.produce(topic, key=key, value=value)
         producer.flush(10)  # one record per batch: Tansu's high watermark counts batches (docs/client.md)
@@ -259,7 +259,7 @@ def test_projection_rebuild_counts_the_same_every_run(cli, settings: Settings, t
     # Regression: reading a topic gave up after 3 s without records, so five runs on the same data reported
     # 0, 0, 52, 3 and 52 requests. Each topic is now read to its end, taken when the read begins.
     codecs = Codecs()
-    producer = Producer({**settings.kafka.client_config(), "linger.ms": 20})  # batched: Tansu's ListOffsets counts batches
+    producer = Producer({**client_config(settings.kafka), "linger.ms": 20})  # batched: Tansu's ListOffsets counts batches
     for i in range(52):
         producer.produce(settings.kafka.catalog().requests.name, key=f"job_x{i}".encode(),
                          value=codecs.request.encode(api_request(f"job_x{i}", "alloy")))
@@ -351,7 +351,7 @@ def test_lag_per_group_and_partition(cli, settings: Settings, topics: None) -> N
     topic = settings.kafka.catalog().completions.name
     produce(settings, topic, [(None, b"a"), (None, b"b"), (None, b"c")])  # all on one partition: unkeyed, partition chosen below
     group = f"{settings.worker.group_id}-completion"
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**client_config(settings.kafka), "group.id": group, "enable.auto.commit": False})
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(settings.kafka.partitions)}
     busy = max(ends, key=lambda p: ends[p])
     consumer.commit(offsets=[TopicPartition(topic, busy, 1)], asynchronous=False)

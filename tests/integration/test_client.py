@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 from ops.replay import Range, read_range
 from schemas.codec import Codecs
 from voicenote.client import Completion, InvalidRequest, JobTimeout, VoicenoteClient
-from voicenote.kafka import ensure_topics
+from voicenote.kafka import client_config, ensure_topics
 from voicenote.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def completion(job_id: str, status: str = "succeeded", **extra: object) -> dict:
 def publish_completions(settings: Settings, records: list[dict], junk: bool = False) -> None:
     """What a completion worker writes (the same codec, keyed by job id)."""
     codecs = Codecs()
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     for r in records:
         producer.produce(settings.kafka.catalog().completions.name, key=r["job_id"].encode(), value=codecs.completion.encode(r))
     if junk:

@@ -7,7 +7,7 @@ from confluent_kafka import Consumer
 
 from schemas.topics import build_catalog
 from voicenote.errors import PublishError
-from voicenote.kafka import AsyncProducer, admin_client, broker_answers, ensure_topics
+from voicenote.kafka import AsyncProducer, admin_client, broker_answers, client_config, ensure_topics
 from voicenote.settings import KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ async def test_send_resolves_after_the_broker_acknowledged(settings: Settings) -
     assert len({m.partition() for m in msgs}) == 1  # one key, one partition
     offsets = [m.offset() for m in msgs]
     assert offsets == sorted(offsets) and offsets[0] >= 0
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": settings.worker.group_id, "auto.offset.reset": "earliest",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": settings.worker.group_id, "auto.offset.reset": "earliest",
                          "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
     consumer.subscribe([catalog.requests.name])
     seen = []

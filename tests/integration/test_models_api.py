@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from schemas.codec import Codecs
+from voicenote.kafka import client_config
 from voicenote.models import ModelRegistry
 from voicenote.settings import ModelSettings, Settings
 
@@ -22,7 +23,7 @@ IGNORED = "X-Voicenote-Ignored-Params"
 
 
 def _read(settings: Settings, topic: str, expect: int, timeout: float = 20) -> list[dict[str, Any]]:
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"{settings.worker.group_id}-check-{topic}",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": f"{settings.worker.group_id}-check-{topic}",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
     consumer.subscribe([topic])
     codecs, found = Codecs(), []

@@ -17,6 +17,7 @@ from schemas.topics import build_catalog
 from tests.integration.conftest import READER, WRITER, api_settings, running_api
 from voicenote.audio import encode, to_wav
 from voicenote.jobstore import JobStore
+from voicenote.kafka import client_config
 from voicenote.settings import KafkaSettings, RedisSettings, Settings
 from voicenote.storage import build_store
 
@@ -28,7 +29,7 @@ SPEECH = {"model": "tts-1", "input": "Your parcel is on its way.", "voice": "all
 def _requests_on_topic(settings: Settings, expect: int, timeout: float = 20) -> list[dict[str, Any]]:
     catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                             partitions=settings.kafka.partitions)
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"{settings.worker.group_id}-check",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": f"{settings.worker.group_id}-check",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
     consumer.subscribe([catalog.requests.name])
     codecs, found = Codecs(), []

@@ -13,7 +13,7 @@ from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
 from stream_workers.completion import StatusProjector
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.kafka import AsyncProducer, client_config, ensure_topics
 from voicenote.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ async def test_rebuild_reads_every_record_of_batched_produces(settings: Settings
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"request_partitions": 1, "partitions": 1})})
     ensure_topics(settings.kafka, catalog.all())
     codecs = Codecs()
-    producer = Producer({**settings.kafka.client_config(), "linger.ms": 50})
+    producer = Producer({**client_config(settings.kafka), "linger.ms": 50})
     now = int(time.time() * 1000)
     for i in range(40):
         producer.produce(catalog.completions.name, key=f"job_b{i}".encode(),

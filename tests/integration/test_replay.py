@@ -10,14 +10,14 @@ from confluent_kafka import Producer
 from ops.replay import Range, read_range, redrive_dead_letters, replay_requests
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
-from voicenote.kafka import ensure_topics
+from voicenote.kafka import client_config, ensure_topics
 from voicenote.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def _produce(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer(settings.kafka.client_config())
+    producer = Producer(client_config(settings.kafka))
     for key, value in values:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(10) == 0

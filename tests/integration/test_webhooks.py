@@ -23,7 +23,7 @@ from stream_workers.webhooks.dispatcher import WebhookDispatcher
 from stream_workers.webhooks.policy import AddressPolicy
 from stream_workers.webhooks.worker import build_sender
 from voicenote.jobstore import JobStore
-from voicenote.kafka import AsyncProducer, ensure_topics
+from voicenote.kafka import AsyncProducer, client_config, ensure_topics
 from voicenote.settings import Settings, WebhookSettings
 
 pytestmark = pytest.mark.integration
@@ -114,7 +114,7 @@ class Harness:
 
     def dead_letters(self, expected: int, timeout: float = 30, topic: str | None = None) -> list[tuple[dict, dict[str, bytes]]]:
         assert self.catalog.webhook_dead_letter is not None
-        consumer = Consumer({**self.settings.kafka.client_config(), "group.id": f"{self.settings.worker.group_id}-dlq-read",
+        consumer = Consumer({**client_config(self.settings.kafka), "group.id": f"{self.settings.worker.group_id}-dlq-read",
                              "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
         consumer.subscribe([topic or self.catalog.webhook_dead_letter.name])
         letters = []

@@ -1,0 +1,90 @@
+"""Reading a topic to its end as it was when reading began, without joining a group."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from voicenote.errors import DependencyUnavailable
+from voicenote.kafka.clients import consumer as new_consumer
+from voicenote.settings import KafkaSettings
+
+OFFSET_BEGINNING = -2
+
+
+def read_to_end(settings: KafkaSettings, topic: str, *, starts: Mapping[int, int] | None = None,
+                stops: Mapping[int, int] | None = None, timeout: float = 300.0,
+                group_prefix: str = "voicenote-read", missing_ok: bool = False) -> Iterator[Message]:
+    """Every record of ``topic`` from ``starts`` (per partition; default every partition from its beginning)
+    up to the partition's end as it was when reading began, without joining a group (blocking).
+
+    The end of each partition is fixed at the start: the larger of its high watermark (ListOffsets) and the
+    high watermark of the first fetch answer for it. Both are the same on Kafka; Tansu answers ListOffsets
+    with the number of record batches, not records, so there the fetch answer's is the one that counts
+    (docs/architecture.md). Records written after that are not read, and a partition also ends at its
+    ``stops`` offset (exclusive) or at partition EOF. Reading waits for every partition's end however
+    long the broker takes to answer, up to ``timeout`` seconds in all: past it, DependencyUnavailable
+    (never a silent partial read). A topic that does not exist is an error, or reads as empty with ``missing_ok``.
+    """
+    consumer = new_consumer(settings, f"{group_prefix}-{time.time_ns()}",
+                            {"enable.auto.commit": False, "enable.partition.eof": True})
+    deadline = time.monotonic() + timeout
+    try:
+        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        if meta is None or meta.error is not None:
+            if missing_ok:
+                return
+            raise DependencyUnavailable("kafka", f"topic {topic} does not exist (create it with `voicenote topics create`)")
+        wanted = sorted(starts) if starts is not None else sorted(meta.partitions)
+        ends: dict[int, int] = {}  # partition -> the end taken at the start (exclusive)
+        assignment = []
+        for partition in wanted:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0, cached=False)
+            start = starts[partition] if starts is not None else OFFSET_BEGINNING
+            stop = (stops or {}).get(partition)
+            if high <= low or (stop is not None and 0 <= stop <= max(start, low)):
+                continue  # empty (no batch either, so on Tansu too), or nothing between start and stop
+            ends[partition] = min(high, stop) if stop is not None else high
+            assignment.append(TopicPartition(topic, partition, start))
+        listed = dict(ends)
+        seen_fetch: set[int] = set()
+        open_partitions = set(ends)
+        if assignment:
+            consumer.assign(assignment)
+        while open_partitions:
+            if time.monotonic() > deadline:
+                raise DependencyUnavailable(
+                    "kafka", f"reading {topic}: {len(open_partitions)} of {len(wanted)} partitions not read to their end "
+                             f"within {timeout:g}s (partitions {sorted(open_partitions)[:8]}); nothing partial is reported")
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            partition = msg.partition()
+            if partition is None or partition not in open_partitions:
+                continue
+            if partition not in seen_fetch:  # the first fetch answer for it: its high watermark, by record count
+                seen_fetch.add(partition)
+                _low, fetched_high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                stop = (stops or {}).get(partition)
+                ends[partition] = max(listed[partition], fetched_high if fetched_high >= 0 else 0)
+                if stop is not None:
+                    ends[partition] = min(ends[partition], stop)
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(partition)
+                    continue
+                raise DependencyUnavailable("kafka", f"reading {topic}[{partition}]: {error}")
+            offset = msg.offset() or 0
+            if offset >= ends[partition]:
+                open_partitions.discard(partition)  # written after reading began, or past ``stops``
+                continue
+            yield msg
+            if offset + 1 >= ends[partition]:
+                open_partitions.discard(partition)
+    except KafkaException as exc:
+        raise DependencyUnavailable("kafka", f"reading {topic}: {exc}") from exc
+    finally:
+        consumer.close()
