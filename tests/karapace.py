@@ -8,8 +8,8 @@ compose boot test falls back to ``tests/registry_standin.py`` and the real-regis
 why.
 
 Where a Karapace of the compose file's version is installed, the tests use it: the Python of
-``$VOICENOTE_KARAPACE_PYTHON``, else ``.venv-karapace/bin/python`` in the checkout. How one was made
-and checked against Tansu (karapace 5.0.3): docs/deployment.md, "The schema registry".
+``$VOICENOTE_KARAPACE_PYTHON``, else ``.venv-karapace/bin/python`` in the checkout, which
+``make karapace KARAPACE_SRC=<source tree>`` builds (tests/karapace_venv.sh: what it substitutes, and why).
 
 The service is started as compose would: the ``entrypoint`` as written (``python3`` is that Python),
 ``KARAPACE_*`` from the compose file, with only the broker address, host and port mapped to loopback
@@ -43,7 +43,8 @@ def find_karapace() -> tuple[Path | None, str]:
     python = Path(configured) if configured else VENV_PYTHON
     if not python.exists():
         return None, (f"no Karapace here ({python} does not exist): it is not on PyPI and its build needs a GitHub "
-                      "tarball (patched avro) and Go >= 1.21 (protopacelib), so `make install` cannot provide it")
+                      "tarball (patched avro) and Go >= 1.21 (protopacelib), so `make install` cannot provide it; "
+                      "`make karapace KARAPACE_SRC=<source tree>` builds one")
     probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         return None, f"{python} has no usable karapace: {probe.stderr.strip().splitlines()[-1:]}"
