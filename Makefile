@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming bench-broker-storage
+.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming bench-broker-storage
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ $(CRD_STAMP): tests/crd/package.json tests/crd/package-lock.json
 	touch $(CRD_STAMP)
 
 install: $(STAMP) $(CRD_STAMP) ## create .venv and install Voicenote with test tools (and CPU torch for the S1-mini engine)
+
+karapace: ## optional, not in CI: .venv-karapace from a Karapace source tree (KARAPACE_SRC=dir; not on PyPI): the compose boot test then runs the real registry
+	bash tests/karapace_venv.sh
 
 run: $(STAMP) ## run the whole service here: Tansu broker, Redis, API on :8000, workers (Ctrl-C stops all)
 	$(BIN)/voicenote run

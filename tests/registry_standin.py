@@ -1,7 +1,8 @@
 """A Confluent Schema Registry stand-in (the REST calls a producer and a consumer make), on loopback.
 
-The compose file runs Karapace, which is not on PyPI and needs Docker; the compose boot test points
-``schema-registry:8081`` here instead. Ids are global and stable per schema text, as in the real one.
+The compose file runs Karapace, which is not on PyPI; the compose boot test runs the real one where
+``make karapace`` built it (tests/karapace.py) and points ``schema-registry:8081`` here only where
+none is installed, as in CI. Ids are global and stable per schema text, as in the real one.
 """
 
 from __future__ import annotations

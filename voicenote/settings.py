@@ -63,6 +63,9 @@ class StorageSettings(BaseModel):
     local_dir: Path = Path("var/audio")
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="The endpoint presigned URLs name, where clients reach S3 by another address than the services "
+        "(compose: http://localhost:9000 while the services use http://minio:9000); none: s3_endpoint_url.")
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None

@@ -3,10 +3,15 @@
 For every service with a ``build`` (ours), the test takes its command and its environment from the
 compose file as written (anchors, merges and ``${VAR:-default}`` resolved), maps the hostnames of the
 backing services to the loopback ones from the fixtures (kafka -> Tansu, redis -> Redis, minio -> moto
-S3, schema-registry -> tests/registry_standin.py), maps ports and volumes to free ones here, and sees
-the one-shot services exit 0 and the long-running ones answer their compose healthcheck. Isolation
-overrides (topic prefix, Redis key prefix, bucket) only rename; nothing else of the environment is
-touched. Then one job goes through the API with the compose development key.
+S3), maps ports and volumes to free ones here, and sees the one-shot services exit 0 and the
+long-running ones answer their compose healthcheck. Isolation overrides (topic prefix, Redis key
+prefix, bucket) only rename; nothing else of the environment is touched. Then one job goes through the
+API with the compose development key, its events framed with ids from the registry.
+
+schema-registry is compose's own Karapace (image version, ``entrypoint`` and ``KARAPACE_*``) started
+natively on the Tansu broker where a Karapace is installed (tests/karapace.py says where and why CI has
+none); without one, tests/registry_standin.py, and ``test_the_schema_registry_service_is_real_karapace``
+skips with the reason.
 
 No Docker engine here: the images are not built; the services run from this checkout. No GPU here: the
 ``gpu`` profile's worker runs on the CPU (``S1MINI_DEVICE=cpu``) on a tiny random checkpoint
@@ -33,6 +38,7 @@ import yaml
 from ops.embedded import wait_ready
 from ops.services import free_port
 from tests.conftest import Backends
+from tests.karapace import NativeKarapace, find_karapace, pinned_version
 from tests.registry_standin import RegistryStandIn
 
 pytestmark = pytest.mark.e2e
@@ -60,14 +66,24 @@ class ComposeHost:
     """Runs compose services as native processes with compose's hostnames mapped to loopback."""
 
     def __init__(self, backends: Backends, registry: str, unique: str, tmp: Path) -> None:
+        self.registry = registry
+        # http://localhost:9000 is MinIO's published port as the host sees it: presigned links name it.
         self.hosts = {"kafka:9092": backends.kafka, "redis://redis:6379": backends.redis.rsplit("/", 1)[0],
-                      "http://minio:9000": backends.s3, "http://schema-registry:8081": registry}
+                      "http://minio:9000": backends.s3, "http://localhost:9000": self.public_s3(backends.s3),
+                      "http://schema-registry:8081": registry}
         self.isolation = {"VOICENOTE_KAFKA__TOPIC_PREFIX": f"{unique}.", "VOICENOTE_REDIS__KEY_PREFIX": f"{unique}:",
                           "VOICENOTE_STORAGE__S3_BUCKET": unique}
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         self.api_port = free_port()
+
+    @staticmethod
+    def public_s3(endpoint: str) -> str:
+        """The same S3 server by another name, so that a link shows which endpoint it was presigned for."""
+        if "://127.0.0.1:" in endpoint:
+            return endpoint.replace("://127.0.0.1:", "://localhost:")
+        return endpoint.replace("://localhost:", "://127.0.0.1:")
 
     def environment(self, name: str, svc: dict[str, Any]) -> dict[str, str]:
         env = {k: interpolate(str(v)) for k, v in (svc.get("environment") or {}).items()}
@@ -141,15 +157,62 @@ class ComposeHost:
             self.stop(name)
 
 
+def registry_environment() -> dict[str, str]:
+    return {k: interpolate(str(v)) for k, v in (compose()["services"]["schema-registry"].get("environment") or {}).items()}
+
+
+def start_karapace(backends: Backends, unique: str, tmp: Path) -> NativeKarapace | None:
+    """compose's schema-registry as real Karapace on the Tansu broker, or None where none is installed."""
+    python, version = find_karapace()
+    if python is None:
+        return None
+    service = compose()["services"]["schema-registry"]
+    assert version == pinned_version(service), f"compose pins karapace {pinned_version(service)}, {python} has {version}"
+    return NativeKarapace(python, service, registry_environment(), bootstrap=backends.kafka, unique=unique,
+                          log=tmp / "schema-registry.log").start()
+
+
 @pytest.fixture
 def host(backends: Backends, unique: str, tmp_path: Path) -> Iterator[ComposeHost]:
-    registry = RegistryStandIn().start()
-    h = ComposeHost(backends, registry.url, unique, tmp_path)
+    karapace = start_karapace(backends, unique, tmp_path)
+    standin = None if karapace else RegistryStandIn().start()
+    registry = karapace.url if karapace else standin.url  # type: ignore[union-attr]
+    h = ComposeHost(backends, registry, unique, tmp_path)
     try:
         yield h
     finally:
         h.stop_all()
-        registry.stop()
+        if karapace:
+            karapace.stop()
+        if standin:
+            standin.stop()
+
+
+def test_the_schema_registry_service_is_real_karapace(backends: Backends, unique: str, tmp_path: Path) -> None:
+    """compose's schema-registry, started from its entrypoint and environment, serves our codec's calls."""
+    python, why = find_karapace()
+    if python is None:
+        pytest.skip(why)
+    karapace = start_karapace(backends, unique, tmp_path)
+    assert karapace is not None
+    try:
+        from schemas.codec import AvroCodec
+        from schemas.events import SynthesisRequest
+        from schemas.registry import HttpSchemaRegistry
+
+        health = httpx.get(f"{karapace.url}/_health", timeout=5).json()
+        assert health["karapace_version"] == pinned_version(compose()["services"]["schema-registry"])
+        writer: AvroCodec[SynthesisRequest] = AvroCodec("SynthesisRequest", registry=HttpSchemaRegistry(karapace.url))
+        reader: AvroCodec[SynthesisRequest] = AvroCodec("SynthesisRequest", registry=HttpSchemaRegistry(karapace.url))
+        request = SynthesisRequest(job_id=unique, created_at=1_700_000_000_000, text="Hello through Karapace.")
+        framed = writer.encode_event(request)
+        assert framed[:1] == b"\x00"  # Confluent framing: the id is Karapace's
+        schema_id = int.from_bytes(framed[1:5], "big")
+        assert httpx.get(f"{karapace.url}/schemas/ids/{schema_id}", timeout=5).status_code == 200
+        assert reader.decode_event(framed) == request  # a second client: the id resolved at Karapace
+        assert "ai.voicenote.v1.SynthesisRequest" in httpx.get(f"{karapace.url}/subjects", timeout=5).json()
+    finally:
+        karapace.stop()
 
 
 def test_every_service_of_ours_starts_from_the_compose_file_and_serves_a_job(host: ComposeHost) -> None:
@@ -197,7 +260,14 @@ def test_every_service_of_ours_starts_from_the_compose_file_and_serves_a_job(hos
             break
         time.sleep(0.3)
     assert job.get("status") == "succeeded", json.dumps(job) + "\n" + host.log("worker-synthesis") + host.log("worker-completion")
+    redirect = httpx.get(job["audio_url"], headers=auth, timeout=10)
+    assert redirect.status_code in (302, 307), redirect.text
+    public = host.hosts["http://localhost:9000"]
+    assert public != host.hosts["http://minio:9000"] and redirect.headers["location"].startswith(public + "/")  # not minio:9000
     audio = httpx.get(job["audio_url"], headers=auth, timeout=10, follow_redirects=True)
     assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
     latency = httpx.get(f"http://127.0.0.1:{host.ports['worker-completion']}/metrics", timeout=5).text
     assert 'voicenote_job_latency_seconds_count{status="succeeded"} 1.0' in latency
+    # The events went through the registry: the API registered the request's schema, the workers the rest.
+    subjects = set(httpx.get(f"{host.registry}/subjects", timeout=5).json())
+    assert {"ai.voicenote.v1.SynthesisRequest", "ai.voicenote.v1.SynthesisResult", "ai.voicenote.v1.JobCompletion"} <= subjects, subjects

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import tomllib
+from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from producer_api.metrics import ApiMetrics
 from stream_workers.metrics import CompletionMetrics, ProgressMetrics, SynthesisMetrics, WebhookMetrics
 from tests.e2e.test_compose_boot import DEV_TOKEN, compose, interpolate, our_services
 from tests.k8s_support import ROOT, load_yaml, setting_names, settings_from, synthesis_route
+from voicenote.settings import KafkaSettings
 
 PENDING_SETTINGS: set[str] = set()  # settings the model-routing work adds, where compose sets one early
 SHUTDOWN_MARGIN_SECONDS = 10
@@ -79,13 +81,20 @@ def test_long_running_services_have_a_healthcheck_on_their_own_port_and_a_grace_
             assert port == int(svc["command"][svc["command"].index("--port") + 1])
 
 
+def _scrape_jobs() -> dict[str, dict]:
+    return {job["job_name"]: job for job in load_yaml(ROOT / "ops" / "observability" / "prometheus.yml")["scrape_configs"]}
+
+
 def test_prometheus_scrapes_every_long_running_service_of_ours_on_its_port() -> None:
     scraped = {}
-    for job in load_yaml(ROOT / "ops" / "observability" / "prometheus.yml")["scrape_configs"]:
-        for static in job["static_configs"]:
+    for job in _scrape_jobs().values():
+        for static in job.get("static_configs", []):
             for target in static["targets"]:
                 host, port = target.split(":")
                 scraped[host] = int(port)
+        for dns in job.get("dns_sd_configs", []):
+            for host in dns["names"]:
+                scraped[host] = int(dns["port"])
     expected = {}
     for name, svc in our_services().items():
         if svc["command"][0] == "worker":
@@ -94,6 +103,106 @@ def test_prometheus_scrapes_every_long_running_service_of_ours_on_its_port() -> 
             expected[name] = int(svc["command"][svc["command"].index("--port") + 1])
     assert scraped == expected
     assert compose()["services"]["prometheus"]["profiles"] == ["observability"]
+
+
+def test_a_service_of_an_absent_profile_is_no_target_so_never_down() -> None:
+    """Static targets are every `up` service; a profile's service is found by DNS, absent without it."""
+    services = compose()["services"]
+    for name, job in _scrape_jobs().items():
+        static = [t.split(":")[0] for c in job.get("static_configs", []) for t in c["targets"]]
+        assert all(not services[host].get("profiles") for host in static), f"{name}: a profile's service as a static target"
+        for dns in job.get("dns_sd_configs", []):
+            assert dns["type"] == "A"
+            assert all(services[host].get("profiles") for host in dns["names"]), name
+    gpu = _scrape_jobs()["voicenote-workers-gpu"]
+    assert [d["names"] for d in gpu["dns_sd_configs"]] == [["worker-synthesis-gpu"]]
+    # Its lag still carries its consumer group, as the static targets' labels do.
+    group = synthesis_route(settings_from(_env(our_services()["worker-synthesis-gpu"])))[1]
+    assert gpu["relabel_configs"] == [{"target_label": "group", "replacement": group}]
+    # The down alert covers every job, the GPU one included while its profile runs.
+    down = next(r for g in load_yaml(ROOT / "ops" / "observability" / "alerts.yml")["groups"] for r in g["rules"]
+                if r["alert"] == "VoicenoteTargetDown")
+    pattern = re.search(r'up\{job=~"([^"]+)"\} == 0', down["expr"]).group(1)  # type: ignore[union-attr]
+    assert all(re.fullmatch(pattern, name) for name in _scrape_jobs())
+
+
+def test_the_schema_registry_is_karapace_5_started_by_its_registry_entrypoint() -> None:
+    registry = compose()["services"]["schema-registry"]
+    image, _, tag = registry["image"].rpartition(":")
+    assert image == "ghcr.io/aiven-open/karapace" and int(tag.split(".")[0]) >= 5  # 4.x has no karapace.__main__
+    assert registry["entrypoint"] == ["python3", "-m", "karapace"]
+    env = _env(registry)
+    assert env["KARAPACE_KARAPACE_REGISTRY"] == "true"
+    voicenote = settings_from(_env(our_services()["api"])).kafka
+    assert env["KARAPACE_BOOTSTRAP_URI"] == voicenote.bootstrap_servers
+    url = urlsplit(voicenote.schema_registry_url)
+    assert (url.hostname, url.port) == ("schema-registry", int(env["KARAPACE_PORT"])) and env["KARAPACE_HOST"] == "0.0.0.0"
+    assert env["KARAPACE_ADVERTISED_HOSTNAME"] == "schema-registry"
+    # Healthy only when it can take a write: the schema topic read, and this node primary.
+    health = " ".join(registry["healthcheck"]["test"])
+    assert f"127.0.0.1:{env['KARAPACE_PORT']}/_health" in health
+    assert "schema_registry_ready" in health and "schema_registry_is_primary" in health
+    # Every long-running service of ours publishes or reads registry-framed events: each waits for it.
+    for name, svc in our_services().items():
+        if svc["command"][0] in ("api", "worker"):
+            assert _env(svc)["VOICENOTE_KAFKA__SCHEMA_REGISTRY_URL"] == voicenote.schema_registry_url, name
+            assert svc["depends_on"]["schema-registry"] == {"condition": "service_healthy"}, name
+
+
+def test_presigned_audio_links_name_the_published_minio_port_not_the_network_name() -> None:
+    minio_ports = {int(p.split(":")[1]): int(p.split(":")[0]) for p in compose()["services"]["minio"]["ports"]}
+    for name, svc in our_services().items():
+        storage = settings_from(_env(svc)).storage
+        internal, public = urlsplit(storage.s3_endpoint_url), urlsplit(storage.s3_public_endpoint_url)
+        assert internal.hostname == "minio", name
+        assert public.hostname == "localhost" and public.port == minio_ports[internal.port], name
+
+
+def test_kafka_has_a_listener_the_host_reaches_where_host_tools_look_by_default() -> None:
+    kafka = compose()["services"]["kafka"]
+    env = _env(kafka)
+    listeners = dict(_listener(x) for x in env["KAFKA_LISTENERS"].split(","))
+    advertised = dict(_listener(x) for x in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    protocols = dict(x.split(":") for x in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols) == set(listeners) and set(advertised) <= set(listeners)
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised and env["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised
+    # The services' bootstrap is the network listener.
+    bootstrap = settings_from(_env(our_services()["api"])).kafka.bootstrap_servers
+    assert bootstrap in {f"{h}:{p}" for h, p in advertised.values()} and not bootstrap.startswith("localhost")
+    # The host's: advertised as localhost on the published port, which is the CLI's default bootstrap.
+    host = [name for name, (h, _) in advertised.items() if h == "localhost"]
+    assert len(host) == 1
+    published = {int(p.split(":")[1]): int(p.split(":")[0]) for p in map(interpolate, kafka["ports"])}
+    host_port = advertised[host[0]][1]
+    assert published[listeners[host[0]][1]] == host_port
+    assert KafkaSettings().bootstrap_servers.rsplit(":", 1)[1] == str(host_port)
+
+
+def _listener(text: str) -> tuple[str, tuple[str, int]]:
+    name, rest = text.split("://")
+    host, port = rest.rsplit(":", 1)
+    return name, (host, int(port))
+
+
+def test_every_long_running_service_restarts_and_the_one_shots_say_they_do_not() -> None:
+    """One-shots that other services wait for with service_completed_successfully are never restarted."""
+    completed = {dep for svc in compose()["services"].values() if isinstance(svc.get("depends_on"), dict)
+                 for dep, cond in svc["depends_on"].items() if cond["condition"] == "service_completed_successfully"}
+    assert completed == {"topics", "storage"}
+    for name, svc in compose()["services"].items():
+        assert svc.get("restart") == ("no" if name in completed else "unless-stopped"), name
+
+
+def test_provisioning_waits_for_healthy_backing_services() -> None:
+    services = compose()["services"]
+    assert services["storage"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert services["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert services["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    for name, svc in services.items():
+        depends = svc.get("depends_on") or {}
+        for dep, cond in (depends.items() if isinstance(depends, dict) else []):
+            if cond.get("condition") == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}'s health, which {dep} never reports"
 
 
 def _exposed_metric_names() -> set[str]:

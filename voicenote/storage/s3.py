@@ -23,26 +23,43 @@ class S3AudioStore:
         self._settings = settings
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._presigner: Any = None
 
     async def _s3(self) -> Any:
         if self._client is None:
-            s = self._settings
-            session = get_session()
-            self._client = await self._stack.enter_async_context(
-                session.create_client(
-                    "s3",
-                    region_name=s.s3_region,
-                    endpoint_url=s.s3_endpoint_url,
-                    aws_access_key_id=s.s3_access_key_id.get_secret_value() if s.s3_access_key_id else None,
-                    aws_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None,
-                    config=AioConfig(
-                        signature_version="s3v4",
-                        retries={"total_max_attempts": s.s3_max_attempts, "mode": "adaptive"},  # backoff on throttling and 5xx
-                        s3={"addressing_style": "path"},
-                    ),
-                )
-            )
+            self._client = await self._new_client(self._settings.s3_endpoint_url)
         return self._client
+
+    async def _presign_client(self) -> Any:
+        """The client that signs download URLs: one for the public endpoint where that differs.
+
+        A presigned URL's signature covers its host, so a URL for the internal name cannot be rewritten
+        afterwards; it is signed for the public endpoint from the start (no request is sent to sign).
+        """
+        public = self._settings.s3_public_endpoint_url
+        if not public or public == self._settings.s3_endpoint_url:
+            return await self._s3()
+        if self._presigner is None:
+            self._presigner = await self._new_client(public)
+        return self._presigner
+
+    async def _new_client(self, endpoint_url: str | None) -> Any:
+        s = self._settings
+        session = get_session()
+        return await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                region_name=s.s3_region,
+                endpoint_url=endpoint_url,
+                aws_access_key_id=s.s3_access_key_id.get_secret_value() if s.s3_access_key_id else None,
+                aws_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None,
+                config=AioConfig(
+                    signature_version="s3v4",
+                    retries={"total_max_attempts": s.s3_max_attempts, "mode": "adaptive"},  # backoff on throttling and 5xx
+                    s3={"addressing_style": "path"},
+                ),
+            )
+        )
 
     async def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> StoredObject:
         s3 = await self._s3()
@@ -108,7 +125,7 @@ class S3AudioStore:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
 
     async def url_for(self, key: str, expires_in: int) -> str | None:
-        s3 = await self._s3()
+        s3 = await self._presign_client()
         try:
             return str(
                 await s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in)
@@ -157,7 +174,7 @@ class S3AudioStore:
 
     async def close(self) -> None:
         await self._stack.aclose()
-        self._client = None
+        self._client = self._presigner = None
 
 
 LIFECYCLE_RULE_ID = "voicenote-audio-ttl"
