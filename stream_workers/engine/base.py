@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from voicenote.captions import WordTime
 from voicenote.errors import VoicenoteError
 
 
@@ -51,6 +52,7 @@ class SynthesisInput:
     repetition_penalty: float | None = None
     seed: int | None = None
     instructions: str | None = None
+    timestamps: bool = False  # also time each word of ``text`` (engines that cannot leave ``words`` None)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class SynthesisResult:
     audio: np.ndarray | None = None
     error: EngineError | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    words: list[WordTime] | None = None  # asked-for word timestamps, seconds from the start of ``audio``; None: none
 
     @property
     def ok(self) -> bool:

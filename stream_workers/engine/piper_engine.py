@@ -3,6 +3,7 @@ onnxruntime. Loads only local files; nothing is downloaded."""
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult, UnknownVoice
+from stream_workers.engine.word_timing import TimedPhoneme, timed_phonemes, word_times
+from voicenote.captions import WordTime
 
 VOICE_NAME = "en_US-joe-medium"
 
@@ -32,19 +35,27 @@ class PiperEngine:
     name = "piper"
 
     def __init__(self, model_path: Path, config_path: Path, *, threads: int = 2, sessions: int | None = None) -> None:
+        import onnx
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
+        from piper.patch_voice_with_alignment import add_alignment_output
 
         sessions = sessions or threads
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, threads // sessions)
         options.inter_op_num_threads = 1
         config = PiperConfig.from_dict(json.loads(config_path.read_text()))
+        # Patched in memory to also output its per-phoneme durations (for word timestamps); the audio is the same.
+        model = onnx.load(str(model_path))
+        add_alignment_output(model)
+        patched = model.SerializeToString()
         self._voices: queue.SimpleQueue[PiperVoice] = queue.SimpleQueue()
         for _ in range(sessions):
-            session = onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(patched, sess_options=options, providers=["CPUExecutionProvider"])
             self._voices.put(PiperVoice(config=config, session=session))
+        self._phonemizer = PiperVoice(config=config, session=None)  # phonemes of single words (no model run)
+        self._word_phonemes = functools.lru_cache(maxsize=65536)(self._phonemize_word)
         self._pool = ThreadPoolExecutor(sessions, "piper-session")
         self.sessions = sessions
         self.sample_rate = int(config.sample_rate)
@@ -79,15 +90,36 @@ class PiperEngine:
             if item.voice not in self.voices():
                 raise UnknownVoice(f"voice {item.voice!r} is not installed; valid: {self.voices()}")
             config = SynthesisConfig(length_scale=1.0 / item.speed if item.speed else None)
-            chunks = [chunk.audio_float_array for chunk in voice.synthesize(item.text, config)]
+            chunks = list(voice.synthesize(item.text, config, include_alignments=item.timestamps))
             if not chunks:
                 raise EmptyUtterance("the text has nothing speakable in it")
-            audio = np.concatenate(chunks).astype(np.float32)
+            audio = np.concatenate([chunk.audio_float_array for chunk in chunks]).astype(np.float32)
+            words = self._words(item.text, chunks) if item.timestamps else None
         except EngineError as exc:
             return SynthesisResult(item.job_id, self.sample_rate, error=exc)
         except Exception as exc:  # noqa: BLE001 - one item's failure must not fail its batch-mates
             return SynthesisResult(item.job_id, self.sample_rate, error=EngineError(f"{type(exc).__name__}: {exc}"))
-        return SynthesisResult(item.job_id, self.sample_rate, audio=audio)
+        return SynthesisResult(item.job_id, self.sample_rate, audio=audio, words=words)
+
+    def _phonemize_word(self, word: str) -> tuple[str, ...]:
+        return tuple(p for sentence in self._phonemizer.phonemize(word) for p in sentence)
+
+    def _words(self, text: str, chunks: Sequence[Any]) -> list[WordTime] | None:
+        """The words of ``text`` timed in the audio of ``chunks`` (one per sentence, laid end to end), or None
+        when Piper could not align a sentence's phonemes with its samples."""
+        spoken: list[TimedPhoneme] = []
+        offset = 0
+        for chunk in chunks:
+            alignments = chunk.phoneme_alignments
+            if alignments is None:
+                return None
+            timed, end = timed_phonemes([a.phoneme for a in alignments], [a.num_samples for a in alignments], offset)
+            spoken += timed
+            offset += len(chunk.audio_float_array)
+            if end != offset:  # the durations do not add up to the audio: no honest timing
+                return None
+        words = text.split()
+        return word_times(words, [self._word_phonemes(w) for w in words], spoken, self.sample_rate)
 
 
 def _package_version() -> str:
