@@ -108,6 +108,8 @@ class SynthesisResult(Event):
     trace_parent: str | None = None
     cache_key: str | None = None
     cache_hit: bool = False
+    word_timestamps: str | None = None
+    timestamps_unavailable: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +143,9 @@ class JobCompletion(Event):
     trace_parent: str | None = None
     audio_url: str | None = None
     cache_hit: bool = False
+    word_timestamps: str | None = None
+    timestamps_key: str | None = None
+    timestamps_unavailable: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +183,11 @@ STREAM_ATTRIBUTE = "stream"
 # job ids in the order they were asked for, and only when every item of the batch was published.
 BATCH_INDEX_ATTRIBUTE = "batch_index"
 BATCH_SIZE_ATTRIBUTE = "batch_size"
+
+# A SynthesisRequest attribute: "word" asks for word timestamps (SynthesisResult/JobCompletion.word_timestamps);
+# absent, none are computed. An attribute, not a field: an old worker ignores it, and the result then says nothing.
+TIMESTAMPS_ATTRIBUTE = "timestamps"
+WORD_TIMESTAMPS = "word"
 
 # A SynthesisRequest attribute: the job id a replayed request (``voicenote replay``) was first published as.
 REPLAY_OF_ATTRIBUTE = "replay_of"

@@ -22,7 +22,7 @@ from voicenote.errors import AudioNotFound
 from voicenote.jobstore import JobStore, Transition, WebhookState
 from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore, audio_key
-from voicenote.storage.base import Put
+from voicenote.storage.base import Put, timestamps_key
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ class Storer:
         prepared = await asyncio.gather(*(self._prepare(result) for result in results))
         uploads = [p for p in prepared if isinstance(p, _Upload)]
         started = time.perf_counter()
-        stored = await self._store.put_many([u.put for u in uploads]) if uploads else []
+        # The word timestamps asked for go in the same call, beside their audio.
+        extra = [u.timestamps for u in uploads if u.timestamps is not None]
+        written = await self._store.put_many([u.put for u in uploads] + extra) if uploads else []
+        stored = written[: len(uploads)]
         upload_ms = int((time.perf_counter() - started) * 1000)
         if self._cache is not None:
             await self._cache.record_many([(u.cache_key, CachedAudio(
@@ -81,6 +84,7 @@ class Storer:
                 sample_rate=upload.sample_rate,
                 duration_ms=upload.duration_ms,
                 upload_ms=upload_ms,
+                timestamps_key=upload.timestamps.key if upload.timestamps is not None else None,
             ))
         return completions
 
@@ -117,7 +121,11 @@ class Storer:
                   {"job-id": result.job_id, "engine": result.engine or "",
                    "model-version": result.model_version or "", "format": fmt})
         cache_key = result.cache_key if not result.cache_hit else None
-        return _Upload(base, put, sample_rate, duration_ms, cache_key or None)
+        timestamps = None
+        if result.word_timestamps is not None:
+            timestamps = Put(timestamps_key(self._settings.key_prefix, result.job_id), result.word_timestamps.encode(),
+                             "application/json", {"job-id": result.job_id, "engine": result.engine or ""})
+        return _Upload(base, put, sample_rate, duration_ms, cache_key or None, timestamps)
 
     async def audio_url(self, job_id: str, key: str) -> str:
         """A presigned GET where storage has one, else the API's audio route (which serves local files)."""
@@ -132,6 +140,7 @@ class _Upload:
     sample_rate: int
     duration_ms: int
     cache_key: str | None
+    timestamps: Put | None = None
 
 
 def _failed(base: JobCompletion, code: str, message: str) -> JobCompletion:
@@ -224,7 +233,9 @@ def fresh_results(results: Sequence[SynthesisResult], emitted: set[str]) -> list
 # The job-record fields each event fills: the one place a typed event becomes a JobStore mapping.
 # A completion projects every field but these (the key, the transition itself, and what the record
 # holds from the request or serves differently: the API builds its own audio URL).
-_NOT_PROJECTED = frozenset({"job_id", "status", "audio_uri", "audio_url", "webhook_url", "batch_id", "trace_parent"})
+# word_timestamps can be long: the record keeps only timestamps_key, where the API reads them.
+_NOT_PROJECTED = frozenset({"job_id", "status", "audio_uri", "audio_url", "webhook_url", "batch_id", "trace_parent",
+                            "word_timestamps"})
 _PROJECTED = tuple(f.name for f in dataclasses.fields(JobCompletion) if f.name not in _NOT_PROJECTED)
 
 

@@ -16,6 +16,9 @@ import numpy as np
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’)\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
 
+GAP_MS = 60.0  # the pause :func:`join_audio` puts between two segments
+FADE_MS = 8.0
+
 
 def split_text(text: str, max_chars: int, first_max_chars: int | None = None) -> list[str]:
     """``text`` as segments of at most ``max_chars`` characters, cut at sentence boundaries.
@@ -73,7 +76,7 @@ def _pack(parts: list[str], max_chars: int) -> list[str]:
     return segments
 
 
-def join_audio(parts: list[np.ndarray], sample_rate: int, *, fade_ms: float = 8.0, gap_ms: float = 60.0) -> np.ndarray:
+def join_audio(parts: list[np.ndarray], sample_rate: int, *, fade_ms: float = FADE_MS, gap_ms: float = GAP_MS) -> np.ndarray:
     """Segments' audio in order, each edge faded to zero and separated by a short pause.
 
     The fades remove the step a hard cut would leave between two waveforms (heard as a click); the
@@ -88,7 +91,7 @@ def join_audio(parts: list[np.ndarray], sample_rate: int, *, fade_ms: float = 8.
 
 
 def joined_piece(part: np.ndarray, index: int, count: int, sample_rate: int, *,
-                 fade_ms: float = 8.0, gap_ms: float = 60.0) -> np.ndarray:
+                 fade_ms: float = FADE_MS, gap_ms: float = GAP_MS) -> np.ndarray:
     """What segment ``index`` of ``count`` contributes to :func:`join_audio`: its faded audio, preceded by
     the pause when it is not the first. A stream of these pieces concatenates to exactly the joined audio,
     so a streamed job and its stored file sound the same."""
@@ -106,3 +109,15 @@ def joined_piece(part: np.ndarray, index: int, count: int, sample_rate: int, *,
     if index == 0:
         return part
     return np.concatenate([np.zeros(int(sample_rate * gap_ms / 1000), dtype=np.float32), part])
+
+
+def segment_offsets(lengths: list[int], sample_rate: int, *, gap_ms: float = GAP_MS) -> list[int]:
+    """Where each segment's own audio starts in :func:`join_audio`'s output, in samples (its ``lengths`` in
+    order): after the segments before it and a pause before each but the first. Fades change no length."""
+    gap = int(sample_rate * gap_ms / 1000) if len(lengths) > 1 else 0
+    offsets, at = [], 0
+    for i, n in enumerate(lengths):
+        at += gap if i else 0
+        offsets.append(at)
+        at += n
+    return offsets

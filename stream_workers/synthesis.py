@@ -19,14 +19,16 @@ import numpy as np
 
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
-from schemas.events import STREAM_ATTRIBUTE, SpeechSegment, SynthesisRequest, carried
+from schemas.events import STREAM_ATTRIBUTE, TIMESTAMPS_ATTRIBUTE, WORD_TIMESTAMPS, SpeechSegment, SynthesisRequest, carried
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems, valid_job_id
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.result_cache import ResultCache, cache_key
-from stream_workers.segmentation import join_audio, joined_piece, split_text
+from stream_workers.segmentation import join_audio, joined_piece, segment_offsets, split_text
+from voicenote import captions
 from voicenote.audio import to_wav
+from voicenote.captions import WordTime
 from voicenote.jobstore import JobStore
 from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage import AudioStore
@@ -66,6 +68,7 @@ class Segment:
             repetition_penalty=r.repetition_penalty,
             seed=r.seed,
             instructions=r.instructions,
+            timestamps=self.job.wants_timestamps,
         )
 
 
@@ -79,6 +82,7 @@ class Job:
     admitted_ms: int = 0
     admitted_at: float = field(default_factory=time.monotonic)  # the same, on this process's monotonic clock
     audio: list[np.ndarray | None] = field(default_factory=list)
+    words: list[list[WordTime] | None] = field(default_factory=list)  # per segment, when timestamps are asked for
     sample_rate: int = 0
     error: EngineError | None = None
     batch_sizes: list[int] = field(default_factory=list)
@@ -91,6 +95,7 @@ class Job:
 
     def __post_init__(self) -> None:
         self.audio = [None] * len(self.texts)
+        self.words = [None] * len(self.texts)
 
     @property
     def job_id(self) -> str:
@@ -99,6 +104,22 @@ class Job:
     @property
     def done(self) -> bool:
         return self.error is not None or all(a is not None for a in self.audio)
+
+    @property
+    def wants_timestamps(self) -> bool:
+        return wants_timestamps(self.request)
+
+    def word_timestamps(self, engine: str) -> dict[str, str]:
+        """The result's timestamp fields: the words of every segment, shifted to where the segment lies in the
+        joined audio; or why there are none (never estimated). Empty when none were asked for."""
+        if not self.wants_timestamps:
+            return {}
+        if any(w is None for w in self.words):
+            return {"timestamps_unavailable": f"the {engine} engine does not give word timestamps"}
+        lengths = [len(a) if a is not None else 0 for a in self.audio]
+        offsets = segment_offsets(lengths, self.sample_rate)
+        words = [w.shifted(at / self.sample_rate) for at, seg in zip(offsets, self.words, strict=True) for w in seg or ()]
+        return {"word_timestamps": captions.dumps(words)}
 
     @property
     def streaming(self) -> bool:
@@ -145,6 +166,10 @@ def now_ms() -> int:
 def result_record(request: SynthesisRequest, **fields: Any) -> SynthesisResultEvent:
     """The SynthesisResult event for ``request``, carrying forward every field the two events share."""
     return SynthesisResultEvent(**carried(request, SynthesisResultEvent), synthesized_at=now_ms(), **fields)
+
+
+def wants_timestamps(request: SynthesisRequest) -> bool:
+    return (request.attributes or {}).get(TIMESTAMPS_ATTRIBUTE) == WORD_TIMESTAMPS
 
 
 def synthesize_resilient(engine: SpeechEngine, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
@@ -249,6 +274,7 @@ class Synthesizer:
                 first = self._settings.stream_first_segment_chars if job.streaming else None
                 job.texts = split_text(request.text, self._settings.max_segment_chars, first)
                 job.audio = [None] * len(job.texts)
+                job.words = [None] * len(job.texts)
                 out.jobs.append((i, job))
         return out
 
@@ -270,6 +296,7 @@ class Synthesizer:
         job.sample_rate = result.sample_rate
         if result.ok:
             job.audio[segment.index] = result.audio
+            job.words[segment.index] = result.words
         elif job.error is None:
             job.error = result.error
 
@@ -297,7 +324,8 @@ class Synthesizer:
             stored = await self._store.put(claim_key(self._storage.key_prefix, job.job_id), wav, "audio/wav")
             audio_fields = {"audio_ref": stored.key}
         return result_record(request, status="succeeded", sample_rate=job.sample_rate,
-                             duration_ms=int(1000 * len(audio) / job.sample_rate), **audio_fields, **common)
+                             duration_ms=int(1000 * len(audio) / job.sample_rate), **audio_fields, **common,
+                             **job.word_timestamps(self.engine.name))
 
     async def _from_cache(self, requests: Sequence[SynthesisRequest]) -> list[SynthesisResultEvent | None]:
         """Per request, a result pointing at the stored audio of an identical earlier request, or None
@@ -305,8 +333,9 @@ class Synthesizer:
         found: list[SynthesisResultEvent | None] = [None] * len(requests)
         if self._cache is None:
             return found
+        # A request for word timestamps is synthesized: the cache keeps audio only.
         wanted = [(i, cache_key(r.to_record(), self.engine.name, self.engine.model_version)) for i, r in enumerate(requests)
-                  if r.use_cache]
+                  if r.use_cache and not wants_timestamps(r)]
         entries = await self._cache.lookup_many([key for _, key in wanted])
         hits = [(i, key, hit) for (i, key), hit in zip(wanted, entries, strict=True) if hit is not None]
         present = await asyncio.gather(*(self._store.exists(hit.audio_key) for _, _, hit in hits))

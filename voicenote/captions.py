@@ -10,10 +10,6 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-# A SynthesisRequest attribute: "word" asks for word timestamps (absent: none, and nothing extra is computed).
-TIMESTAMPS_ATTRIBUTE = "timestamps"
-WORD = "word"
-
 CAPTION_FORMATS = ("vtt", "srt")
 CAPTION_CONTENT_TYPES = {"vtt": "text/vtt; charset=utf-8", "srt": "application/x-subrip; charset=utf-8"}
 

@@ -19,6 +19,11 @@ def audio_key(prefix: str, job_id: str, extension: str) -> str:
     return f"{prefix}{job_id[-2:]}/{job_id}.{extension}"
 
 
+def timestamps_key(prefix: str, job_id: str) -> str:
+    """Where a job's word timestamps (JSON) are stored: beside its audio, deterministic like it."""
+    return audio_key(prefix, job_id, "timestamps.json")
+
+
 def claim_key(prefix: str, job_id: str) -> str:
     """Where the synthesis side parks audio too large for an event (claim check)."""
     return audio_key(f"{prefix}claims/", job_id, "wav")
