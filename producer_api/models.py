@@ -97,6 +97,9 @@ class SpeechRequest(BaseModel):
                           "Content-Length. Only POST /v1/audio/speech streams; the async endpoint ignores it.")
     webhook_url: str | None = Field(None, max_length=2048, description="Receives the completion (signed) when the job ends.")
     use_cache: bool = Field(True, description="False forces a fresh synthesis even if an identical request was answered before.")
+    timestamps: Literal["word"] | None = Field(None, description="'word': also time every word of the input "
+                                                               "(Piper models only), served by GET /v1/jobs/{id}/timestamps "
+                                                               "and /captions?format=vtt|srt. Unset: none, as OpenAI.")
 
     _webhook = field_validator("webhook_url")(_check_webhook)
     _input = field_validator("input")(_check_input)
@@ -130,6 +133,7 @@ class BatchItem(BaseModel):
     repetition_penalty: float | None = Field(None, gt=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     webhook_url: str | None = Field(None, max_length=2048)
+    timestamps: Literal["word"] | None = None
 
     _webhook = field_validator("webhook_url")(_check_webhook)
     _input = field_validator("input")(_check_input)
@@ -140,7 +144,7 @@ class BatchItem(BaseModel):
         return SpeechRequest(model=self.model, input=self.input, voice=self.voice, response_format=self.response_format,
                              speed=self.speed, instructions=self.instructions, temperature=self.temperature, top_p=self.top_p,
                              repetition_penalty=self.repetition_penalty, seed=self.seed,
-                             webhook_url=self.webhook_url or default_webhook)
+                             webhook_url=self.webhook_url or default_webhook, timestamps=self.timestamps)
 
 
 class BatchRequest(BaseModel):
@@ -198,6 +202,17 @@ class JobError(BaseModel):
     message: str
 
 
+class WordTimestamp(BaseModel):
+    word: str = Field(..., description="A whitespace-separated word of the input, as written (punctuation included).")
+    start: float = Field(..., description="Seconds from the start of the audio.")
+    end: float
+
+
+class WordTimestamps(BaseModel):
+    job_id: str
+    words: list[WordTimestamp] = Field(..., description="Every spoken word of the input, in order; times never go back.")
+
+
 class WebhookState(BaseModel):
     status: str  # retrying, delivered, failed (dead-lettered after the last attempt) or refused (address policy)
     attempts: int
@@ -222,6 +237,9 @@ class JobView(BaseModel):
     completed_at: int | None = None
     timings: dict[str, int] = Field(default_factory=dict)
     webhook: WebhookState | None = None
+    timestamps_url: str | None = Field(None, description="The job's word timestamps (asked for with timestamps: 'word').")
+    captions_url: str | None = Field(None, description="The same as subtitles: add ?format=vtt or ?format=srt.")
+    timestamps_unavailable: str | None = Field(None, description="Timestamps were asked for but there are none: why.")
 
 
 class ModelCard(BaseModel):

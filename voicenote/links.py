@@ -15,5 +15,11 @@ class Links:
     def audio(self, job_id: str) -> str:
         return f"{self.job(job_id)}/audio"
 
+    def timestamps(self, job_id: str) -> str:
+        return f"{self.job(job_id)}/timestamps"
+
+    def captions(self, job_id: str) -> str:
+        return f"{self.job(job_id)}/captions"
+
     def batch(self, batch_id: str) -> str:
         return f"{self.base.rstrip('/')}/v1/batches/{batch_id}"

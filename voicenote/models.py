@@ -60,6 +60,7 @@ class Model:
     voice_aliases: Mapping[str, str]  # accepted lower-case name -> voice id
     honours: frozenset[str]  # of TUNABLE_PARAMS
     ignored_notes: Mapping[str, str] = field(default_factory=dict)  # why a parameter is ignored, for the docs and /v1/models
+    word_timestamps: bool = False  # its engine times words (``timestamps: "word"``); the others are refused it
 
     @property
     def default_voice(self) -> str:
@@ -143,7 +144,8 @@ def _piper_models(settings: Settings, catalog: TopicCatalog, group: str) -> list
     common: dict[str, Any] = dict(
         aliases=(), family=CPU_FAMILY, engine=EngineKind.piper, sample_rate=next(iter(piper_voices.INSTALLED.values())).sample_rate,
         request_topic=topic, consumer_group=synthesis_group(group, CPU_FAMILY), voices=installed,
-        voice_aliases=dict(piper_voices.ALIASES), honours=frozenset({"speed"}), ignored_notes=notes)
+        voice_aliases=dict(piper_voices.ALIASES), honours=frozenset({"speed"}), ignored_notes=notes,
+        word_timestamps=True)
     return [
         Model(id="tts-1", description="Piper en_US-joe-medium on the CPU (OpenAI's name).", **common),
         Model(id="tts-1-hd", description="The same Piper voice as tts-1: there is no higher-quality CPU voice installed.", **common),

@@ -31,5 +31,8 @@ CONFLICT_IDEMPOTENCY = dict([_err(409, "Idempotency-Key reused with a different 
                                   "invalid_request_error", "idempotency_key_reused", "Idempotency-Key")])
 TIMEOUT = dict([_err(504, "Not finished within api.sync_timeout_seconds; poll the job (X-Job-Id, Location headers)",
                      "job job_x is not finished after 60s; poll http://127.0.0.1:8000/v1/jobs/job_x", "server_error", "timeout")])
+NO_TIMESTAMPS = dict([_err(409, "No word timestamps: not finished, not asked for, or the engine cannot time words",
+                           "job 'job_x' has no word timestamps: the s1mini engine does not give word timestamps",
+                           "invalid_request_error", "timestamps_unavailable", "job_id")])
 NOT_CANCELLABLE = dict([_err(409, "The job already started or finished", "job job_x is succeeded; only a queued job can be cancelled",
                              "invalid_request_error", "job_not_cancellable", "job_id")])

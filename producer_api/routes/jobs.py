@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from typing import Literal
+
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import RedirectResponse, Response
 
 from producer_api.deps import AudioFiles, BatchService, Cancelling, Queries, Reader
-from producer_api.models import BatchView, JobView
-from producer_api.routes.examples import ERRORS, NOT_CANCELLABLE, NOT_FOUND
+from producer_api.models import BatchView, JobView, WordTimestamp, WordTimestamps
+from producer_api.routes.examples import ERRORS, NO_TIMESTAMPS, NOT_CANCELLABLE, NOT_FOUND
 from schemas.validation import JOB_ID
+from voicenote import captions
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 JobId = Path(..., pattern=JOB_ID.pattern, description="The job id returned at submission.")
@@ -36,6 +39,25 @@ async def get_audio(caller: Reader, audio_files: AudioFiles, job_id: str = JobId
         return RedirectResponse(url, status_code=307)
     assert audio is not None
     return Response(content=audio.data, media_type=audio.content_type, headers=audio.headers)
+
+
+@router.get("/jobs/{job_id}/timestamps", response_model=WordTimestamps, summary="The job's word timestamps",
+            responses={**ERRORS, **NOT_FOUND, **NO_TIMESTAMPS})
+async def get_timestamps(caller: Reader, audio_files: AudioFiles, job_id: str = JobId) -> WordTimestamps:
+    words = await audio_files.timestamps(caller, job_id)
+    return WordTimestamps(job_id=job_id, words=[WordTimestamp(word=w.word, start=round(w.start, 3), end=round(w.end, 3))
+                                                for w in words])
+
+
+@router.get("/jobs/{job_id}/captions", summary="The job's word timestamps as subtitles (WebVTT or SRT)",
+            responses={200: {"content": {"text/vtt": {"example": "WEBVTT\n\n1\n00:00:00.046 --> 00:00:01.509\nHello, world!\n"}}},
+                       **ERRORS, **NOT_FOUND, **NO_TIMESTAMPS})
+async def get_captions(caller: Reader, audio_files: AudioFiles, job_id: str = JobId,
+                       format: Literal["vtt", "srt"] = Query("vtt", description="vtt (WebVTT) or srt (SubRip).")) -> Response:  # noqa: A002
+    words = await audio_files.timestamps(caller, job_id)
+    text = captions.to_vtt(words) if format == "vtt" else captions.to_srt(words)
+    return Response(content=text, media_type=captions.CAPTION_CONTENT_TYPES[format],
+                    headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"'})
 
 
 @router.get("/batches/{batch_id}", response_model=BatchView, summary="Batch status: counts by job status, and the job ids",

@@ -7,7 +7,9 @@ from producer_api.errors import ApiError
 from producer_api.services.common import Audio, audio_headers
 from producer_api.services.queries import JobQueries
 from schemas.status import JobStatus
+from voicenote import captions
 from voicenote.audio import CONTENT_TYPES
+from voicenote.captions import WordTime
 from voicenote.errors import AudioNotFound
 from voicenote.models import ModelRegistry, UnknownModel
 from voicenote.storage import AudioStore
@@ -19,6 +21,28 @@ class AudioAccess:
         self._store = store
         self._models = models
         self._presign_expiry = presign_expiry
+
+    async def timestamps(self, caller: Caller, job_id: str) -> list[WordTime]:
+        """The job's word timestamps; 409 with the reason where there are none (never estimated)."""
+        record = await self._queries.owned(caller, job_id)
+        status = record.get("status")
+        if status in (JobStatus.queued.value, JobStatus.running.value):
+            raise ApiError(409, f"job {job_id!r} is {status}; its timestamps come with its audio", code="timestamps_not_ready",
+                           param="job_id")
+        if status != JobStatus.succeeded.value:
+            raise ApiError(409, f"job {job_id!r} is {status}: it has no audio, so no timestamps", code="timestamps_unavailable",
+                           param="job_id")
+        if "timestamps_key" not in record:
+            if reason := record.get("timestamps_unavailable"):
+                raise ApiError(409, f"job {job_id!r} has no word timestamps: {reason}", code="timestamps_unavailable",
+                               param="job_id")
+            raise ApiError(409, f"job {job_id!r} was submitted without timestamps; submit it with \"timestamps\": \"word\"",
+                           code="timestamps_not_requested", param="job_id")
+        try:
+            return captions.loads(await self._store.get(record["timestamps_key"]))
+        except AudioNotFound:
+            raise ApiError(410, f"the timestamps of job {job_id!r} have expired", code="timestamps_expired",
+                           param="job_id") from None
 
     async def fetch(self, caller: Caller, job_id: str) -> tuple[str | None, Audio | None]:
         """(presigned URL, None) when storage serves it directly, else (None, the audio)."""

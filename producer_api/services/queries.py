@@ -45,4 +45,7 @@ class JobQueries:
             timings=timings,
             webhook=WebhookState(status=record["webhook_status"], attempts=int(record.get("webhook_attempts", 0)),
                                  last_error=record.get("webhook_last_error") or None) if "webhook_status" in record else None,
+            timestamps_url=self._links.timestamps(job_id) if "timestamps_key" in record else None,
+            captions_url=self._links.captions(job_id) if "timestamps_key" in record else None,
+            timestamps_unavailable=record.get("timestamps_unavailable"),
         )

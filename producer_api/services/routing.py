@@ -88,6 +88,10 @@ class ModelRouter:
             voice = model.resolve_voice(req.voice)
         except UnknownVoiceName as exc:
             raise ApiError(400, str(exc), param=f"{where}voice", code="unknown_voice") from None
+        if req.timestamps and not model.word_timestamps:
+            raise ApiError(400, f"model {model.id!r} cannot time words: its engine ({model.engine.value}) gives no word "
+                                "timestamps; use a Piper model (tts-1) or leave timestamps unset",
+                           param=f"{where}timestamps", code="timestamps_unsupported")
         extra = check_extra_fields(req, where)
         return Routed(req, model, voice, model.ignored(req.model_dump()) + extra)
 

@@ -20,7 +20,7 @@ from producer_api.services.common import Links
 from producer_api.services.routing import ModelRouter, Routed
 from schemas.clock import now_ms
 from schemas.codec import Codecs
-from schemas.events import STREAM_ATTRIBUTE, SynthesisRequest
+from schemas.events import STREAM_ATTRIBUTE, TIMESTAMPS_ATTRIBUTE, SynthesisRequest
 from schemas.status import JobStatus
 from voicenote.client import new_job_id
 from voicenote.errors import JobStoreError
@@ -71,6 +71,8 @@ class Submission:
         attributes = {**(attributes or {}), "owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
         if stream:
             attributes[STREAM_ATTRIBUTE] = "true"
+        if req.timestamps:
+            attributes[TIMESTAMPS_ATTRIBUTE] = req.timestamps
         if routed.ignored:
             attributes["ignored_params"] = ",".join(routed.ignored)
         with publish_span(job_id) as traceparent:
