@@ -1,4 +1,5 @@
-"""Events written with the v1 schemas (before audio_url, cache_hit, cache_key, use_cache) still decode."""
+"""Events written with the v1 schemas (before audio_url, cache_hit, cache_key, use_cache, and the word timestamps of
+issue 23) still decode."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def _encode_v1(name: str, record: dict) -> bytes:
 
 @pytest.mark.parametrize(("name", "attr", "defaults"), [
     ("SynthesisRequest", "request", {"use_cache": True}),
-    ("SynthesisResult", "result", {"cache_key": None, "cache_hit": False}),
-    ("JobCompletion", "completion", {"audio_url": None, "cache_hit": False}),
+    ("SynthesisResult", "result", {"cache_key": None, "cache_hit": False, "word_timestamps": None,
+                                   "timestamps_unavailable": None}),
+    ("JobCompletion", "completion", {"audio_url": None, "cache_hit": False, "word_timestamps": None,
+                                     "timestamps_key": None, "timestamps_unavailable": None}),
 ])
 def test_v1_event_decodes_with_new_fields_defaulted(name: str, attr: str, defaults: dict) -> None:
     codec = getattr(Codecs(), attr)
