@@ -482,6 +482,8 @@ async def open_stream(sync: SyncSpeech, router: SegmentRouter, caller: Any, req:
         try:
             async for segment in rest():
                 seconds += len(segment.pcm) / 2 / segment.sample_rate
+                if segment.word_timestamps is not None:  # asked for (timestamps: "word"): the words of this audio first
+                    yield sse_event({"type": "speech.timestamps", "words": json.loads(segment.word_timestamps)})
                 data = await asyncio.to_thread(encoder.feed, segment.pcm, segment.sample_rate)
                 if data:
                     yield sse_delta(data)

@@ -205,6 +205,7 @@ class SpeechSegment(Event):
     sample_rate: int
     pcm: bytes
     emitted_at: int
+    word_timestamps: str | None = None
 
 
 # WebhookDelivery.status: the job's webhook state after the attempt (the job record's webhook.status, less

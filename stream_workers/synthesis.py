@@ -138,8 +138,13 @@ class Job:
         assert audio is not None
         piece = joined_piece(audio, index, len(self.audio), self.sample_rate)
         pcm = (np.clip(piece, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        words = self.words[index] if self.wants_timestamps else None
+        timestamps = None
+        if words is not None:  # the segments before this one are finished (emitted in order): where it starts is known
+            at = segment_offsets([len(a) for a in self.audio[: index + 1] if a is not None], self.sample_rate)[-1]
+            timestamps = captions.dumps(w.shifted(at / self.sample_rate) for w in words)
         return SpeechSegment(job_id=self.job_id, index=index, count=len(self.audio), sample_rate=self.sample_rate,
-                             pcm=pcm, emitted_at=now_ms())
+                             pcm=pcm, emitted_at=now_ms(), word_timestamps=timestamps)
 
     def segments(self) -> list[Segment]:
         return [Segment(self, i, t) for i, t in enumerate(self.texts)]

@@ -4,6 +4,7 @@ by the completion worker, served by the API as JSON, WebVTT and SRT."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import wave
 
@@ -81,3 +82,15 @@ def test_word_timestamps_and_captions_of_an_async_job(stack: Stack) -> None:
     assert stack.wait_job(sync_id)["status"] == "succeeded"
     sync_words = httpx.get(f"{base}/v1/jobs/{sync_id}/timestamps", timeout=10).json()["words"]
     assert [w["word"] for w in sync_words] == ["Read", "along", "with", "me."]
+
+    # SSE: speech.timestamps events, each before the audio of its words, in order over both segments.
+    events = []
+    with httpx.stream("POST", f"{base}/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "stream_format": "sse",
+                                                              "timestamps": "word"}, timeout=120) as sse:
+        assert sse.status_code == 200
+        events = [json.loads(line[len("data: "):]) for line in sse.iter_lines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds.count("speech.timestamps") >= 2 and kinds[0] == "speech.timestamps" and kinds[-1] == "speech.audio.done"
+    streamed = [w for e in events if e["type"] == "speech.timestamps" for w in e["words"]]
+    assert [w["word"] for w in streamed] == TEXT.split()
+    assert all(a["end"] <= b["start"] for a, b in zip(streamed, streamed[1:], strict=False))

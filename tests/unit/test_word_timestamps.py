@@ -174,6 +174,9 @@ def test_a_long_text_across_segments_keeps_its_offsets(piper) -> None:  # type: 
         assert all(start - 0.001 <= w.start and w.end <= end + 0.001 for w in words[at : at + n]), i
         at += n
     assert at == len(words)
+    # Streamed, each segment carries its own words, already at their place in the whole audio.
+    streamed = [w for i in range(len(job.texts)) for w in captions.loads(job.segment_record(i).word_timestamps or "[]")]
+    assert streamed == words
 
 
 def test_an_engine_without_timings_says_so() -> None:
