@@ -54,8 +54,7 @@ class PiperEngine:
         for _ in range(sessions):
             session = onnxruntime.InferenceSession(patched, sess_options=options, providers=["CPUExecutionProvider"])
             self._voices.put(PiperVoice(config=config, session=session))
-        self._phonemizer = PiperVoice(config=config, session=None)  # phonemes of single words (no model run)
-        self._word_phonemes = functools.lru_cache(maxsize=65536)(self._phonemize_word)
+        self._timer = _WordTimer(PiperVoice(config=config, session=None), int(config.sample_rate))
         self._pool = ThreadPoolExecutor(sessions, "piper-session")
         self.sessions = sessions
         self.sample_rate = int(config.sample_rate)
@@ -101,25 +100,41 @@ class PiperEngine:
             return SynthesisResult(item.job_id, self.sample_rate, error=EngineError(f"{type(exc).__name__}: {exc}"))
         return SynthesisResult(item.job_id, self.sample_rate, audio=audio, words=words)
 
-    def _phonemize_word(self, word: str) -> tuple[str, ...]:
-        return tuple(p for sentence in self._phonemizer.phonemize(word) for p in sentence)
-
     def _words(self, text: str, chunks: Sequence[Any]) -> list[WordTime] | None:
         """The words of ``text`` timed in the audio of ``chunks`` (one per sentence, laid end to end), or None
         when Piper could not align a sentence's phonemes with its samples."""
+        return self._timer.times(text, [(None if c.phoneme_alignments is None else
+                                         [(a.phoneme, int(a.num_samples)) for a in c.phoneme_alignments],
+                                         len(c.audio_float_array)) for c in chunks])
+
+
+class _WordTimer:
+    """Times the words of a text from its sentences' samples per phoneme (``word_timing.py``); each word's phonemes
+    alone are cached (espeak-ng runs under Piper's global lock, so a word is phonemized once)."""
+
+    def __init__(self, phonemizer: Any, sample_rate: int) -> None:
+        self._phonemizer = phonemizer
+        self._sample_rate = sample_rate
+        self._word_phonemes = functools.lru_cache(maxsize=65536)(self._phonemize_word)
+
+    def _phonemize_word(self, word: str) -> tuple[str, ...]:
+        return tuple(p for sentence in self._phonemizer.phonemize(word) for p in sentence)
+
+    def times(self, text: str, sentences: Sequence[tuple[list[tuple[str, int]] | None, int]]) -> list[WordTime] | None:
+        """``sentences``: per sentence in order, its (phoneme, samples) pairs (None: not aligned) and its audio's
+        length. None when a sentence is not aligned or its durations do not add up to its audio: no honest timing."""
         spoken: list[TimedPhoneme] = []
         offset = 0
-        for chunk in chunks:
-            alignments = chunk.phoneme_alignments
-            if alignments is None:
+        for pairs, length in sentences:
+            if pairs is None:
                 return None
-            timed, end = timed_phonemes([a.phoneme for a in alignments], [a.num_samples for a in alignments], offset)
+            timed, end = timed_phonemes([p for p, _ in pairs], [n for _, n in pairs], offset)
             spoken += timed
-            offset += len(chunk.audio_float_array)
-            if end != offset:  # the durations do not add up to the audio: no honest timing
+            offset += length
+            if end != offset:
                 return None
         words = text.split()
-        return word_times(words, [self._word_phonemes(w) for w in words], spoken, self.sample_rate)
+        return word_times(words, [self._word_phonemes(w) for w in words], spoken, self._sample_rate)
 
 
 def _package_version() -> str:
@@ -163,6 +178,7 @@ class PiperBatchedEngine:
         self._session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=options, providers=self.providers)
         self._config = PiperConfig.from_dict(json.loads(config_path.read_text()))
         self._voice = PiperVoice(config=self._config, session=self._session)  # phonemizer and id mapping only
+        self._timer = _WordTimer(self._voice, int(self._config.sample_rate))
         self._noise_scale = self._config.noise_scale if noise_scale is None else noise_scale
         self._noise_w_scale = self._config.noise_w_scale if noise_w_scale is None else noise_w_scale
         self.sample_rate = int(self._config.sample_rate)
@@ -178,34 +194,52 @@ class PiperBatchedEngine:
         return ["default", VOICE_NAME]
 
     def synthesize_batch(self, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
-        rows: list[tuple[int, float, list[int]]] = []  # (item index, length scale, phoneme ids)
+        rows: list[tuple[int, float, list[int], list[str]]] = []  # (item index, length scale, phoneme ids, phonemes)
         errors: dict[int, EngineError] = {}
         for i, item in enumerate(inputs):
             try:
                 if item.voice not in self.voices():
                     raise UnknownVoice(f"voice {item.voice!r} is not installed; valid: {self.voices()}")
                 length_scale = self._config.length_scale / item.speed if item.speed else self._config.length_scale
-                sentences = [self._voice.phonemes_to_ids(p) for p in self._voice.phonemize(item.text) if p]
+                sentences = [p for p in self._voice.phonemize(item.text) if p]
                 if not sentences:
                     raise EmptyUtterance("the text has nothing speakable in it")
-                rows += [(i, length_scale, ids) for ids in sentences]
+                rows += [(i, length_scale, self._voice.phonemes_to_ids(p), p) for p in sentences]
             except EngineError as exc:
                 errors[i] = exc
-        pieces: dict[int, list[np.ndarray]] = {i: [] for i in range(len(inputs))}
+        pieces: dict[int, list[tuple[np.ndarray, list[tuple[str, int]] | None]]] = {i: [] for i in range(len(inputs))}
         # The model takes one scales vector per run: rows are grouped by speed.
         for scale in sorted({r[1] for r in rows}):
             group = [r for r in rows if r[1] == scale]
-            for (i, _, _), audio in zip(group, self._run([ids for _, _, ids in group], scale), strict=True):
-                pieces[i].append(audio)
+            for (i, _, _, phonemes), (audio, id_samples) in zip(group, self._run([r[2] for r in group], scale), strict=True):
+                pieces[i].append((audio, self._per_phoneme(phonemes, id_samples)))
         results = []
         for i, item in enumerate(inputs):
             if i in errors:
                 results.append(SynthesisResult(item.job_id, self.sample_rate, error=errors[i]))
-            else:
-                results.append(SynthesisResult(item.job_id, self.sample_rate, audio=np.concatenate(pieces[i])))
+                continue
+            words = self._timer.times(item.text, [(pairs, len(a)) for a, pairs in pieces[i]]) if item.timestamps else None
+            results.append(SynthesisResult(item.job_id, self.sample_rate, audio=np.concatenate([a for a, _ in pieces[i]]),
+                                           words=words))
         return results
 
-    def _run(self, rows: list[list[int]], length_scale: float) -> list[np.ndarray]:
+    def _per_phoneme(self, phonemes: list[str], id_samples: np.ndarray) -> list[tuple[str, int]] | None:
+        """(phoneme, samples) of one row, from its samples per phoneme id as ``piper.phonemes_to_ids`` lays them out:
+        BOS and a PAD, each phoneme's ids and a PAD (a phoneme not in the map has none), then EOS; as
+        ``PiperVoice.synthesize`` pairs them. None when the layout does not add up."""
+        from piper.const import BOS, EOS, PAD
+
+        id_map = self._config.phoneme_id_map
+        pad = len(id_map.get(PAD, []))
+        out, at = [], 0
+        for phoneme in [BOS, *(p for p in phonemes if p in id_map), EOS]:
+            width = len(id_map.get(phoneme, [])) + (pad if phoneme != EOS else 0)
+            out.append((phoneme, int(id_samples[at : at + width].sum())))
+            at += width
+        return out if at == len(id_samples) else None
+
+    def _run(self, rows: list[list[int]], length_scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row, its audio and its samples per phoneme id."""
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         ids = np.zeros((len(rows), int(lengths.max())), dtype=np.int64)  # 0 is Piper's pad id
         for n, row in enumerate(rows):
@@ -221,8 +255,8 @@ class PiperBatchedEngine:
         audio = audio.reshape(len(rows), -1)
         out = []
         for n, length in enumerate(lengths):
-            samples = int(durations[n, :length].sum()) * self._config.hop_length
-            out.append(_normalize(audio[n, :samples]))
+            id_samples = durations[n, :length].astype(np.int64) * self._config.hop_length
+            out.append((_normalize(audio[n, : int(id_samples.sum())]), id_samples))
         return out
 
 
