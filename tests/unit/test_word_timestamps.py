@@ -204,3 +204,42 @@ async def test_the_storage_step_stores_timestamps_beside_the_audio(tmp_path: Pat
     plain = await storer.complete(SynthesisResult(job_id="job_ts2", status="succeeded", created_at=1, synthesized_at=2,
                                                   audio=to_wav(np.zeros(100, dtype=np.float32), RATE)))
     assert plain.timestamps_key is None and plain.word_timestamps is None
+
+
+class _Records:
+    def __init__(self, record: dict[str, str]) -> None:
+        self.record = record
+
+    async def owned(self, caller: object, job_id: str) -> dict[str, str]:
+        return self.record
+
+
+@pytest.mark.parametrize(("record", "status", "code"), [
+    ({"status": "running"}, 409, "timestamps_not_ready"),
+    ({"status": "failed"}, 409, "timestamps_unavailable"),
+    ({"status": "succeeded", "timestamps_unavailable": "the s1mini engine does not give word timestamps"}, 409,
+     "timestamps_unavailable"),
+    ({"status": "succeeded"}, 409, "timestamps_not_requested"),
+    ({"status": "succeeded", "timestamps_key": "audio/ts/job_gone.timestamps.json"}, 410, "timestamps_expired"),
+])
+async def test_the_api_says_why_a_job_has_no_timestamps(tmp_path: Path, record: dict[str, str], status: int, code: str) -> None:
+    from producer_api.errors import ApiError
+    from producer_api.services.audio import AudioAccess
+
+    access = AudioAccess(queries=_Records(record), store=LocalAudioStore(tmp_path), models=None, presign_expiry=60)  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as raised:
+        await access.timestamps(None, "job_x")  # type: ignore[arg-type]
+    assert (raised.value.status, raised.value.code) == (status, code)
+    if "timestamps_unavailable" in record:
+        assert "s1mini engine does not give word timestamps" in raised.value.message
+
+
+async def test_the_api_reads_stored_timestamps(tmp_path: Path) -> None:
+    from producer_api.services.audio import AudioAccess
+
+    store = LocalAudioStore(tmp_path)
+    words = [WordTime("Hi", 0.05, 0.3)]
+    stored = await store.put("audio/ok/job_ok.timestamps.json", captions.dumps(words).encode(), "application/json")
+    access = AudioAccess(queries=_Records({"status": "succeeded", "timestamps_key": stored.key}), store=store,  # type: ignore[arg-type]
+                         models=None, presign_expiry=60)  # type: ignore[arg-type]
+    assert await access.timestamps(None, "job_ok") == words  # type: ignore[arg-type]
