@@ -50,7 +50,8 @@ async def get_timestamps(caller: Reader, audio_files: AudioFiles, job_id: str = 
 
 
 @router.get("/jobs/{job_id}/captions", summary="The job's word timestamps as subtitles (WebVTT or SRT)",
-            responses={200: {"content": {"text/vtt": {"example": "WEBVTT\n\n1\n00:00:00.046 --> 00:00:01.509\nHello, world!\n"}}},
+            responses={200: {"content": {"text/vtt": {"example": "WEBVTT\n\n1\n00:00:00.046 --> 00:00:01.509\nHello, world!\n"},
+                                         "application/x-subrip": {"example": "1\n00:00:00,046 --> 00:00:01,509\nHello, world!\n"}}},
                        **ERRORS, **NOT_FOUND, **NO_TIMESTAMPS})
 async def get_captions(caller: Reader, audio_files: AudioFiles, job_id: str = JobId,
                        format: Literal["vtt", "srt"] = Query("vtt", description="vtt (WebVTT) or srt (SubRip).")) -> Response:  # noqa: A002
