@@ -243,3 +243,14 @@ async def test_the_api_reads_stored_timestamps(tmp_path: Path) -> None:
     access = AudioAccess(queries=_Records({"status": "succeeded", "timestamps_key": stored.key}), store=store,  # type: ignore[arg-type]
                          models=None, presign_expiry=60)  # type: ignore[arg-type]
     assert await access.timestamps(None, "job_ok") == words  # type: ignore[arg-type]
+
+
+def test_the_flag_is_optional_and_batch_items_carry_it() -> None:
+    from pydantic import ValidationError
+
+    from producer_api.models import BatchItem, OpenAISpeechRequest
+
+    assert OpenAISpeechRequest(input="Hi.").timestamps is None  # the OpenAI path is unchanged by default
+    assert BatchItem(text="Hi.", timestamps="word").as_speech(None).timestamps == "word"
+    with pytest.raises(ValidationError):
+        OpenAISpeechRequest(input="Hi.", timestamps="phoneme")  # type: ignore[arg-type]
