@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff, and the layering contract (lint-imports: schemas < voice
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP) ## mypy
-	$(BIN)/mypy producer_api stream_workers schemas ops voicenote
+	$(BIN)/mypy producer_api stream_workers schemas ops voicenote clients/python/src/voicenote_client
 
 client-schemas: ## copy schemas/avro/ (and the request rules) into the standalone client, clients/python/ (a test fails while they differ)
 	rm -rf clients/python/src/voicenote_client/avro

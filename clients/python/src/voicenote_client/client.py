@@ -122,6 +122,7 @@ class _CompletionReader:
             raise
         self.at_end: set[int] = set()
         self.last = time.monotonic()
+        self._pending: Message | None = None  # the last record read with a group, stored once the caller is done with it
 
     def step(self, timeout: float = 0.2) -> Completion | object | None:
         """The next completion, END, or None when nothing came within ``timeout``."""
@@ -148,15 +149,12 @@ class _CompletionReader:
             self.on_undecodable(msg, exc)
             completion = None
         if self.group_id:
-            # Stored before the caller's loop body runs for it, committed by the next auto-commit; the
-            # generators below store it only once the body ran (at least once).
-            self._pending = msg
+            self._pending = msg  # the generators store its offset only once the loop body ran for it (at least once)
         return completion
 
     def done_with_last(self) -> None:
-        pending = getattr(self, "_pending", None)
-        if pending is not None:
-            self.consumer.store_offsets(pending)
+        if self._pending is not None:
+            self.consumer.store_offsets(self._pending)
             self._pending = None
 
     def close(self) -> None:
