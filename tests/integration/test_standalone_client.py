@@ -119,3 +119,14 @@ async def test_the_asyncio_api_submits_on_ack_and_streams_completions(settings: 
         assert [d.job_id async for d in client.completions(group_id=group, from_beginning=True, until_end=True)] == []
         with pytest.raises(JobTimeout):
             await client.wait("job_never", timeout=1, since_ms=int(time.time() * 1000))
+
+
+async def test_an_async_submit_the_broker_never_acknowledges_raises(kafka: dict[str, Any]) -> None:
+    delivered: list[tuple[KafkaError | None, str]] = []
+    client = AsyncVoicenoteClient({**kafka, "bootstrap.servers": "127.0.0.1:1"}, producer_config={"message.timeout.ms": 1000})
+    with pytest.raises(PublishError, match="timed out") as caught:
+        await client.submit("Hello.", job_id="job_lost", on_delivery=lambda err, jid: delivered.append((err, jid)))
+    assert "job_lost" in str(caught.value)
+    [(err, jid)] = delivered
+    assert jid == "job_lost" and err is not None and err.code() == KafkaError._MSG_TIMED_OUT
+    await client.close(1)  # nothing left to report: the submit raised it

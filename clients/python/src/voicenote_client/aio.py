@@ -9,6 +9,7 @@ in a worker thread a fifth of a second at a time, so cancelling an ``async for``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,7 @@ class AsyncVoicenoteClient:
         await asyncio.to_thread(self.sync.flush, timeout)
 
     async def close(self, timeout: float = 30.0) -> None:
+        """Wait for the broker's acknowledgements (PublishError for requests still unacknowledged), then let go."""
         try:
             await asyncio.to_thread(self.sync.flush, timeout)
         finally:
@@ -112,13 +114,17 @@ class AsyncVoicenoteClient:
             if self._poller is not None:
                 await asyncio.to_thread(self._poller.join)
                 self._poller = None
-            self.sync._failures.clear()  # each submit already raised its own failure
-            await asyncio.to_thread(self.sync.close, 0)
+            with contextlib.suppress(PublishError):  # already raised by the flush above
+                await asyncio.to_thread(self.sync.close, 0)
 
     async def completions(self, *, group_id: str | None = None, since_ms: int | None = None, from_beginning: bool = False,
                           until_end: bool = False, idle_timeout: float | None = None,
                           on_undecodable: Callable[[Message, DecodeError], None] | None = None) -> AsyncIterator[Completion]:
-        """Completions as they arrive; the options are those of :meth:`VoicenoteClient.completions`."""
+        """Completions as they arrive; the options are those of :meth:`VoicenoteClient.completions`.
+
+        Leaving the loop early (``break``) closes the consumer when the generator is finalized; wrap it in
+        ``contextlib.aclosing`` to close it at once.
+        """
         loop = asyncio.get_running_loop()
         thread = ThreadPoolExecutor(1, thread_name_prefix="voicenote-completions")  # one consumer, one thread
         try:
