@@ -12,6 +12,7 @@ import filecmp
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import voicenote_client
@@ -74,7 +75,7 @@ def test_the_package_imports_only_its_three_dependencies_and_the_standard_librar
 def test_single_object_records_round_trip_between_client_and_server(event: str) -> None:
     record = COMPLETION if event == "JobCompletion" else voicenote_client.VoicenoteClient(
         {"bootstrap.servers": "unused:9092"}).request("Hello there.", voice="alloy", seed=7, attributes={"a": "b"})
-    client, server = client_codec.AvroCodec(event), server_codec.AvroCodec(event)
+    client, server = client_codec.AvroCodec(event), server_codec.AvroCodec(event)  # type: ignore[var-annotated]
     data = client.encode(record)
     assert data == server.encode(record)  # the same bytes, header included
     assert data[:2] == b"\xc3\x01" and data[2:10] == server.schema.fingerprint
@@ -133,9 +134,10 @@ def test_the_model_table_matches_the_servers_registry() -> None:
 
 
 def test_a_request_is_the_one_the_server_client_builds() -> None:
-    fixed = {"job_id": "job_same", "trace_parent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
-    for options in [dict(voice="alloy", format="mp3", attributes={"customer": "c1"}, seed=7),
-                    dict(model="openaudio-s1-mini", voice="nova", temperature=0.7, priority="interactive")]:
+    fixed: dict[str, Any] = {"job_id": "job_same", "trace_parent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    variants: list[dict[str, Any]] = [dict(voice="alloy", format="mp3", attributes={"customer": "c1"}, seed=7),
+                                      dict(model="openaudio-s1-mini", voice="nova", temperature=0.7, priority="interactive")]
+    for options in variants:
         mine = voicenote_client.VoicenoteClient({"bootstrap.servers": "unused:9092"}).request("Hello.", **fixed, **options)
         theirs = ServerClient(KafkaSettings()).request("Hello.", **fixed, **options)
         mine.pop("created_at"), theirs.pop("created_at")
@@ -144,8 +146,9 @@ def test_a_request_is_the_one_the_server_client_builds() -> None:
 
 def test_bad_requests_are_refused_before_anything_is_sent() -> None:
     client = voicenote_client.VoicenoteClient({"bootstrap.servers": "unused:9092"})
-    for text, options, message in [("", {}, "text must not be empty"), ("Hi.", {"format": "ogg"}, "format must be one of"),
-                                   ("Hi.", {"model": "tts-9"}, "unknown model"), ("Hi.", {"speed": 9.0}, "speed must be")]:
+    cases: list[tuple[str, dict[str, Any], str]] = [("", {}, "text must not be empty"), ("Hi.", {"format": "ogg"}, "format must be one of"),
+             ("Hi.", {"model": "tts-9"}, "unknown model"), ("Hi.", {"speed": 9.0}, "speed must be")]
+    for text, options, message in cases:
         with pytest.raises(voicenote_client.InvalidRequest, match=message):
             client.submit(text, **options)
     with pytest.raises(voicenote_client.InvalidRequest, match="does not match its schema"):
