@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming bench-broker-storage
+.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming bench-broker-storage client-schemas
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,7 +50,12 @@ lint: $(STAMP) ## ruff, and the layering contract (lint-imports: schemas < voice
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP) ## mypy
-	$(BIN)/mypy producer_api stream_workers schemas ops voicenote
+	$(BIN)/mypy producer_api stream_workers schemas ops voicenote clients/python/src/voicenote_client
+
+client-schemas: ## copy schemas/avro/ (and the request rules) into the standalone client, clients/python/ (a test fails while they differ)
+	rm -rf clients/python/src/voicenote_client/avro
+	cp -r schemas/avro clients/python/src/voicenote_client/avro
+	cp schemas/validation.py clients/python/src/voicenote_client/_validation.py
 
 topics: $(STAMP) ## print the topic catalog
 	$(BIN)/voicenote topics list

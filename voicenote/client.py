@@ -4,6 +4,11 @@
 (Avro via the schemas codec, key = job_id, idempotent producer, traceparent header), ``completions``
 reads ``voicenote.completions.v1`` as :class:`Completion` objects, and ``wait`` returns one job's
 completion. docs/client.md has runnable examples.
+
+This is the client of the server distribution (settings, the deployment's model registry, the CLI's
+``voicenote submit``/``watch``). Programs that should not install the server use the standalone
+``voicenote-client`` (clients/python, ``voicenote_client``): a librdkafka config dict, delivery
+callbacks and an asyncio API, over the same wire format.
 """
 
 from __future__ import annotations

@@ -13,13 +13,43 @@ from voicenote.kafka import ensure_topics
 pytestmark = pytest.mark.e2e
 
 
-def doc_examples() -> list[str]:
+def doc_examples(standalone: bool = False) -> list[str]:
+    """The runnable examples of one client: voicenote_client's (standalone) or voicenote.client's."""
     text = (REPO / "docs" / "client.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return [code for code in re.findall(r"```python\n(.*?)```", text, flags=re.S) if ("voicenote_client" in code) == standalone]
 
 
 def test_the_docs_have_the_examples_this_test_checks() -> None:
     assert len(doc_examples()) == 4
+    assert len(doc_examples(standalone=True)) == 2
+
+
+@pytest.mark.timeout(600)
+def test_standalone_client_docs_examples_run(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """voicenote_client's examples, through the real workers: what it submits is processed, its completions read back."""
+    kafka = stack.settings.kafka
+    ensure_topics(kafka, kafka.catalog().all())
+    stack.extra_env.update({"VOICENOTE_ENGINE__KIND": "null"})
+    stack.start_worker("synthesis")
+    stack.start_worker("completion")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
+    monkeypatch.setenv("VOICENOTE_TOPIC_PREFIX", kafka.topic_prefix)
+
+    outputs = []
+    for code in doc_examples(standalone=True):
+        capsys.readouterr()
+        exec(compile(code, "docs/client.md", "exec"), {"__name__": "__docs__"})  # noqa: S102 - our own docs
+        outputs.append(capsys.readouterr().out)
+        stack.check_alive()
+
+    sync, many = outputs
+    acked, done = sync.splitlines()
+    job_id, word = acked.split()
+    assert job_id.startswith("job_") and word == "acknowledged"
+    done_id, status, ms, _unit = done.split()
+    assert (done_id, status) == (job_id, "succeeded") and int(ms) > 0
+    assert [line.split()[1] for line in many.splitlines()] == ["succeeded"] * 3
 
 
 @pytest.mark.timeout(600)
