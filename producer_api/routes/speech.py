@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from producer_api.deps import BatchService, IdempotencyKey, Segments, Speaking, Submitter, Submitting
 from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, OpenAISpeechRequest, SpeechRequest
-from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT
+from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT, Responses
 from producer_api.services.common import ignored_header
 from producer_api.streaming import open_stream, router_reading
 from voicenote.audio import CONTENT_TYPES
@@ -15,7 +15,7 @@ from voicenote.errors import DependencyUnavailable
 
 router = APIRouter(prefix="/v1/audio", tags=["speech"])
 
-_AUDIO = {200: {"description": "The audio, in chunks as it is synthesized (stream_format unset or 'audio', as OpenAI "
+_AUDIO: Responses = {200: {"description": "The audio, in chunks as it is synthesized (stream_format unset or 'audio', as OpenAI "
                                "streams; the whole body is a complete file), as speech.audio.delta events then "
                                "speech.audio.done (stream_format 'sse'), or in one buffered answer with a Content-Length "
                                "(stream_format 'none'). pcm answers carry X-Sample-Rate, X-Channels and X-Sample-Format",
