@@ -174,9 +174,10 @@ class RVQDecode(nn.Module):
         self.quantizers = nn.ModuleList(VQDecode(codebook_size, codebook_dim, out_dim) for _ in range(n))
 
     def forward(self, codes: Tensor) -> Tensor:
-        z = 0.0
+        z: Tensor | float = 0.0
         for i, q in enumerate(self.quantizers):
             z = z + q(codes[:, i])
+        assert isinstance(z, Tensor)  # at least one quantizer
         return z
 
 

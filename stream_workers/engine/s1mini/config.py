@@ -12,13 +12,21 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _round_up(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
+
+
+def filled(value: T | None) -> T:
+    """A ``DualARConfig`` field fish-speech declares optional that ``__post_init__`` has filled in."""
+    if value is None:
+        raise ValueError("DualARConfig field left None: __post_init__ fills in every fast_* field")
+    return value
 
 
 @dataclass

@@ -34,7 +34,8 @@ the residual codebook's logits, and position 0 of the fast loop skips the last l
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -169,7 +170,7 @@ def slow_decode(
     rope = model.rope_at(lens.view(b, 1))
     mask = decode_mask(lens, kvb, x.dtype)
     col = lens.view(b, 1, 1, 1)
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(cast("Iterable[TransformerBlock]", model.layers)):
         h = x + _attend_decode(layer.attention, layer.attention_norm(x), rope, cache_k[i], cache_v[i], col, mask, kvb)
         x = h + layer.feed_forward(layer.ffn_norm(h))
     x = x[:, -1]
@@ -215,7 +216,7 @@ def decode_step(
     # position 0 (the slow hidden state) only fills the fast cache; position k predicts codebook k
     x = model.fast_project_in(st.hidden).unsqueeze(1)
     rope = model.fast_rope_at(slice(0, 1))
-    for i, layer in enumerate(model.fast_layers):
+    for i, layer in enumerate(cast("Iterable[TransformerBlock]", model.fast_layers)):
         if i == last:
             _fast_kv_only(layer, x, rope, (fast_k[i], fast_v[i]), 0)
         else:
@@ -223,7 +224,7 @@ def decode_step(
     for k in range(1, n_cb):
         x = model.fast_embeddings(codes[-1]).unsqueeze(1)
         rope = model.fast_rope_at(slice(k, k + 1))
-        for i, layer in enumerate(model.fast_layers):
+        for i, layer in enumerate(cast("Iterable[TransformerBlock]", model.fast_layers)):
             x = layer(x, rope, None, (fast_k[i], fast_v[i]), k)
         flog = torch.nn.functional.linear(model.fast_norm(x[:, -1]), fast_w)
         codes.append(sample_static(flog, hist[:, k + 1], temp, top_p, rp, noise_r[:, k - 1]))
@@ -266,7 +267,7 @@ def prefill(
     mask = mask.unsqueeze(1)
     x = model.embed(tokens)
     rope = model.rope_at(slice(0, width))
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(cast("Iterable[TransformerBlock]", model.layers)):
         attn = layer.attention
         q, k, v = attn.qkv(layer.attention_norm(x), rope)
         cache_k[i][:, :, :width].index_copy_(0, slots, k.to(cache_k[i].dtype))

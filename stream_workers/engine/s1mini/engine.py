@@ -73,8 +73,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def is_oom(e: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 class S1MiniEngine:

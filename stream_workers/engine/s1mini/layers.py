@@ -180,7 +180,9 @@ class Attention(nn.Module):
         qk, v = qkv[:, :, :nq], qkv[:, :, nq:]
         if self.qk_norm:
             w = torch.cat([self.q_norm.weight.expand(self.n_head, -1), self.k_norm.weight.expand(self.n_kv_head, -1)])
-            qk = rms_normalize(qk, self.q_norm.eps) * w
+            eps = self.q_norm.eps
+            assert eps is not None  # built with norm_eps (a float) in __init__
+            qk = rms_normalize(qk, eps) * w
         qk = apply_rope(qk, rope).transpose(1, 2)
         return qk[:, : self.n_head], qk[:, self.n_head :], v.transpose(1, 2)
 

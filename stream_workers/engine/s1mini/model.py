@@ -19,7 +19,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from .config import DualARConfig
+from .config import DualARConfig, filled
 from .layers import RMSNorm, Rope, TransformerBlock, init_linear_embedding, rope_at, rope_rows, rope_table
 
 
@@ -62,6 +62,8 @@ class KVCache:
 
 
 class DualARTransformer(nn.Module):
+    codebook_offsets: Tensor  # a buffer (register_buffer in __init__)
+
     def __init__(self, config: DualARConfig, semantic_begin_id: int, semantic_end_id: int) -> None:
         super().__init__()
         c = config
@@ -80,20 +82,21 @@ class DualARTransformer(nn.Module):
         self.norm = RMSNorm(c.dim, c.norm_eps)
         if not c.tie_word_embeddings:
             self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.fast_project_in = nn.Linear(c.dim, c.fast_dim) if c.fast_dim != c.dim else nn.Identity()
-        self.fast_embeddings = nn.Embedding(c.codebook_size, c.fast_dim)
+        fast_dim, fast_head_dim = filled(c.fast_dim), filled(c.fast_head_dim)
+        self.fast_project_in = nn.Linear(c.dim, fast_dim) if fast_dim != c.dim else nn.Identity()
+        self.fast_embeddings = nn.Embedding(c.codebook_size, fast_dim)
         self.fast_layers = nn.ModuleList(
             TransformerBlock(
-                c.fast_dim, c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim,
-                c.fast_intermediate_size, c.norm_eps, qkv_bias=c.fast_attention_qkv_bias,
-                o_bias=c.fast_attention_o_bias, qk_norm=c.fast_attention_qk_norm,
+                fast_dim, filled(c.fast_n_head), filled(c.fast_n_local_heads), fast_head_dim,
+                filled(c.fast_intermediate_size), c.norm_eps, qkv_bias=filled(c.fast_attention_qkv_bias),
+                o_bias=filled(c.fast_attention_o_bias), qk_norm=filled(c.fast_attention_qk_norm),
             )
             for _ in range(c.n_fast_layer)
         )
-        self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
-        self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
+        self.fast_norm = RMSNorm(fast_dim, c.norm_eps)
+        self.fast_output = nn.Linear(fast_dim, c.codebook_size, bias=False)
         # RoPE as full-width cos / signed-sin rows (layers.rope_rows), fp32 whatever the model's dtype
-        for name, (n_pos, head_dim) in {"rope": (c.max_seq_len, c.head_dim), "fast_rope": (c.num_codebooks, c.fast_head_dim)}.items():
+        for name, (n_pos, head_dim) in {"rope": (c.max_seq_len, c.head_dim), "fast_rope": (c.num_codebooks, fast_head_dim)}.items():
             cos, sin = rope_rows(rope_table(n_pos, head_dim, c.rope_base))
             self.register_buffer(f"{name}_cos", cos, persistent=False)
             self.register_buffer(f"{name}_sin", sin, persistent=False)
@@ -117,7 +120,7 @@ class DualARTransformer(nn.Module):
     def new_fast_cache(self, batch: int, dtype: torch.dtype, device) -> KVCache:
         c = self.config
         return KVCache.allocate(
-            c.n_fast_layer, batch, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim, dtype, device
+            c.n_fast_layer, batch, filled(c.fast_n_local_heads), c.num_codebooks, filled(c.fast_head_dim), dtype, device
         )
 
     # ------------------------------------------------------------------ positions
