@@ -97,6 +97,7 @@ def _ffmpeg_encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
     try:
         with av.open(buf, mode="w", format=container_name) as container:
             stream = container.add_stream(codec, rate=out_rate)
+            assert isinstance(stream, av.AudioStream)  # _CODECS names audio codecs only
             stream.layout = "mono"
             if bit_rate:
                 stream.bit_rate = bit_rate

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -184,7 +184,7 @@ class JobStore:
             record = await self._redis.hgetall(self.job_key(job_id))
         except RedisError as exc:
             raise JobStoreError(f"cannot read job {job_id}: {exc}") from exc
-        return dict(record) if record else None
+        return dict(cast("dict[str, str]", record)) if record else None  # a decode_responses client: str, not bytes
 
     async def get_fields_many(self, job_ids: Sequence[str], fields: Sequence[str]) -> list[dict[str, str] | None]:
         """Only ``fields`` of each job's record (None where the job has no record), in one pipelined round trip."""

@@ -86,7 +86,7 @@ class AsyncProducer:
         value: bytes,
         *,
         key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,  # as confluent_kafka takes them
     ) -> Message:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Message] = loop.create_future()

@@ -73,7 +73,7 @@ class LocalAudioStore:
         return await asyncio.to_thread(self._sweep, time.time() if now is None else now)
 
     def _sweep(self, now: float) -> list[str]:
-        removed = []
+        removed: list[str] = []
         if self.ttl_seconds is None or not self.root.is_dir():
             return removed
         for path in self.root.rglob("*"):
