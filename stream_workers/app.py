@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -155,7 +155,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         # output is on the broker (at-least-once; the work is idempotent per job).
         group, within = COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS
 
-        async def decode_group(events: list[Any], codec: Any, consumer: str | None) -> tuple[list[Any], list[Any]]:
+        async def decode_group(events: Sequence[Any], codec: Any, consumer: str | None) -> tuple[list[Any], list[Any]]:
             """The decoded records, and the pending dead-letter sends of the rest (None: leave them to another consumer)."""
             records, dead = [], []
             for event in events:
@@ -195,6 +195,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.agent(topic[cat.audio.name], name="storage", supervisor_strategy=CrashingSupervisor)
         async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            assert isinstance(stream, faust.Stream)  # faust.StreamT lacks take_events; what an agent gets has it
             async for events in stream.take_events(group, within=within):
                 results, sent = await decode_group(events, ctx.codecs.result, "storage")
                 fresh = fresh_results(results, await projector.already_completed([r.job_id for r in results]))
@@ -220,6 +221,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.agent(every_request_topic, name="status-requests", supervisor_strategy=CrashingSupervisor)
         async def status_requests_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            assert isinstance(stream, faust.Stream)  # faust.StreamT lacks take_events; what an agent gets has it
             async for events in stream.take_events(group, within=within):
                 # The synthesis group owns dead-lettering of request records; one copy is enough.
                 requests, _ = await decode_group(events, ctx.codecs.request, None)
@@ -283,6 +285,7 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, engine: SpeechEngine,
 
     @app.agent(requests, name="synthesis", supervisor_strategy=CrashingSupervisor)
     async def synthesis_agent(stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)  # faust.StreamT lacks noack; what an agent gets has it
         manual = stream.noack()
         in_order: InOrderAcks[Any] = InOrderAcks(lambda event: event.message.tp)
 

@@ -355,7 +355,7 @@ class Synthesizer:
                                      model_version=self.engine.model_version, batch_size=0)
         return found
 
-    async def mark_synthesized(self, job_ids: Sequence[str]) -> None:
+    async def mark_synthesized(self, job_ids: list[str] | tuple[str, ...]) -> None:
         """Note on the job records that these results are published, so a redelivery is not redone."""
         if self._jobs and job_ids:
             await self._jobs.transition_many(job_ids, JobStatus.running, {SYNTHESIZED_FIELD: now_ms()})
