@@ -78,7 +78,9 @@ class Watcher(threading.Thread):
             now = time.time()
             for msg in [first, *self._consumer.consume(500, 0)]:
                 if msg.error() is None:
-                    job_id = msg.key().decode()
+                    key = msg.key()
+                    assert key is not None  # every record here is keyed by its job id
+                    job_id = key.decode()
                     self.seen.setdefault(job_id, now)
                     if self.detail:
                         record = self._decode(msg.value())
@@ -258,7 +260,8 @@ def main() -> int:
     broker = TansuBroker(log_path=tmp / "tansu.log").start()
     redis = RedisServer().start()
     sources = {"current": REPO, **({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})}
-    rounds = {v: {"synthesis_alone": [], "completion_alone": [], "both_roles": []} for v in sources}
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+        v: {"synthesis_alone": [], "completion_alone": [], "both_roles": []} for v in sources}
     latency: dict[str, list[dict[str, list[float]]]] = {v: [] for v in sources}
     idle_cpu: dict[str, list[dict[str, float]]] = {v: [] for v in sources}
     settings = None
@@ -278,8 +281,8 @@ def main() -> int:
                     if not args.jobs:
                         continue
                     calibration = calibration_ms()
-                    for name, figures in backlog_round(stack, args.jobs).items():
-                        rounds[variant][name].append({**figures, "calibration_ms": calibration})
+                    for name, round_figures in backlog_round(stack, args.jobs).items():
+                        rounds[variant][name].append({**round_figures, "calibration_ms": calibration})
                 finally:
                     stack.stop()
     finally:
