@@ -91,6 +91,7 @@ bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice
 bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, broker + storage restart, kill -9 per worker) -> results/bench_faults.json
 	$(BIN)/python -m ops.bench.faults
 
-bench-broker-storage: $(STAMP) ## broker storage compared in one run: memory://, s3:// on moto, ops.diskstore, npm's s3rver -> results/broker_storage.json
+bench-broker-storage: $(STAMP) ## broker storage in one run: memory://, s3:// on SeaweedFS, moto, ops.diskstore, s3rver (-> results/broker_storage.json); then the whole stack per storage: idle CPU, sync p50, first byte, 1,000-note burst (-> results/broker_stack.json)
 	npm ci --prefix ops/bench/s3rver --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m ops.bench.broker_storage
+	$(BIN)/python -m ops.bench.broker_stack

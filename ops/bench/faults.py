@@ -1,13 +1,13 @@
 """``make bench-faults``: the fault scenarios of tests/e2e/test_outages.py at about 200 jobs each.
 
-Each scenario runs on a fresh stack (its own broker on disk storage (ops.diskstore), its own Redis, the API and all
+Each scenario runs on a fresh stack (its own broker on disk storage (SeaweedFS, as `voicenote run` has it), its own Redis, the API and all
 three workers as processes, a zero-cost voice so the faults, not synthesis, set the pace), submits jobs
 at a steady rate with a webhook each, breaks one thing mid-run, repairs it, and accounts for every job
 through GET /v1/jobs, the completion topic and a webhook receiver. The table: accepted, succeeded,
 failed, lost, stuck, double outcomes (completion events that disagree), duplicate completions and
 webhook duplicates (at least once; same webhook-id). Targets: 0 lost, 0 double outcomes, 0 stuck.
 
-The broker storage modes (memory://, s3:// on moto, ops.diskstore and s3rver) are compared by
+The broker storage modes (memory://, s3:// on SeaweedFS, moto, ops.diskstore and s3rver) are compared by
 ``make bench-broker-storage`` (ops/bench/broker_storage.py).
 
 Writes results/bench_faults.json and prints a Markdown table.
