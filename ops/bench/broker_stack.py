@@ -144,11 +144,15 @@ async def burst(base: str, count: int, timeout: float, tag: str) -> dict[str, An
         gate = asyncio.Semaphore(32)
 
         async def submit(n: int) -> str:
-            async with gate:
-                r = await client.post(base + "/v1/audio/speech/async",
-                                      json={"input": f"Burst note {tag} {n}.", "response_format": "wav", "use_cache": False})
-                r.raise_for_status()
-                return str(r.json()["job_id"])
+            """At the API's admitted rate: a 429 (its token bucket, 50/s) waits its Retry-After and tries again."""
+            while True:
+                async with gate:
+                    r = await client.post(base + "/v1/audio/speech/async",
+                                          json={"input": f"Burst note {tag} {n}.", "response_format": "wav", "use_cache": False})
+                if r.status_code != 429:
+                    r.raise_for_status()
+                    return str(r.json()["job_id"])
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
 
         ids = await asyncio.gather(*(submit(n) for n in range(count)))
         accepted = time.monotonic() - t0
