@@ -47,17 +47,17 @@ from voicenote.settings import KafkaSettings
 # What the one-machine stack sets unless the environment does (production Kafka keeps the defaults in
 # voicenote.settings):
 # - Tansu holds a JoinGroup for half the session timeout: short timeouts make the stack start in seconds.
-# - Each fetch Tansu answers costs it storage reads for every partition in it, parked or not: with the
-#   catalog's 24 + 12 partitions and a 10 ms wait, an idle stack used most of a core (issue 24). One
-#   synthesis worker needs no more than a few partitions, and a 100 ms wait adds ~20 ms a hop (Tansu
-#   answers a parked fetch within about a fifth of its wait when a record arrives; docs/reliability.md).
-#   Topics made by an earlier run keep their partition counts.
+# - Each fetch Tansu answers costs it storage reads for every partition in it, parked or not: with a
+#   10 ms wait, an idle stack used most of a core (issue 24). A 100 ms wait adds ~20 ms a hop (Tansu
+#   answers a parked fetch within about a fifth of its wait when a record arrives; docs/reliability.md),
+#   and one synthesis worker needs no more than 4 request partitions. The other topics keep 12: with 2,
+#   a streamed note's first byte came 6-12 s late instead of ~1.5 s (results/broker_stack.json; cause
+#   not found yet). Topics made by an earlier run keep their partition counts.
 EMBEDDED_KAFKA_ENV = {
     "VOICENOTE_KAFKA__SESSION_TIMEOUT_MS": "2000",
     "VOICENOTE_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
     "VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS": "100",
     "VOICENOTE_KAFKA__REQUEST_PARTITIONS": "4",
-    "VOICENOTE_KAFKA__PARTITIONS": "2",
 }
 
 

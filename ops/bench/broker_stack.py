@@ -40,6 +40,7 @@ import httpx
 from ops.bench.common import REPO, machine, pct
 from ops.embedded import EMBEDDED_KAFKA_ENV
 from ops.services import free_port
+from voicenote.settings import KafkaSettings
 
 COLUMNS = ("storage", "fetch_max_wait_ms", "partitions", "ready_seconds", "idle_cpu_broker_pct", "idle_cpu_stack_pct", "sync_p50_s",
            "sync_vs_memory", "first_byte_p50_s", "first_byte_vs_memory", "burst_completed", "burst_failed", "burst_open",
@@ -184,7 +185,7 @@ def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> 
     storage, fetch_wait, partitions = parse_storage(spec)
     row: dict[str, Any] = {"storage": spec, "fetch_max_wait_ms": fetch_wait or EMBEDDED_KAFKA_ENV["VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS"],
                            "partitions": "/".join(map(str, partitions)) if partitions else
-                           f"{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__REQUEST_PARTITIONS']}/{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__PARTITIONS']}"}
+                           f"{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__REQUEST_PARTITIONS']}/{KafkaSettings.model_fields['partitions'].default}"}
     with tempfile.TemporaryDirectory(prefix=f"bench-stack-{storage}-") as tmp:
         data, port = Path(tmp), free_port()
         base = f"http://127.0.0.1:{port}"
