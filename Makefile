@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
@@ -11,6 +12,14 @@ CRD_STAMP := tests/crd/node_modules/.installed
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
+# What `make run` needs and no more: the service with the CPU voice (no torch, no test tools).
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
+# Everything: the service, CPU torch and the S1-mini engine, test and dev tools.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -18,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[s1mini,test,dev]'
 	# The S1-mini parity reference: fish-speech's model code without its heavy optional dependencies.
 	$(BIN)/pip install -q --no-deps fish-speech==0.1.0 descript-audio-codec==1.0.0
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 # The CRD schemas (KEDA, Karpenter, Prometheus Operator) the manifest tests validate against; needs Node.js.
 $(CRD_STAMP): tests/crd/package.json tests/crd/package-lock.json
@@ -30,7 +39,7 @@ install: $(STAMP) $(CRD_STAMP) ## create .venv and install Voicenote with test t
 karapace: ## optional, not in CI: .venv-karapace from a Karapace source tree (KARAPACE_SRC=dir; not on PyPI): the compose boot test then runs the real registry
 	bash tests/karapace_venv.sh
 
-run: $(STAMP) ## run the whole service here: Tansu broker, Redis, API on :8000, workers (Ctrl-C stops all)
+run: $(RUN_STAMP) ## install the service alone (CPU voice; `make install` adds torch, S1-mini and test tools) and run it here: broker, Redis, API on :8000, workers (Ctrl-C stops all)
 	$(BIN)/voicenote run
 
 test: $(STAMP) $(CRD_STAMP) ## install and run the whole suite (unit, integration, end-to-end)
@@ -99,6 +108,7 @@ bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice
 bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, broker + storage restart, kill -9 per worker) -> results/bench_faults.json
 	$(BIN)/python -m ops.bench.faults
 
-bench-broker-storage: $(STAMP) ## broker storage compared in one run: memory://, s3:// on moto, ops.diskstore, npm's s3rver -> results/broker_storage.json
+bench-broker-storage: $(STAMP) ## broker storage in one run: memory://, s3:// on SeaweedFS, moto, ops.diskstore, s3rver (-> results/broker_storage.json); then the whole stack per storage: idle CPU, sync p50, first byte, 1,000-note burst (-> results/broker_stack.json)
 	npm ci --prefix ops/bench/s3rver --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m ops.bench.broker_storage
+	$(BIN)/python -m ops.bench.broker_stack

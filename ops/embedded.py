@@ -40,15 +40,24 @@ from typing import Any
 
 import httpx
 
-from ops.services import DiskS3, RedisServer, TansuBroker, die_with_parent, free_port, port_open
+from ops.services import DiskS3, RedisServer, TansuBroker, WeedS3, die_with_parent, free_port, port_open
 from voicenote.kafka import ensure_topics
 from voicenote.settings import KafkaSettings
 
-# Tansu holds a JoinGroup for half the session timeout: short timeouts make the embedded stack start
-# in seconds. Production Kafka keeps the defaults in voicenote.settings.
+# What the one-machine stack sets unless the environment does (production Kafka keeps the defaults in
+# voicenote.settings):
+# - Tansu holds a JoinGroup for half the session timeout: short timeouts make the stack start in seconds.
+# - Each fetch Tansu answers costs it storage reads for every partition in it, parked or not: with a
+#   10 ms wait, an idle stack used most of a core (issue 24). A 100 ms wait adds ~20 ms a hop (Tansu
+#   answers a parked fetch within about a fifth of its wait when a record arrives; docs/reliability.md),
+#   and one synthesis worker needs no more than 4 request partitions. The other topics keep 12: with 2,
+#   a streamed note's first byte came 6-12 s late instead of ~1.5 s (results/broker_stack.json; cause
+#   not found yet). Topics made by an earlier run keep their partition counts.
 EMBEDDED_KAFKA_ENV = {
     "VOICENOTE_KAFKA__SESSION_TIMEOUT_MS": "2000",
     "VOICENOTE_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+    "VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS": "100",
+    "VOICENOTE_KAFKA__REQUEST_PARTITIONS": "4",
 }
 
 
@@ -234,14 +243,23 @@ def tansu_on_s3(endpoint_url: str, port: int, log_path: Path, bucket: str = TANS
     return TansuBroker(port=port, log_path=log_path, storage=f"s3://{bucket}/", env=env)
 
 
-def start_broker(storage: str, log_dir: Path, port: int, objects_dir: Path | None = None) -> tuple[TansuBroker, DiskS3 | None]:
-    """Tansu on ``memory://``, or on ``s3://`` backed by ``ops.diskstore`` keeping its objects in
-    ``objects_dir`` (default ``log_dir/broker``); the second value is that server, to supervise and stop."""
+BROKER_STORAGES = ("disk", "diskstore", "memory")
+
+
+def start_broker(storage: str, log_dir: Path, port: int, objects_dir: Path | None = None) -> tuple[TansuBroker, DiskS3 | WeedS3 | None]:
+    """Tansu on ``memory://``, or on ``s3://`` backed by a disk-keeping S3 server (``disk``: SeaweedFS;
+    ``diskstore``: our ``ops.diskstore``) whose data lives in ``objects_dir`` (default ``log_dir/broker``);
+    the second value is that server, to supervise and stop."""
     if storage == "memory":
         return TansuBroker(port=port, log_path=log_dir / "tansu.log").start(), None
-    if storage != "disk":
-        raise ValueError(f"unknown broker storage {storage!r}: use 'disk' or 'memory'")
-    objects = DiskS3(root=objects_dir or log_dir / "broker", log_path=log_dir / "broker-objects.log").start()
+    if storage not in BROKER_STORAGES:
+        raise ValueError(f"unknown broker storage {storage!r}: use one of {', '.join(BROKER_STORAGES)}")
+    root = objects_dir or log_dir / "broker"
+    objects: DiskS3 | WeedS3
+    if storage == "disk":
+        objects = WeedS3(root=root / "seaweedfs", log_path=log_dir / "broker-objects.log").start()
+    else:
+        objects = DiskS3(root=root, log_path=log_dir / "broker-objects.log").start()
     objects.create_bucket(TANSU_BUCKET)
     return tansu_on_s3(objects.endpoint_url, port, log_dir / "tansu.log").start(), objects
 
@@ -254,7 +272,7 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
     redis = redis_for_run(os.environ)
     supervisor: Supervisor | None = None
     broker: TansuBroker | None = None
-    objects: DiskS3 | None = None
+    objects: DiskS3 | WeedS3 | None = None
     stopping = False
 
     def stop(*_: object) -> None:
@@ -265,6 +283,8 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
     try:
         broker_port = 9092 if not port_open("127.0.0.1", 9092) else free_port()
         broker, objects = start_broker(broker_storage, log_dir, broker_port, data_dir / "broker")
+        for key, value in EMBEDDED_KAFKA_ENV.items():  # the topics made here have the children's partition counts
+            os.environ.setdefault(key, value)
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         ensure_topics(kafka, kafka.catalog().all())
         broker_policy = RestartPolicy()

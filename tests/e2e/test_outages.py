@@ -167,7 +167,7 @@ def test_accepted_work_outlives_a_full_stop_of_broker_and_storage(settings: Sett
         stack.stop_all()
         broker.stop()
         objects.stop()
-        assert (objects.root / "objects.sqlite3").exists()
+        assert any(objects.root.iterdir())  # the storage server kept its data on disk
 
         objects.start()  # as the next `voicenote run` does
         broker.start()
