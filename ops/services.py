@@ -274,9 +274,10 @@ def weed_binary() -> str:
 class WeedS3(ChildProcess):
     """SeaweedFS (``weed server``: master, volume, filer and S3 gateway in one Go process) as a child,
     its data under ``root``: the embedded broker's durable storage. It honours ``If-None-Match: *`` and
-    ``If-Match`` on PutObject (Tansu's conditional writes), answers a list in a millisecond, and idles at
+    ``If-Match`` on PutObject (Tansu's conditional writes), answers Tansu's reads in Go, and idles at
     ~0% CPU (docs/reliability.md, results/broker_storage.json). Every port is chosen here, loopback only:
-    weed's own defaults (8333, 9333, 8888, ...) and its grpc offset (+10000) collide or overflow."""
+    weed's own defaults (8333, 9333, 8888, ...) and its grpc offset (+10000) collide or overflow. No
+    pre-stop wait (weed server's default is 10 s): a SIGTERM stops it at once, as the runner's death needs."""
 
     root: Path
     port: int = 0
@@ -292,7 +293,7 @@ class WeedS3(ChildProcess):
         self.port = self.port or free_port()
         self.ports = {**{name: free_port() for name in WEED_PORTS if name != "s3.port"}, **self.ports, "s3.port": self.port}
         return [weed_binary(), "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
-                "-s3.port.iceberg=0", *(f"-{name}={port}" for name, port in self.ports.items())]
+                "-s3.port.iceberg=0", "-volume.preStopSeconds=0", *(f"-{name}={port}" for name, port in self.ports.items())]
 
     def start(self, timeout: float = 30.0) -> WeedS3:
         self.root.mkdir(parents=True, exist_ok=True)
