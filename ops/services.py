@@ -293,14 +293,16 @@ class WeedS3(ChildProcess):
         self.port = self.port or free_port()
         self.ports = {**{name: free_port() for name in WEED_PORTS if name != "s3.port"}, **self.ports, "s3.port": self.port}
         return [weed_binary(), "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
-                "-s3.port.iceberg=0", "-volume.preStopSeconds=0", *(f"-{name}={port}" for name, port in self.ports.items())]
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0", *(f"-{name}={port}" for name, port in self.ports.items())]
 
     def start(self, timeout: float = 30.0) -> WeedS3:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        # SIGKILL when the runner dies: weed takes ~15 s to exit on SIGTERM (its volume server has synced
+        # within milliseconds; the rest is gRPC teardown), and a kill loses nothing a crash would not.
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=die_with_parent())
+                                      preexec_fn=die_with_parent(signal.SIGKILL))
         deadline = time.monotonic() + timeout
         wait_for_port("127.0.0.1", self.port, timeout, "SeaweedFS S3", self._proc)
         while not self._answers():  # the S3 port opens before the filer behind it is ready
@@ -309,6 +311,10 @@ class WeedS3(ChildProcess):
                                             + (f" (see {self.log_path})" if self.log_path else ""))
             time.sleep(0.1)
         return self
+
+    def stop(self) -> None:
+        _terminate(self._proc, timeout=2.0)  # SIGTERM, then SIGKILL: see start()
+        self._proc = None
 
     def _answers(self) -> bool:
         import urllib.error
