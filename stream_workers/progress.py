@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ Partition = tuple[str, int]  # (topic, partition); Faust's TP is such a tuple
 
 # EX_TEMPFAIL: the worker stopped itself because it made no progress; starting it again is the remedy.
 STALL_EXIT_CODE = 75
+# EX_PROTOCOL: the broker lost data under the worker (a memory:// broker restarted, a topic re-created); its
+# consumer and producer hold positions and ids the broker no longer knows, and a new process starts clean.
+DATA_LOST_EXIT_CODE = 76
 WAITING_ON = "progress"  # the key under /readyz's waiting_on
 
 
@@ -110,6 +113,41 @@ class ProgressWatch:
         more = f", {len(behind) - limit} more" if len(behind) > limit else ""
         return (f"no committed offset moved for {self.seconds_since_progress():.1f}s while {len(behind)} partition(s) "
                 f"are {sum(behind.values())} record(s) behind ({shown}{more})")
+
+
+class DataLossWatch:
+    """The broker lost data: a partition's committed offset or end reads lower than it ever read before.
+
+    Both only move forward while the broker keeps its data (committed offsets are monotonic; an end grows with
+    every append). A ``memory://`` broker restarted (or a topic deleted and re-created) answers with empty
+    partitions and no committed offsets: the end drops, and the committed offset reads as the low watermark.
+    Each is compared with itself only (Tansu's listed end counts batches, not records, so it is never compared
+    with a committed offset). Fed the broker's answers, never the worker's own fetch positions (those are what
+    goes stale).
+    """
+
+    def __init__(self) -> None:
+        self._high: dict[Partition, Offsets] = {}
+
+    def observe(self, offsets: Mapping[Partition, Offsets]) -> dict[Partition, tuple[Offsets, Offsets]]:
+        """The partitions that went backwards in this sample: (the highest seen before, now)."""
+        went_back = {}
+        for partition, now in offsets.items():
+            seen = self._high.get(partition)
+            if seen is None:
+                self._high[partition] = now
+                continue
+            if now.committed < seen.committed or now.end < seen.end:
+                went_back[partition] = (seen, now)
+            self._high[partition] = Offsets(max(seen.committed, now.committed), max(seen.end, now.end))
+        return went_back
+
+    @staticmethod
+    def describe(went_back: Mapping[Partition, tuple[Offsets, Offsets]], limit: int = 6) -> str:
+        shown = ", ".join(f"{t}[{p}] committed {was.committed}->{now.committed}, end {was.end}->{now.end}"
+                          for (t, p), (was, now) in sorted(went_back.items())[:limit])
+        more = f", {len(went_back) - limit} more" if len(went_back) > limit else ""
+        return f"{len(went_back)} partition(s) went backwards ({shown}{more})"
 
 
 class GroupOffsets:
@@ -177,10 +215,15 @@ class ProgressMonitor:
     def __init__(self, *, group: str, reader: Any, watch: ProgressWatch, health: DependencyHealth,
                  exit_seconds: float, assigned: Callable[[], Collection[Partition] | None], topics: Sequence[str],
                  gauge: Any = None, known_ends: Callable[[Collection[Partition]], Mapping[Partition, int]] | None = None,
-                 leave: Callable[[], None] = exit_stalled) -> None:
+                 leave: Callable[[], None] = exit_stalled,
+                 record_loss: Callable[[int], Awaitable[Any]] | None = None,
+                 leave_lost: Callable[[], None] | None = None, wall_clock: Callable[[], float] = time.time) -> None:
         self.group, self.watch, self._reader, self._health = group, watch, reader, health
         self._exit_seconds, self._assigned, self._topics = exit_seconds, assigned, list(topics)
         self._gauge, self._known_ends, self._leave = gauge, known_ends, leave
+        self.lost = DataLossWatch()
+        self._record_loss, self._wall_clock = record_loss, wall_clock
+        self._leave_lost = leave_lost or exit_data_lost
         self.read_failed: str | None = None  # why the last read failed (the broker not answering); None: it worked
 
     async def check(self) -> None:
@@ -198,6 +241,10 @@ class ProgressMonitor:
             self.read_failed = str(exc)
         else:
             self.read_failed = None
+            went_back = self.lost.observe(offsets)  # the broker's own answers, before the worker's fetched ends
+            if went_back:
+                await self.data_lost(went_back)
+                return
             if self._known_ends is not None:
                 # The worker's own fetches know record-counted ends (Tansu's ListOffsets counts batches).
                 for partition, end in self._known_ends(offsets).items():
@@ -205,6 +252,17 @@ class ProgressMonitor:
                         offsets[partition] = Offsets(offsets[partition].committed, end)
             self.watch.observe(offsets)
         self.report()
+
+    async def data_lost(self, went_back: Mapping[Partition, tuple[Offsets, Offsets]]) -> None:
+        """The broker lost data under this worker: say so, record when (the completion worker ends the jobs whose
+        requests went with it as ``broker_data_lost``, stream_workers/watchdog.py), and exit with
+        :data:`DATA_LOST_EXIT_CODE`: the consumer's positions and the producer's id belong to the broker that was."""
+        log.error("group %s: the broker lost data (restarted without its storage, or topics re-created): %s; "
+                  "exiting with code %d so that the worker is started again with a new consumer and producer",
+                  self.group, DataLossWatch.describe(went_back), DATA_LOST_EXIT_CODE)
+        if self._record_loss is not None:
+            await self._record_loss(int(self._wall_clock() * 1000))
+        self._leave_lost()
 
     def report(self) -> None:
         watch = self.watch
@@ -244,6 +302,10 @@ def faust_assignment(app: Any) -> set[Partition] | None:
     except ConsumerNotStarted:
         return None
     return {(tp.topic, tp.partition) for tp in assigned} or None
+
+
+def exit_data_lost() -> None:
+    exit_stalled(DATA_LOST_EXIT_CODE)
 
 
 def faust_fetched_ends(app: Any, partitions: Collection[Partition]) -> dict[Partition, int]:
