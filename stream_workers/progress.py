@@ -42,7 +42,7 @@ from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from voicenote.kafka import KafkaException, TopicPartition
+from voicenote.kafka import KafkaException, TopicCollection, TopicPartition, admin_client
 from voicenote.kafka import consumer as new_consumer
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings
@@ -116,7 +116,8 @@ class ProgressWatch:
 
 
 class DataLossWatch:
-    """The broker lost data: a partition's committed offset or end reads lower than it ever read before.
+    """The broker lost data: a partition's committed offset or end reads lower than it ever read before, or a topic's
+    id changed (:meth:`observe_ids`).
 
     Both only move forward while the broker keeps its data (committed offsets are monotonic; an end grows with
     every append). A ``memory://`` broker restarted (or a topic deleted and re-created) answers with empty
@@ -128,6 +129,15 @@ class DataLossWatch:
 
     def __init__(self) -> None:
         self._high: dict[Partition, Offsets] = {}
+        self._ids: dict[str, str] = {}
+
+    def observe_ids(self, ids: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """The topics whose id changed since first seen (deleted and created again: a ``memory://`` broker restarted
+        and the topics re-created). Caught even where the offsets hide it: a consumer that committed its old offsets
+        to the new broker, and an end grown past the old one (a producer's held records) before the first read."""
+        changed = {t: (self._ids[t], i) for t, i in ids.items() if t in self._ids and self._ids[t] != i}
+        self._ids.update(ids)
+        return changed
 
     def observe(self, offsets: Mapping[Partition, Offsets]) -> dict[Partition, tuple[Offsets, Offsets]]:
         """The partitions that went backwards in this sample: (the highest seen before, now)."""
@@ -160,6 +170,8 @@ class GroupOffsets:
         self._closed = False
         # log_level 2: the worker's own clients already log a lost broker; this reader stays quiet.
         self._consumer = new_consumer(settings, group, {"enable.auto.commit": False, "log_level": 2})
+        self._settings = settings
+        self._admin: Any = None  # made at the first topic_ids call
 
     def partitions_of(self, topics: Sequence[str]) -> list[Partition]:
         """Every partition of ``topics`` (for a worker that holds none); raises KafkaException."""
@@ -189,6 +201,19 @@ class GroupOffsets:
                                                                  cached=False)
                 read[(tp.topic, tp.partition)] = Offsets(tp.offset if tp.offset >= 0 else low, high)
             return read
+
+    def topic_ids(self, topics: Collection[str]) -> dict[str, str]:
+        """Each topic's id (a metadata request through an admin client; a topic re-created gets a new one); raises
+        KafkaException when the broker does not answer."""
+        if not topics:
+            return {}
+        with self._lock:
+            if self._closed:
+                raise KafkaException(f"offset reader of {self.group} is closed")
+            if self._admin is None:
+                self._admin = admin_client(self._settings)
+            described = self._admin.describe_topics(TopicCollection(sorted(topics)), request_timeout=self._timeout)
+            return {topic: str(future.result().topic_id) for topic, future in described.items()}
 
     def close(self) -> None:
         with self._lock:
@@ -242,8 +267,9 @@ class ProgressMonitor:
         else:
             self.read_failed = None
             went_back = self.lost.observe(offsets)  # the broker's own answers, before the worker's fetched ends
-            if went_back:
-                await self.data_lost(went_back)
+            recreated = self.lost.observe_ids(await self._topic_ids({t for t, _ in watched}))
+            if went_back or recreated:
+                await self.data_lost(went_back, recreated)
                 return
             if self._known_ends is not None:
                 # The worker's own fetches know record-counted ends (Tansu's ListOffsets counts batches).
@@ -253,13 +279,24 @@ class ProgressMonitor:
             self.watch.observe(offsets)
         self.report()
 
-    async def data_lost(self, went_back: Mapping[Partition, tuple[Offsets, Offsets]]) -> None:
+    async def _topic_ids(self, topics: Collection[str]) -> dict[str, str]:
+        """The topics' ids, or none this round where the broker does not answer (the offsets were read just before)."""
+        try:
+            return await asyncio.to_thread(self._reader.topic_ids, topics)
+        except KafkaException as exc:
+            log.info("topic ids of group %s not read: %s", self.group, exc)
+            return {}
+
+    async def data_lost(self, went_back: Mapping[Partition, tuple[Offsets, Offsets]],
+                        recreated: Mapping[str, tuple[str, str]] | None = None) -> None:
         """The broker lost data under this worker: say so, record when (the completion worker ends the jobs whose
         requests went with it as ``broker_data_lost``, stream_workers/watchdog.py), and exit with
         :data:`DATA_LOST_EXIT_CODE`: the consumer's positions and the producer's id belong to the broker that was."""
         log.error("group %s: the broker lost data (restarted without its storage, or topics re-created): %s; "
                   "exiting with code %d so that the worker is started again with a new consumer and producer",
-                  self.group, DataLossWatch.describe(went_back), DATA_LOST_EXIT_CODE)
+                  self.group, "; ".join([*([DataLossWatch.describe(went_back)] if went_back else []),
+                                         *(f"topic {t} re-created (id {was} -> {now})" for t, (was, now) in sorted((recreated or {}).items()))]),
+                  DATA_LOST_EXIT_CODE)
         if self._record_loss is not None:
             await self._record_loss(int(self._wall_clock() * 1000))
         self._leave_lost()

@@ -265,9 +265,11 @@ def test_memory_broker_restart_ends_every_job_and_no_worker_stays_wedged(own_red
             supervise.exits
         wait_until(lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200, 60, "API ready again", stack)
         after_start = len(tally.accepted)
-        submit(stack, tally, JOBS // 2, start=JOBS // 2)
+        # The API's producer finds out on its first record that the broker forgot its id, and is rebuilt: what is sent
+        # meanwhile gets 503 (nothing accepted, the client retries), what follows goes out.
+        submit(stack, tally, JOBS // 2, start=JOBS // 2, pace=0.25)
         after = tally.accepted[after_start:]
-        assert after, tally.refused
+        assert len(after) >= JOBS // 4, tally.refused
         settle(stack, tally, timeout=180)
         assert all(tally.final.get(j) in ("succeeded", "failed") for j in tally.accepted), (tally.final, tally.row())
         codes = error_codes(stack, tally.accepted)

@@ -90,6 +90,7 @@ class FakeReader:
         self.down = False
         self.asked: list[set[Partition]] = []
         self.topics_asked: list[list[str]] = []
+        self.ids: dict[str, str] = {}  # topic -> id, where a test sets one
         self.closed = False
 
     def partitions_of(self, topics: Sequence[str]) -> list[Partition]:
@@ -101,6 +102,9 @@ class FakeReader:
             raise KafkaException("timed out")
         self.asked.append(set(partitions))
         return {p: self.offsets[p] for p in partitions}
+
+    def topic_ids(self, topics: Collection[str]) -> dict[str, str]:
+        return {t: self.ids[t] for t in topics if t in self.ids}
 
     def close(self) -> None:
         self.closed = True
@@ -267,5 +271,22 @@ async def test_the_workers_own_stale_fetched_end_does_not_hide_a_loss() -> None:
                           leave_lost=lambda: left.append(1))
     await monitor.check()
     reader.offsets = {A: Offsets(30, 3)}  # the consumer committed its stale offset to the new broker; the end dropped
+    await monitor.check()
+    assert left == [1]
+
+
+async def test_a_topic_recreated_is_a_data_loss_even_where_the_offsets_hide_it() -> None:
+    # Seen in make bench-faults: the consumer committed its old offsets to the restarted broker, and the API's held
+    # records grew the ends past the old ones, before the watch's first read after the restart.
+    clock, exits, left = Clock(), [], []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(30, 50)})
+    reader.ids = {A[0]: "AaJR/HSzfnOPV2MYiNEQpg"}
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A}, leave_lost=lambda: left.append(1))
+    await monitor.check()
+    reader.offsets = {A: Offsets(30, 80)}
+    await monitor.check()
+    assert left == []  # the same topic, grown
+    reader.ids = {A[0]: "AaJR/HjncZOGoYFyr5fRmg"}  # the ids Tansu gave one topic before and after a memory:// restart
     await monitor.check()
     assert left == [1]
