@@ -272,6 +272,12 @@ def _watch_progress(app: FetchWaitApp, ctx: WorkerContext, group: str, topics: l
     async def watch_progress() -> None:
         await monitor.check()
 
+    @app.task
+    async def prime_progress() -> None:
+        # Not a consumer: the topics' ids as they are at start, the baseline that tells a broker restarted empty apart.
+        while not await monitor.prime():
+            await asyncio.sleep(ctx.settings.worker.progress_check_seconds)
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # sent once the consumer has stopped
     async def close_progress_reader(sender: Any, **_: Any) -> None:
         await asyncio.to_thread(monitor.close)

@@ -290,3 +290,17 @@ async def test_a_topic_recreated_is_a_data_loss_even_where_the_offsets_hide_it()
     reader.ids = {A[0]: "AaJR/HjncZOGoYFyr5fRmg"}  # the ids Tansu gave one topic before and after a memory:// restart
     await monitor.check()
     assert left == [1]
+
+
+async def test_the_topic_ids_read_at_start_are_the_baseline_before_any_round() -> None:
+    # A worker started just before the broker died has no round of offsets from that broker: the ids read at start are it.
+    clock, exits, left = Clock(), [], []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(0, 9)})
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A}, leave_lost=lambda: left.append(1))
+    assert not await monitor.prime()  # the broker not answering yet (no id): tried again
+    reader.ids = {A[0]: "AaJR/uRgd7CEIVvC0D23uA"}
+    assert await monitor.prime() and reader.asked == []
+    reader.ids = {A[0]: "AaJR/yoUc8ChCxBKVRdAtw"}  # restarted empty and re-created before the first round
+    await monitor.check()
+    assert left == [1]
