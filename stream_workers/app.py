@@ -192,11 +192,12 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
             for spec in cat.request_topics():
                 for msg in read_to_end(ctx.settings.kafka, spec.name, timeout=READ_TIMEOUT_SECONDS,
                                        group_prefix="voicenote-lost-requests", missing_ok=True):
-                    if msg.key():
-                        ids.add(msg.key().decode(errors="replace"))
-                    elif msg.value() is not None:
+                    key, value = msg.key(), msg.value()
+                    if key:
+                        ids.add(key.decode(errors="replace"))
+                    elif value is not None:
                         try:
-                            ids.add(ctx.codecs.request.decode_event(msg.value()).job_id)
+                            ids.add(ctx.codecs.request.decode_event(value).job_id)
                         except DecodeError:
                             continue  # not a request at all: no job of ours can be missing because of it
             return ids

@@ -246,7 +246,7 @@ class JobStore:
     async def broker_data_losses(self) -> list[int]:
         """The losses recorded and not yet handled (ms), oldest first."""
         try:
-            return [int(m) for m in await self._redis.zrange(self.losses_key(), 0, -1)]
+            return [int(m) for m in await self._redis.zrange(self.losses_key(), 0, -1) if isinstance(m, (str, bytes))]
         except RedisError as exc:
             raise JobStoreError(f"cannot read the broker data losses: {exc}") from exc
 

@@ -180,7 +180,8 @@ class Supervise:
     here); each exit is kept as (name, code). Workers stopped through ``Stack.stop`` are left alone."""
 
     def __init__(self, stack: Stack, interval: float = 0.5) -> None:
-        self.stack, self.exits = stack, []  # type: list[tuple[str, int]]
+        self.stack = stack
+        self.exits: list[tuple[str, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
