@@ -105,7 +105,7 @@ capacity: $(STAMP) ## fleet size and cost from the measured S1-mini results (res
 bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice: publishes once), submit --rate pacing -> results/bench_client.json
 	$(BIN)/python -m ops.bench.client
 
-bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart, broker + storage restart, kill -9 per worker) -> results/bench_faults.json
+bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart on disk and on memory, broker + storage restart, kill -9 per worker, 300 concurrent sync requests) -> results/bench_faults.json
 	$(BIN)/python -m ops.bench.faults
 
 bench-broker-storage: $(STAMP) ## broker storage in one run: memory://, s3:// on SeaweedFS, moto, ops.diskstore, s3rver (-> results/broker_storage.json); then the whole stack per storage: idle CPU, sync p50, first byte, 1,000-note burst (-> results/broker_stack.json)

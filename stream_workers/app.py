@@ -39,15 +39,16 @@ from stream_workers.metrics import (
     track_committed_offsets,
 )
 from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch, faust_assignment, faust_fetched_ends
-from stream_workers.projection import ProjectionGuard
+from stream_workers.projection import READ_TIMEOUT_SECONDS, ProjectionGuard
 from stream_workers.projection import rebuild as rebuild_projection
 from stream_workers.result_cache import CACHE_REGISTRY
 from stream_workers.synthesis import Refused, Synthesizer
 from stream_workers.synthesis_loop import SynthesisLoop
-from stream_workers.watchdog import Watchdog
+from stream_workers.watchdog import LostRequests, Watchdog
 from voicenote.adverts import ADVERT_INTERVAL_SECONDS, publish_advert
 from voicenote.errors import DependencyUnavailable, JobStoreError
 from voicenote.jobstore import redis_client
+from voicenote.kafka import read_to_end
 from voicenote.models import family_of, synthesis_group
 from voicenote.storage.local import LocalAudioStore
 from voicenote.tracing import record_span
@@ -185,6 +186,34 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
         watchdog = Watchdog(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
                             stuck_after=ctx.settings.worker.stuck_after_seconds)
 
+        def request_ids() -> set[str]:
+            # Keyed by job id (the API's and the worker's records); an unkeyed direct publish is decoded.
+            ids: set[str] = set()
+            for spec in cat.request_topics():
+                for msg in read_to_end(ctx.settings.kafka, spec.name, timeout=READ_TIMEOUT_SECONDS,
+                                       group_prefix="voicenote-lost-requests", missing_ok=True):
+                    key, value = msg.key(), msg.value()
+                    if key:
+                        ids.add(key.decode(errors="replace"))
+                    elif value is not None:
+                        try:
+                            ids.add(ctx.codecs.request.decode_event(value).job_id)
+                        except DecodeError:
+                            continue  # not a request at all: no job of ours can be missing because of it
+            return ids
+
+        lost_requests = LostRequests(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
+                                     lambda: asyncio.to_thread(request_ids))
+
+        @app.timer(interval=ctx.settings.worker.projection_check_seconds)
+        async def end_lost_requests() -> None:
+            # The broker lost data (a worker recorded it, stream_workers/progress.py): the jobs whose requests went
+            # with it end as broker_data_lost. A timer: a failed round (broker away) is logged and runs again.
+            try:
+                await lost_requests.sweep()
+            except Exception:  # noqa: BLE001
+                log.exception("lost-request sweep failed; trying again in %.0fs", ctx.settings.worker.projection_check_seconds)
+
         @app.timer(interval=ctx.settings.worker.watchdog_interval_seconds)
         async def end_stuck_jobs() -> None:
             # A timer, not a consumer: a failed sweep (broker down) is logged and runs again next interval.
@@ -239,11 +268,18 @@ def _watch_progress(app: FetchWaitApp, ctx: WorkerContext, group: str, topics: l
     monitor = ProgressMonitor(group=group, reader=GroupOffsets(ctx.settings.kafka, group), watch=ProgressWatch(stall),
                               health=ctx.health, exit_seconds=leave, assigned=lambda: faust_assignment(app), topics=topics,
                               gauge=metrics.seconds_since_progress.labels(group),
-                              known_ends=lambda partitions: faust_fetched_ends(app, partitions))
+                              known_ends=lambda partitions: faust_fetched_ends(app, partitions),
+                              record_loss=ctx.jobs.record_broker_data_loss if ctx.jobs is not None else None)
 
     @app.timer(ctx.settings.worker.progress_check_seconds)
     async def watch_progress() -> None:
         await monitor.check()
+
+    @app.task
+    async def prime_progress() -> None:
+        # Not a consumer: the topics' ids as they are at start, the baseline that tells a broker restarted empty apart.
+        while not await monitor.prime():
+            await asyncio.sleep(ctx.settings.worker.progress_check_seconds)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # sent once the consumer has stopped
     async def close_progress_reader(sender: Any, **_: Any) -> None:

@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from voicenote.kafka import KafkaException, TopicPartition
+from voicenote.kafka import KafkaException, TopicCollection, TopicPartition, admin_client
 from voicenote.kafka import consumer as new_consumer
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings
@@ -53,6 +53,9 @@ Partition = tuple[str, int]  # (topic, partition); Faust's TP is such a tuple
 
 # EX_TEMPFAIL: the worker stopped itself because it made no progress; starting it again is the remedy.
 STALL_EXIT_CODE = 75
+# EX_PROTOCOL: the broker lost data under the worker (a memory:// broker restarted, a topic re-created); its
+# consumer and producer hold positions and ids the broker no longer knows, and a new process starts clean.
+DATA_LOST_EXIT_CODE = 76
 WAITING_ON = "progress"  # the key under /readyz's waiting_on
 
 
@@ -112,6 +115,51 @@ class ProgressWatch:
                 f"are {sum(behind.values())} record(s) behind ({shown}{more})")
 
 
+class DataLossWatch:
+    """The broker lost data: a partition's committed offset or end reads lower than it ever read before, or a topic's
+    id changed (:meth:`observe_ids`).
+
+    Both only move forward while the broker keeps its data (committed offsets are monotonic; an end grows with
+    every append). A ``memory://`` broker restarted (or a topic deleted and re-created) answers with empty
+    partitions and no committed offsets: the end drops, and the committed offset reads as the low watermark.
+    Each is compared with itself only (Tansu's listed end counts batches, not records, so it is never compared
+    with a committed offset). Fed the broker's answers, never the worker's own fetch positions (those are what
+    goes stale).
+    """
+
+    def __init__(self) -> None:
+        self._high: dict[Partition, Offsets] = {}
+        self._ids: dict[str, str] = {}
+
+    def observe_ids(self, ids: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """The topics whose id changed since first seen (deleted and created again: a ``memory://`` broker restarted
+        and the topics re-created). Caught even where the offsets hide it: a consumer that committed its old offsets
+        to the new broker, and an end grown past the old one (a producer's held records) before the first read."""
+        changed = {t: (self._ids[t], i) for t, i in ids.items() if t in self._ids and self._ids[t] != i}
+        self._ids.update(ids)
+        return changed
+
+    def observe(self, offsets: Mapping[Partition, Offsets]) -> dict[Partition, tuple[Offsets, Offsets]]:
+        """The partitions that went backwards in this sample: (the highest seen before, now)."""
+        went_back = {}
+        for partition, now in offsets.items():
+            seen = self._high.get(partition)
+            if seen is None:
+                self._high[partition] = now
+                continue
+            if now.committed < seen.committed or now.end < seen.end:
+                went_back[partition] = (seen, now)
+            self._high[partition] = Offsets(max(seen.committed, now.committed), max(seen.end, now.end))
+        return went_back
+
+    @staticmethod
+    def describe(went_back: Mapping[Partition, tuple[Offsets, Offsets]], limit: int = 6) -> str:
+        shown = ", ".join(f"{t}[{p}] committed {was.committed}->{now.committed}, end {was.end}->{now.end}"
+                          for (t, p), (was, now) in sorted(went_back.items())[:limit])
+        more = f", {len(went_back) - limit} more" if len(went_back) > limit else ""
+        return f"{len(went_back)} partition(s) went backwards ({shown}{more})"
+
+
 class GroupOffsets:
     """Committed offsets of ``group`` and partition ends, read without joining the group (blocking calls)."""
 
@@ -122,6 +170,8 @@ class GroupOffsets:
         self._closed = False
         # log_level 2: the worker's own clients already log a lost broker; this reader stays quiet.
         self._consumer = new_consumer(settings, group, {"enable.auto.commit": False, "log_level": 2})
+        self._settings = settings
+        self._admin: Any = None  # made at the first topic_ids call
 
     def partitions_of(self, topics: Sequence[str]) -> list[Partition]:
         """Every partition of ``topics`` (for a worker that holds none); raises KafkaException."""
@@ -152,6 +202,19 @@ class GroupOffsets:
                 read[(tp.topic, tp.partition)] = Offsets(tp.offset if tp.offset >= 0 else low, high)
             return read
 
+    def topic_ids(self, topics: Collection[str]) -> dict[str, str]:
+        """Each topic's id (a metadata request through an admin client; a topic re-created gets a new one); raises
+        KafkaException when the broker does not answer."""
+        if not topics:
+            return {}
+        with self._lock:
+            if self._closed:
+                raise KafkaException(f"offset reader of {self.group} is closed")
+            if self._admin is None:
+                self._admin = admin_client(self._settings)
+            described = self._admin.describe_topics(TopicCollection(sorted(topics)), request_timeout=self._timeout)
+            return {topic: str(future.result().topic_id) for topic, future in described.items()}
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -177,10 +240,15 @@ class ProgressMonitor:
     def __init__(self, *, group: str, reader: Any, watch: ProgressWatch, health: DependencyHealth,
                  exit_seconds: float, assigned: Callable[[], Collection[Partition] | None], topics: Sequence[str],
                  gauge: Any = None, known_ends: Callable[[Collection[Partition]], Mapping[Partition, int]] | None = None,
-                 leave: Callable[[], None] = exit_stalled) -> None:
+                 leave: Callable[[], None] = exit_stalled,
+                 record_loss: Callable[[int], Awaitable[Any]] | None = None,
+                 leave_lost: Callable[[], None] | None = None, wall_clock: Callable[[], float] = time.time) -> None:
         self.group, self.watch, self._reader, self._health = group, watch, reader, health
         self._exit_seconds, self._assigned, self._topics = exit_seconds, assigned, list(topics)
         self._gauge, self._known_ends, self._leave = gauge, known_ends, leave
+        self.lost = DataLossWatch()
+        self._record_loss, self._wall_clock = record_loss, wall_clock
+        self._leave_lost = leave_lost or exit_data_lost
         self.read_failed: str | None = None  # why the last read failed (the broker not answering); None: it worked
 
     async def check(self) -> None:
@@ -198,6 +266,11 @@ class ProgressMonitor:
             self.read_failed = str(exc)
         else:
             self.read_failed = None
+            went_back = self.lost.observe(offsets)  # the broker's own answers, before the worker's fetched ends
+            recreated = self.lost.observe_ids(await self._topic_ids({t for t, _ in watched}))
+            if went_back or recreated:
+                await self.data_lost(went_back, recreated)
+                return
             if self._known_ends is not None:
                 # The worker's own fetches know record-counted ends (Tansu's ListOffsets counts batches).
                 for partition, end in self._known_ends(offsets).items():
@@ -205,6 +278,36 @@ class ProgressMonitor:
                         offsets[partition] = Offsets(offsets[partition].committed, end)
             self.watch.observe(offsets)
         self.report()
+
+    async def prime(self) -> bool:
+        """Read the ids of the worker's topics once at start, before its consumer has fetched anything, so that a broker
+        restarted empty before the first round is still told apart; False (try again) while the broker does not answer.
+        Seen in make bench-faults: a worker started 3 s before the broker was killed had no sample from it to compare."""
+        ids = await self._topic_ids(set(self._topics))
+        self.lost.observe_ids(ids)
+        return bool(ids)
+
+    async def _topic_ids(self, topics: Collection[str]) -> dict[str, str]:
+        """The topics' ids, or none this round where the broker does not answer (the offsets were read just before)."""
+        try:
+            return await asyncio.to_thread(self._reader.topic_ids, topics)
+        except KafkaException as exc:
+            log.info("topic ids of group %s not read: %s", self.group, exc)
+            return {}
+
+    async def data_lost(self, went_back: Mapping[Partition, tuple[Offsets, Offsets]],
+                        recreated: Mapping[str, tuple[str, str]] | None = None) -> None:
+        """The broker lost data under this worker: say so, record when (the completion worker ends the jobs whose
+        requests went with it as ``broker_data_lost``, stream_workers/watchdog.py), and exit with
+        :data:`DATA_LOST_EXIT_CODE`: the consumer's positions and the producer's id belong to the broker that was."""
+        log.error("group %s: the broker lost data (restarted without its storage, or topics re-created): %s; "
+                  "exiting with code %d so that the worker is started again with a new consumer and producer",
+                  self.group, "; ".join([*([DataLossWatch.describe(went_back)] if went_back else []),
+                                         *(f"topic {t} re-created (id {was} -> {now})" for t, (was, now) in sorted((recreated or {}).items()))]),
+                  DATA_LOST_EXIT_CODE)
+        if self._record_loss is not None:
+            await self._record_loss(int(self._wall_clock() * 1000))
+        self._leave_lost()
 
     def report(self) -> None:
         watch = self.watch
@@ -244,6 +347,10 @@ def faust_assignment(app: Any) -> set[Partition] | None:
     except ConsumerNotStarted:
         return None
     return {(tp.topic, tp.partition) for tp in assigned} or None
+
+
+def exit_data_lost() -> None:
+    exit_stalled(DATA_LOST_EXIT_CODE)
 
 
 def faust_fetched_ends(app: Any, partitions: Collection[Partition]) -> dict[Partition, int]:

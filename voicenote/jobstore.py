@@ -223,13 +223,40 @@ class JobStore:
         except RedisError as exc:
             raise JobStoreError(f"cannot unindex {len(job_ids)} jobs: {exc}") from exc
 
-    async def pending_before(self, before_ms: int, limit: int) -> list[str]:
-        """Indexed jobs created before ``before_ms``, oldest first."""
+    async def pending_before(self, before_ms: int, limit: int, start: int = 0) -> list[str]:
+        """Indexed jobs created before ``before_ms``, oldest first (from the ``start``-th of them)."""
         try:
-            found = await self._redis.zrangebyscore(self.pending_key(), "-inf", f"({before_ms}", start=0, num=limit)
+            found = await self._redis.zrangebyscore(self.pending_key(), "-inf", f"({before_ms}", start=start, num=limit)
             return [str(job_id) for job_id in found]
         except RedisError as exc:
             raise JobStoreError(f"cannot read the pending-job index: {exc}") from exc
+
+    # -- broker data losses seen by the workers (stream_workers/progress.py, stream_workers/watchdog.py) ---
+
+    def losses_key(self) -> str:
+        return f"{self._prefix}broker:data_lost"
+
+    async def record_broker_data_loss(self, at_ms: int) -> None:
+        """A worker saw the broker lose data at ``at_ms``; the completion worker ends the jobs that went with it."""
+        try:
+            await self._redis.zadd(self.losses_key(), {str(at_ms): at_ms})
+        except RedisError as exc:
+            raise JobStoreError(f"cannot record a broker data loss: {exc}") from exc
+
+    async def broker_data_losses(self) -> list[int]:
+        """The losses recorded and not yet handled (ms), oldest first."""
+        try:
+            return [int(m) for m in await self._redis.zrange(self.losses_key(), 0, -1) if isinstance(m, (str, bytes))]
+        except RedisError as exc:
+            raise JobStoreError(f"cannot read the broker data losses: {exc}") from exc
+
+    async def forget_broker_data_losses(self, losses: Sequence[int]) -> None:
+        if not losses:
+            return
+        try:
+            await self._redis.zrem(self.losses_key(), *(str(at) for at in losses))
+        except RedisError as exc:
+            raise JobStoreError(f"cannot forget broker data losses: {exc}") from exc
 
     # -- batches (the API's record of which jobs one batch submission made) ---------------------
 

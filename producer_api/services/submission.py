@@ -90,6 +90,9 @@ class Submission:
                 "created_at": event.created_at, "format": event.format, "voice": event.voice, "owner": caller.name,
                 "priority": event.priority, "batch_id": event.batch_id, "model": event.model,
                 "ignored_params": attributes.get("ignored_params")})
+            # Indexed for the watchdog at once, not only once the projection reads the request: a broker that loses
+            # its data before then would leave the job `queued` and unindexed for good (stream_workers/watchdog.py).
+            await self._jobs.track_pending([(job_id, event.created_at)])
         except JobStoreError as exc:
             # The job is on the request topic; the status projector records it once Redis answers.
             self._metrics.redis_fallbacks.labels("queued_record").inc()

@@ -55,7 +55,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         # Only the completion topic when nothing is assigned: the retry topics lag on purpose until records are due.
         monitor = ProgressMonitor(group=group, reader=GroupOffsets(settings.kafka, group), watch=ProgressWatch(stall),
                                   health=health, exit_seconds=leave, assigned=dispatcher.watched_partitions,
-                                  topics=[catalog.completions.name], gauge=progress.seconds_since_progress.labels(group))
+                                  topics=[catalog.completions.name], gauge=progress.seconds_since_progress.labels(group),
+                                  record_loss=jobs.record_broker_data_loss)
+        await monitor.prime()  # the topics' ids before the dispatcher fetches anything (stream_workers/progress.py)
         watching = asyncio.create_task(monitor.run(settings.worker.progress_check_seconds), name="progress-watch")
         watching.add_done_callback(lambda task: stop.set())  # it never ends by itself: a failure stops the dispatcher
         readiness.started = True

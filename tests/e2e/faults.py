@@ -175,6 +175,42 @@ def kill_and_restart(stack: Stack, name: str, role: str) -> str:
     return new_name
 
 
+class Supervise:
+    """Start again any worker of ``stack`` that exits, as ``voicenote run``'s supervisor and the kubelet do (at once
+    here); each exit is kept as (name, code). Workers stopped through ``Stack.stop`` are left alone."""
+
+    def __init__(self, stack: Stack, interval: float = 0.5) -> None:
+        self.stack = stack
+        self.exits: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for name, proc in list(self.stack.procs.items()):
+                if not name.startswith("worker-") or getattr(proc, "expected_exit", False) or proc.poll() is None:
+                    continue
+                proc.expected_exit = True  # type: ignore[attr-defined]  # seen and handled: check_alive passes it
+                self.exits.append((name, proc.returncode))
+                role = name.removeprefix("worker-").split("-")[0]
+                self.stack.start_worker(role, name=f"worker-{role}-restart-{len(self.exits)}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def error_codes(stack: Stack, ids: list[str]) -> dict[str, str | None]:
+    """Each failed job's ``error.code`` through GET /v1/jobs."""
+    out: dict[str, str | None] = {}
+    for job_id in ids:
+        resp = httpx.get(f"{stack.base_url}/v1/jobs/{job_id}", timeout=5)
+        if resp.status_code == 200 and resp.json()["status"] == "failed":
+            out[job_id] = (resp.json().get("error") or {}).get("code")
+    return out
+
+
 class WebhookReceiver:
     """A local receiver that answers 200 and counts deliveries per ``webhook-id``."""
 

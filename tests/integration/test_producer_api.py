@@ -67,6 +67,13 @@ async def test_async_submission_publishes_a_mapped_request_and_records_it(api_fa
     assert event["priority"] == "batch" and event["webhook_url"] == "https://example.com/hook"
     assert event["format"] == "wav" and event["text"] == SPEECH["input"]
     assert event["created_at"] == job["created_at"] and event["attributes"]["owner"] == "writer"  # one event, one record
+    # Indexed for the watchdog by the API itself: a broker losing the request before the projection reads it
+    # would otherwise leave the job queued and unwatched for good (issue 22, item 5).
+    jobs = JobStore.from_settings(settings.redis)
+    try:
+        assert await jobs.pending_before(job["created_at"] + 1, 10) == [body["job_id"]]
+    finally:
+        await jobs.close()
 
 
 @pytest.mark.parametrize(("patch", "param"), [

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.events import JobCompletion, SynthesisRequest
 from stream_workers.completion import StatusProjector
-from stream_workers.watchdog import STUCK_CODE, Watchdog
+from stream_workers.watchdog import DATA_LOST_CODE, STUCK_CODE, LostRequests, Watchdog
 from voicenote.jobstore import JobStore
 
 pytestmark = pytest.mark.integration
@@ -64,3 +64,44 @@ async def test_invalid_ids_in_the_pending_index_are_dropped_never_ended(jobs: Jo
     assert [c.job_id for c in emitted] == ["job_wd_valid"]
     assert await jobs.pending_before(int(time.time() * 1000) + 1, 10) == []  # the invalid entries are gone too
     assert await jobs.get("../x y") is None
+
+
+async def test_jobs_whose_requests_the_broker_lost_end_as_broker_data_lost_once_the_grace_is_over(jobs: JobStore) -> None:
+    # Issue 22 item 5: after a memory:// broker restart, jobs whose requests vanished end failed with a clear code.
+    projector = StatusProjector(jobs)
+    now = int(time.time() * 1000)
+    await projector.on_requests([_request("job_ls_gone", now - 5000), _request("job_ls_kept", now - 5000),
+                                 _request("job_ls_done", now - 5000), _request("job_ls_later", now + 60_000)])
+    await jobs.track_pending([("job_ls_api_only", now - 4000)])  # accepted by the API, never projected
+    await projector.on_completions([JobCompletion(job_id="job_ls_done", status="succeeded", created_at=now - 5000,
+                                                  completed_at=now)])
+    emitted: list[JobCompletion] = []
+    reads: list[int] = []
+
+    async def emit(records: Any) -> None:
+        emitted.extend(records)
+
+    async def request_ids() -> set[str]:
+        reads.append(1)
+        return {"job_ls_kept"}  # published again after the restart (or held by its producer through it)
+
+    clock = [now / 1000]
+    lost = LostRequests(jobs, projector, emit, request_ids, grace=15, batch=2, clock=lambda: clock[0])
+    assert await lost.sweep() == [] and reads == []  # nothing recorded: the topics are not even read
+
+    await jobs.record_broker_data_loss(now)
+    assert await lost.sweep() == [] and reads == []  # within the grace
+    clock[0] += 16
+    assert sorted(await lost.sweep()) == ["job_ls_api_only", "job_ls_gone"]
+    assert {(c.job_id, c.status, c.error_code) for c in emitted} == {
+        ("job_ls_gone", "failed", DATA_LOST_CODE), ("job_ls_api_only", "failed", DATA_LOST_CODE)}
+    gone = next(c for c in emitted if c.job_id == "job_ls_gone")
+    assert gone.webhook_url == "https://hooks.example/in" and "broker lost" in (gone.error_message or "")
+    record = await jobs.get("job_ls_gone")
+    assert record is not None and (record["status"], record["error_code"]) == ("failed", DATA_LOST_CODE)
+    assert await projector.already_completed(["job_ls_gone"]) == {"job_ls_gone"}  # a late result is dropped
+    assert (await jobs.get("job_ls_kept") or {})["status"] == "queued"  # its request is there: left to run
+    # Handled once: the loss is forgotten; the kept job and the one created after the loss stay indexed.
+    assert await jobs.broker_data_losses() == []
+    assert await lost.sweep() == [] and len(emitted) == 2
+    assert sorted(await jobs.pending_before(now + 120_000, 10)) == ["job_ls_kept", "job_ls_later"]

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_workers.metrics import ProgressMetrics
 from stream_workers.probes import Readiness
-from stream_workers.progress import Offsets, Partition, ProgressMonitor, ProgressWatch
+from stream_workers.progress import DataLossWatch, Offsets, Partition, ProgressMonitor, ProgressWatch
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings, Settings, WorkerSettings
 
@@ -90,6 +90,7 @@ class FakeReader:
         self.down = False
         self.asked: list[set[Partition]] = []
         self.topics_asked: list[list[str]] = []
+        self.ids: dict[str, str] = {}  # topic -> id, where a test sets one
         self.closed = False
 
     def partitions_of(self, topics: Sequence[str]) -> list[Partition]:
@@ -101,6 +102,9 @@ class FakeReader:
             raise KafkaException("timed out")
         self.asked.append(set(partitions))
         return {p: self.offsets[p] for p in partitions}
+
+    def topic_ids(self, topics: Collection[str]) -> dict[str, str]:
+        return {t: self.ids[t] for t in topics if t in self.ids}
 
     def close(self) -> None:
         self.closed = True
@@ -222,3 +226,81 @@ def test_the_bounds_default_from_the_session_timeout_and_must_be_ordered() -> No
     assert s.progress_bounds() == (5, 60)
     with pytest.raises(ValueError, match="must be longer"):
         Settings(worker=WorkerSettings(stall_seconds=60, stall_exit_seconds=30))
+
+
+def test_a_committed_offset_or_an_end_going_backwards_is_a_data_loss_and_growth_is_not() -> None:
+    # Issue 25, defect 2: a memory:// broker restarted answers with empty partitions and no committed offsets.
+    lost = DataLossWatch()
+    assert lost.observe({A: Offsets(10, 50), B: Offsets(0, 0)}) == {}
+    assert lost.observe({A: Offsets(40, 90), B: Offsets(0, 3)}) == {}  # progress and appends
+    assert lost.observe({A: Offsets(40, 90)}) == {}  # a partition no longer watched is no loss
+    went_back = lost.observe({A: Offsets(0, 2), B: Offsets(0, 3)})  # the group's offsets and the records gone
+    assert went_back == {A: (Offsets(40, 90), Offsets(0, 2))}
+    assert "committed 40->0, end 90->2" in DataLossWatch.describe(went_back)
+    assert lost.observe({B: Offsets(0, 1)}) == {B: (Offsets(0, 3), Offsets(0, 1))}  # an end alone going back
+    # The highest seen is kept: a topic re-filled to below its old end still reads as lost.
+    assert lost.observe({A: Offsets(0, 60)}) == {A: (Offsets(40, 90), Offsets(0, 60))}
+
+
+async def test_a_broker_that_lost_data_is_recorded_and_the_worker_exits_with_its_own_code() -> None:
+    clock, exits, left, recorded = Clock(), [], [], []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(30, 50), B: Offsets(7, 7)})
+
+    async def record(at_ms: int) -> None:
+        recorded.append(at_ms)
+
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A, B}, record_loss=record,
+                          leave_lost=lambda: left.append(1), wall_clock=lambda: 1_700_000_000.0)
+    await monitor.check()
+    reader.down = True  # the broker away: nothing read, nothing concluded
+    await monitor.check()
+    assert (recorded, left) == ([], [])
+    reader.down = False
+    reader.offsets = {A: Offsets(0, 4), B: Offsets(0, 0)}  # back, empty: the group's committed offsets gone too
+    await monitor.check()
+    assert recorded == [1_700_000_000_000] and left == [1] and exits == []
+
+
+async def test_the_workers_own_stale_fetched_end_does_not_hide_a_loss() -> None:
+    # A wedged consumer keeps the high watermark of its last fetch from the old broker; only the broker's answers count.
+    clock, exits, left = Clock(), [], []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(30, 50)})
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A}, known_ends=lambda parts: {A: 50},
+                          leave_lost=lambda: left.append(1))
+    await monitor.check()
+    reader.offsets = {A: Offsets(30, 3)}  # the consumer committed its stale offset to the new broker; the end dropped
+    await monitor.check()
+    assert left == [1]
+
+
+async def test_a_topic_recreated_is_a_data_loss_even_where_the_offsets_hide_it() -> None:
+    # Seen in make bench-faults: the consumer committed its old offsets to the restarted broker, and the API's held
+    # records grew the ends past the old ones, before the watch's first read after the restart.
+    clock, exits, left = Clock(), [], []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(30, 50)})
+    reader.ids = {A[0]: "AaJR/HSzfnOPV2MYiNEQpg"}
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A}, leave_lost=lambda: left.append(1))
+    await monitor.check()
+    reader.offsets = {A: Offsets(30, 80)}
+    await monitor.check()
+    assert left == []  # the same topic, grown
+    reader.ids = {A[0]: "AaJR/HjncZOGoYFyr5fRmg"}  # the ids Tansu gave one topic before and after a memory:// restart
+    await monitor.check()
+    assert left == [1]
+
+
+async def test_the_topic_ids_read_at_start_are_the_baseline_before_any_round() -> None:
+    # A worker started just before the broker died has no round of offsets from that broker: the ids read at start are it.
+    clock, exits, left = Clock(), [], []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(0, 9)})
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A}, leave_lost=lambda: left.append(1))
+    assert not await monitor.prime()  # the broker not answering yet (no id): tried again
+    reader.ids = {A[0]: "AaJR/uRgd7CEIVvC0D23uA"}
+    assert await monitor.prime() and reader.asked == []
+    reader.ids = {A[0]: "AaJR/yoUc8ChCxBKVRdAtw"}  # restarted empty and re-created before the first round
+    await monitor.check()
+    assert left == [1]

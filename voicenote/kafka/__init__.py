@@ -25,6 +25,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import OffsetSpec
@@ -52,6 +53,7 @@ __all__ = [
     "Message",
     "OffsetSpec",
     "Producer",
+    "TopicCollection",
     "TopicPartition",
     "OFFSET_BEGINNING",
     "SASL_MECHANISMS",

@@ -16,6 +16,14 @@ from voicenote.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+# A record failing with one of these leaves the producer stuck: timed out (see AsyncProducer), or refused because the
+# broker no longer knows the producer's id and epoch. Tansu restarted on memory:// answered every later record with
+# PRODUCER_FENCED ("There is a newer producer with the same transactionalId...") and the API refused every request
+# with 503 until it was restarted (issue 25, defect 2); librdkafka does not raise those as fatal without transactions.
+_STUCK_CODES = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                          KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                          KafkaError.INVALID_PRODUCER_ID_MAPPING})
+
 
 class AsyncProducer:
     """An idempotent producer whose ``send`` resolves when the broker has acknowledged the record.
@@ -23,8 +31,8 @@ class AsyncProducer:
     An idempotent producer whose broker restarted without its state (in-memory Tansu) can be stuck:
     in a fatal error ("Local: Fatal error" on every later send), or with every record timing out while
     the broker answers others (measured against Tansu 0.6: a fresh producer sent at once). It does not
-    recover by itself. So a fatal error (``error_cb``) or a record that timed out marks the producer
-    stuck; :meth:`ping` answers False and :meth:`send` refuses until the poll thread has rebuilt it.
+    recover by itself. So a fatal error (``error_cb``) or a record that timed out or was refused for its producer id
+    or epoch (:data:`_STUCK_CODES`) marks the producer stuck; :meth:`ping` answers False and :meth:`send` refuses until the poll thread has rebuilt it.
     Records in flight fail (each caller gets a PublishError); later ones go out on the new producer.
     """
 
@@ -61,7 +69,7 @@ class AsyncProducer:
             self._fatal = err.str()
 
     def _on_failed_delivery(self, err: KafkaError) -> None:
-        if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+        if err.fatal() or err.code() in _STUCK_CODES:
             self._fatal = self._fatal or err.str()
 
     def _poll_loop(self) -> None:
