@@ -22,11 +22,13 @@ from prometheus_client import generate_latest
 from schemas.errors import DecodeError
 from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
+from schemas.topics import CPU_FAMILY
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
 from stream_workers.completion import StatusProjector, Storer, fresh_results
 from stream_workers.context import WorkerContext
 from stream_workers.deadletter import dead_letter
+from stream_workers.early_check import EarlyCheck, EarlyCheckMetrics, Facts, topic_facts
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.engine.slots import continuous
 from stream_workers.faust_driver import FetchWaitApp
@@ -213,6 +215,36 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
                 await lost_requests.sweep()
             except Exception:  # noqa: BLE001
                 log.exception("lost-request sweep failed; trying again in %.0fs", ctx.settings.worker.projection_check_seconds)
+
+        async def reapply(results: Sequence[SynthesisResultEvent]) -> None:
+            # Exactly the storage agent's path: store the audio, publish the completion, then project it.
+            done = await storer.complete_many(results)
+            await asyncio.gather(*[await completions.send(key=c.job_id.encode(), value=ctx.codecs.completion.encode_event(c))
+                                   for c in done])
+            await projector.on_completions(done)
+            completion_metrics.completed(done)
+
+        request_groups = {spec.name: synthesis_group(ctx.settings.worker.group_id, family)
+                          for family, spec in [(CPU_FAMILY, cat.requests), *cat.family_requests]}
+
+        def overdue_facts(job_ids: list[str]) -> dict[str, Facts]:
+            return topic_facts(ctx.settings.kafka, ctx.codecs, job_ids, request_topics=request_groups,
+                               audio_topic=cat.audio.name, completion_topic=cat.completions.name,
+                               timeout=READ_TIMEOUT_SECONDS)
+
+        early_check = EarlyCheck(ctx.jobs, projector, emit_completions,  # type: ignore[arg-type]
+                                 lambda job_ids: asyncio.to_thread(overdue_facts, job_ids), reapply,
+                                 factor=ctx.settings.worker.early_check_factor,
+                                 floor=ctx.settings.worker.early_check_floor_seconds,
+                                 stuck_after=ctx.settings.worker.stuck_after_seconds, metrics=EarlyCheckMetrics(completion_metrics.registry))
+
+        @app.timer(interval=ctx.settings.worker.watchdog_interval_seconds)
+        async def check_overdue_jobs() -> None:
+            # Jobs past their estimate times a factor, re-examined against the topics (stream_workers/early_check.py).
+            try:
+                await early_check.sweep()
+            except Exception:  # noqa: BLE001
+                log.exception("early check failed; trying again in %.0fs", ctx.settings.worker.watchdog_interval_seconds)
 
         @app.timer(interval=ctx.settings.worker.watchdog_interval_seconds)
         async def end_stuck_jobs() -> None:

@@ -54,19 +54,22 @@ class Submission:
             job_id = new_job_id()
             # Estimated before publishing: under a key the event carries the answer (voicenote/idempotency.py).
             estimate = self.estimate_seconds(routed.model.family)
-            await self.publish(job_id, routed, caller, priority="batch", attributes=mark_attributes(mark, estimate))
+            await self.publish(job_id, routed, caller, priority="batch", attributes=mark_attributes(mark, estimate),
+                               estimated_seconds=estimate)
             return {"job_id": job_id, "status_url": self._links.job(job_id), "estimated_seconds": estimate,
                     "ignored_params": routed.ignored}
 
         return AsyncAccepted(**await self._admission.once(caller, idempotency_key, ASYNC, req, publish))
 
     async def publish(self, job_id: str, routed: Routed, caller: Caller, *, priority: str, batch_id: str | None = None,
-                      stream: bool = False, created_at: int | None = None, attributes: Mapping[str, str] | None = None) -> None:
+                      stream: bool = False, created_at: int | None = None, attributes: Mapping[str, str] | None = None,
+                      estimated_seconds: float | None = None) -> None:
         """Publish the request event (returns after the broker's ack), then write the job's ``queued`` record.
 
         ``stream``: the synthesis worker publishes each finished segment too (docs/streaming.md). ``created_at``:
         the request's time (default now; a batch's items share the batch's). ``attributes``: more for the event
-        (a batch item's position, an Idempotency-Key's mark); they do not replace the ones set here."""
+        (a batch item's position, an Idempotency-Key's mark); they do not replace the ones set here.
+        ``estimated_seconds``: the answer's estimate, kept on the record for the early check (stream_workers/early_check.py)."""
         req, model, voice = routed.request, routed.model, routed.voice
         attributes = {**(attributes or {}), "owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
         if stream:
@@ -89,7 +92,7 @@ class Submission:
             await self._jobs.transition(job_id, JobStatus.queued, {
                 "created_at": event.created_at, "format": event.format, "voice": event.voice, "owner": caller.name,
                 "priority": event.priority, "batch_id": event.batch_id, "model": event.model,
-                "ignored_params": attributes.get("ignored_params")})
+                "ignored_params": attributes.get("ignored_params"), "estimated_seconds": estimated_seconds})
             # Indexed for the watchdog at once, not only once the projection reads the request: a broker that loses
             # its data before then would leave the job `queued` and unindexed for good (stream_workers/watchdog.py).
             await self._jobs.track_pending([(job_id, event.created_at)])

@@ -6,7 +6,7 @@ every reader and writer builds from settings.
 - :mod:`voicenote.kafka.clients`: ``producer``, ``consumer``, ``admin_client`` (and their ``*_config``);
 - :mod:`voicenote.kafka.async_producer`: ``AsyncProducer``;
 - :mod:`voicenote.kafka.topics`: ``ensure_topics``, ``check_topics``, ``broker_answers``;
-- :mod:`voicenote.kafka.reading`: ``read_to_end``;
+- :mod:`voicenote.kafka.reading`: ``read_to_end``, ``committed_offsets``;
 - :mod:`voicenote.kafka.codec`: ``event_codecs``, the one codec of the wire events, registry included.
 
 Every public name is importable from ``voicenote.kafka`` itself, with the confluent-kafka types and errors
@@ -41,7 +41,7 @@ from voicenote.kafka.clients import (
 )
 from voicenote.kafka.codec import event_codecs, schema_registry
 from voicenote.kafka.config import SASL_MECHANISMS, client_config
-from voicenote.kafka.reading import OFFSET_BEGINNING, read_to_end
+from voicenote.kafka.reading import OFFSET_BEGINNING, committed_offsets, read_to_end
 from voicenote.kafka.topics import TopicCheck, broker_answers, check_topics, ensure_topics
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "TopicCollection",
     "TopicPartition",
     "OFFSET_BEGINNING",
+    "committed_offsets",
     "SASL_MECHANISMS",
     "AsyncProducer",
     "TopicCheck",

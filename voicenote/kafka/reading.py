@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -86,5 +86,19 @@ def read_to_end(settings: KafkaSettings, topic: str, *, starts: Mapping[int, int
                 open_partitions.discard(partition)
     except KafkaException as exc:
         raise DependencyUnavailable("kafka", f"reading {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: KafkaSettings, group: str, topic: str, partitions: Sequence[int], *,
+                      timeout: float = 30.0) -> dict[int, int]:
+    """``group``'s committed offset on each of ``topic``'s ``partitions`` (-1 where none), read with a consumer of that
+    group id that never joins it (blocking). A partition whose answer carries an error is left out."""
+    consumer = new_consumer(settings, group, {"enable.auto.commit": False})
+    try:
+        answered = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+        return {tp.partition: tp.offset for tp in answered if tp.error is None}
+    except KafkaException as exc:
+        raise DependencyUnavailable("kafka", f"reading {group}'s committed offsets on {topic}: {exc}") from exc
     finally:
         consumer.close()
