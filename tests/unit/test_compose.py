@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from ops.observability.dashboard import OUT as DASHBOARD_JSON
 from ops.observability.dashboard import PANELS, render
 from producer_api.metrics import ApiMetrics
+from stream_workers.early_check import EarlyCheckMetrics
 from stream_workers.metrics import CompletionMetrics, ProgressMetrics, SynthesisMetrics, WebhookMetrics
 from tests.e2e.test_compose_boot import DEV_TOKEN, compose, interpolate, our_services
 from tests.k8s_support import ROOT, load_yaml, setting_names, settings_from, synthesis_route
@@ -208,7 +209,7 @@ def test_provisioning_waits_for_healthy_backing_services() -> None:
 def _exposed_metric_names() -> set[str]:
     names = set()
     registries = [SynthesisMetrics().registry, CompletionMetrics().registry, WebhookMetrics().registry, ProgressMetrics().registry,
-                  ApiMetrics().registry]
+                  ApiMetrics().registry, EarlyCheckMetrics().registry]
     for registry in registries:
         assert isinstance(registry, CollectorRegistry)
         for family in registry.collect():
