@@ -99,3 +99,23 @@ async def test_sweep_acts_on_each_overdue_job_and_skips_young_and_finished_ones(
     samples = {s.labels["outcome"]: s.value for m in check.metrics.registry.collect() for s in m.samples
                if s.name == "voicenote_jobs_overdue_total"}
     assert samples == {"waiting": 1, "failed": 1, "reapplied": 1}
+
+
+async def test_a_completion_on_the_topic_is_projected_and_a_missing_request_is_only_reported() -> None:
+    ms = int(NOW * 1000)
+    jobs = FakeJobs({"job_a": {"status": "running", "created_at": str(ms - 300_000)},
+                     "job_gone": {"status": "queued", "created_at": str(ms - 300_000)},
+                     "job_old": {"status": "queued", "created_at": str(ms - 8000_000)}})  # the watchdog's
+
+    async def facts(job_ids: list[str]) -> dict[str, Facts]:
+        assert sorted(job_ids) == ["job_a", "job_gone"]
+        return {"job_a": Facts(completion=COMPLETION, request_found=True, consumed=True)}
+
+    async def never(records: Any) -> None:
+        raise AssertionError("nothing to emit or reapply")
+
+    projector = FakeProjector()
+    check = EarlyCheck(jobs, projector, never, facts, never, factor=5, floor=120, stuck_after=7200,  # type: ignore[arg-type]
+                       clock=lambda: NOW)
+    assert await check.sweep() == {"job_a": Outcome.reprojected, "job_gone": Outcome.request_missing}
+    assert projector.projected == [COMPLETION]
