@@ -35,7 +35,9 @@ class KafkaSettings(BaseModel):
     fetch_max_wait_ms: int = Field(10, description="Tansu answers a parked fetch only when this runs out, so it adds up to "
                                    "this much to every consumer hop (docs/architecture.md); Kafka answers when data arrives.")
     worker_linger_ms: int = Field(0, ge=0, description="How long the workers' producers wait to fill a produce request.")
-    delivery_timeout_ms: int = 10_000
+    delivery_timeout_ms: int = Field(10_000, ge=1, description="The API's producer: a request fails fast (503) when the broker is away.")
+    worker_delivery_timeout_ms: int = Field(120_000, ge=1, description="The webhooks worker's producer: it waits out a broker "
+                                            "outage (a 10 s kill -9 on a busy machine took longer than 10 s) instead of exiting.")
 
     def catalog(self) -> TopicCatalog:
         """The topic catalog these settings name (prefix and partition counts)."""

@@ -39,7 +39,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     health = DependencyHealth()
     jobs: Any = Retrying(JobStore.from_settings(settings.redis), health=health,
                          base=settings.worker.retry_base_seconds, cap=settings.worker.retry_max_seconds)
-    producer = AsyncProducer(settings.kafka)
+    producer = AsyncProducer(settings.kafka, **{"delivery.timeout.ms": settings.kafka.worker_delivery_timeout_ms})
     metrics, progress, readiness = WebhookMetrics(), ProgressMetrics(), Readiness(health=health)
     probes = await serve_probes(settings.worker.web_host, settings.worker.web_port, readiness,
                                 lambda: metrics.render() + progress.render())
