@@ -81,6 +81,9 @@ def child_env(bootstrap: str, redis_url: str, api_port: int, data_dir: Path) -> 
         env.setdefault("VOICENOTE_API__ALLOW_ANONYMOUS", "true")
     # The API routes only to the model families a worker here serves: the CPU voice always, S1-mini when
     # a local checkpoint is configured (else an s1-mini request is a 400, not a job waiting forever).
+    # "Try it" only once the workers joined their groups: /readyz waits for them here (off by default, for
+    # Kubernetes, where workers may scale from zero; docs/reliability.md).
+    env.setdefault("VOICENOTE_API__READY_REQUIRES_WORKERS", "true")
     if "VOICENOTE_MODELS__FAMILIES" not in env:
         env["VOICENOTE_MODELS__FAMILIES"] = '["piper","s1mini"]' if env.get("VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR") else '["piper"]'
     return env

@@ -15,6 +15,7 @@ from producer_api.estimate import GroupLag, LagMonitor, ThroughputEstimator
 from producer_api.metrics import ApiMetrics, MetricsMiddleware, serve_metrics
 from producer_api.routes import health, jobs, models, playground, speech
 from producer_api.services.container import Services
+from producer_api.services.worker_groups import WorkerGroups
 from producer_api.streaming import SegmentRouter
 from producer_api.waiter import CompletionWaiter
 from schemas.topics import CPU_FAMILY
@@ -52,10 +53,14 @@ def create_app(settings: Settings) -> FastAPI:
                                catalog.requests_for(family).name, catalog.requests_for(family).partitions, family_estimator,
                                settings.api.estimate_refresh_seconds)
                     for family, family_estimator in estimators.items()]
+        # /readyz waits for the workers' groups only where asked (voicenote run); see services/worker_groups.py.
+        workers = WorkerGroups(settings) if settings.api.ready_requires_workers else None
         app.state.services = Services.build(
             settings, producer=producer, redis=redis, jobs=job_store, store=store, codecs=codecs, waiter=waiter,
-            estimators=estimators, metrics=metrics, models=model_registry)
+            estimators=estimators, metrics=metrics, models=model_registry, workers=workers)
         waiter.start()
+        if workers is not None:
+            workers.start()
         segments = SegmentRouter(settings.kafka, catalog.segments, codecs) if catalog.segments else None
         app.state.segments = segments
         if segments is not None:
@@ -71,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
                 stop_metrics()
             for monitor in monitors:
                 await monitor.stop()
+            if workers is not None:
+                await workers.stop()
             await waiter.stop()
             if segments is not None:
                 await asyncio.to_thread(segments.stop)

@@ -209,6 +209,12 @@ class ApiSettings(BaseModel):
     sync_timeout_seconds: float = Field(60.0, gt=0, description="POST /v1/audio/speech answers 504 with the job id after this.")
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
     estimate_refresh_seconds: float = Field(2.0, gt=0, description="How often the synthesis lag is sampled.")
+    ready_requires_workers: bool = Field(False, description="/readyz waits until the synthesis group of each served "
+                                         "family and the completion group have a member. Off by default (Kubernetes: "
+                                         "workers scaled from zero must not take the API out of its Service); "
+                                         "voicenote run turns it on.")
+    ready_workers_check_seconds: float = Field(3.0, gt=0, description="How often (per API process) the worker groups "
+                                               "are described, when api.ready_requires_workers is on.")
     estimate_prior_jobs_per_second: float = Field(1.0, gt=0, description="Throughput assumed until one is measured.")
 
 

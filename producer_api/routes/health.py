@@ -18,20 +18,25 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready when Kafka takes requests; Redis or storage down only degrades",
-            responses={200: {"content": {"application/json": {"example": {"ready": True, "degraded": ["redis"],
+@router.get("/readyz", summary="Ready when Kafka takes requests (and, if required, the workers joined); Redis or storage down only degrades",
+            responses={200: {"content": {"application/json": {"example": {"ready": True, "degraded": ["redis"], "waiting_on": {},
                                                                           "checks": {"kafka": True, "redis": False, "storage": True}}}}},
                        503: {"content": {"application/json": {"example": {"ready": False, "degraded": [],
-                                                                          "checks": {"kafka": False, "redis": True, "storage": True}}}}}})
+                                                                          "waiting_on": {"synthesis_group": "no member"},
+                                                                          "checks": {"kafka": True, "redis": True, "storage": True}}}}}})
 async def readyz(readiness: Ready) -> JSONResponse:
     # Kafka is the source of truth: while the producer can publish, async requests are accepted even with
     # Redis down (docs/producer-api.md), so only Kafka gates readiness. A Redis or storage outage is
     # reported as ``degraded`` (sync answers, job reads and audio then fail with 503 on that pod, as on
     # every other pod: taking it out of the Service would not help).
+    # With api.ready_requires_workers (voicenote run), also not ready until the synthesis and completion
+    # groups have a member: a cached answer, described in the background (services/worker_groups.py).
     checks = await readiness.checks()
-    ready = checks["kafka"]
+    waiting_on = readiness.waiting_on()
+    ready = checks["kafka"] and not waiting_on
     degraded = sorted(name for name, ok in checks.items() if not ok and name != "kafka")
-    return JSONResponse({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse({"ready": ready, "degraded": degraded, "waiting_on": waiting_on, "checks": checks},
+                        status_code=200 if ready else 503)
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response,

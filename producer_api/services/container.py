@@ -21,6 +21,7 @@ from producer_api.services.readiness import Readiness
 from producer_api.services.routing import ModelRouter
 from producer_api.services.submission import Submission
 from producer_api.services.sync import SyncSpeech
+from producer_api.services.worker_groups import WorkerGroups
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
 from voicenote.jobstore import JobStore
@@ -45,7 +46,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, *, producer: AsyncProducer, redis: aioredis.Redis, jobs: JobStore, store: AudioStore,
               codecs: Codecs, waiter: CompletionWaiter, estimators: Mapping[str, ThroughputEstimator], metrics: ApiMetrics,
-              models: ModelRegistry) -> Services:
+              models: ModelRegistry, workers: WorkerGroups | None = None) -> Services:
         prefix = settings.redis.key_prefix
         links = Links(settings.api.public_base_url)
         admission = Admission(limiter=RateLimiter(redis, prefix, on_fallback=metrics.redis_fallbacks.labels("rate_limit").inc),
@@ -63,4 +64,4 @@ class Services:
             queries=queries,
             cancellation=Cancellation(queries=queries, jobs=jobs),
             audio=AudioAccess(queries=queries, store=store, models=models, presign_expiry=settings.storage.presign_expiry_seconds),
-            readiness=Readiness(producer=producer, jobs=jobs, store=store))
+            readiness=Readiness(producer=producer, jobs=jobs, store=store, workers=workers))
