@@ -1,7 +1,10 @@
 """Nothing lost, nothing stuck (issue #14): Redis restarted empty, the broker killed and restarted
-(durable s3:// storage on ops.diskstore), each worker killed with -9, all mid-run. Every accepted job ends exactly once
+(durable s3:// storage on SeaweedFS), each worker killed with -9, all mid-run. Every accepted job ends exactly once
 and is visible through GET /v1/jobs. Kept short (a few dozen jobs); `make bench-faults` runs the same
-scenarios with about 200 jobs each and writes the table to results/."""
+scenarios with about 200 jobs each and writes the table to results/.
+
+Contention mode (issue 22): ``VOICENOTE_TEST_CONTENTION=N make test-e2e`` (or pytest on this file) keeps N
+processes spinning on the CPU during each of these tests, as ``make bench-faults --contention N`` does."""
 
 from __future__ import annotations
 
@@ -42,6 +45,15 @@ from voicenote.settings import Settings
 pytestmark = pytest.mark.e2e
 
 JOBS = 24
+
+
+@pytest.fixture(autouse=True)
+def contention() -> Iterator[None]:
+    """``VOICENOTE_TEST_CONTENTION`` spinning processes for the test's length (0, the default: none)."""
+    from ops.bench.faults import cpu_contention
+
+    with cpu_contention(int(os.environ.get("VOICENOTE_TEST_CONTENTION", "0"))):
+        yield
 
 
 def worker_ready(stack: Stack, name: str) -> int:
