@@ -72,7 +72,8 @@ COLUMNS = ("scenario", "accepted", "refused", "succeeded", "failed", "lost", "st
            "duplicate_completions", "webhook_missing", "webhook_duplicates", "seconds")
 SYNC_COLUMNS = ("scenario", "concurrency", "ok", "answered_503", "answered_503_without_job_id", "other", "p50_seconds",
                 "max_seconds", "seconds")
-CLEAR_FAILURE_CODES = {"broker_data_lost"}  # the failures a memory:// broker restart may cause, and say
+# The failures a memory:// broker restart may cause, and say (result_lost: the early check, stream_workers/early_check.py)
+CLEAR_FAILURE_CODES = {"broker_data_lost", "result_lost"}
 
 
 class Env:
