@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from ops.bench.common import REPO, machine, pct
-from ops.embedded import EMBEDDED_KAFKA_ENV
+from ops.embedded import EMBEDDED_KAFKA_ENV, wait_ready
 from ops.services import free_port
 from voicenote.settings import KafkaSettings
 
@@ -93,18 +93,11 @@ def start_stack(storage: str, fetch_wait: int | None, data: Path, port: int, red
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> float:
+def until_ready(base: str, proc: subprocess.Popen[bytes], data: Path, timeout: float = 180) -> float:
+    """Seconds until the stack's /readyz answers 200 (``ops.embedded.wait_ready``, what ``voicenote run`` waits on)."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"voicenote run exited with {proc.returncode}")
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{base} not ready in {timeout:.0f}s")
+    wait_ready(base + "/readyz", {"voicenote run": proc}, timeout, logs=str(data / "log"), what="voicenote run")
+    return time.monotonic() - t0
 
 
 def sync_p50(base: str, count: int, tag: str) -> float:
@@ -191,7 +184,7 @@ def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> 
         base = f"http://127.0.0.1:{port}"
         proc = start_stack(storage, fetch_wait, data, port, args.redis_url, partitions=partitions)
         try:
-            row["ready_seconds"] = round(wait_ready(base, proc), 1)
+            row["ready_seconds"] = round(until_ready(base, proc, data), 1)
             time.sleep(5)  # let the groups settle
             broker, stack = idle_cpu(proc.pid, args.idle_seconds)
             row.update(idle_cpu_broker_pct=round(broker, 1), idle_cpu_stack_pct=round(stack, 1))
@@ -207,7 +200,7 @@ def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> 
             base = f"http://127.0.0.1:{port}"
             proc = start_stack(storage, fetch_wait, data, port, args.redis_url, engine="null", partitions=partitions)
             try:
-                wait_ready(base, proc)
+                until_ready(base, proc, data)
                 row.update(asyncio.run(burst(base, args.burst, args.burst_timeout, tag)))
                 log(f"  {storage}: burst {row['burst_completed']}/{args.burst} completed, {row['burst_open']} open, "
                     f"{row['burst_seconds']} s")
