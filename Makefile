@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming bench-broker-storage client-schemas
+.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming playground-screenshot bench-broker-storage client-schemas
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ dashboard: $(STAMP) ## the dashboard's queries against Prometheus over a real ru
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var
+
+playground-screenshot: $(STAMP) ## the playground in headless chromium -> docs/playground.png (needs Debian's chromium)
+	VOICENOTE_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/e2e/test_playground.py -k speak_streams
 
 bench-streaming: $(STAMP) ## streaming speech: time to first byte vs the whole job, 1,000 characters -> results/bench_streaming.json
 	$(BIN)/python -m ops.bench.streaming

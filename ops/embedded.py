@@ -314,7 +314,7 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
         base = f"http://127.0.0.1:{api_port}"
         _say(f"api      {base}  (docs at {base}/docs, logs in {log_dir}/)")
         _say(f"webhooks signed with the secret in {data_dir / 'webhook-secret'} (or VOICENOTE_WEBHOOKS__SIGNING_SECRET)\n")
-        _say(f"Try it in a browser: {base}/web (the playground), or:")
+        _say(f"Try it in a browser: {base}/playground, or:")
         _say(f"  curl -s -X POST {base}/v1/audio/speech/async -H 'Content-Type: application/json' \\")
         _say("       -d '{\"input\": \"Hello from Voicenote, your first voice note.\", \"response_format\": \"wav\"}'")
         _say(f"  curl -s {base}/v1/jobs/JOB_ID")

@@ -28,7 +28,7 @@ from voicenote.storage import build_store
 DESCRIPTION = """Text to voice notes over Kafka. `POST /v1/audio/speech` is compatible with OpenAI's speech endpoint
 (point the `openai` package's `base_url` here). Authenticate with `Authorization: Bearer <key>`.
 Every error uses OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`. Try it in a browser at
-[`/web`](/web), the playground page."""
+[`/playground`](/playground) (also `/web`), the playground page."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    app.include_router(playground.router)  # GET /web: no key needed for the page; its calls send the key typed in
+    app.include_router(playground.router)  # GET /playground and /web: no key needed for the page; its calls send the key typed in
     if settings.api.metrics_port is None:  # otherwise only the metrics listener answers /metrics (serve_metrics)
         app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)

@@ -257,6 +257,8 @@ class ModelCard(BaseModel):
     default_voice: str
     parameters: list[str] = Field(..., description="The optional parameters this model's engine uses.")
     ignored_parameters: dict[str, str] = Field(..., description="The ones it does not use, and why.")
+    word_timestamps: bool = Field(False, description='Whether its engine times words (`"timestamps": "word"`); the '
+                                                     "others answer 400 timestamps_unsupported.")
 
 
 class ModelList(BaseModel):

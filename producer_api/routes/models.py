@@ -18,7 +18,8 @@ router = APIRouter(prefix="/v1", tags=["models"])
 def _card(model: Model) -> ModelCard:
     return ModelCard(id=model.id, aliases=list(model.aliases), engine=model.engine.value, family=model.family,
                      description=model.description, sample_rate=model.sample_rate, default_voice=model.default_voice,
-                     parameters=sorted(model.honours), ignored_parameters=dict(sorted(model.ignored_notes.items())))
+                     parameters=sorted(model.honours), ignored_parameters=dict(sorted(model.ignored_notes.items())),
+                     word_timestamps=model.word_timestamps)
 
 
 def _voices(model: Model, advert: EngineAdvert | None) -> ModelVoices:

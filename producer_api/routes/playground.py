@@ -1,4 +1,4 @@
-"""``GET /web``: a page to try the service on (as Kokoro-FastAPI's ``/web``), served without a key.
+"""``GET /playground`` (also ``/web``, as Kokoro-FastAPI names it): a page to try the service on, served without a key.
 
 The page is one file in the package (producer_api/web/playground.html: HTML, its script and its style inline); it
 calls the API it came from with relative URLs and the key typed into it. The Content-Security-Policy allows nothing
@@ -44,6 +44,7 @@ def page() -> tuple[bytes, str]:
     return html.encode(), policy
 
 
+@router.get("/playground", response_class=HTMLResponse, include_in_schema=False)
 @router.get("/web", response_class=HTMLResponse, include_in_schema=False)
 @router.get("/web/", response_class=HTMLResponse, include_in_schema=False)
 async def playground() -> HTMLResponse:

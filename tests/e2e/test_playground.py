@@ -1,7 +1,7 @@
-"""The playground page (``GET /web``) in a real browser, Debian's chromium driven by Playwright, against the API and
+"""The playground page (``GET /playground``, also ``/web``) in a real browser, Debian's chromium driven by Playwright, against the API and
 workers as real processes with API keys on: the page lists the models and voices, speaks (mp3 played as it streams
 through MediaSource, wav played when complete), shows the first-byte and total times, offers the audio as a download
-that decodes to speech, queues a job and follows it to the end, and shows the API's error messages (no key, empty
+that decodes to speech, highlights the word being spoken from the job's word timestamps, queues a job and follows it to the end, and shows the API's error messages (no key, empty
 text, text over the limit). The page's Content-Security-Policy stays on: any request it made elsewhere would fail."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _wait_state(page: Page, *states: str, timeout_s: float = 180) -> str:
 
 def _login(page: Page, stack: Stack, token: str, *, navigate: bool = True) -> None:
     if navigate:
-        page.goto(f"{stack.base_url}/web")
+        page.goto(f"{stack.base_url}/playground")
     page.fill("#key", token)
     page.click("#reload")
     assert _wait_state(page, "ready", "error", timeout_s=30) == "ready", page.text_content("#error")
@@ -149,11 +149,26 @@ def test_speak_streams_plays_and_downloads(stack: Stack, token: str, page: tuple
     assert len(mp3) == received
     assert _speech_seconds(mp3) > 10
 
-    # wav: played when complete, from the whole body.
+    # Word timestamps (ticked by default for a model that times words): the input's words in order, and the one being
+    # spoken is highlighted as the audio plays: the highlighted word's span holds the audio element's clock.
+    shown = p.eval_on_selector_all("#words span", "spans => spans.map(s => s.textContent)")
+    assert shown == TEXT.split(), shown
+    assert re.fullmatch(rf"{len(shown)} words .*", p.text_content("#wordinfo") or ""), p.text_content("#wordinfo")
+    p.wait_for_function("() => document.querySelector('#words span.on') !== null", timeout=30_000)
+    lit = p.evaluate("""() => { const on = document.querySelector('#words span.on'); const a = document.getElementById('audio');
+                                 return {word: on.textContent, start: Number(on.dataset.start), t: a.currentTime}; }""")
+    assert lit["start"] <= lit["t"] + 0.1, lit
+    assert p.eval_on_selector_all("#words span.on", "spans => spans.length") <= 1
+    if os.environ.get("VOICENOTE_UPDATE_SCREENSHOT"):  # make playground-screenshot: the picture in docs
+        p.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "playground.png"), full_page=True)
+
+    # wav: played when complete, from the whole body; without timestamps, none are shown.
+    p.uncheck("#timestamps")
     p.select_option("#format", "wav")
     p.click("#speak")
     assert _wait_state(p, "done", "error") == "done", p.text_content("#error")
     assert "played when complete" in (p.text_content("#mode") or "")
+    assert p.eval_on_selector_all("#words span", "spans => spans.length") == 0 and p.text_content("#wordinfo") == "–"
     wav = _download(p, tmp_path)
     assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
     assert abs(_speech_seconds(wav) - _speech_seconds(mp3)) < 0.5
@@ -210,4 +225,5 @@ def test_without_keys_the_page_needs_none(stack: Stack, page: tuple[Page, list[s
     assert p.input_value("#key") == "" and p.text_content("#error") == ""
     assert "tts-1" in p.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
     assert not p.is_disabled("#speed")  # the CPU models honour speed
+    assert not p.is_disabled("#timestamps") and p.is_checked("#timestamps")  # and time words
     assert problems == [], problems
