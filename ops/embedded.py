@@ -42,7 +42,7 @@ import httpx
 
 from ops.services import DiskS3, RedisServer, TansuBroker, WeedS3, die_with_parent, free_port, port_open
 from voicenote.kafka import ensure_topics
-from voicenote.settings import KafkaSettings
+from voicenote.settings import Settings
 
 # What the one-machine stack sets unless the environment does (production Kafka keeps the defaults in
 # voicenote.settings):
@@ -288,7 +288,9 @@ def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_stor
         broker, objects = start_broker(broker_storage, log_dir, broker_port, data_dir / "broker")
         for key, value in EMBEDDED_KAFKA_ENV.items():  # the topics made here have the children's partition counts
             os.environ.setdefault(key, value)
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        # The topics get the partition counts (and prefix) the children will read from the same environment:
+        # Settings(), not a bare KafkaSettings, which reads no environment at all.
+        kafka = Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
         ensure_topics(kafka, kafka.catalog().all())
         broker_policy = RestartPolicy()
         broker_policy.started(time.monotonic())

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,8 @@ import pytest
 from ops.embedded import wait_ready
 from ops.services import free_port, redis_answers
 from tests.conftest import _forget_redis_keys
+from voicenote.kafka import admin_client
+from voicenote.settings import KafkaSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -57,18 +60,39 @@ def cmdline(pid: int) -> str:
 class Run:
     def __init__(self, data_dir: Path, port: int, env: dict[str, str]) -> None:
         self.base = f"http://127.0.0.1:{port}"
-        self.log = open(data_dir.parent / f"run-{time.monotonic_ns()}.log", "ab")
+        self.logs = data_dir / "log"
+        log_path = data_dir.parent / f"run-{time.monotonic_ns()}.log"
+        self.log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--data-dir", str(data_dir), "--port", str(port)],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        # When the run tells the user to try it (read every 50 ms: the clock of the "Try it" line).
+        self.try_it_at: datetime | None = None
+        deadline = time.monotonic() + 180
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if b"Try it" in log_path.read_bytes():
+                self.try_it_at = datetime.now()
+                break
+            time.sleep(0.05)
         try:
             wait_ready(f"{self.base}/readyz", {"voicenote run": self.proc}, 180, logs=str(data_dir / "log"), what="voicenote run")
         except SystemExit as exc:
             raise AssertionError(str(exc)) from None
 
+    def joined_at(self, worker: str, group: str) -> datetime:
+        """When the worker's consumer got its partitions (aiokafka's log line, local time like ours)."""
+        for line in (self.logs / f"worker-{worker}.log").read_text(errors="replace").splitlines():
+            if f"Successfully synced group {group}" in line:
+                return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        raise AssertionError(f"the {worker} worker never joined {group}")
+
     def child(self, needle: str) -> int:
         pids = [p for p in descendants(self.proc.pid) if needle in cmdline(p)]
         assert len(pids) == 1, (needle, pids)
         return pids[0]
+
+    def log_bytes(self) -> bytes:
+        self.log.flush()
+        return Path(self.log.name).read_bytes()
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -162,9 +186,23 @@ def test_run_uses_the_configured_redis_and_its_children_die_with_it(tmp_path: Pa
         pytest.skip("needs the Redis on 127.0.0.1:6379")
     db_url = "redis://127.0.0.1:6379/13"
     prefix = run_env["VOICENOTE_REDIS__KEY_PREFIX"]
-    run = Run(tmp_path / "var", free_port(), {**run_env, "VOICENOTE_REDIS__URL": db_url})
+    # Regression: the topics were made from a bare KafkaSettings, which reads no environment: 24 request partitions,
+    # whatever the children were told (and embedded.EMBEDDED_KAFKA_ENV's 4 never took effect).
+    kafka_env = {"VOICENOTE_KAFKA__REQUEST_PARTITIONS": "3", "VOICENOTE_KAFKA__PARTITIONS": "2"}
+    run = Run(tmp_path / "var", free_port(), {**run_env, "VOICENOTE_REDIS__URL": db_url, **kafka_env})
     children: list[int] = []
     try:
+        # "Try it" is printed only once both workers that a first request needs got their partitions (#24).
+        assert run.try_it_at is not None
+        assert run.joined_at("synthesis", "voicenote-synthesis") <= run.try_it_at
+        assert run.joined_at("completion", "voicenote-completion") <= run.try_it_at
+        bootstrap = re.search(rb"Tansu on (\S+)", run.log_bytes())
+        assert bootstrap, run.log_bytes()
+        settings = KafkaSettings(bootstrap_servers=bootstrap.group(1).decode())
+        topics = admin_client(settings).list_topics(timeout=10).topics
+        catalog = KafkaSettings(request_partitions=3, partitions=2).catalog()
+        assert {s.name: len(topics[s.name].partitions) for s in catalog.all()} == {s.name: s.partitions for s in catalog.all()}
+        assert {len(topics[s.name].partitions) for s in catalog.all() if "requests" in s.name} == {3}
         resp = httpx.post(f"{run.base}/v1/audio/speech/async", json={"input": "Which Redis?", "response_format": "wav"}, timeout=10)
         assert resp.status_code == 202, resp.text
         job_id = resp.json()["job_id"]
