@@ -33,7 +33,7 @@ from voicenote.jobstore import JobStore
 from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage import AudioStore
 from voicenote.storage.base import claim_key
-from voicenote.tracing import batch_attributes, span
+from voicenote.tracing import batch_attributes, batch_span, span
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Segment:
             seed=r.seed,
             instructions=r.instructions,
             timestamps=self.job.wants_timestamps,
+            trace_parent=r.trace_parent,
         )
 
 
@@ -290,9 +291,9 @@ class Synthesizer:
 
     def run_batch(self, segments: Sequence[Segment]) -> list[SynthesisResult]:
         """Synthesize one batch of segments (blocking) and record each outcome on its job."""
-        with span("voicenote.engine.batch", [s.job.request.trace_parent for s in segments], batch_attributes(
-                [s.job.job_id for s in segments], engine=self.engine.name)):
-            results = synthesize_resilient(self.engine, [s.to_input() for s in segments])
+        inputs = [s.to_input() for s in segments]
+        with batch_span("voicenote.engine.batch", inputs, engine=self.engine.name):
+            results = synthesize_resilient(self.engine, inputs)
         for segment, result in zip(segments, results, strict=True):
             self.record(segment, result)
         return results

@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -198,9 +198,25 @@ def http_outcome(current: trace.Span, status_code: int | None, ok: bool, summary
 
 
 def batch_attributes(job_ids: Iterable[str], **extra: str | int) -> dict[str, Any]:
-    """The attributes of a span over a group of jobs: their ids (``voicenote.job_id`` when it is one), the count."""
+    """The attributes of a span over a group of jobs: their ids (``voicenote.job_id`` when it is one), the count,
+    and ``extra`` as ``voicenote.<name>``."""
     ids = list(dict.fromkeys(job_ids))
-    attributes: dict[str, Any] = {"voicenote.job_ids": ids, "voicenote.batch_size": len(ids), **extra}
+    attributes: dict[str, Any] = {"voicenote.job_ids": ids, "voicenote.batch_size": len(ids),
+                                  **{f"voicenote.{name}": value for name, value in extra.items()}}
     if len(ids) == 1:
         attributes["voicenote.job_id"] = ids[0]
     return attributes
+
+
+class _Traced(Protocol):
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def trace_parent(self) -> str | None: ...
+
+
+def batch_span(name: str, items: Sequence[_Traced], **extra: str | int) -> AbstractContextManager[trace.Span]:
+    """:func:`span` over a batch of items (engine inputs, whose ``job_id`` may name a segment ``job#n``): one span,
+    child of the first item's trace and linked to every job's, with their ids and count."""
+    return span(name, [item.trace_parent for item in items],
+                batch_attributes([item.job_id.split("#", 1)[0] for item in items], **extra))

@@ -14,11 +14,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from opentelemetry.trace import StatusCode
 
+from stream_workers.engine.base import SynthesisInput
 from voicenote.logs import JsonFormatter
 from voicenote.settings import TracingSettings
 from voicenote.tracing import (
     TracingConfigError,
     batch_attributes,
+    batch_span,
     http_outcome,
     publish_span,
     record_span,
@@ -157,7 +159,9 @@ def test_work_spans_are_children_of_the_job_and_a_batch_links_every_job(spans: I
         pass
     with publish_span(OTHER) as second:  # another job, another trace
         pass
-    with span("voicenote.engine.batch", [first, second, first], batch_attributes([JOB, OTHER, JOB])) as batch:
+    segments = [SynthesisInput(f"{JOB}#0", "a", trace_parent=first), SynthesisInput(f"{OTHER}#0", "b", trace_parent=second),
+                SynthesisInput(f"{JOB}#1", "c", trace_parent=first)]
+    with batch_span("voicenote.engine.batch", segments, engine="null") as batch:
         assert trace.get_current_span() is batch
     with span("voicenote.redis.complete", first, batch_attributes([JOB])):
         pass
@@ -171,6 +175,7 @@ def test_work_spans_are_children_of_the_job_and_a_batch_links_every_job(spans: I
     assert done.parent.span_id == api_spans[0].context.span_id and done.context.trace_id == api_spans[0].context.trace_id
     assert [link.context.span_id for link in done.links] == [s.context.span_id for s in api_spans]
     assert done.attributes["voicenote.job_ids"] == (JOB, OTHER) and done.attributes["voicenote.batch_size"] == 2
+    assert done.attributes["voicenote.engine"] == "null" and "voicenote.job_id" not in done.attributes
     redis = by_name["voicenote.redis.complete"]
     assert redis.parent.span_id == api_spans[0].context.span_id and not redis.links
     assert redis.attributes["voicenote.job_id"] == JOB
