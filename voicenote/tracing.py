@@ -30,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from voicenote.errors import ConfigError
 from voicenote.settings import TracingSettings
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ _FLUSH_MILLIS = 500  # how often spans leave the process, unless OTEL_BSP_SCHEDU
 EXPORTERS = ("none", "console", "file", "otlp")
 
 
-class TracingConfigError(ValueError):
+class TracingConfigError(ConfigError, ValueError):
     """Tracing settings or OTEL_* variables that cannot work (named in the message)."""
 
 
