@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
@@ -149,6 +150,10 @@ def test_tracing_settings_that_cannot_work_say_why(monkeypatch: pytest.MonkeyPat
         tracer_provider("voicenote-api", TracingSettings(exporter="file"))
     with pytest.raises(ValueError, match="exporter"):
         TracingSettings(exporter="jaeger")
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:  # the optional extra, absent
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        with pytest.raises(TracingConfigError, match=r"voicenote\[otlp-grpc\]"):
+            tracer_provider("voicenote-api", TracingSettings(exporter="otlp"))
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert tracer_provider("voicenote-api", TracingSettings(exporter="otlp")) is None
 
@@ -192,10 +197,14 @@ def test_an_exception_or_a_failed_http_call_marks_the_span(spans: InMemorySpanEx
         http_outcome(attempt, 500, False, "HTTP 500")
     with span("voicenote.webhook", parent) as attempt:
         http_outcome(attempt, 204, True, "HTTP 204")
-    upload, failed, delivered = [s for s in spans.get_finished_spans() if s.name != "voicenote.api.publish"]
+    with span("voicenote.webhook", parent) as attempt:
+        http_outcome(attempt, None, False, "connect error: connection refused")
+    upload, failed, delivered, unreachable = [s for s in spans.get_finished_spans() if s.name != "voicenote.api.publish"]
     assert upload.status.status_code == StatusCode.ERROR and "S3 refused" in (upload.status.description or "")
     assert [e.name for e in upload.events] == ["exception"]
     assert upload.events[0].attributes["exception.type"] == "ConnectionError"
     assert failed.status.status_code == StatusCode.ERROR and failed.attributes["http.response.status_code"] == 500
     assert failed.attributes["error.type"] == "500"
     assert delivered.status.status_code == StatusCode.UNSET and delivered.attributes["http.response.status_code"] == 204
+    assert unreachable.status.status_code == StatusCode.ERROR and unreachable.attributes["error.type"] == "connect error"
+    assert "http.response.status_code" not in unreachable.attributes
