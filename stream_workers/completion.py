@@ -23,6 +23,7 @@ from voicenote.jobstore import JobStore, Transition, WebhookState
 from voicenote.settings import StorageSettings
 from voicenote.storage import AudioStore, audio_key
 from voicenote.storage.base import Put, timestamps_key
+from voicenote.tracing import batch_attributes, span
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class Storer:
         started = time.perf_counter()
         # The word timestamps asked for go in the same call, beside their audio.
         extra = [u.timestamps for u in uploads if u.timestamps is not None]
-        written = await self._store.put_many([u.put for u in uploads] + extra) if uploads else []
+        with span("voicenote.storage.upload", [u.base.trace_parent for u in uploads], batch_attributes([u.base.job_id for u in uploads])):
+            written = await self._store.put_many([u.put for u in uploads] + extra) if uploads else []
         stored = written[: len(uploads)]
         upload_ms = int((time.perf_counter() - started) * 1000)
         if self._cache is not None:
@@ -198,8 +200,9 @@ class StatusProjector:
         transitions = [Transition(c.job_id, JobStatus(c.status), completion_fields(c)) for c in completions]
         # Visible at once; the dispatcher's later states (attempts >= 1) replace it, never the reverse.
         pending = [WebhookState(c.job_id, "pending", 0) for c in completions if c.webhook_url]
-        moved = await self._jobs.apply(transitions, pending)
-        await self._jobs.untrack_pending([c.job_id for c in completions])
+        with span("voicenote.redis.complete", [c.trace_parent for c in completions], batch_attributes([c.job_id for c in completions])):
+            moved = await self._jobs.apply(transitions, pending)
+            await self._jobs.untrack_pending([c.job_id for c in completions])
         return moved
 
 

@@ -33,6 +33,7 @@ from voicenote.jobstore import JobStore
 from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage import AudioStore
 from voicenote.storage.base import claim_key
+from voicenote.tracing import batch_attributes, batch_span, span
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Segment:
             seed=r.seed,
             instructions=r.instructions,
             timestamps=self.job.wants_timestamps,
+            trace_parent=r.trace_parent,
         )
 
 
@@ -289,7 +291,9 @@ class Synthesizer:
 
     def run_batch(self, segments: Sequence[Segment]) -> list[SynthesisResult]:
         """Synthesize one batch of segments (blocking) and record each outcome on its job."""
-        results = synthesize_resilient(self.engine, [s.to_input() for s in segments])
+        inputs = [s.to_input() for s in segments]
+        with batch_span("voicenote.engine.batch", inputs, engine=self.engine.name):
+            results = synthesize_resilient(self.engine, inputs)
         for segment, result in zip(segments, results, strict=True):
             self.record(segment, result)
         return results
@@ -326,7 +330,8 @@ class Synthesizer:
         wav = to_wav(audio, job.sample_rate)
         audio_fields: dict[str, Any] = {"audio": wav}
         if len(wav) > self._storage.claim_check_bytes:
-            stored = await self._store.put(claim_key(self._storage.key_prefix, job.job_id), wav, "audio/wav")
+            with span("voicenote.storage.claim_check", request.trace_parent, batch_attributes([job.job_id])):
+                stored = await self._store.put(claim_key(self._storage.key_prefix, job.job_id), wav, "audio/wav")
             audio_fields = {"audio_ref": stored.key}
         return result_record(request, status="succeeded", sample_rate=job.sample_rate,
                              duration_ms=int(1000 * len(audio) / job.sample_rate), **audio_fields, **common,

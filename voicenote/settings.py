@@ -266,7 +266,9 @@ class LogSettings(BaseModel):
 
 
 class TracingSettings(BaseModel):
-    exporter: str = Field("none", pattern=r"^(none|console|file)$", description="OpenTelemetry spans (voicenote/tracing.py).")
+    exporter: str | None = Field(None, pattern=r"^(none|console|file|otlp)$", description=(
+        "OpenTelemetry spans (voicenote/tracing.py). Unset: otlp when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, "
+        "else none. otlp is configured by the SDK's own OTEL_* variables."))
     file: Path | None = Field(None, description="exporter=file: spans appended here as JSON lines.")
 
 

@@ -53,6 +53,7 @@ class SynthesisInput:
     seed: int | None = None
     instructions: str | None = None
     timestamps: bool = False  # also time each word of ``text`` (engines that cannot leave ``words`` None)
+    trace_parent: str | None = None  # the job's W3C traceparent: the batch's span continues it (voicenote/tracing.py)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from stream_workers.batching import Pending, pick_batch
 from stream_workers.engine.base import ContinuousEngine, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.synthesis import synthesize_resilient
+from voicenote.tracing import batch_span
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class SlotAdapter:
             futures = [future for _, future in batch if future.set_running_or_notify_cancel()]
             inputs = [item for item, future in batch if not future.cancelled()]
             try:
-                results = synthesize_resilient(self.engine, inputs)
+                with batch_span("voicenote.engine.batch", inputs, engine=self.name):
+                    results = synthesize_resilient(self.engine, inputs)
             except BaseException as exc:
                 # synthesize_resilient turns engine failures into per-row errors; what escapes it is a
                 # bug or an interrupt: every row in hand fails loudly rather than waiting forever.

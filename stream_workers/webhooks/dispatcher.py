@@ -48,7 +48,7 @@ from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import Settings, WebhookSettings
-from voicenote.tracing import record_span
+from voicenote.tracing import SpanKind, http_outcome, span
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +292,10 @@ class WebhookDispatcher:
         job_id = completion.job_id
         attempt = int(headers.get(H_ATTEMPT, b"1") or 1)
         history: list[dict[str, Any]] = json.loads(headers.get(H_LOG, b"[]") or b"[]")
-        started = time.monotonic()
-        outcome: AttemptOutcome = await self._sender.attempt(url, message_id(job_id), webhook_payload(completion))
-        record_span("voicenote.webhook", completion.trace_parent, seconds=time.monotonic() - started,
-                    attributes={"voicenote.job_id": job_id, "voicenote.attempt": attempt, "voicenote.ok": outcome.ok})
+        with span("voicenote.webhook", completion.trace_parent, {"voicenote.job_id": job_id, "voicenote.attempt": attempt},
+                  kind=SpanKind.CLIENT) as attempt_span:
+            outcome: AttemptOutcome = await self._sender.attempt(url, message_id(job_id), webhook_payload(completion))
+            http_outcome(attempt_span, outcome.status_code, outcome.ok, outcome.summary)
         history.append({"attempt": attempt, "at": self._now_ms(), "status_code": outcome.status_code,
                         "result": outcome.summary})
         if outcome.ok:

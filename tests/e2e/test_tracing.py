@@ -42,15 +42,21 @@ def test_one_job_is_one_trace_across_the_api_and_the_workers(stack: Stack, tmp_p
 
     deadline = time.monotonic() + 30  # the exporters flush every half second
     found: dict[str, dict] = {}
-    while time.monotonic() < deadline and len(found) < 3:
+    wanted = {"voicenote.api.publish", "voicenote.synthesis", "voicenote.completion", "voicenote.engine.batch",
+              "voicenote.storage.upload", "voicenote.redis.complete"}
+    while time.monotonic() < deadline and set(found) != wanted:
         found = {s["name"]: s for s in _spans(spans_file, job_id)}
         time.sleep(0.2)
-    assert set(found) == {"voicenote.api.publish", "voicenote.synthesis", "voicenote.completion"}, found
+    assert set(found) == wanted, found
     assert {s["resource"]["attributes"]["service.name"] for s in found.values()} == {
         "voicenote-api", "voicenote-synthesis", "voicenote-completion"}
     assert len({s["context"]["trace_id"] for s in found.values()}) == 1
     assert found["voicenote.synthesis"]["parent_id"] == found["voicenote.api.publish"]["context"]["span_id"]
     assert found["voicenote.completion"]["parent_id"] == found["voicenote.synthesis"]["context"]["span_id"]
+    # The work itself, as it happened: the engine batch under the request, the upload and the Redis write after it.
+    assert found["voicenote.engine.batch"]["parent_id"] == found["voicenote.api.publish"]["context"]["span_id"]
+    assert found["voicenote.storage.upload"]["parent_id"] == found["voicenote.synthesis"]["context"]["span_id"]
+    assert found["voicenote.redis.complete"]["parent_id"] == found["voicenote.completion"]["context"]["span_id"]
 
     for process in ("worker-completion", "api"):
         lines = [line for line in stack.log(process).splitlines() if line.strip()]

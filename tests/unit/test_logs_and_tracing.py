@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from opentelemetry.trace import StatusCode
 
+from stream_workers.engine.base import SynthesisInput
 from voicenote.logs import JsonFormatter
-from voicenote.tracing import publish_span, record_span, start_span
+from voicenote.settings import TracingSettings
+from voicenote.tracing import (
+    TracingConfigError,
+    batch_attributes,
+    batch_span,
+    http_outcome,
+    publish_span,
+    record_span,
+    resolve_exporter,
+    span,
+    start_span,
+    tracer_provider,
+)
 
 JOB = "job_" + "a1B2c3D4e5F6g7H8i9J0kL"
 OTHER = "job_" + "Z" * 22
@@ -75,3 +92,119 @@ def test_log_lines_inside_a_span_carry_its_trace_id(spans: InMemorySpanExporter)
     with trace.use_span(span, end_on_exit=True):
         line = _line("inside")
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
+
+
+ENDPOINT = "http://collector.example:4318"
+
+
+@pytest.mark.parametrize(("exporter", "env", "expected"), [
+    (None, {}, "none"),
+    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT}, "otlp"),
+    (None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ENDPOINT + "/v1/traces"}, "otlp"),
+    ("file", {"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT}, "file"),  # an explicit voicenote exporter wins
+    ("none", {"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT}, "none"),
+    ("otlp", {"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_SDK_DISABLED": "true"}, "none"),
+    ("console", {"OTEL_SDK_DISABLED": "True"}, "none"),
+])
+def test_the_exporter_follows_the_settings_then_the_otel_variables(exporter: str | None, env: dict[str, str], expected: str) -> None:
+    assert resolve_exporter(TracingSettings(exporter=exporter), env) == expected
+
+
+def _exporter_of(provider: TracerProvider) -> object:
+    processor = provider._active_span_processor._span_processors[0]  # noqa: SLF001  # what the SDK built
+    assert isinstance(processor, BatchSpanProcessor)
+    return processor._batch_processor._exporter  # noqa: SLF001
+
+
+def test_otlp_is_configured_by_the_sdks_own_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=voicenote,authorization=Bearer%20t0k",
+           "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
+           "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=staging"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    provider = tracer_provider("voicenote-synthesis", TracingSettings())
+    assert provider is not None
+    exporter = _exporter_of(provider)
+    assert isinstance(exporter, OTLPSpanExporter)
+    assert exporter._endpoint == ENDPOINT + "/v1/traces"  # noqa: SLF001
+    assert provider.resource.attributes["service.name"] == "voicenote-synthesis"
+    assert provider.resource.attributes["deployment.environment"] == "staging"
+    assert isinstance(provider.sampler, ParentBasedTraceIdRatio) and "0.25" in provider.sampler.get_description()
+    provider.shutdown()
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "tts-gpu-eu")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces.example:4318/custom")
+    provider = tracer_provider("voicenote-synthesis", TracingSettings())
+    assert provider is not None
+    assert provider.resource.attributes["service.name"] == "tts-gpu-eu"  # the operator's name over the role's
+    assert _exporter_of(provider)._endpoint == "http://traces.example:4318/custom"  # type: ignore[attr-defined]  # noqa: SLF001
+    provider.shutdown()
+
+
+def test_tracing_settings_that_cannot_work_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(TracingConfigError, match="http/json"):
+        tracer_provider("voicenote-api", TracingSettings(exporter="otlp"))
+    with pytest.raises(TracingConfigError, match="VOICENOTE_TRACING__FILE"):
+        tracer_provider("voicenote-api", TracingSettings(exporter="file"))
+    with pytest.raises(ValueError, match="exporter"):
+        TracingSettings(exporter="jaeger")
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:  # the optional extra, absent
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        with pytest.raises(TracingConfigError, match=r"voicenote\[otlp-grpc\]"):
+            tracer_provider("voicenote-api", TracingSettings(exporter="otlp"))
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracer_provider("voicenote-api", TracingSettings(exporter="otlp")) is None
+
+
+def test_work_spans_are_children_of_the_job_and_a_batch_links_every_job(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    with publish_span(JOB) as first:
+        pass
+    with publish_span(OTHER) as second:  # another job, another trace
+        pass
+    segments = [SynthesisInput(f"{JOB}#0", "a", trace_parent=first), SynthesisInput(f"{OTHER}#0", "b", trace_parent=second),
+                SynthesisInput(f"{JOB}#1", "c", trace_parent=first)]
+    with batch_span("voicenote.engine.batch", segments, engine="null") as batch:
+        assert trace.get_current_span() is batch
+    with span("voicenote.redis.complete", first, batch_attributes([JOB])):
+        pass
+    with span("voicenote.nothing", [None, None]) as untraced:  # no job's trace: no span
+        assert not untraced.is_recording()
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    api_spans = [s for s in spans.get_finished_spans() if s.name == "voicenote.api.publish"]
+    assert [s.attributes["voicenote.job_id"] for s in api_spans] == [JOB, OTHER]
+    assert api_spans[0].context.trace_id != api_spans[1].context.trace_id
+    done = by_name["voicenote.engine.batch"]
+    assert done.parent.span_id == api_spans[0].context.span_id and done.context.trace_id == api_spans[0].context.trace_id
+    assert [link.context.span_id for link in done.links] == [s.context.span_id for s in api_spans]
+    assert done.attributes["voicenote.job_ids"] == (JOB, OTHER) and done.attributes["voicenote.batch_size"] == 2
+    assert done.attributes["voicenote.engine"] == "null" and "voicenote.job_id" not in done.attributes
+    redis = by_name["voicenote.redis.complete"]
+    assert redis.parent.span_id == api_spans[0].context.span_id and not redis.links
+    assert redis.attributes["voicenote.job_id"] == JOB
+    assert "voicenote.nothing" not in by_name
+
+
+def test_an_exception_or_a_failed_http_call_marks_the_span(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    with publish_span(JOB) as parent:
+        pass
+    with pytest.raises(ConnectionError), span("voicenote.storage.upload", parent):
+        raise ConnectionError("S3 refused the connection")
+    with span("voicenote.webhook", parent) as attempt:
+        http_outcome(attempt, 500, False, "HTTP 500")
+    with span("voicenote.webhook", parent) as attempt:
+        http_outcome(attempt, 204, True, "HTTP 204")
+    with span("voicenote.webhook", parent) as attempt:
+        http_outcome(attempt, None, False, "connect error: connection refused")
+    upload, failed, delivered, unreachable = [s for s in spans.get_finished_spans() if s.name != "voicenote.api.publish"]
+    assert upload.status.status_code == StatusCode.ERROR and "S3 refused" in (upload.status.description or "")
+    assert [e.name for e in upload.events] == ["exception"]
+    assert upload.events[0].attributes["exception.type"] == "ConnectionError"
+    assert failed.status.status_code == StatusCode.ERROR and failed.attributes["http.response.status_code"] == 500
+    assert failed.attributes["error.type"] == "500"
+    assert delivered.status.status_code == StatusCode.UNSET and delivered.attributes["http.response.status_code"] == 204
+    assert unreachable.status.status_code == StatusCode.ERROR and unreachable.attributes["error.type"] == "connect error"
+    assert "http.response.status_code" not in unreachable.attributes
