@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +259,43 @@ def checkpoint_fingerprint(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+class ClipEncoderLoader:
+    """The engine's clip encoder, loaded on first use (most workers never encode a voice).
+
+    ``checkpoint`` None: random weights from ``seed`` (the random-init engine of tests and benchmarks),
+    fingerprinted by its shapes and seed. Runs in fp32 on ``device``; one clip at a time."""
+
+    def __init__(self, checkpoint: str | Path | None, cfg: CodecConfig, device: str | torch.device = "cpu",
+                 seed: int = 0) -> None:
+        self.checkpoint = checkpoint
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.seed = seed
+        self._encoder: CodecEncoder | None = None
+        self._fingerprint: str | None = None
+        self._lock = threading.Lock()
+
+    def fingerprint(self) -> str:
+        with self._lock:
+            if self._fingerprint is None:
+                if self.checkpoint is not None:
+                    self._fingerprint = checkpoint_fingerprint(self.checkpoint)
+                else:
+                    shapes = json.dumps({"random_init": self.seed, **dataclasses.asdict(self.cfg)}, sort_keys=True)
+                    self._fingerprint = hashlib.sha256(shapes.encode()).hexdigest()[:16]
+            return self._fingerprint
+
+    def encoder(self) -> CodecEncoder:
+        with self._lock:
+            if self._encoder is None:
+                if self.checkpoint is not None:
+                    enc = load_codec_encoder(self.checkpoint, self.cfg)
+                else:
+                    enc = CodecEncoder(self.cfg).init_random(self.seed).eval()
+                self._encoder = enc.to(self.device)
+            return self._encoder
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        return self.encoder().encode_clip(samples)

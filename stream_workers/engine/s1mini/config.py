@@ -277,7 +277,8 @@ class S1MiniSettings:
     repetition_penalty: float = 1.1
     repetition_window: int = 16
     voices_dir: str | None = None
-    voice_cache_size: int = 32
+    voice_cache_size: int = 32  # voices from voices_dir; registered (vc_) voices from the store: as many again
+    voice_ttl_s: float = 60.0  # a registered voice is re-checked in the store after this (a deleted one stops)
     compile: bool | None = None  # torch.compile(fullgraph=True) the decode step before graph capture; None: on CUDA only
     compile_backend: str = "inductor"
     compile_cache_dir: str | None = None  # inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR): a restarted pod compiles nothing
