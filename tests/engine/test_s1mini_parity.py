@@ -393,3 +393,39 @@ def test_codec_encoder_rejects_bad_audio(encoders):
         ours.encode_clip(torch.full((100,), float("nan")).numpy())
     with pytest.raises(ValueError, match="empty"):
         ours.encode(torch.zeros(1, 0))
+
+
+def test_codec_encoder_layout_matches_reference_at_real_shapes(ref_dac):
+    """The published codec's shapes (modded_dac_vq.yaml), built on the meta device: the encoder's parameter
+    names and shapes are exactly the reference's encode-side ones."""
+    from stream_workers.engine.s1mini.codec_encoder import CodecEncoder
+    from stream_workers.engine.s1mini.config import s1mini_codec_config
+
+    modded, rvq = ref_dac
+    cc = s1mini_codec_config()
+    margs = dict(block_size=4096, n_layer=8, n_head=16, dim=1024, intermediate_size=3072, n_local_heads=-1, head_dim=64,
+                 rope_base=10000, norm_eps=1e-5, dropout_rate=0.1, attn_dropout_rate=0.1, channels_first=True)
+    general = dict(block_size=16384, n_local_heads=-1, head_dim=64, rope_base=10000, norm_eps=1e-5, dropout_rate=0.1,
+                   attn_dropout_rate=0.1, channels_first=True)
+    with torch.device("meta"):
+        def window():
+            return modded.WindowLimitedTransformer(causal=True, window_size=128, input_dim=1024, config=modded.ModelArgs(**margs))
+
+        q = rvq.DownsampleResidualVectorQuantize(input_dim=1024, n_codebooks=9, codebook_size=1024, codebook_dim=8,
+                                                 quantizer_dropout=0.5, downsample_factor=[2, 2], post_module=window(),
+                                                 pre_module=window(), semantic_codebook_size=4096)
+        ref = modded.DAC(encoder_dim=64, encoder_rates=[2, 4, 8, 8], decoder_dim=1536, decoder_rates=[8, 8, 4, 2],
+                         quantizer=q, sample_rate=44100, causal=True, encoder_transformer_layers=[0, 0, 0, 4],
+                         decoder_transformer_layers=[0, 0, 0, 0],
+                         transformer_general_config=partial(modded.ModelArgs, **general))
+        ours = CodecEncoder(cc)
+    state = normalize_codec_state(ref.state_dict(), encoder=True)
+    mine = ours.state_dict()
+    encode_side = {k: v for k, v in state.items() if k in mine}
+    check_state(ours, encode_side, "codec encoder")
+    left = sorted(k for k in state if k not in mine and (k.startswith("encoder.") or ".in_proj." in k
+                                                        or k.startswith(("quantizer.downsample.", "quantizer.pre_module."))))
+    assert left == []
+    params = sum(v.numel() for k, v in mine.items() if k.startswith(("encoder.", "quantizer.downsample.", "quantizer.pre_module.")))
+    print(f"codec encoder at real shapes: {params / 1e6:.1f} M parameters (without the shared codebooks)")
+    assert any(".block.5.layers.3." in k for k in mine)  # the 4 transformer layers after the last encoder block
