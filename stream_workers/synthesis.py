@@ -37,6 +37,8 @@ from voicenote.tracing import batch_attributes, batch_span, span
 
 log = logging.getLogger(__name__)
 
+# A registered S1-mini voice's id starts so (``vc_`` + 24 hex, docs/voices.md); built-in names never do.
+REGISTERED_VOICE_PREFIX = "vc_"
 SYNTHESIZED_FIELD = "synthesized_at"  # set on a job record once its result is on the audio topic
 
 
@@ -231,6 +233,9 @@ class Synthesizer:
         self._storage = storage
         self._settings = settings
         self._jobs = jobs
+        # S1-mini: registered (vc_) voices come from the audio store, resolved in admit() (engine/s1mini/voices.py)
+        if (attach := getattr(engine, "attach_voice_store", None)) is not None:
+            attach(store, storage.key_prefix)
 
     async def admit(self, values: Sequence[bytes | None]) -> Admission:
         """decode -> validate -> filter, with one pipelined job-record read for the whole group."""
@@ -283,7 +288,34 @@ class Synthesizer:
                 job.audio = [None] * len(job.texts)
                 job.words = [None] * len(job.texts)
                 out.jobs.append((i, job))
+        await self._resolve_voices(out)
         return out
+
+    async def _resolve_voices(self, out: Admission) -> None:
+        """Fetch the registered (``vc_``) voices the admitted jobs name before they reach the engine, whose
+        ``submit`` cannot wait for the store; a job whose voice fails ends here, with the voice's error code
+        (``voice_not_found``; ``voice_model_mismatch`` on an engine without registered voices)."""
+        wanted = {job.request.voice for _, job in out.jobs if job.request.voice.startswith(REGISTERED_VOICE_PREFIX)}
+        if not wanted:
+            return
+        prepare = getattr(self.engine, "prepare_voices", None)
+        if prepare is None:
+            errors: dict[str, EngineError] = {v: EngineError(
+                f"voice {v!r} is a registered S1-mini voice; engine {self.engine.name} cannot speak it",
+                code="voice_model_mismatch") for v in wanted}
+        else:
+            errors = await prepare(sorted(wanted))
+        if not errors:
+            return
+        kept: list[tuple[int, Job]] = []
+        for i, job in out.jobs:
+            error = errors.get(job.request.voice)
+            if error is None:
+                kept.append((i, job))
+            else:
+                out.results.append((i, result_record(job.request, status="failed", error_code=error.code,
+                                                      error_message=str(error))))
+        out.jobs = kept
 
     def deadline_result(self, request: SynthesisRequest) -> SynthesisResultEvent:
         return result_record(request, status="failed", error_code="deadline_exceeded",

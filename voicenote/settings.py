@@ -118,6 +118,10 @@ class EngineSettings(BaseModel):
         "a thread with its own CUDA stream on CUDA.")
     s1mini_codec_compile: bool = Field(False, description="torch.compile the codec on padded length buckets (CUDA).")
     s1mini_voices_dir: Path | None = Field(None, description="Registered reference voices.")
+    s1mini_voice_cache_size: int = Field(32, ge=1, description="Voices kept in memory per worker (LRU), for each source: "
+                                         "voices_dir, and registered vc_ voices from the audio store.")
+    s1mini_voice_ttl_seconds: float = Field(60.0, ge=0, description="A registered voice is re-checked in the audio "
+                                            "store after this long: a deleted voice is served for at most this.")
     piper_batched: bool = Field(False, description="Piper as one padded run per batch (the GPU path, CUDA provider when present).")
     null_batch_seconds: float = Field(0.0, ge=0, description="null engine: simulated cost per batch (fault tests).")
     null_fail_marker: str | None = Field(None, description="null engine: items whose text contains this fail.")

@@ -51,6 +51,8 @@ def build_engine(settings: EngineSettings) -> SpeechEngine:
             codec_dtype=settings.s1mini_codec_dtype,
             codec_compile=settings.s1mini_codec_compile,
             voices_dir=str(settings.s1mini_voices_dir) if settings.s1mini_voices_dir else None,
+            voice_cache_size=settings.s1mini_voice_cache_size,
+            voice_ttl_s=settings.s1mini_voice_ttl_seconds,
         )
     )
 

@@ -296,3 +296,136 @@ def test_codec_audio_matches_reference(codecs):
     diff = (ours_audio - ref_audio[:, 0]).abs().max().item()
     print(f"codec audio max abs diff: {diff:.3e} (audio rms {ref_audio.pow(2).mean().sqrt().item():.3e})")
     assert diff < AUDIO_ATOL
+
+
+# ---------------------------------------------------------------- the codec's encode path
+def _encoder_config():
+    """Tiny shapes with an encoder transformer: widths 4 -> 64 (one 64-wide head after the last block)."""
+    from dataclasses import replace
+
+    return replace(tiny_codec_config(64), latent_dim=64, encoder_dim=4, encoder_transformer_layers=(0, 0, 0, 1),
+                   encoder_window_size=16)
+
+
+@pytest.fixture(scope="module")
+def encoders(ref_dac):
+    modded, rvq = ref_dac
+    cc = _encoder_config()
+    margs = dict(
+        block_size=4096, n_layer=cc.post_n_layer, n_head=cc.post_n_head, dim=cc.post_dim,
+        intermediate_size=cc.post_intermediate_size, n_local_heads=-1, head_dim=cc.post_head_dim,
+        rope_base=cc.post_rope_base, norm_eps=cc.post_norm_eps, dropout_rate=0.1, attn_dropout_rate=0.1,
+        channels_first=True,
+    )
+
+    def window():
+        return modded.WindowLimitedTransformer(
+            causal=True, window_size=cc.post_window_size, input_dim=cc.latent_dim, config=modded.ModelArgs(**margs)
+        )
+
+    q = rvq.DownsampleResidualVectorQuantize(
+        input_dim=cc.latent_dim, n_codebooks=cc.n_codebooks, codebook_size=cc.codebook_size,
+        codebook_dim=cc.codebook_dim, quantizer_dropout=0.5, downsample_factor=list(cc.downsample_factor),
+        post_module=window(), pre_module=window(), semantic_codebook_size=cc.semantic_codebook_size,
+    )
+    general = {k: v for k, v in margs.items() if k not in ("n_layer", "n_head", "dim", "intermediate_size")}
+    general["head_dim"] = cc.encoder_head_dim
+    ref = modded.DAC(
+        encoder_dim=cc.encoder_width, encoder_rates=list(cc.encoder_rates), decoder_dim=cc.decoder_dim,
+        decoder_rates=list(cc.decoder_rates), quantizer=q, sample_rate=44100, causal=True,
+        encoder_transformer_layers=list(cc.encoder_transformer_layers), decoder_transformer_layers=[0, 0, 0, 0],
+        transformer_general_config=partial(modded.ModelArgs, **general),
+    )
+    # the reference hard-codes the encoder block transformer's window (512): set ours to match that instance
+    ref.encoder.block[4].block[5].window_size = cc.encoder_window_size
+    _randomize(ref, 4)
+    with torch.no_grad():  # random biases add up to a constant latent that maps every frame to one entry
+        for name, p in ref.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    ref.eval()
+    from stream_workers.engine.s1mini.codec_encoder import CodecEncoder
+
+    ours = CodecEncoder(cc)
+    state = normalize_codec_state(ref.state_dict(), encoder=True)
+    decoder_keys = set(CodecDecoder(cc).state_dict())
+    encoder_state = {k: v for k, v in state.items() if k in ours.state_dict()}
+    # every key of the reference is the encoder's or the decoder's, none is left over
+    assert set(state) == set(encoder_state) | decoder_keys
+    check_state(ours, encoder_state, "codec encoder")
+    ours.load_state_dict(encoder_state, strict=True)
+    ours.eval()
+    return cc, ours, ref
+
+
+@pytest.mark.parametrize("n_samples", [2048 * 3, 2048 * 5 + 700, 2048 * 9 + 1])
+@torch.inference_mode()
+def test_codec_encoder_codes_match_reference(encoders, n_samples):
+    cc, ours, ref = encoders
+    g = torch.Generator().manual_seed(n_samples)
+    audio = 0.3 * torch.randn(2, n_samples, generator=g).clamp(-3, 3)
+    ref_codes, ref_lens = ref.encode(audio)
+    codes, latent, latents = ours.encode(audio)
+    frames = -(-n_samples // 2048)
+    assert codes.shape == (2, 10, frames) == ref_codes.shape
+    assert int(ref_lens[0]) == frames
+    # the pre-quantization latent and the projected latents, as the reference computes them
+    x = torch.nn.functional.pad(audio, (0, frames * 2048 - n_samples))[:, None]
+    ref_z = ref.quantizer.pre_module(ref.quantizer.downsample(ref.encoder(x)))
+    ref_vq = ref.quantizer(ref.encoder(x))
+    diff = (latent - ref_z).abs().max().item()
+    print(f"encoder latent max abs diff {diff:.3e} (rms {ref_z.pow(2).mean().sqrt().item():.3e})")
+    assert diff < 1e-5
+    assert (latents - ref_vq.latents).abs().max().item() < 1e-5
+    assert torch.equal(codes, ref_codes)
+    # the codes use every row's range, not a constant: random weights still spread them
+    assert codes[:, 0].unique().numel() > 1 and codes[:, 1:].unique().numel() > 1
+    # and one clip alone gives the same codes as in the batch (causal padding)
+    one = ours.encode_clip(audio[1].numpy())
+    assert one.shape == (10, frames) and (one == ref_codes[1].numpy()).all()
+
+
+def test_codec_encoder_rejects_bad_audio(encoders):
+    _, ours, _ = encoders
+    with pytest.raises(ValueError, match="mono"):
+        ours.encode_clip(torch.zeros(2, 100).numpy())
+    with pytest.raises(ValueError, match="NaN"):
+        ours.encode_clip(torch.full((100,), float("nan")).numpy())
+    with pytest.raises(ValueError, match="empty"):
+        ours.encode(torch.zeros(1, 0))
+
+
+def test_codec_encoder_layout_matches_reference_at_real_shapes(ref_dac):
+    """The published codec's shapes (modded_dac_vq.yaml), built on the meta device: the encoder's parameter
+    names and shapes are exactly the reference's encode-side ones."""
+    from stream_workers.engine.s1mini.codec_encoder import CodecEncoder
+    from stream_workers.engine.s1mini.config import s1mini_codec_config
+
+    modded, rvq = ref_dac
+    cc = s1mini_codec_config()
+    margs = dict(block_size=4096, n_layer=8, n_head=16, dim=1024, intermediate_size=3072, n_local_heads=-1, head_dim=64,
+                 rope_base=10000, norm_eps=1e-5, dropout_rate=0.1, attn_dropout_rate=0.1, channels_first=True)
+    general = dict(block_size=16384, n_local_heads=-1, head_dim=64, rope_base=10000, norm_eps=1e-5, dropout_rate=0.1,
+                   attn_dropout_rate=0.1, channels_first=True)
+    with torch.device("meta"):
+        def window():
+            return modded.WindowLimitedTransformer(causal=True, window_size=128, input_dim=1024, config=modded.ModelArgs(**margs))
+
+        q = rvq.DownsampleResidualVectorQuantize(input_dim=1024, n_codebooks=9, codebook_size=1024, codebook_dim=8,
+                                                 quantizer_dropout=0.5, downsample_factor=[2, 2], post_module=window(),
+                                                 pre_module=window(), semantic_codebook_size=4096)
+        ref = modded.DAC(encoder_dim=64, encoder_rates=[2, 4, 8, 8], decoder_dim=1536, decoder_rates=[8, 8, 4, 2],
+                         quantizer=q, sample_rate=44100, causal=True, encoder_transformer_layers=[0, 0, 0, 4],
+                         decoder_transformer_layers=[0, 0, 0, 0],
+                         transformer_general_config=partial(modded.ModelArgs, **general))
+        ours = CodecEncoder(cc)
+    state = normalize_codec_state(ref.state_dict(), encoder=True)
+    mine = ours.state_dict()
+    encode_side = {k: v for k, v in state.items() if k in mine}
+    check_state(ours, encode_side, "codec encoder")
+    left = sorted(k for k in state if k not in mine and (k.startswith("encoder.") or ".in_proj." in k
+                                                        or k.startswith(("quantizer.downsample.", "quantizer.pre_module."))))
+    assert left == []
+    params = sum(v.numel() for k, v in mine.items() if k.startswith(("encoder.", "quantizer.downsample.", "quantizer.pre_module.")))
+    print(f"codec encoder at real shapes: {params / 1e6:.1f} M parameters (without the shared codebooks)")
+    assert any(".block.5.layers.3." in k for k in mine)  # the 4 transformer layers after the last encoder block

@@ -4,7 +4,8 @@ Layout (as published):
   config.json            dual-AR shapes (model_type "dual_ar")
   model.pth              LLaMA part state dict (torch.save); ``model.safetensors`` also accepted
                          when the optional ``safetensors`` package is installed
-  codec.pth              codec state dict (encoder + quantizer + decoder; we load the decode path)
+  codec.pth              codec state dict (encoder + quantizer + decoder; the engine loads the decode
+                         path, and the encode path when it encodes reference voices: codec_encoder.py)
   tokenizer.tiktoken     BPE ranks, special_tokens.json: {token: id}
 
 Every expected parameter must be present with the right shape and no unknown parameter may be left
@@ -26,16 +27,16 @@ from ..base import EngineError
 
 # LLaMA part: the reference drops audio-projector weights (``audio_`` in the name).
 _LLAMA_IGNORED = re.compile(r"(^|\.)audio_")
-# Codec: encode-only modules, and persistent buffers the reference saves (we recompute them).
-_CODEC_IGNORED = re.compile(
+# Codec: encode-only modules (kept when the encoder is wanted), the training-only semantic predictor,
+# and persistent buffers the reference saves (we recompute them).
+_CODEC_ENCODE_ONLY = re.compile(
     r"^(encoder\."
     r"|quantizer\.downsample\."
     r"|quantizer\.pre_module\."
-    r"|quantizer\.semantic_predictor_module\."
     r"|quantizer\.(semantic_quantizer|quantizer)\.quantizers\.\d+\.in_proj\."
     r")"
-    r"|(^|\.)(freqs_cis|causal_mask)$"
 )
+_CODEC_IGNORED = re.compile(r"^quantizer\.semantic_predictor_module\.|(^|\.)(freqs_cis|causal_mask)$")
 
 
 class CheckpointError(EngineError):
@@ -93,15 +94,17 @@ def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
     return g * (v / v.float().norm(dim=dims, keepdim=True).to(v.dtype))
 
 
-def read_codec_state(path: str | Path) -> dict[str, Tensor]:
+def read_codec_state(path: str | Path, *, encoder: bool = False) -> dict[str, Tensor]:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"codec checkpoint {p} not found")
-    return normalize_codec_state(_torch_load(p))
+    return normalize_codec_state(_torch_load(p), encoder=encoder)
 
 
-def normalize_codec_state(state: dict) -> dict[str, Tensor]:
-    """Unwrap, keep the ``generator.`` part of GAN checkpoints, fold weight norm, drop encode-only keys."""
+def normalize_codec_state(state: dict, *, encoder: bool = False) -> dict[str, Tensor]:
+    """Unwrap, keep the ``generator.`` part of GAN checkpoints, fold weight norm, drop encode-only keys
+    (kept with ``encoder``: then the state holds the encoder's keys and the decoder's, which share the
+    codebooks and ``out_proj``)."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if any(k.startswith("generator.") for k in state):
@@ -109,7 +112,7 @@ def normalize_codec_state(state: dict) -> dict[str, Tensor]:
     out: OrderedDict[str, Tensor] = OrderedDict()
     pending: dict[str, dict[str, Tensor]] = {}
     for k, v in state.items():
-        if _CODEC_IGNORED.search(k):
+        if _CODEC_IGNORED.search(k) or (not encoder and _CODEC_ENCODE_ONLY.search(k)):
             continue
         for g_name, v_name in (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1")):
             if k.endswith("." + g_name) or k.endswith("." + v_name):

@@ -138,6 +138,19 @@ class CodecConfig:
     post_rope_base: float = 10000.0
     post_norm_eps: float = 1e-5
     post_window_size: int = 128
+    # the encoder half (codec_encoder.py): ``encoder`` (convolutions, widths encoder_dim * 2 ** i) and the
+    # quantizer's ``downsample`` + ``pre_module`` (the post_* shapes); encoder_dim None: latent_dim // 2 ** len(rates)
+    encoder_dim: int | None = None
+    encoder_rates: tuple[int, ...] = (2, 4, 8, 8)
+    # window-limited transformer layers after each encoder block (heads of 64 wide, as fish-speech builds them)
+    encoder_transformer_layers: tuple[int, ...] = (0, 0, 0, 4)
+    encoder_head_dim: int = 64
+    encoder_window_size: int = 512
+
+    @property
+    def encoder_width(self) -> int:
+        """The first encoder convolution's channels (64 for the real codec)."""
+        return self.encoder_dim if self.encoder_dim is not None else self.latent_dim // 2 ** len(self.encoder_rates)
 
     @property
     def hop_length(self) -> int:
@@ -240,6 +253,7 @@ def tiny_codec_config(semantic_codebook_size: int = 64) -> CodecConfig:
         post_intermediate_size=64,
         post_head_dim=16,
         post_window_size=8,
+        encoder_transformer_layers=(0, 0, 0, 0),  # 32 channels: narrower than one 64-wide head
     )
 
 
@@ -263,7 +277,8 @@ class S1MiniSettings:
     repetition_penalty: float = 1.1
     repetition_window: int = 16
     voices_dir: str | None = None
-    voice_cache_size: int = 32
+    voice_cache_size: int = 32  # voices from voices_dir; registered (vc_) voices from the store: as many again
+    voice_ttl_s: float = 60.0  # a registered voice is re-checked in the store after this (a deleted one stops)
     compile: bool | None = None  # torch.compile(fullgraph=True) the decode step before graph capture; None: on CUDA only
     compile_backend: str = "inductor"
     compile_cache_dir: str | None = None  # inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR): a restarted pod compiles nothing

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +31,14 @@ import torch
 from ..base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
 from .checkpoint import CheckpointError, check_state, load_into, read_codec_state, read_llama_state
 from .codec import CodecDecoder
+from .codec_encoder import ClipEncoderLoader
 from .codec_runner import CODEC_DTYPES, CodecSpec, codec_runner
 from .config import DualARConfig, S1MiniSettings, s1mini_codec_config, s1mini_config
 from .generate import RowRequest
 from .model import DualARTransformer
 from .slots import FinishedRow, SlotDecoder
 from .tokenizer import INTERLEAVE, ByteTokenizer, load_tokenizer
-from .voices import DEFAULT_VOICE, VoiceRegistry
+from .voices import DEFAULT_VOICE, StoreVoices, VoiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,17 @@ class S1MiniEngine:
     # ------------------------------------------------------------------ prompts
     def voices(self) -> list[str]:
         return self.voice_registry.names()
+
+    def attach_voice_store(self, store: Any, key_prefix: str) -> None:
+        """Serve registered ``vc_`` voices from the audio store, encoding new ones (voices.StoreVoices)."""
+        s = self.settings
+        encoder = ClipEncoderLoader(self.codec_spec.checkpoint, self.codec_config, self.device, s.seed)
+        self.voice_registry.attach_store(StoreVoices(
+            store, key_prefix, encoder, self.config.num_codebooks, size=s.voice_cache_size, ttl_s=s.voice_ttl_s))
+
+    async def prepare_voices(self, names: Sequence[str]) -> dict[str, EngineError]:
+        """Resolve the registered voices among ``names`` before their jobs are submitted; errors by name."""
+        return dict(await self.voice_registry.prepare(names))
 
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(SPEAKER) + self.tokenizer.encode(text)

@@ -6,8 +6,8 @@ layout and loading"):
 
   config.json            the model's shapes
   model.pth              the LLaMA part's state dict
-  codec.pth              the codec, with weight norm unfolded as in the published file (plus a few
-                         encode-side keys and saved buffers the loader must ignore)
+  codec.pth              the codec, encoder and decoder, with weight norm unfolded as in the published
+                         file (plus saved buffers the loader must ignore)
   tokenizer.tiktoken     one BPE rank per byte (so it encodes exactly as :class:`ByteTokenizer`)
   special_tokens.json    {token: id}
 
@@ -54,22 +54,26 @@ def _unfold_weight_norm(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def published_codec_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The codec decoder's state dict in the published ``codec.pth`` layout."""
+    """A codec state dict (the decoder's, or the encoder's and the decoder's together) in the published
+    ``codec.pth`` layout."""
     codec: dict[str, Tensor] = {}
+    has_encoder = any(k.startswith("encoder.") for k in state)
     for k, v in state.items():
-        if k.startswith("decoder.") and k.endswith("conv.weight"):  # CausalWNConv1d: parametrizations
+        if k.startswith(("decoder.", "encoder.")) and k.endswith("conv.weight"):  # CausalWNConv1d: parametrizations
             g, vv = _unfold_weight_norm(v)
             base = k[: -len("weight")]
             codec[base + "parametrizations.weight.original0"] = g
             codec[base + "parametrizations.weight.original1"] = vv
-        elif k.endswith("out_proj.weight"):  # dac's WNConv1d: weight_g / weight_v
+        elif k.endswith(("out_proj.weight", "in_proj.weight")):  # dac's WNConv1d: weight_g / weight_v
             g, vv = _unfold_weight_norm(v)
             codec[k + "_g"], codec[k + "_v"] = g, vv
         else:
             codec[k] = v.detach().clone()
-    # encode-side weights and saved buffers that a real codec.pth carries (ignored by the loader)
-    codec["encoder.block.0.conv.weight_g"] = torch.ones(4, 1, 1)
-    codec["quantizer.semantic_quantizer.quantizers.0.in_proj.weight_v"] = torch.ones(4, 32, 1)
+    if not has_encoder:  # a decoder-only state: stand-ins for the encode-side keys the decoder's loader skips
+        codec["encoder.block.0.conv.weight_g"] = torch.ones(4, 1, 1)
+        codec["quantizer.semantic_quantizer.quantizers.0.in_proj.weight_v"] = torch.ones(4, 32, 1)
+    # saved buffers and training-only weights that a real codec.pth carries (ignored by the loader)
+    codec["quantizer.semantic_predictor_module.proj.weight"] = torch.ones(4, 4)
     codec["quantizer.post_module.freqs_cis"] = torch.zeros(8, 8, 2)
     codec["quantizer.post_module.causal_mask"] = torch.ones(8, 8, dtype=torch.bool)
     return codec
@@ -109,6 +113,7 @@ def write_checkpoint(path: Path, config: DualARConfig, model_state: Mapping[str,
 def write_tiny_checkpoint(path: Path, *, seed: int = 7, loudness: float = LOUDNESS) -> Path:
     """A tiny random openaudio-s1-mini directory (about 1 MB) that the worker loads as it is."""
     from .codec import CodecDecoder
+    from .codec_encoder import CodecEncoder
     from .model import DualARTransformer
 
     tok = ByteTokenizer(num_semantic=N_SEMANTIC)
@@ -120,4 +125,8 @@ def write_tiny_checkpoint(path: Path, *, seed: int = 7, loudness: float = LOUDNE
     for name in codec_state:
         if name.startswith(f"decoder.model.{last}.conv."):
             codec_state[name] = codec_state[name] * loudness
+    # the encoder too, so the tiny checkpoint encodes reference voices; it shares the decoder's codebooks
+    # and out_proj (the same keys), which keep the decoder's values
+    for name, t in CodecEncoder(codec_config).init_random(seed + 1).state_dict().items():
+        codec_state.setdefault(name, t)
     return write_checkpoint(path, config, model.state_dict(), codec_state, tok.special, codec_config=codec_config)
