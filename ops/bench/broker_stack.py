@@ -69,15 +69,31 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def idle_cpu(run_pid: int, seconds: float) -> tuple[float, float]:
-    """(broker and its storage, whole stack) as percent of one core over ``seconds``."""
+def process_name(cmdline: str) -> str:
+    """A short name for a stack process: ``tansu``, ``weed``, ``diskstore``, ``worker synthesis``, ``api``, ``run``."""
+    for name in ("tansu", "weed", "ops.diskstore"):
+        if name in cmdline:
+            return name.removeprefix("ops.")
+    words = cmdline.split()
+    if "ops.cli" in words:
+        rest = words[words.index("ops.cli") + 1:]
+        return " ".join(rest[:2]) if rest[:1] == ["worker"] else (rest[0] if rest else "cli")
+    return words[0].rsplit("/", 1)[-1] if words else "?"
+
+
+def idle_cpu(run_pid: int, seconds: float) -> tuple[float, float, dict[str, float]]:
+    """(broker and its storage, whole stack, each process by name) as percent of one core over ``seconds``."""
     procs = {run_pid: "run", **descendants(run_pid)}
     hz = os.sysconf("SC_CLK_TCK")
     before = {p: cpu_ticks(p) for p in procs}
     time.sleep(seconds)
     used = {p: cpu_ticks(p) - t for p, t in before.items() if Path(f"/proc/{p}").exists()}
     broker = sum(v for p, v in used.items() if any(k in procs[p] for k in ("tansu", "weed", "ops.diskstore")))
-    return 100 * broker / hz / seconds, 100 * sum(used.values()) / hz / seconds
+    by_process: dict[str, float] = {}
+    for p, v in used.items():
+        name = "run" if procs[p] == "run" else process_name(procs[p])
+        by_process[name] = round(by_process.get(name, 0) + 100 * v / hz / seconds, 1)
+    return 100 * broker / hz / seconds, 100 * sum(used.values()) / hz / seconds, by_process
 
 
 def start_stack(storage: str, fetch_wait: int | None, data: Path, port: int, redis_url: str,
@@ -186,9 +202,9 @@ def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> 
         try:
             row["ready_seconds"] = round(until_ready(base, proc, data), 1)
             time.sleep(5)  # let the groups settle
-            broker, stack = idle_cpu(proc.pid, args.idle_seconds)
-            row.update(idle_cpu_broker_pct=round(broker, 1), idle_cpu_stack_pct=round(stack, 1))
-            log(f"  {storage}: ready {row['ready_seconds']} s, idle broker {broker:.1f}% stack {stack:.1f}%")
+            broker, stack, by_process = idle_cpu(proc.pid, args.idle_seconds)
+            row.update(idle_cpu_broker_pct=round(broker, 1), idle_cpu_stack_pct=round(stack, 1), idle_cpu_by_process_pct=by_process)
+            log(f"  {storage}: ready {row['ready_seconds']} s, idle broker {broker:.1f}% stack {stack:.1f}% {by_process}")
             row["sync_p50_s"] = round(sync_p50(base, args.sync, tag), 3)
             row["first_byte_p50_s"] = round(first_byte_p50(base, args.first_byte, tag), 3)
             log(f"  {storage}: sync p50 {row['sync_p50_s']} s, first byte p50 {row['first_byte_p50_s']} s")
