@@ -7,7 +7,14 @@ with webhooks to a local receiver that answers 200 or 500, and a few undecodable
 request topic (dead letters). Then it runs every query of every dashboard panel
 (ops/observability/dashboard.py, the same ones Grafana shows) against that Prometheus over the run and
 draws them: docs/dashboard.png, with the number of points each query returned in
-results/dashboard_queries.json. A query that returns nothing fails the run.
+results/dashboard_queries.json and the series themselves in results/dashboard_series.json
+(``--replot`` draws the picture again from that file, without a run). A query that returns nothing fails
+the run.
+
+The picture is a stand-in for Grafana (which cannot be installed here), and says so on its face. Only
+this run's consumer groups are drawn, under the names a deployment gives them (``voicenote-<role>``, not
+the run's tagged ones); any other group Prometheus knows of is left out. The caption names the faults the
+load injects (``FAULTS``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSe
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2hhbmdlLW1l"
+# What the load injects, named in the picture's caption (kept in step with _load).
+FAULTS = [
+    "every 5th burst, one undecodable record on the request topic (synthesis dead letters)",
+    "a webhook on jobs 1, 4 and 7 of each burst, job 4's to a receiver that answers 500 (retrying, then failed)",
+]
+STAND_IN = "STAND-IN: matplotlib drawing of the Grafana dashboard's queries (Grafana is not installable here)"
 TEXTS = ["Your order has shipped.", "Meeting moved to three o'clock.", "Reminder: the report is due on Friday morning.",
          "Hello! This voice note was synthesized from text, batched with others, and stored.", "Yes.",
          "The quick brown fox jumps over the lazy dog, twice, just to be sure."]
@@ -56,7 +69,7 @@ def _prometheus_config(targets: dict[str, tuple[int, str]], api_port: int) -> st
     return "\n".join(lines) + "\n"
 
 
-def run(seconds: float, out_png: Path, out_json: Path) -> dict[str, int]:
+def run(seconds: float, out_png: Path, out_json: Path, out_series: Path) -> dict[str, int]:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         raise SystemExit("needs Prometheus on PATH: apt-get install prometheus")
@@ -97,7 +110,11 @@ def run(seconds: float, out_png: Path, out_json: Path) -> dict[str, int]:
         started = time.time()
         _load(settings, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{receiver.server_address[1]}", seconds)
         time.sleep(20)  # let the last jobs, retries and scrapes land
-        return _plot(f"http://127.0.0.1:{prom_port}", started - 10, time.time(), out_png, out_json)
+        # The run's groups carry its tag; the picture names them as a deployment does, and only them.
+        groups = {group: f"voicenote-{role}" for role, (_, group) in workers.items()}
+        series = _query(f"http://127.0.0.1:{prom_port}", started - 10, time.time(), groups)
+        out_series.write_text(json.dumps(series) + "\n")
+        return _plot(series, out_png, out_json)
     finally:
         for proc in procs:
             proc.terminate()
@@ -148,7 +165,42 @@ def _load(settings: Settings, api: str, hooks: str, seconds: float) -> None:
             time.sleep(3.0)
 
 
-def _plot(prom: str, start: float, end: float, out_png: Path, out_json: Path) -> dict[str, int]:
+def _query(prom: str, start: float, end: float, groups: dict[str, str]) -> dict[str, Any]:
+    """Every panel query's series over the run: [(legend, [[seconds into the run, value], ...])] per query.
+    A series whose ``group`` is not one of ``groups`` (a test's, another run's) is dropped."""
+    out: dict[str, Any] = {"window_seconds": round(end - start), "queries": {}, "dropped_groups": []}
+    for _, _, queries in PANELS:
+        for legend, expr in queries:
+            resp = httpx.get(f"{prom}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": 2}, timeout=30)
+            resp.raise_for_status()
+            drawn, dropped = _series(resp.json()["data"]["result"], legend, groups, start)
+            out["queries"][expr] = drawn
+            out["dropped_groups"] += dropped
+    out["dropped_groups"] = sorted(set(out["dropped_groups"]))
+    return out
+
+
+def _series(result: list[dict[str, Any]], legend: str, groups: dict[str, str],
+            start: float) -> tuple[list[Any], list[str]]:
+    """A range query's result as [legend, [[seconds, value], ...]] pairs, and the groups left out: a
+    series with a ``group`` label outside ``groups`` is dropped, the others are renamed by it."""
+    drawn: list[Any] = []
+    dropped: list[str] = []
+    for s in result:
+        metric = dict(s["metric"])
+        if "group" in metric:
+            if metric["group"] not in groups:
+                dropped.append(metric["group"])
+                continue
+            metric["group"] = groups[metric["group"]]
+        label = legend
+        for key, value in metric.items():
+            label = label.replace("{{" + key + "}}", value)
+        drawn.append([label, [[round(float(t) - start, 3), float(v)] for t, v in s["values"]]])
+    return drawn, dropped
+
+
+def _plot(series: dict[str, Any], out_png: Path, out_json: Path) -> dict[str, int]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,29 +209,27 @@ def _plot(prom: str, start: float, end: float, out_png: Path, out_json: Path) ->
     counts: dict[str, int] = {}
     cols = 2
     rows = (len(PANELS) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows), constrained_layout=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows + 1.2), constrained_layout=True)
     for ax, (title, unit, queries) in zip(axes.flat, PANELS, strict=False):
-        for legend, expr in queries:
-            resp = httpx.get(f"{prom}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": 2}, timeout=30)
-            resp.raise_for_status()
-            series = resp.json()["data"]["result"]
-            counts[expr] = sum(len(s["values"]) for s in series)
-            for s in series:
-                label = legend
-                for key, value in s["metric"].items():
-                    label = label.replace("{{" + key + "}}", value)
-                xs = [float(t) - start for t, _ in s["values"]]
-                ys = [float(v) for _, v in s["values"]]
-                ax.plot(xs, ys, label=label, linewidth=1.4)
+        for _, expr in queries:
+            drawn = series["queries"][expr]
+            counts[expr] = sum(len(values) for _, values in drawn)
+            for label, values in drawn:
+                ax.plot([x for x, _ in values], [y for _, y in values], label=label, linewidth=1.4)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("seconds into the run", fontsize=8)
         ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Voicenote dashboard: every panel's PromQL against Prometheus over a real run", fontsize=12)
-    fig.savefig(out_png, dpi=90)
-    out_json.write_text(json.dumps({"window_seconds": round(end - start), "points_per_query": counts}, indent=2) + "\n")
+        ax.text(0.5, 0.5, "stand-in, not Grafana", transform=ax.transAxes, ha="center", va="center",
+                fontsize=16, color="grey", alpha=0.18, rotation=20)
+    fig.suptitle(f"{STAND_IN}\nVoicenote dashboard: every panel's PromQL against Prometheus over a real "
+                 f"{series['window_seconds']} s run", fontsize=12, color="#a00000")
+    fig.text(0.5, -0.005, "Injected faults: " + "; ".join(FAULTS) + ".", ha="center", va="top", fontsize=9, wrap=True)
+    fig.savefig(out_png, dpi=90, bbox_inches="tight")
+    out_json.write_text(json.dumps({"window_seconds": series["window_seconds"], "points_per_query": counts,
+                                    "dropped_groups": series.get("dropped_groups", [])}, indent=2) + "\n")
     empty = [q for q, n in counts.items() if n == 0]
     if empty:
         raise SystemExit(f"queries that returned no data: {empty}")
@@ -191,8 +241,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--png", type=Path, default=REPO / "docs" / "dashboard.png")
     parser.add_argument("--json", type=Path, default=REPO / "results" / "dashboard_queries.json")
+    parser.add_argument("--series", type=Path, default=REPO / "results" / "dashboard_series.json")
+    parser.add_argument("--replot", action="store_true", help="draw again from --series, without a run")
     args = parser.parse_args()
-    counts = run(args.seconds, args.png, args.json)
+    if args.replot:
+        counts = _plot(json.loads(args.series.read_text()), args.png, args.json)
+    else:
+        counts = run(args.seconds, args.png, args.json, args.series)
     print(f"{len(counts)} queries, all with data; wrote {args.png} and {args.json}")
     return 0
 

@@ -225,6 +225,9 @@ def _exposed_metric_names() -> set[str]:
 def test_every_metric_the_dashboard_and_alerts_query_is_one_the_code_exposes() -> None:
     exposed = _exposed_metric_names()
     queries = [expr for _, _, panel in PANELS for _, expr in panel]
+    # and the shipped JSON itself (compose's provisioning and the k8s sidecar ConfigMap), panel by panel
+    shipped = [t["expr"] for p in json.loads(DASHBOARD_JSON.read_text())["panels"] for t in p["targets"]]
+    assert shipped and set(shipped) == set(queries)
     queries += [rule["expr"] for group in load_yaml(ROOT / "ops" / "observability" / "alerts.yml")["groups"]
                 for rule in group["rules"]]
     used = {m for q in queries for m in re.findall(r"\bvoicenote_[a-z0-9_]+", q)}
