@@ -18,10 +18,18 @@ from voicenote.errors import VoicenoteError
 
 
 class BodyTooLarge(HTTPException, VoicenoteError):
-    """An HTTPException first, so FastAPI's body reading passes it through (it turns other errors into 400s)."""
+    """An HTTPException first, so FastAPI's body reading passes it through (it turns other errors into 400s).
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body too large: the limit is {limit} bytes")
+    Raised while a route reads its body, it is answered by the app's HTTPException handler (producer_api/errors.py),
+    which takes ``code`` and ``param`` from it: a route's own limit answers as that route says."""
+
+    def __init__(self, limit: int, route: RouteLimit | None = None) -> None:
+        if route is None:
+            super().__init__(413, f"request body too large: the limit is {limit} bytes")
+            self.code, self.param = "request_too_large", None
+        else:
+            super().__init__(route.status, route.message.format(limit=limit))
+            self.code, self.param = route.code, route.param
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, route)
             return message
 
         async def tracking_send(message: Message) -> None:

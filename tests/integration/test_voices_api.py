@@ -290,3 +290,25 @@ async def test_the_local_store_keeps_voices_the_same_way(settings: Settings, spe
         assert [v["id"] for v in (await api.get("/v1/audio/voices")).json()["registered"]] == [voice]
         assert (await api.delete(f"/v1/audio/voices/{voice}")).status_code == 200
     assert not (local.storage.local_dir / "voices" / voice).exists()
+
+
+async def test_an_oversized_upload_without_a_length_is_refused_once_past_the_limit(s3_settings: Settings,
+                                                                                   store: AudioStore) -> None:
+    limit = 64 * 1024
+    settings = s3_settings.model_copy(update={"api": s3_settings.api.model_copy(update={"voice_upload_max_bytes": limit})})
+    sent = 0
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the middleware counts what arrives
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="audio"; filename="big.wav"\r\n\r\n'
+        for _ in range(64):  # 4 MiB on offer
+            sent += 65536
+            yield b"\0" * 65536
+
+    async with running_api(settings) as api:
+        resp = await api.post("/v1/audio/voices", content=chunked(),
+                              headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "clip_too_large", resp.text
+    assert str(limit) in resp.json()["error"]["message"]
+    assert sent < 4 * 1_048_576  # stopped reading soon after the limit, not at the end of the body
+    assert await store.list_keys("voices/") == []
