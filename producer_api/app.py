@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from producer_api.auth import Authenticator
-from producer_api.bodylimit import BodyLimitMiddleware
+from producer_api.bodylimit import BodyLimitMiddleware, RouteLimit
 from producer_api.errors import install_error_handlers
 from producer_api.estimate import GroupLag, LagMonitor, ThroughputEstimator
 from producer_api.metrics import ApiMetrics, MetricsMiddleware, serve_metrics
-from producer_api.routes import health, jobs, models, playground, speech
+from producer_api.routes import health, jobs, models, playground, speech, voices
 from producer_api.services.container import Services
+from producer_api.services.voices import sweep_forever
 from producer_api.services.worker_groups import WorkerGroups
 from producer_api.streaming import SegmentRouter
 from producer_api.waiter import CompletionWaiter
@@ -67,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
             segments.start()
         for monitor in monitors:
             monitor.start()
+        sweeper = asyncio.create_task(sweep_forever(app.state.services.voices, settings.api.ephemeral_voice_sweep_seconds),
+                                      name="ephemeral-voice-sweep")
         stop_metrics = (serve_metrics(metrics, settings.api.host, settings.api.metrics_port)
                         if settings.api.metrics_port is not None else None)
         try:
@@ -74,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if stop_metrics is not None:
                 stop_metrics()
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             for monitor in monitors:
                 await monitor.stop()
             if workers is not None:
@@ -93,10 +98,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(speech.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(voices.router)
     app.include_router(health.router)
     app.include_router(playground.router)  # GET /playground and /web: no key needed for the page; its calls send the key typed in
     if settings.api.metrics_port is None:  # otherwise only the metrics listener answers /metrics (serve_metrics)
         app.include_router(health.metrics_router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    clip_limit = RouteLimit(settings.api.voice_upload_max_bytes, 400, "clip_too_large",
+                            "the upload is larger than {limit} bytes, the limit for a voice clip: send 3-30 s of speech, "
+                            "compressed (mp3, ogg or flac) if a wav is too large", param="audio")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes, routes={("POST", "/v1/audio/voices"): clip_limit})
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -20,6 +20,7 @@ from producer_api.services.readiness import Readiness
 from producer_api.services.routing import ModelRouter
 from producer_api.services.submission import Submission
 from producer_api.services.sync import SyncSpeech
+from producer_api.services.voices import VoiceRegistry
 from producer_api.streaming import SegmentRouter
 
 # Only documents the scheme in OpenAPI; the header itself is checked by the Authenticator.
@@ -69,6 +70,10 @@ def _readiness(services: AllServices) -> Readiness:
     return services.readiness
 
 
+def _voices(services: AllServices) -> VoiceRegistry:
+    return services.voices
+
+
 def _segments(request: Request) -> SegmentRouter | None:
     return request.app.state.segments  # type: ignore[no-any-return]  # None: the catalog has no segments topic
 
@@ -81,6 +86,7 @@ Queries = Annotated[JobQueries, Depends(_queries)]
 Cancelling = Annotated[Cancellation, Depends(_cancellation)]
 AudioFiles = Annotated[AudioAccess, Depends(_audio)]
 Ready = Annotated[Readiness, Depends(_readiness)]
+Voices = Annotated[VoiceRegistry, Depends(_voices)]
 Segments = Annotated[SegmentRouter | None, Depends(_segments)]
 
 

@@ -72,8 +72,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
-        return JSONResponse(envelope(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code,
+        # An exception may name its own code and param (producer_api/bodylimit.py's BodyTooLarge does).
+        code = getattr(exc, "code", None) or {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        return JSONResponse(envelope(str(exc.detail), "invalid_request_error", getattr(exc, "param", None), code),
+                            status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -65,6 +65,20 @@ def _check_webhook(value: str | None) -> str | None:
     return value
 
 
+class Reference(BaseModel):
+    """fish-speech's inline reference: a clip and what it says (docs/voices.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str = Field(..., description="The clip (wav, mp3, flac or ogg; 3-30 s) in standard base64.")
+    text: str | None = Field(None, description="What the clip says, word for word (required).")
+
+
+_REFERENCES_DESCRIPTION = ("fish-speech's inline references: [{\"audio\": base64, \"text\": str}], at most one, S1-mini models "
+                           "only. The clip is stored as an ephemeral voice of the caller and used instead of voice "
+                           "(docs/voices.md). An empty list is the same as none.")
+
+
 class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model": "tts-1", "input": "Your order has shipped.", "voice": "alloy", "response_format": "mp3"},
@@ -77,7 +91,8 @@ class SpeechRequest(BaseModel):
     input: str = Field(..., min_length=1, max_length=MAX_INPUT_CHARS, description="The text to speak, at most 4,096 characters.")
     voice: str = Field("alloy", max_length=64, description="An OpenAI voice name (alloy, ash, ballad, coral, echo, fable, nova, "
                                                            "onyx, sage, shimmer, verse, marin, cedar) or a voice of the model; "
-                                                           "GET /v1/audio/voices lists them.")
+                                                           "GET /v1/audio/voices lists them. A registered voice "
+                                                           "(vc_..., POST /v1/audio/voices) with an S1-mini model.")
     response_format: Format = Field("mp3", description="Audio format of the result; pcm is raw 16-bit little-endian mono "
                                                        "at the voice's rate (the X-Sample-Rate header).")
     speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description="Honoured by the CPU models; S1-mini ignores it.")
@@ -100,6 +115,7 @@ class SpeechRequest(BaseModel):
     timestamps: Literal["word"] | None = Field(None, description="'word': also time every word of the input "
                                                                "(Piper models only), served by GET /v1/jobs/{id}/timestamps "
                                                                "and /captions?format=vtt|srt. Unset: none, as OpenAI.")
+    references: list[Reference] | None = Field(None, description=_REFERENCES_DESCRIPTION)
 
     _webhook = field_validator("webhook_url")(_check_webhook)
     _input = field_validator("input")(_check_input)
@@ -134,6 +150,7 @@ class BatchItem(BaseModel):
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     webhook_url: str | None = Field(None, max_length=2048)
     timestamps: Literal["word"] | None = None
+    references: list[Reference] | None = Field(None, description=_REFERENCES_DESCRIPTION)
 
     _webhook = field_validator("webhook_url")(_check_webhook)
     _input = field_validator("input")(_check_input)
@@ -144,7 +161,8 @@ class BatchItem(BaseModel):
         return SpeechRequest(model=self.model, input=self.input, voice=self.voice, response_format=self.response_format,
                              speed=self.speed, instructions=self.instructions, temperature=self.temperature, top_p=self.top_p,
                              repetition_penalty=self.repetition_penalty, seed=self.seed,
-                             webhook_url=self.webhook_url or default_webhook, timestamps=self.timestamps)
+                             webhook_url=self.webhook_url or default_webhook, timestamps=self.timestamps,
+                             references=self.references)
 
 
 class BatchRequest(BaseModel):
@@ -295,6 +313,22 @@ class ModelVoices(BaseModel):
                                                            "has been seen lately (requests then wait on the topic).")
 
 
+class RegisteredVoice(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "vc_3f9a0c1d2e4b5a6978877665", "object": "voice", "name": "Ada", "transcript": "Hello, this is my voice.",
+         "duration_s": 6.71, "created_at": 1732492800000, "ephemeral": False}]})
+
+    id: str = Field(..., description="vc_ and 24 hex characters: send it as voice with model s1-mini.")
+    object: Literal["voice"] = "voice"
+    name: str = Field(..., description="Your label (empty when none was given).")
+    transcript: str
+    duration_s: float = Field(..., description="Of the stored clip (mono, 44.1 kHz).")
+    created_at: int = Field(..., description="Epoch milliseconds.")
+    ephemeral: bool = Field(False, description="Stored for one request's inline references; deleted after "
+                                               "api.ephemeral_voice_ttl_seconds (never listed).")
+    deleted: bool | None = Field(None, description="True in DELETE's answer.")
+
+
 class VoiceList(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [
         {"model": "tts-1", "aliases": [], "engine": "piper", "default_voice": "en_US-joe-medium",
@@ -308,3 +342,6 @@ class VoiceList(BaseModel):
                                                "answers (what third-party web UIs read): each model's voice ids and "
                                                "names in data's order, without repeats. A name may be accepted by only "
                                                "some models; data[].voice_names says which (or ask with ?model=).")
+    registered: list[RegisteredVoice] = Field(default_factory=list, description="The caller's registered voices (never "
+                                              "another key's); their ids also appear under the S1-mini models in data "
+                                              "and in voices.")

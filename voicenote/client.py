@@ -28,7 +28,8 @@ from voicenote.kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from voicenote.kafka import consumer as new_consumer
 from voicenote.kafka import producer as new_producer
 from voicenote.models import ModelRegistry, UnknownModel, UnknownVoiceName
-from voicenote.settings import KafkaSettings
+from voicenote.registered_voices import is_voice_id
+from voicenote.settings import EngineKind, KafkaSettings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # How far before a job's publish time ``wait`` starts reading: completions are stamped by the workers'
@@ -127,7 +128,13 @@ class VoicenoteClient:
         """
         try:
             served = self.models.get(model)
-            voice_id = served.resolve_voice(served.default_voice if voice == "default" else voice).id
+            if is_voice_id(voice):  # a voice registered through the API (docs/voices.md): S1-mini only
+                if served.engine is not EngineKind.s1mini:
+                    raise InvalidRequest(f"registered voice {voice!r} needs an S1-mini model, not {served.id!r} "
+                                         "(voice_model_mismatch)")
+                voice_id = voice  # whether it exists is the worker's to say (a voice_not_found failure)
+            else:
+                voice_id = served.resolve_voice(served.default_voice if voice == "default" else voice).id
         except (UnknownModel, UnknownVoiceName) as exc:
             raise InvalidRequest(str(exc)) from None
         record: dict[str, Any] = {

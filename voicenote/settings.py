@@ -209,6 +209,11 @@ class ApiSettings(BaseModel):
     rate_per_second: float = Field(50.0, gt=0, description="Token-bucket refill per key (per client address when anonymous).")
     rate_burst: int = Field(100, ge=1)
     max_body_bytes: int = Field(2 * 1_048_576, ge=1024)
+    voice_upload_max_bytes: int = Field(10 * 1_048_576, ge=1024, description="POST /v1/audio/voices: the largest upload "
+                                        "(clip and form fields); larger is refused with 400 clip_too_large, unread.")
+    ephemeral_voice_ttl_seconds: int = Field(24 * 3600, ge=60, description="Voices stored for one request's inline "
+                                             "references are deleted this long after they were stored (docs/voices.md).")
+    ephemeral_voice_sweep_seconds: float = Field(3600.0, gt=0, description="How often each API process sweeps them.")
     batch_max_items: int = Field(100, ge=1, le=1000)
     sync_timeout_seconds: float = Field(60.0, gt=0, description="POST /v1/audio/speech answers 504 with the job id after this.")
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)

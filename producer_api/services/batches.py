@@ -43,6 +43,8 @@ class Batches:
         if n > 1:
             await self._admission.charge(caller, n - 1)  # the route's dependency already took one
         routed = [self._router.route(item.as_speech(batch.webhook_url), f"requests.{i}.") for i, item in enumerate(batch.requests)]
+        # Every item routed before any voice is checked or stored: a bad item refuses the batch at once.
+        routed = [await self._router.bind(caller, item, f"requests.{i}.") for i, item in enumerate(routed)]
 
         async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             batch_id = new_batch_id()

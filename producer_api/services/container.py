@@ -21,6 +21,7 @@ from producer_api.services.readiness import Readiness
 from producer_api.services.routing import ModelRouter
 from producer_api.services.submission import Submission
 from producer_api.services.sync import SyncSpeech
+from producer_api.services.voices import VoiceRegistry
 from producer_api.services.worker_groups import WorkerGroups
 from producer_api.waiter import CompletionWaiter
 from schemas.codec import Codecs
@@ -42,6 +43,7 @@ class Services:
     cancellation: Cancellation
     audio: AudioAccess
     readiness: Readiness
+    voices: VoiceRegistry
 
     @classmethod
     def build(cls, settings: Settings, *, producer: AsyncProducer, redis: aioredis.Redis, jobs: JobStore, store: AudioStore,
@@ -51,7 +53,8 @@ class Services:
         links = Links(settings.api.public_base_url)
         admission = Admission(limiter=RateLimiter(redis, prefix, on_fallback=metrics.redis_fallbacks.labels("rate_limit").inc),
                               idempotency=IdempotencyStore(redis, prefix, settings.api.idempotency_ttl_seconds), metrics=metrics)
-        router = ModelRouter(models=models, redis=redis, key_prefix=prefix)
+        voices = VoiceRegistry(store=store, ephemeral_ttl_seconds=settings.api.ephemeral_voice_ttl_seconds)
+        router = ModelRouter(models=models, redis=redis, key_prefix=prefix, voices=voices)
         submission = Submission(producer=producer, jobs=jobs, codecs=codecs, metrics=metrics, estimators=estimators, links=links,
                                 admission=admission, router=router)
         queries = JobQueries(jobs=jobs, links=links)
@@ -64,4 +67,5 @@ class Services:
             queries=queries,
             cancellation=Cancellation(queries=queries, jobs=jobs),
             audio=AudioAccess(queries=queries, store=store, models=models, presign_expiry=settings.storage.presign_expiry_seconds),
-            readiness=Readiness(producer=producer, jobs=jobs, store=store, workers=workers))
+            readiness=Readiness(producer=producer, jobs=jobs, store=store, workers=workers),
+            voices=voices)

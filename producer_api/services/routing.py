@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
 
+from producer_api.auth import Caller
 from producer_api.errors import ApiError
 from producer_api.models import SpeechRequest
+from producer_api.services.voices import VoiceRegistry
 from voicenote.adverts import EngineAdvert, read_adverts
 from voicenote.models import Model, ModelRegistry, UnknownModel, UnknownVoiceName, Voice
+from voicenote.registered_voices import is_voice_id
+from voicenote.settings import EngineKind
+
+INLINE_REFERENCE = Voice("", "the request's inline reference (stored by ModelRouter.bind)")
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,11 @@ def check_extra_fields(req: SpeechRequest, where: str = "") -> list[str]:
 
 
 class ModelRouter:
-    def __init__(self, *, models: ModelRegistry, redis: aioredis.Redis, key_prefix: str) -> None:
+    def __init__(self, *, models: ModelRegistry, redis: aioredis.Redis, key_prefix: str, voices: VoiceRegistry | None = None) -> None:
         self.models = models
         self._redis = redis
         self._prefix = key_prefix
+        self.voices = voices
 
     def route(self, req: SpeechRequest, where: str = "") -> Routed:
         """Resolve ``model`` and ``voice``; 400 naming the valid ones when either is unknown."""
@@ -84,16 +91,57 @@ class ModelRouter:
             model = self.models.get(req.model)
         except UnknownModel as exc:
             raise ApiError(400, str(exc), param=f"{where}model", code="model_not_found") from None
-        try:
-            voice = model.resolve_voice(req.voice)
-        except UnknownVoiceName as exc:
-            raise ApiError(400, str(exc), param=f"{where}voice", code="unknown_voice") from None
+        if req.references or is_voice_id(req.voice):
+            voice = self._registered_voice(req, model, where)
+        else:
+            try:
+                voice = model.resolve_voice(req.voice)
+            except UnknownVoiceName as exc:
+                raise ApiError(400, str(exc), param=f"{where}voice", code="unknown_voice") from None
         if req.timestamps and not model.word_timestamps:
             raise ApiError(400, f"model {model.id!r} cannot time words: its engine ({model.engine.value}) gives no word "
                                 "timestamps; use a Piper model (tts-1) or leave timestamps unset",
                            param=f"{where}timestamps", code="timestamps_unsupported")
         extra = check_extra_fields(req, where)
         return Routed(req, model, voice, model.ignored(req.model_dump()) + extra)
+
+    @staticmethod
+    def _registered_voice(req: SpeechRequest, model: Model, where: str) -> Voice:
+        """A registered voice (vc_...) or inline references: S1-mini models only; checked against the store by bind."""
+        param = f"{where}references" if req.references else f"{where}voice"
+        if model.engine is not EngineKind.s1mini:
+            what = "inline references" if req.references else f"registered voice {req.voice!r}"
+            raise ApiError(400, f"{what} can only be spoken by an S1-mini model (s1-mini); model {model.id!r} is "
+                                f"{model.engine.value}: send model 's1-mini', or a voice of {model.id!r}",
+                           param=param, code="voice_model_mismatch")
+        if req.references:
+            if len(req.references) > 1:
+                raise ApiError(400, f"send one reference (got {len(req.references)}): this service clones from one clip "
+                                    "of 3-30 s (fish-speech joins several)", param=param, code="too_many_references")
+            return INLINE_REFERENCE
+        return Voice(req.voice, "a registered voice")
+
+    async def bind(self, caller: Caller, routed: Routed, where: str = "") -> Routed:
+        """The registered voice checked (exists, the caller's: 404 otherwise), inline references stored as an
+        ephemeral voice of the caller; the routed request then names that voice."""
+        req = routed.request
+        if not req.references and not is_voice_id(routed.voice.id):
+            return routed
+        if self.voices is None:
+            raise ApiError(400, "this deployment has no voice registry", param=f"{where}voice", code="voice_not_found")
+        if req.references:
+            voice_id = await self.voices.register_inline(caller, req.references[0], where)
+            return replace(routed, voice=Voice(voice_id, "an inline reference (ephemeral voice)"))
+        try:
+            await self.voices.get(caller, routed.voice.id)
+        except ApiError as exc:
+            exc.param = f"{where}voice"
+            raise
+        return routed
+
+    async def route_for(self, caller: Caller, req: SpeechRequest, where: str = "") -> Routed:
+        """:meth:`route`, then :meth:`bind`."""
+        return await self.bind(caller, self.route(req, where), where)
 
     def find(self, name: str) -> Model:
         """A model by id or alias; 404 when this deployment does not serve it."""

@@ -48,7 +48,7 @@ class Submission:
         return self._estimators[family].estimate_seconds(ahead=ahead)
 
     async def submit_async(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> AsyncAccepted:
-        routed = self._router.route(req)
+        routed = await self._router.route_for(caller, req)
 
         async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             job_id = new_job_id()

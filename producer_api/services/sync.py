@@ -76,7 +76,7 @@ class SyncSpeech:
 
     async def speak(self, caller: Caller, req: SpeechRequest, idempotency_key: str | None) -> Audio:
         """Publish as interactive and wait for the job's end; 504 with the job id past the timeout."""
-        routed = self._router.route(req)
+        routed = await self._router.route_for(caller, req)
         if not self._waiter.subscribed.is_set():
             raise JobStoreError("not subscribed to completions, cannot wait for the audio")
 
@@ -129,6 +129,7 @@ class SyncSpeech:
                            job_id: str, *, stream: bool) -> bool:
         """Publish ``job_id`` as interactive unless the Idempotency-Key already answered; True when published."""
         published = False
+        routed = await self._router.bind(caller, routed)  # the registered voice checked, inline references stored
 
         async def publish(mark: IdempotencyMark | None) -> dict[str, Any]:
             nonlocal published

@@ -85,3 +85,27 @@ async def test_a_download_url_is_none_or_serves_the_same_bytes(store: AudioStore
 
 async def test_a_provisioned_store_answers_its_ping(store: AudioStore) -> None:
     assert await store.ping()
+
+
+async def test_list_keys_answers_every_key_under_a_prefix_and_no_other(store: AudioStore) -> None:
+    mine = ["voices/vc_aa/meta.json", "voices/vc_aa/reference.wav", "voices/vc_aa/sub/codes.npy"]
+    others = ["voices/vc_aab/meta.json", "voices/vc_b/meta.json", "audio/aa/job_list01.wav"]
+    await store.put_many([Put(k, k.encode(), "application/octet-stream") for k in [*mine, *others]])
+    assert await store.list_keys("voices/vc_aa/") == mine
+    assert await store.list_keys("voices/vc_aa") == [*mine, "voices/vc_aab/meta.json"]  # a plain string prefix
+    assert await store.list_keys("voices/") == sorted([*mine, "voices/vc_aab/meta.json", "voices/vc_b/meta.json"])
+    assert await store.list_keys("voices/vc_none/") == []
+    assert await store.list_keys("nothing-here/") == []
+
+
+async def test_delete_many_removes_the_keys_and_leaves_the_rest(store: AudioStore) -> None:
+    gone = ["voices/vc_del/meta.json", "voices/vc_del/reference.wav"]
+    kept = "voices/vc_keep/meta.json"
+    await store.put_many([Put(k, b"x", "application/octet-stream") for k in [*gone, kept]])
+    await store.delete_many([*gone, "voices/vc_del/never-written.npy"])  # a missing key is no error
+    assert await store.list_keys("voices/vc_del/") == []
+    assert not await store.exists(gone[0])
+    with pytest.raises(AudioNotFound):
+        await store.get(gone[1])
+    assert await store.get(kept) == b"x"
+    await store.delete_many([])

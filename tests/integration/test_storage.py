@@ -164,6 +164,19 @@ async def test_local_store_serves_api_url_and_expires_like_the_lifecycle(tmp_pat
     assert await store.get(fresh.key) == b"x"
 
 
+async def test_local_store_expires_only_under_its_ttl_prefix_as_the_lifecycle_rule(tmp_path: Path) -> None:
+    # build_store passes storage.key_prefix: registered voices (voices/, outside it) never expire.
+    store = LocalAudioStore(tmp_path / "audio", ttl_seconds=3600, ttl_prefix="audio/")
+    audio = await store.put("audio/aa/job_old.wav", b"a", "audio/wav")
+    voice = await store.put("voices/vc_0123456789abcdef01234567/meta.json", b"{}", "application/json")
+    old = time.time() - 7200
+    for key in (audio.key, voice.key):
+        os.utime(tmp_path / "audio" / key, (old, old))
+    assert await store.expire() == [audio.key]
+    assert await store.get(voice.key) == b"{}"
+    assert await store.list_keys("voices/") == [voice.key]
+
+
 async def test_s3_client_retries_with_adaptive_backoff(s3: S3AudioStore) -> None:
     # Throttling (SlowDown, 503) and 5xx are retried by botocore's adaptive mode, which also rate-limits the client.
     client = await s3._s3()

@@ -22,6 +22,7 @@ from voicenote_client.models import MODELS, route
 from schemas import codec as server_codec
 from schemas.registry import HttpSchemaRegistry
 from tests.registry_standin import RegistryStandIn
+from voicenote.client import InvalidRequest as ServerInvalidRequest
 from voicenote.client import VoicenoteClient as ServerClient
 from voicenote.models import ModelRegistry
 from voicenote.settings import KafkaSettings, ModelSettings, Settings
@@ -142,6 +143,18 @@ def test_a_request_is_the_one_the_server_client_builds() -> None:
         theirs = ServerClient(KafkaSettings()).request("Hello.", **fixed, **options)
         mine.pop("created_at"), theirs.pop("created_at")
         assert mine == theirs
+
+
+def test_a_registered_voice_is_published_as_its_id_for_s1mini_only() -> None:
+    # docs/voices.md: a vc_ id goes to the workers as it is (they say voice_not_found if it is missing).
+    fixed: dict[str, Any] = {"job_id": "job_vc", "trace_parent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+                             "model": "s1-mini", "voice": "vc_0123456789abcdef01234567"}
+    mine = voicenote_client.VoicenoteClient({"bootstrap.servers": "unused:9092"}).request("Hello.", **fixed)
+    theirs = ServerClient(KafkaSettings()).request("Hello.", **fixed)
+    mine.pop("created_at"), theirs.pop("created_at")
+    assert mine == theirs and theirs["voice"] == fixed["voice"]
+    with pytest.raises(ServerInvalidRequest, match="voice_model_mismatch"):
+        ServerClient(KafkaSettings()).request("Hello.", **{**fixed, "model": "tts-1"})
 
 
 def test_bad_requests_are_refused_before_anything_is_sent() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.topics import build_catalog
 from schemas.validation import request_problems
+from voicenote.errors import ConfigError
 from voicenote.models import (
     TUNABLE_PARAMS,
     ModelRegistry,
@@ -82,6 +83,12 @@ def test_every_current_openai_voice_is_accepted_by_every_model() -> None:
             assert model.resolve_voice(name.upper()).id == model.default_voice
     assert registry.get("tts-1").default_voice == "en_US-joe-medium"
     assert registry.get("s1-mini").default_voice == "default"
+
+
+def test_a_built_in_s1mini_voice_may_not_take_a_registered_voice_name() -> None:
+    # vc_ ids are the API's registered voices (docs/voices.md); a built-in one of that shape would never be reached.
+    with pytest.raises(ConfigError, match="vc_"):
+        _registry(s1mini_voices=["narrator", "vc_0123456789abcdef01234567"])
 
 
 def test_voices_resolve_for_the_engine_that_serves_them() -> None:

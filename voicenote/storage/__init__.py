@@ -12,7 +12,7 @@ def build_store(settings: StorageSettings) -> AudioStore:
         return S3AudioStore(settings)
     from voicenote.storage.local import LocalAudioStore
 
-    return LocalAudioStore(settings.local_dir, ttl_seconds=settings.lifecycle_days * 24 * 3600)
+    return LocalAudioStore(settings.local_dir, ttl_seconds=settings.lifecycle_days * 24 * 3600, ttl_prefix=settings.key_prefix)
 
 
 __all__ = ["AudioStore", "StoredObject", "audio_key", "build_store"]

@@ -64,6 +64,14 @@ class AudioStore(Protocol):
         """Whether ``key`` holds an unexpired object."""
         ...
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with ``prefix`` (a plain string prefix, not a glob), sorted; unexpired only."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys``; a key that is already gone is no error."""
+        ...
+
     async def url_for(self, key: str, expires_in: int) -> str | None:
         """A direct download URL (presigned), or None when the API must serve the bytes itself."""
         ...

@@ -14,11 +14,16 @@ from voicenote.storage.base import Put, StoredObject
 
 
 class LocalAudioStore:
-    """Files under ``root``; like the S3 lifecycle rule, a file older than ``ttl_seconds`` is gone."""
+    """Files under ``root``; like the S3 lifecycle rule, a file older than ``ttl_seconds`` is gone.
 
-    def __init__(self, root: Path, ttl_seconds: int | None = None) -> None:
+    ``ttl_prefix``: as the lifecycle rule's filter, only keys under it expire (None: every key). The service
+    passes ``storage.key_prefix``, so registered voices (``voices/``, docs/voices.md) are kept.
+    """
+
+    def __init__(self, root: Path, ttl_seconds: int | None = None, ttl_prefix: str | None = None) -> None:
         self.root = root.resolve()
         self.ttl_seconds = ttl_seconds
+        self.ttl_prefix = ttl_prefix
         self._root_prefix = str(self.root) + os.sep
 
     def _path(self, key: str) -> Path:
@@ -41,7 +46,7 @@ class LocalAudioStore:
     async def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            if self._expired(path.stat().st_mtime, time.time()):
+            if self._expired(key, path.stat().st_mtime, time.time()):
                 await asyncio.to_thread(path.unlink, missing_ok=True)
                 raise AudioNotFound(key)
             return await asyncio.to_thread(path.read_bytes)
@@ -53,15 +58,36 @@ class LocalAudioStore:
     async def exists(self, key: str) -> bool:
         path = self._path(key)
         try:
-            return not self._expired(path.stat().st_mtime, time.time())
+            return not self._expired(key, path.stat().st_mtime, time.time())
         except FileNotFoundError:
             return False
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list, prefix, time.time())
+
+    def _list(self, prefix: str, now: float) -> list[str]:
+        # The deepest folder the prefix names whole: "voices/vc_1/" walks voices/vc_1, "voices/vc" walks voices.
+        folder = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        if not folder.is_dir():
+            return []
+        keys = []
+        for path in folder.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if (key.startswith(prefix) and not path.name.endswith(".tmp") and path.is_file()
+                    and not self._expired(key, path.stat().st_mtime, now)):
+                keys.append(key)
+        return sorted(keys)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self._path(key) for key in keys]
+        await asyncio.to_thread(_unlink_all, paths, self.root)
 
     async def url_for(self, key: str, expires_in: int) -> str | None:
         return None
 
-    def _expired(self, mtime: float, now: float) -> bool:
-        return self.ttl_seconds is not None and now - mtime > self.ttl_seconds
+    def _expired(self, key: str, mtime: float, now: float) -> bool:
+        return (self.ttl_seconds is not None and now - mtime > self.ttl_seconds
+                and (self.ttl_prefix is None or key.startswith(self.ttl_prefix)))
 
     async def provision(self) -> None:
         """Create the root and sweep expired files (the local counterpart of the S3 lifecycle rule)."""
@@ -77,9 +103,10 @@ class LocalAudioStore:
         if self.ttl_seconds is None or not self.root.is_dir():
             return removed
         for path in self.root.rglob("*"):
-            if path.is_file() and self._expired(path.stat().st_mtime, now):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and self._expired(key, path.stat().st_mtime, now):
                 path.unlink(missing_ok=True)
-                removed.append(path.relative_to(self.root).as_posix())
+                removed.append(key)
         return removed
 
     async def ping(self) -> bool:
@@ -87,6 +114,19 @@ class LocalAudioStore:
 
     async def close(self) -> None:
         return None
+
+
+def _unlink_all(paths: list[Path], root: Path) -> None:
+    try:
+        for path in paths:
+            path.unlink(missing_ok=True)
+            # Empty folders left behind go too (never the root): a deleted voice leaves no directory.
+            parent = path.parent
+            while parent != root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+    except OSError as exc:
+        raise StorageError(f"cannot delete {path}: {exc}") from exc
 
 
 def _write_all(writes: list[tuple[Path, bytes]]) -> None:

@@ -124,6 +124,27 @@ class S3AudioStore:
         except BotoCoreError as exc:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        s3 = await self._s3()
+        keys: list[str] = []
+        try:
+            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys += [obj["Key"] for obj in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {exc}") from exc
+        return sorted(keys)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        s3 = await self._s3()
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start:start + _DELETE_BATCH]
+            try:
+                resp = await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"cannot delete from s3://{self.bucket}: {exc}") from exc
+            if errors := resp.get("Errors"):
+                raise StorageError(f"cannot delete s3://{self.bucket}/{errors[0].get('Key')}: {errors[0].get('Message')}")
+
     async def url_for(self, key: str, expires_in: int) -> str | None:
         s3 = await self._presign_client()
         try:
@@ -178,6 +199,7 @@ class S3AudioStore:
 
 
 LIFECYCLE_RULE_ID = "voicenote-audio-ttl"
+_DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 
 
 def create_bucket_location(region: str) -> dict[str, Any]:
