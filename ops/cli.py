@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
+from schemas.clock import now_ms
 from voicenote.errors import DependencyUnavailable, VoicenoteError
 from voicenote.settings import Settings
 
@@ -541,7 +542,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             client.request(text, **options)
         except InvalidRequest as exc:
             raise UsageError(f"{f'line {n} of {args.file}' if n else 'the text'}: {exc}; nothing was submitted") from None
-    started_ms = int(time.time() * 1000)
+    started_ms = now_ms()
     job_ids = []
     pacer = Pacer(args.rate)
     bar = _Progress(args, "submit", "requests")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import REPLAY_OF_ATTRIBUTE, DeadLetter
@@ -119,7 +120,7 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
     failures: list[str] = []
     # Replay writes into the topic it reads: stop at what was there when it started, or it would read
     # (and replay) its own output.
-    started_ms = int(time.time() * 1000)
+    started_ms = now_ms()
     rng = replace(rng, end_ms=min(rng.end_ms, started_ms) if rng.end_ms is not None else started_ms)
     for msg in read_range(settings, topic, rng):
         report.read += 1
@@ -136,7 +137,7 @@ def replay_requests(settings: KafkaSettings, topic: str, rng: Range, filters: di
         if producer is None:
             continue
         job_id = new_job_id()
-        replayed = replace(request, job_id=job_id, created_at=int(time.time() * 1000),
+        replayed = replace(request, job_id=job_id, created_at=now_ms(),
                            attributes={**request.attributes, REPLAY_OF_ATTRIBUTE: request.job_id})
 
         def delivered(err: Any, _msg: Any, job_id: str = job_id, replay_of: str = request.job_id) -> None:
@@ -244,7 +245,7 @@ def redrive_webhooks(settings: KafkaSettings, webhook_dead_letter_topic: str, fi
 
     def target(letter: DeadLetter) -> tuple[str, Headers]:
         attempt = int(letter.headers.get("webhook-attempt", b"0") or 0) + 1
-        return first_retry_topic, [("webhook-attempt", str(attempt).encode()), ("webhook-due-at", str(int(time.time() * 1000)).encode()),
+        return first_retry_topic, [("webhook-attempt", str(attempt).encode()), ("webhook-due-at", str(now_ms()).encode()),
                                    ("webhook-log", letter.headers.get("webhook-log", b"[]")),
                                    ("voicenote-redrive-of", _origin(letter).encode())]
 

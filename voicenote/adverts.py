@@ -9,13 +9,13 @@ configured voices: what the registry accepts, and what the running engines actua
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from schemas.clock import now_ms
 from voicenote.errors import JobStoreError
 
 ADVERT_INTERVAL_SECONDS = 30.0
@@ -37,7 +37,7 @@ def advert_key(key_prefix: str, family: str) -> str:
 
 async def publish_advert(client: aioredis.Redis, key_prefix: str, family: str, *, engine: str, model_version: str,
                          sample_rate: int, voices: Sequence[str]) -> EngineAdvert:
-    advert = EngineAdvert(engine, model_version, sample_rate, list(voices), int(time.time() * 1000))
+    advert = EngineAdvert(engine, model_version, sample_rate, list(voices), now_ms())
     try:
         await client.set(advert_key(key_prefix, family), json.dumps(asdict(advert)), ex=ADVERT_TTL_SECONDS)
     except (RedisError, OSError) as exc:

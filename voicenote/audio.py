@@ -2,13 +2,15 @@
 
 ``encode`` turns that WAV into any of the six API formats with PyAV (FFmpeg inside the wheel):
 mp3 (LAME), opus (libopus in Ogg, resampled to 48 kHz as Opus requires), aac (ADTS), flac, wav, and
-pcm (raw 16-bit little-endian samples at the voice's own rate, no header).
+pcm (raw 16-bit little-endian samples at the voice's own rate, no header). ``voicenote.audio_stream`` writes
+the same formats a chunk at a time, for streaming answers.
 """
 
 from __future__ import annotations
 
 import io
 import wave
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,12 +55,25 @@ class EncodeFailed(UnsupportedFormat):
     code = "encode_failed"
 
 
-# format -> (FFmpeg container, codec, sample format, forced sample rate or None, bit rate)
-_CODECS: dict[str, tuple[str, str, str, int | None, int | None]] = {
-    "mp3": ("mp3", "libmp3lame", "s16p", None, 64_000),
-    "opus": ("ogg", "libopus", "s16", 48_000, 32_000),
-    "aac": ("adts", "aac", "fltp", None, 64_000),
-    "flac": ("flac", "flac", "s16", None, None),
+class Codec(NamedTuple):
+    """How one compressed format is written with PyAV (``encode`` here, the stream encoders in ``audio_stream``)."""
+
+    container: str  # the FFmpeg muxer
+    codec: str
+    sample_format: str
+    forced_rate: int | None  # the rate the codec requires (Opus: 48 kHz), or None: the voice's own
+    bit_rate: int | None
+
+    def output_rate(self, sample_rate: int) -> int:
+        return self.forced_rate or sample_rate
+
+
+# The compressed formats (wav and pcm are written without FFmpeg).
+CODECS: dict[str, Codec] = {
+    "mp3": Codec("mp3", "libmp3lame", "s16p", None, 64_000),
+    "opus": Codec("ogg", "libopus", "s16", 48_000, 32_000),
+    "aac": Codec("adts", "aac", "fltp", None, 64_000),
+    "flac": Codec("flac", "flac", "s16", None, None),
 }
 
 
@@ -91,17 +106,17 @@ def encode(wav: bytes, fmt: str) -> bytes:
 def _ffmpeg_encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
     import av  # imported here: only the storage side encodes, and the import costs ~100 ms
 
-    container_name, codec, sample_fmt, forced_rate, bit_rate = _CODECS[fmt]
-    out_rate = forced_rate or rate
+    spec = CODECS[fmt]
+    out_rate = spec.output_rate(rate)
     buf = io.BytesIO()
     try:
-        with av.open(buf, mode="w", format=container_name) as container:
-            stream = container.add_stream(codec, rate=out_rate)
-            assert isinstance(stream, av.AudioStream)  # _CODECS names audio codecs only
+        with av.open(buf, mode="w", format=spec.container) as container:
+            stream = container.add_stream(spec.codec, rate=out_rate)
+            assert isinstance(stream, av.AudioStream)  # CODECS names audio codecs only
             stream.layout = "mono"
-            if bit_rate:
-                stream.bit_rate = bit_rate
-            resampler = av.AudioResampler(format=sample_fmt, layout="mono", rate=out_rate)
+            if spec.bit_rate:
+                stream.bit_rate = spec.bit_rate
+            resampler = av.AudioResampler(format=spec.sample_format, layout="mono", rate=out_rate)
             frame = av.AudioFrame.from_ndarray(samples.astype(np.int16).reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = rate
             frame.pts = None

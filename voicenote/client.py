@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.errors import DecodeError, EncodeError
 from schemas.validation import request_problems
@@ -138,7 +139,7 @@ class VoicenoteClient:
         except (UnknownModel, UnknownVoiceName) as exc:
             raise InvalidRequest(str(exc)) from None
         record: dict[str, Any] = {
-            "job_id": job_id or new_job_id(), "created_at": int(time.time() * 1000), "text": text, "voice": voice_id,
+            "job_id": job_id or new_job_id(), "created_at": now_ms(), "text": text, "voice": voice_id,
             "format": format, "speed": speed, "model": served.id, "priority": priority, "webhook_url": webhook_url,
             "trace_parent": trace_parent or new_traceparent(),
             "attributes": {"voice_requested": voice, "model_requested": model, **(attributes or {})}, **fields,

@@ -23,6 +23,7 @@ from ops.bench import common
 from ops.cli import main as cli
 from ops.replay import Range, read_range
 from ops.services import TansuBroker
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.events import DeadLetter, JobCompletion, SynthesisRequest
 from voicenote.client import VoicenoteClient
@@ -55,7 +56,7 @@ def run(records: int, rate: float) -> dict[str, object]:
         client.close()
         publish_s = time.perf_counter() - started
 
-        now = int(time.time() * 1000)
+        now = now_ms()
         producer = new_producer(kafka, {"linger.ms": 5})
         for i in range(records):
             job = f"job_{i}"

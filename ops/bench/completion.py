@@ -32,6 +32,7 @@ import numpy as np
 
 from ops.bench.common import machine
 from ops.services import MotoS3, RedisServer, TansuBroker
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
@@ -66,7 +67,7 @@ TEXTS = [
 
 
 def _request(job_id: str, text: str) -> SynthesisRequest:
-    return SynthesisRequest(job_id=job_id, created_at=int(time.time() * 1000), text=text)
+    return SynthesisRequest(job_id=job_id, created_at=now_ms(), text=text)
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -188,7 +189,7 @@ async def bench_webhooks(bootstrap: str, redis_url: str, deliveries: int) -> dic
     ensure_topics(settings.kafka, catalog.all())
     codecs, jobs, producer, sender = Codecs(), JobStore.from_settings(settings.redis), AsyncProducer(settings.kafka), build_sender(settings)
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    now = int(time.time() * 1000)
+    now = now_ms()
     await asyncio.gather(*(producer.send(catalog.completions.name, codecs.completion.encode_event(
         JobCompletion(job_id=f"job_wh{i}", status="succeeded", created_at=now, completed_at=now, webhook_url=url)),
         key=f"job_wh{i}".encode()) for i in range(deliveries)))

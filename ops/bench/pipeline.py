@@ -32,6 +32,7 @@ from typing import Any
 
 from ops.bench.common import REPO, CpuMeter, calibration_ms, machine, pct, stop_processes
 from ops.services import RedisServer, TansuBroker, free_port
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.events import SynthesisRequest
 from voicenote.kafka import consumer as new_consumer
@@ -41,7 +42,7 @@ from voicenote.settings import KafkaSettings, RedisSettings, Settings, StorageSe
 
 
 def request(job_id: str) -> SynthesisRequest:
-    return SynthesisRequest(job_id=job_id, created_at=int(time.time() * 1000), text="A short benchmark note.",
+    return SynthesisRequest(job_id=job_id, created_at=now_ms(), text="A short benchmark note.",
                             use_cache=False)  # measure the engine path, not cache hits
 
 

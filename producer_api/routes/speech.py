@@ -9,7 +9,8 @@ from producer_api.deps import BatchService, IdempotencyKey, Segments, Speaking, 
 from producer_api.models import AsyncAccepted, BatchAccepted, BatchRequest, OpenAISpeechRequest, SpeechRequest
 from producer_api.routes.examples import CONFLICT_IDEMPOTENCY, ERRORS, TIMEOUT, Responses
 from producer_api.services.common import ignored_header
-from producer_api.streaming import open_stream, router_reading
+from producer_api.services.streaming import open_stream
+from producer_api.streaming import router_reading
 from voicenote.audio import CONTENT_TYPES
 from voicenote.errors import DependencyUnavailable
 
@@ -32,11 +33,11 @@ async def speech(body: OpenAISpeechRequest, caller: Submitter, sync: Speaking, s
         # moment's wait), the answer is the whole file: the caller asked for nothing in particular, and gets a
         # complete answer rather than a 503.
         if segments is not None and await router_reading(segments):
-            return await open_stream(sync, segments, caller, body, idempotency_key)  # type: ignore[no-any-return]
+            return await open_stream(sync, segments, caller, body, idempotency_key)
     elif body.stream_format != "none":
         if segments is None:
             raise DependencyUnavailable("kafka", "streaming needs the segments topic in the catalog")
-        return await open_stream(sync, segments, caller, body, idempotency_key)  # type: ignore[no-any-return]
+        return await open_stream(sync, segments, caller, body, idempotency_key)
     audio = await sync.speak(caller, body, idempotency_key)
     return Response(content=audio.data, media_type=audio.content_type, headers={**audio.headers, "X-Voicenote-Streamed": "false"})
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from producer_api.auth import Caller
 from producer_api.errors import ApiError
@@ -26,7 +26,9 @@ from voicenote.storage import AudioStore
 
 log = logging.getLogger(__name__)
 
-_RECHECK_SECONDS = 2.0
+# The longest a waiter goes without re-reading the job's record: what a missed completion announcement (the
+# subscription dropped and came back) costs at most.
+RECHECK_SECONDS = 2.0
 # OpenAI's clients retry a 5xx unless told not to; resubmitting an accepted sync request makes a second job.
 NO_RESUBMIT = {"x-should-retry": "false"}
 
@@ -56,6 +58,17 @@ def answering_accepted(job_id: str, links: Links, headers: Mapping[str, str] | N
                             f"the request again (that would be a second job): poll {links.job(job_id)}",
                        type_="server_error", code="internal_error", job_id=job_id,
                        headers=_accepted_headers(job_id, links, headers)) from exc
+
+
+def raise_for_outcome(job_id: str, record: Mapping[str, str], headers: dict[str, str]) -> NoReturn:
+    """The error a speech request (whole-file or streamed) gets for a job that ended without succeeding:
+    409 cancelled, 400 when the worker refused the input, else 500 with the job's error code."""
+    if record.get("status") == JobStatus.cancelled.value:
+        raise ApiError(409, f"job {job_id} was cancelled", code="job_cancelled", headers=headers)
+    code, message = record.get("error_code", "unknown"), record.get("error_message", "synthesis failed")
+    if code == "invalid_request":
+        raise ApiError(400, f"job {job_id}: {message}", code=code, headers=headers)
+    raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers=headers)
 
 
 def _accepted_headers(job_id: str, links: Links, headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -102,15 +115,9 @@ class SyncSpeech:
             fmt = record.get("format", req.response_format)
             headers = {**audio_headers(job_id, fmt, record, routed.model.sample_rate), **ignored_header(routed.ignored)}
             return Audio(data, record.get("content_type") or CONTENT_TYPES[fmt], headers)
-        headers = {"X-Job-Id": job_id, **ignored_header(routed.ignored)}
-        if status == JobStatus.cancelled.value:
-            raise ApiError(409, f"job {job_id} was cancelled", code="job_cancelled", headers=headers)
-        code, message = record.get("error_code", "unknown"), record.get("error_message", "synthesis failed")
-        if code == "invalid_request":
-            raise ApiError(400, f"job {job_id}: {message}", code=code, headers=headers)
-        raise ApiError(500, f"job {job_id} failed: {message}", type_="server_error", code=code, headers=headers)
+        raise_for_outcome(job_id, record, {"X-Job-Id": job_id, **ignored_header(routed.ignored)})
 
-    # -- what the streaming answer (producer_api/streaming.py) shares with the whole-file one --------------
+    # -- what the streaming answer (services/streaming.py) shares with the whole-file one -----------------
     @property
     def timeout(self) -> float:
         return self._timeout
@@ -141,30 +148,39 @@ class SyncSpeech:
         await self._admission.once(caller, idempotency_key, SPEECH, req, publish)
         return published
 
-    def watch(self, job_id: str) -> Any:
-        """A context manager whose value is a future done when the job's completion is announced."""
-        return self._waiter.watch(job_id)
+    async def wait_for_end(self, job_id: str, until: float, *, also: asyncio.Future[Any] | None = None,
+                           read: bool = True) -> dict[str, str] | None:
+        """One round of waiting for ``job_id``'s end: its terminal record, or None after a wait.
 
-    async def record(self, job_id: str) -> dict[str, str] | None:
-        return await self._jobs.get(job_id)
+        Registers for the job's completion announcement first, then reads the record (unless ``read`` is False:
+        the caller has the terminal record already), so a completion that lands in between is not lost. While
+        the job is not over, waits for the announcement, for ``also`` (e.g. the next streamed segment) or until
+        ``until`` (the event loop's clock), but never longer than ``RECHECK_SECONDS``; then returns None and the
+        caller looks again. Raises TimeoutError, after the read, once ``until`` has passed.
+        """
+        loop = asyncio.get_running_loop()
+        with self._waiter.watch(job_id) as done:
+            if read:
+                record = await self._jobs.get(job_id)  # after registering: a completion in between is not lost
+                if record is not None and JobStatus(record["status"]).terminal:
+                    return record
+            remaining = until - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            await asyncio.wait({done} if also is None else {done, also}, timeout=min(remaining, RECHECK_SECONDS),
+                               return_when=asyncio.FIRST_COMPLETED)
+        return None
 
     async def stored_audio(self, key: str) -> bytes:
         return await self._store.get(key)
 
     async def _wait_terminal(self, job_id: str, timeout: float) -> dict[str, str]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            with self._waiter.watch(job_id) as done:
-                record = await self._jobs.get(job_id)  # after registering: a completion in between is not lost
-                if record is not None and JobStatus(record["status"]).terminal:
-                    return record
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise ApiError(504, f"job {job_id} is not finished after {timeout:g}s; poll {self._links.job(job_id)}",
-                                   type_="server_error", code="timeout", param=None, job_id=job_id,
-                                   headers={"X-Job-Id": job_id, "Location": self._links.job(job_id), **NO_RESUBMIT})
-                try:
-                    await asyncio.wait_for(done, min(remaining, _RECHECK_SECONDS))
-                except TimeoutError:
-                    pass
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while (record := await self.wait_for_end(job_id, deadline)) is None:
+                pass
+        except TimeoutError:
+            raise ApiError(504, f"job {job_id} is not finished after {timeout:g}s; poll {self._links.job(job_id)}",
+                           type_="server_error", code="timeout", param=None, job_id=job_id,
+                           headers={"X-Job-Id": job_id, "Location": self._links.job(job_id), **NO_RESUBMIT}) from None
+        return record

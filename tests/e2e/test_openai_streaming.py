@@ -19,8 +19,8 @@ import pytest
 from openai import OpenAI
 
 from producer_api.auth import new_token
-from producer_api.streaming import UNKNOWN_SIZE
 from tests.stack import Stack
+from voicenote.audio_stream import UNKNOWN_SIZE
 from voicenote.settings import ApiKey, ApiSettings
 
 pytestmark = pytest.mark.e2e
