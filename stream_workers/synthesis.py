@@ -235,7 +235,7 @@ class Synthesizer:
         self._jobs = jobs
         # S1-mini: registered (vc_) voices come from the audio store, resolved in admit() (engine/s1mini/voices.py)
         if (attach := getattr(engine, "attach_voice_store", None)) is not None:
-            attach(store, storage.key_prefix)
+            attach(store)
 
     async def admit(self, values: Sequence[bytes | None]) -> Admission:
         """decode -> validate -> filter, with one pipelined job-record read for the whole group."""

@@ -18,9 +18,9 @@ from stream_workers.engine.s1mini.voices import (
     codes_name,
     voice_key,
 )
+from voicenote.registered_voices import voice_prefix
 from voicenote.storage.local import LocalAudioStore
 
-PREFIX = "audio/"
 FP = "0123456789abcdef"
 
 
@@ -69,14 +69,14 @@ def store(tmp_path):
 
 async def register(store, voice_id, *, transcript="hello there", seconds=0.5, loudness=0.5):
     t = np.arange(int(44100 * seconds)) / 44100
-    await store.put(voice_key(PREFIX, voice_id, "reference.wav"), wav_bytes(loudness * np.sin(2 * np.pi * 200 * t)), "audio/wav")
+    await store.put(voice_key(voice_id, "reference.wav"), wav_bytes(loudness * np.sin(2 * np.pi * 200 * t)), "audio/wav")
     meta = {"voice_id": voice_id, "owner": "anonymous", "name": "n", "transcript": transcript, "sample_rate": 44100,
             "duration_s": seconds, "created_at_ms": 1, "ephemeral": False}
-    await store.put(voice_key(PREFIX, voice_id, "meta.json"), json.dumps(meta).encode(), "application/json")
+    await store.put(voice_key(voice_id, "meta.json"), json.dumps(meta).encode(), "application/json")
 
 
 def voices(store, encoder=None, **kw):
-    return StoreVoices(store, PREFIX, encoder or CountingEncoder(), 10, **kw)
+    return StoreVoices(store, encoder or CountingEncoder(), 10, **kw)
 
 
 async def test_first_use_encodes_and_writes_codes_back_then_memory_then_other_workers_read_them(store):
@@ -85,7 +85,7 @@ async def test_first_use_encodes_and_writes_codes_back_then_memory_then_other_wo
     sv = voices(store, enc)
     item = await sv.resolve(vid(1))
     assert item.text == "hello there" and enc.calls == 1 and sv.encodes == 1
-    stored = np.load(io.BytesIO(await store.get(voice_key(PREFIX, vid(1), codes_name(FP)))))
+    stored = np.load(io.BytesIO(await store.get(voice_key(vid(1), codes_name(FP)))))
     assert stored.shape == (10, 11) and (stored == item.codes).all()
     assert item.codes[0, 0] == 25  # derived from this clip
     # again: from memory, no store read
@@ -98,7 +98,7 @@ async def test_first_use_encodes_and_writes_codes_back_then_memory_then_other_wo
 
 async def test_codes_of_another_checkpoint_are_not_used(store):
     await register(store, vid(2))
-    await store.put(voice_key(PREFIX, vid(2), codes_name("ffffffffffffffff")), b"not ours", "application/octet-stream")
+    await store.put(voice_key(vid(2), codes_name("ffffffffffffffff")), b"not ours", "application/octet-stream")
     enc = CountingEncoder()
     await voices(store, enc).resolve(vid(2))
     assert enc.calls == 1
@@ -106,7 +106,7 @@ async def test_codes_of_another_checkpoint_are_not_used(store):
 
 async def test_unreadable_or_misshaped_codes_are_encoded_again(store):
     await register(store, vid(3))
-    key = voice_key(PREFIX, vid(3), codes_name(FP))
+    key = voice_key(vid(3), codes_name(FP))
     for bad in (b"garbage", _npy(np.zeros((4, 3), dtype=np.int64)), _npy(np.full((10, 3), -1)), _npy(np.zeros((10, 3)))):
         await store.put(key, bad, "application/octet-stream")
         enc = CountingEncoder()
@@ -130,17 +130,17 @@ async def test_unknown_and_malformed_ids_are_voice_not_found(store):
 
 
 async def test_meta_without_reference_is_not_found_and_bad_files_are_unusable(store):
-    await store.put(voice_key(PREFIX, vid(4), "meta.json"), json.dumps({"transcript": "x"}).encode(), "application/json")
+    await store.put(voice_key(vid(4), "meta.json"), json.dumps({"transcript": "x"}).encode(), "application/json")
     with pytest.raises(VoiceNotFound, match="no reference.wav"):
         await voices(store).resolve(vid(4))
-    await store.put(voice_key(PREFIX, vid(4), "reference.wav"), wav_bytes(np.zeros(100), rate=22050), "audio/wav")
+    await store.put(voice_key(vid(4), "reference.wav"), wav_bytes(np.zeros(100), rate=22050), "audio/wav")
     with pytest.raises(VoiceUnusable, match="44100 Hz") as ei:
         await voices(store).resolve(vid(4))
     assert ei.value.code == "voice_unavailable"
-    await store.put(voice_key(PREFIX, vid(4), "reference.wav"), b"RIFF nonsense", "audio/wav")
+    await store.put(voice_key(vid(4), "reference.wav"), b"RIFF nonsense", "audio/wav")
     with pytest.raises(VoiceUnusable, match="not a readable WAV"):
         await voices(store).resolve(vid(4))
-    await store.put(voice_key(PREFIX, vid(4), "meta.json"), b"{not json", "application/json")
+    await store.put(voice_key(vid(4), "meta.json"), b"{not json", "application/json")
     with pytest.raises(VoiceUnusable, match="meta.json"):
         await voices(store).resolve(vid(4))
 
@@ -169,8 +169,7 @@ async def test_ttl_rechecks_the_store_so_a_deleted_voice_stops(store, tmp_path):
     assert await sv.resolve(vid(5)) is item and sv.rechecks == 0
     clock.t += 2  # past the TTL: re-checked, still there, not fetched nor encoded again
     assert await sv.resolve(vid(5)) is item and sv.rechecks == 1 and enc.calls == 1 and sv.fetches == 1
-    for p in (tmp_path / "store" / "audio" / "voices" / vid(5)).iterdir():  # what the API's DELETE does
-        p.unlink()
+    await store.delete_many(await store.list_keys(voice_prefix(vid(5))))  # what the API's DELETE does
     clock.t += 30  # within the TTL of the last check: still served from memory
     assert await sv.resolve(vid(5)) is item
     clock.t += 31

@@ -75,12 +75,12 @@ async def s3(settings: Settings) -> AsyncIterator[S3AudioStore]:
         await store.close()
 
 
-async def register(store: S3AudioStore, prefix: str, voice_id: str) -> bytes:
+async def register(store: S3AudioStore, voice_id: str) -> bytes:
     wav = reference_wav()
     meta = {"voice_id": voice_id, "owner": "anonymous", "name": "mine", "transcript": TRANSCRIPT, "sample_rate": 44100,
             "duration_s": 1.5, "created_at_ms": int(time.time() * 1000), "ephemeral": False}
-    await store.put(voice_key(prefix, voice_id, "reference.wav"), wav, "audio/wav")
-    await store.put(voice_key(prefix, voice_id, "meta.json"), json.dumps(meta).encode(), "application/json")
+    await store.put(voice_key(voice_id, "reference.wav"), wav, "audio/wav")
+    await store.put(voice_key(voice_id, "meta.json"), json.dumps(meta).encode(), "application/json")
     return wav
 
 
@@ -90,8 +90,7 @@ def synthesizer(engine: Any, store: S3AudioStore, settings: Settings) -> Synthes
 
 async def test_registered_voice_is_encoded_once_and_its_codes_reach_the_prompt(
         engine: S1MiniEngine, s3: S3AudioStore, settings: Settings, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    prefix = settings.storage.key_prefix
-    wav = await register(s3, prefix, VOICE)
+    wav = await register(s3, VOICE)
     synth = synthesizer(engine, s3, settings)
     admitted = await synth.admit([Codecs().request.encode(request("job_vc_1", "Say this with my voice.", VOICE))])
     assert admitted.results == [] and len(admitted.jobs) == 1
@@ -100,7 +99,7 @@ async def test_registered_voice_is_encoded_once_and_its_codes_reach_the_prompt(
 
     # the codes were written back under the checkpoint's fingerprint, and are the encoder's codes of the clip
     fp = checkpoint_fingerprint(tiny_dir / "codec.pth")
-    stored = np.load(io.BytesIO(await s3.get(voice_key(prefix, VOICE, f"codes-{fp}.npy"))), allow_pickle=False)
+    stored = np.load(io.BytesIO(await s3.get(voice_key(VOICE, f"codes-{fp}.npy"))), allow_pickle=False)
     want = load_codec_encoder(tiny_dir / "codec.pth", engine.codec_config).encode_clip(read_wav(wav))
     assert stored.shape == (10, -(-int(1.5 * 44100) // 2048)) and (stored == want).all()
     assert len(np.unique(stored[0])) > 1
@@ -154,7 +153,7 @@ async def test_unknown_registered_voice_fails_with_voice_not_found(engine: S1Min
 
 
 async def test_registered_voice_on_an_engine_without_them_is_a_model_mismatch(s3: S3AudioStore, settings: Settings) -> None:
-    await register(s3, settings.storage.key_prefix, VOICE)
+    await register(s3, VOICE)
     synth = synthesizer(NullEngine(), s3, settings)
     admitted = await synth.admit([Codecs().request.encode(request("job_vc_n", "Hello.", VOICE))])
     [(_, result)] = admitted.results

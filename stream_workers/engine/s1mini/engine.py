@@ -177,12 +177,12 @@ class S1MiniEngine:
     def voices(self) -> list[str]:
         return self.voice_registry.names()
 
-    def attach_voice_store(self, store: Any, key_prefix: str) -> None:
+    def attach_voice_store(self, store: Any) -> None:
         """Serve registered ``vc_`` voices from the audio store, encoding new ones (voices.StoreVoices)."""
         s = self.settings
         encoder = ClipEncoderLoader(self.codec_spec.checkpoint, self.codec_config, self.device, s.seed)
         self.voice_registry.attach_store(StoreVoices(
-            store, key_prefix, encoder, self.config.num_codebooks, size=s.voice_cache_size, ttl_s=s.voice_ttl_s))
+            store, encoder, self.config.num_codebooks, size=s.voice_cache_size, ttl_s=s.voice_ttl_s))
 
     async def prepare_voices(self, names: Sequence[str]) -> dict[str, EngineError]:
         """Resolve the registered voices among ``names`` before their jobs are submitted; errors by name."""

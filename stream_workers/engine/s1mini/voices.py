@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from voicenote.registered_voices import voice_prefix
+
 from ..base import UnknownVoice
 
 log = logging.getLogger(__name__)
@@ -148,9 +150,10 @@ def is_registered(name: str) -> bool:
     return name.startswith(REGISTERED_PREFIX)
 
 
-def voice_key(key_prefix: str, voice_id: str, name: str) -> str:
-    """Where a registered voice's files live: ``<key_prefix>voices/<voice_id>/<name>``."""
-    return f"{key_prefix}voices/{voice_id}/{name}"
+def voice_key(voice_id: str, name: str) -> str:
+    """Where a registered voice's files live: ``voices/<voice_id>/<name>`` at the store's root, outside the audio's
+    key prefix so that the audio's expiry does not reach them (the contract: voicenote.registered_voices)."""
+    return voice_prefix(voice_id) + name
 
 
 def codes_name(fingerprint: str) -> str:
@@ -223,14 +226,13 @@ class StoreVoices:
     keep ``size`` above the distinct registered voices a worker has in flight.
     """
 
-    def __init__(self, store: Any, key_prefix: str, encoder: ClipEncoder, num_codebooks: int, *, size: int = 64,
+    def __init__(self, store: Any, encoder: ClipEncoder, num_codebooks: int, *, size: int = 64,
                  ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         if size < 1:
             raise ValueError("the voice cache needs room for at least one voice")
         if ttl_s < 0:
             raise ValueError("the voice TTL cannot be negative")
         self.store = store
-        self.key_prefix = key_prefix
         self.encoder = encoder
         self.num_codebooks = num_codebooks
         self.size = size
@@ -280,7 +282,7 @@ class StoreVoices:
         from voicenote.errors import AudioNotFound
 
         try:
-            data: bytes = await self.store.get(voice_key(self.key_prefix, voice_id, name))
+            data: bytes = await self.store.get(voice_key(voice_id, name))
             return data
         except AudioNotFound:
             return None
@@ -311,7 +313,7 @@ class StoreVoices:
             codes = np.asarray(await asyncio.to_thread(self.encoder.encode, samples), dtype=np.int64)
             self.encodes += 1
             try:
-                await self.store.put(voice_key(self.key_prefix, voice_id, codes_name(fingerprint)), npy_bytes(codes),
+                await self.store.put(voice_key(voice_id, codes_name(fingerprint)), npy_bytes(codes),
                                      "application/octet-stream")
             except Exception as e:  # noqa: BLE001 - the codes are in hand: serve them, encode again next time
                 log.warning("voice %s: writing its codes back to the audio store failed: %s", voice_id, e)
