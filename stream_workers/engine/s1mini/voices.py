@@ -302,7 +302,9 @@ class StoreVoices:
         self.fetches += 1
         fingerprint = await asyncio.to_thread(self.encoder.fingerprint)
         codes = self._codes(voice_id, await self._get(voice_id, codes_name(fingerprint)))
+        source = "stored codes"
         if codes is None:
+            source = "encoded from reference.wav"
             wav = await self._get(voice_id, "reference.wav")
             if wav is None:
                 raise VoiceNotFound(f"voice {voice_id} has no reference.wav in the audio store")
@@ -317,6 +319,8 @@ class StoreVoices:
                                      "application/octet-stream")
             except Exception as e:  # noqa: BLE001 - the codes are in hand: serve them, encode again next time
                 log.warning("voice %s: writing its codes back to the audio store failed: %s", voice_id, e)
+        log.info("voice %s: %d reference frames (%s) and a transcript of %d characters, ready for prompts",
+                 voice_id, codes.shape[1], source, len(text))
         item = StoredVoice(text, codes, self.clock())
         with self._lock:
             self._cache[voice_id] = item
