@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
+from ..base import ContinuousEngine, EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
 from .checkpoint import CheckpointError, check_state, load_into, read_codec_state, read_llama_state
 from .codec import CodecDecoder
 from .codec_runner import CODEC_DTYPES, CodecSpec, codec_runner
@@ -77,7 +77,7 @@ def is_oom(e: BaseException) -> bool:
     return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-class S1MiniEngine:
+class S1MiniEngine(ContinuousEngine):
     """Batched S1-mini: text (+ optional registered reference voice) -> 44.1 kHz mono float32."""
 
     name = "s1mini"
