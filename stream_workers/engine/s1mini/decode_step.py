@@ -1,7 +1,7 @@
 """The static decode step: one frame for every slot, with shapes fixed per (batch bucket, KV bucket).
 
-Unlike generate.py (which grows masks and drops rows each step), everything here lives in buffers
-allocated once (see slots.py): a KV cache of fixed capacity per slot, per-slot lengths, sampling
+Unlike the reference decoder (ops/bench/s1mini_reference.py, which grows masks and drops rows each
+step), everything here lives in buffers allocated once (see slots.py): a KV cache of fixed capacity per slot, per-slot lengths, sampling
 parameters, a repetition ring and the produced codes. One call of :func:`decode_step`
   1. samples codebook 0 (semantic token or the end token) from the logits the previous slow step left,
   2. runs the 10-codebook fast loop (unrolled: 9 fast steps, each sampled),
@@ -23,7 +23,7 @@ is hashed from the request's seed once, at admission; the noise of all ten codeb
 drawn in two tensor passes at the start of the step (codebook 0 over the semantic vocabulary, the nine
 residual codebooks together), not one hash per codebook. A row's draws therefore depend only on its
 seed, its own frame counter and the codebook, never on its batch-mates or its slot. Greedy rows
-(temperature 0) take the argmax after the repetition penalty, exactly as generate.py does.
+(temperature 0) take the argmax after the repetition penalty, exactly as the reference decoder does.
 
 Operator budget: the step is written for few kernels (it is launch-bound at small batches): queries
 and keys are normed and rotated as one tensor, attention reads the cache in packed-GQA form

@@ -32,9 +32,8 @@ from .checkpoint import CheckpointError, check_state, load_into, read_codec_stat
 from .codec import CodecDecoder
 from .codec_runner import CODEC_DTYPES, CodecSpec, codec_runner
 from .config import DualARConfig, S1MiniSettings, s1mini_codec_config, s1mini_config
-from .generate import RowRequest
 from .model import DualARTransformer
-from .slots import FinishedRow, SlotDecoder
+from .slots import FinishedRow, RowRequest, SlotDecoder
 from .tokenizer import INTERLEAVE, ByteTokenizer, load_tokenizer
 from .voices import DEFAULT_VOICE, VoiceRegistry
 

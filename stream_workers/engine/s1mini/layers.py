@@ -144,7 +144,8 @@ class Attention(nn.Module):
 
     ``kv``: (k_buf, v_buf) of shape (B, n_kv_heads, capacity, head_dim); the new keys/values are
     written at columns ``[start, start + S)`` (the same columns for every row: see the left-padding
-    scheme in generate.py) and attention reads columns ``[0, start + S)``.
+    scheme of the reference decoder, ops/bench/s1mini_reference.py) and attention reads columns
+    ``[0, start + S)``.
     ``mask``: bool (B or 1, 1, S, K), True where a query may attend to a key.
     """
 
