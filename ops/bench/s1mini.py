@@ -63,7 +63,8 @@ from stream_workers.engine.s1mini.config import (
     tiny_config,
 )
 from stream_workers.engine.s1mini.decode_step import decode_step
-from stream_workers.engine.s1mini.engine import S1MiniEngine, is_oom, resolve_dtype
+from stream_workers.engine.s1mini.engine import S1MiniEngine, is_oom
+from stream_workers.engine.s1mini.loader import resolve_dtype
 from stream_workers.engine.s1mini.model import DualARTransformer
 from stream_workers.engine.s1mini.slots import RowRequest, SlotDecoder
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
