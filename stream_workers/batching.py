@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from stream_workers.engine.batches import pick_batch  # the engine's padding policy, shared with the slot adapter
+
 T = TypeVar("T")
 
 
@@ -59,32 +61,6 @@ class Pending(Generic[T]):
     def rank(self, bulk_delay: float) -> float:
         """When the item is due: lower goes first."""
         return self.arrived if self.interactive else self.arrived + bulk_delay
-
-
-def pick_batch(pool: Sequence[Pending[T]], max_batch: int, head: int | None = None) -> list[int]:
-    """Indexes into ``pool`` of the next batch, in arrival order.
-
-    ``head`` (by default the oldest item) is always in it, so nothing starves. When more than
-    ``max_batch`` items wait, the rest are the ones closest to it in size: of the runs of ``max_batch``
-    consecutive items in size order that contain the head, the one with the smallest spread of sizes,
-    which is what padding to the longest item wastes.
-    """
-    if not pool:
-        return []
-    if len(pool) <= max_batch:
-        return sorted(range(len(pool)), key=lambda i: pool[i].arrived)
-    if head is None:
-        head = min(range(len(pool)), key=lambda i: pool[i].arrived)
-    order = sorted(range(len(pool)), key=lambda i: (pool[i].size, pool[i].arrived))
-    pos = order.index(head)
-    best_start, best_spread = 0, None
-    for start in range(max(0, pos - max_batch + 1), min(pos, len(order) - max_batch) + 1):
-        run = order[start : start + max_batch]
-        spread = pool[run[-1]].size - pool[run[0]].size
-        if best_spread is None or spread < best_spread:
-            best_start, best_spread = start, spread
-    chosen = order[best_start : best_start + max_batch]
-    return sorted(chosen, key=lambda i: pool[i].arrived)
 
 
 def pick_admission(pool: Sequence[Pending[T]], limit: int, now: float, bulk_delay: float) -> list[int]:

@@ -23,7 +23,8 @@ from schemas.events import STREAM_ATTRIBUTE, TIMESTAMPS_ATTRIBUTE, WORD_TIMESTAM
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems, valid_job_id
-from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
+from stream_workers.engine.base import EngineError, SpeechEngine, SynthesisInput, SynthesisResult
+from stream_workers.engine.batches import synthesize_resilient  # split-and-retry is the engine's (engine/batches.py)
 from stream_workers.result_cache import ResultCache, cache_key
 from stream_workers.segmentation import join_audio, joined_piece, segment_offsets, split_text
 from voicenote import captions
@@ -181,40 +182,8 @@ def wants_timestamps(request: SynthesisRequest) -> bool:
     return (request.attributes or {}).get(TIMESTAMPS_ATTRIBUTE) == WORD_TIMESTAMPS
 
 
-def synthesize_resilient(engine: SpeechEngine, inputs: Sequence[SynthesisInput]) -> list[SynthesisResult]:
-    """``engine.synthesize_batch`` with failures kept small. Blocking; run it off the event loop.
-
-    An out-of-memory batch is split in halves and each retried; a batch that raises is retried item by
-    item; an item that failed next to others is retried alone. Only what still fails alone is a failure.
-    """
-    if not inputs:
-        return []
-    try:
-        results = engine.synthesize_batch(inputs)
-        if len(results) != len(inputs):
-            raise EngineError(f"engine returned {len(results)} results for {len(inputs)} inputs")
-    except EngineOutOfMemory as exc:
-        if len(inputs) == 1:
-            return [SynthesisResult(inputs[0].job_id, engine.sample_rate, error=exc)]
-        mid = len(inputs) // 2
-        log.warning("engine out of memory at batch %d; splitting into %d + %d", len(inputs), mid, len(inputs) - mid)
-        return synthesize_resilient(engine, inputs[:mid]) + synthesize_resilient(engine, inputs[mid:])
-    except Exception as exc:  # noqa: BLE001 - translated into per-item failures below, never dropped
-        if len(inputs) == 1:
-            log.warning("engine failed on %s: %s: %s", inputs[0].job_id, type(exc).__name__, exc)
-            error = exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}")
-            return [SynthesisResult(inputs[0].job_id, engine.sample_rate, error=error)]
-        log.warning("engine failed on a batch of %d (%s: %s); retrying item by item", len(inputs), type(exc).__name__, exc)
-        return [synthesize_resilient(engine, [item])[0] for item in inputs]
-    if len(inputs) > 1:
-        for i, result in enumerate(results):
-            if not result.ok:
-                results[i] = synthesize_resilient(engine, [inputs[i]])[0]
-    return results
-
-
 class Synthesizer:
-    """The steps of synthesis that are not about concurrency: admit requests, run a batch, finish a job."""
+    """The steps of synthesis that are not about concurrency: admit requests, record segment outcomes, finish a job."""
 
     def __init__(
         self,

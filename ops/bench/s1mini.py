@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from ops.bench.s1mini_reference import GenerateStats, generate_batch
 from stream_workers.engine.base import SynthesisInput
 from stream_workers.engine.s1mini.codec_runner import CodecSpec, ThreadCodec
 from stream_workers.engine.s1mini.config import (
@@ -62,10 +63,10 @@ from stream_workers.engine.s1mini.config import (
     tiny_config,
 )
 from stream_workers.engine.s1mini.decode_step import decode_step
-from stream_workers.engine.s1mini.engine import S1MiniEngine, is_oom, resolve_dtype
-from stream_workers.engine.s1mini.generate import GenerateStats, RowRequest, generate_batch
+from stream_workers.engine.s1mini.engine import S1MiniEngine, is_oom
+from stream_workers.engine.s1mini.loader import resolve_dtype
 from stream_workers.engine.s1mini.model import DualARTransformer
-from stream_workers.engine.s1mini.slots import SlotDecoder
+from stream_workers.engine.s1mini.slots import RowRequest, SlotDecoder
 from stream_workers.engine.s1mini.tokenizer import ByteTokenizer
 
 from .s1mini_ops import count_step_ops

@@ -1,4 +1,9 @@
-"""Speech engines behind one interface (see base.py)."""
+"""Speech engines, below the worker: this package imports nothing else of stream_workers.
+
+base.py has the interfaces: batch engines (Piper, null) are ``SpeechEngine``s, and the synthesis loop
+drives every engine as a ``ContinuousEngine`` (S1-mini natively, a batch engine through
+``slots.continuous``). batches.py keeps a batch engine's failures small (split-and-retry).
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,22 @@
-"""The engine interface: a batch of inputs in, one result per input out.
+"""The engine interfaces: inputs in, one result per input out.
 
-Every engine (Piper on the CPU, S1-mini in torch) sits behind :class:`SpeechEngine`. The synthesis
-agent knows nothing else about an engine. A failing item is reported in its own result, never by
-raising for the whole batch, so its batch-mates still succeed.
+Two interfaces, one for each kind of engine, and one of them for the worker:
+
+* :class:`SpeechEngine` (a Protocol): a *batch* engine. ``synthesize_batch`` takes a batch and returns
+  when all of it is done. Piper and the null engine are batch engines.
+* :class:`ContinuousEngine` (an ABC): an engine that keeps live rows in slots. It is the one interface
+  the synthesis loop drives. S1-mini implements it natively; a batch engine is driven through
+  :class:`~stream_workers.engine.slots.SlotAdapter`, and :func:`~stream_workers.engine.slots.continuous`
+  gives the worker a ContinuousEngine for any engine ``build_engine`` returns.
+
+A failing item is reported in its own result, never by raising for the whole batch, so its batch-mates
+still succeed. The engine package imports nothing of the worker (stream_workers' other packages): the
+import-linter contract ``engine-below-the-worker`` holds it.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -88,13 +98,15 @@ class SpeechEngine(Protocol):
         ...
 
 
-class ContinuousEngine(Protocol):
-    """An engine that keeps live rows in slots (iteration-level batching).
+class ContinuousEngine(ABC):
+    """An engine that keeps live rows in slots (iteration-level batching): what the synthesis loop drives.
 
     Submitted inputs join the running decode at the next step boundary (an idle engine starts them at
     once); a finished row leaves its slot at once and its future resolves without waiting for its
-    batch-mates. Futures resolve from the engine's own thread: an asyncio caller wraps them with
-    ``asyncio.wrap_future``. A failing row resolves with a result carrying its error, never raises.
+    batch-mates. The futures are ``concurrent.futures.Future`` objects resolved from the engine's own
+    thread, so their done-callbacks run there: an asyncio caller hands each result to its loop with
+    ``loop.call_soon_threadsafe`` (as synthesis_loop.py does). A failing row resolves with a result
+    carrying its error, never raises.
     """
 
     name: str
@@ -102,18 +114,18 @@ class ContinuousEngine(Protocol):
     sample_rate: int
     slots: int  # the most rows decoding at once
 
+    @abstractmethod
     def voices(self) -> list[str]:
         """The voice names this engine accepts."""
-        ...
 
+    @abstractmethod
     def free_slots(self) -> int:
         """Slots not taken by live or queued rows (back-pressure for admission)."""
-        ...
 
+    @abstractmethod
     def submit(self, inputs: Sequence[SynthesisInput]) -> list[Future[SynthesisResult]]:
         """Queue ``inputs`` for decoding; one future per input, in input order."""
-        ...
 
+    @abstractmethod
     def close(self) -> None:
-        """Finish the rows in hand, then stop the engine thread."""
-        ...
+        """Finish the rows in hand, then stop the engine's threads."""

@@ -8,26 +8,39 @@ and the next one forming, so a caller that keeps it filled keeps the engine busy
 ever waiting for the caller between batches; the count changes only on ``submit`` and when futures
 resolve, so a caller woken by its futures sees it current.
 
-Failures stay small as :func:`synthesize_resilient` keeps them: an out-of-memory batch is split, a
-batch that raises is retried item by item, and a failing item resolves with its error, alone.
+Failures stay small as :func:`~stream_workers.engine.batches.synthesize_resilient` keeps them: an
+out-of-memory batch is split, a batch that raises is retried item by item, and a failing item resolves
+with its error, alone. Split-and-retry is the engine's (batches.py says why); the synthesis side keeps
+no copy of it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 
-from stream_workers.batching import Pending, pick_batch
 from stream_workers.engine.base import ContinuousEngine, SpeechEngine, SynthesisInput, SynthesisResult
-from stream_workers.synthesis import synthesize_resilient
+from stream_workers.engine.batches import pick_batch, synthesize_resilient
 from voicenote.tracing import batch_span
 
 log = logging.getLogger(__name__)
 
 
-class SlotAdapter:
+@dataclass
+class _Row:
+    """A submitted input waiting for a batch (``size``/``arrived``: what :func:`pick_batch` groups by)."""
+
+    item: SynthesisInput
+    future: Future[SynthesisResult]
+    size: int
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class SlotAdapter(ContinuousEngine):
     """Runs a :class:`SpeechEngine` on its own thread, one batch of up to ``slots`` rows at a time."""
 
     def __init__(self, engine: SpeechEngine, slots: int) -> None:
@@ -39,7 +52,7 @@ class SlotAdapter:
         self.sample_rate = engine.sample_rate
         self.slots = slots
         self._cond = threading.Condition()
-        self._waiting: list[Pending[tuple[SynthesisInput, Future[SynthesisResult]]]] = []
+        self._waiting: list[_Row] = []
         self._running = 0
         self._closing = False
         self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
@@ -64,7 +77,7 @@ class SlotAdapter:
             if self._closing:
                 raise RuntimeError("the engine is closed")
             for item, future in zip(inputs, futures, strict=True):
-                self._waiting.append(Pending((item, future), len(item.text)))
+                self._waiting.append(_Row(item, future, len(item.text)))
             self._cond.notify()
         return futures
 
@@ -78,7 +91,7 @@ class SlotAdapter:
         """The next batch from the waiting rows (holding the lock); empty if none wait."""
         chosen = pick_batch(self._waiting, self.slots)
         taken = set(chosen)
-        batch = [self._waiting[i].item for i in chosen]
+        batch = [(self._waiting[i].item, self._waiting[i].future) for i in chosen]
         self._waiting = [p for i, p in enumerate(self._waiting) if i not in taken]
         self._running = len(batch)
         return batch
@@ -116,7 +129,8 @@ class SlotAdapter:
 
 
 def continuous(engine: SpeechEngine | ContinuousEngine, slots: int) -> ContinuousEngine:
-    """``engine`` itself if it keeps slots natively, else a :class:`SlotAdapter` of ``slots`` rows."""
-    if callable(getattr(engine, "submit", None)) and callable(getattr(engine, "free_slots", None)):
-        return engine  # type: ignore[return-value]
-    return SlotAdapter(engine, slots)  # type: ignore[arg-type]
+    """``engine`` itself if it is a :class:`ContinuousEngine` (keeps slots natively), else a
+    :class:`SlotAdapter` of ``slots`` rows around the batch engine."""
+    if isinstance(engine, ContinuousEngine):
+        return engine
+    return SlotAdapter(engine, slots)

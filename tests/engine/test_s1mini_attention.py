@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ops.bench.s1mini_ops import count_step_ops
 from stream_workers.engine.s1mini.config import s1mini_config
-from stream_workers.engine.s1mini.decode_step import _attend_decode, decode_mask
-from stream_workers.engine.s1mini.layers import Attention, apply_rope, attend, rope_at, rope_rows, rope_table
+from stream_workers.engine.s1mini.decode_step import decode_mask
+from stream_workers.engine.s1mini.layers import Attention, ColumnScatter, apply_rope, attend, rope_at, rope_rows, rope_table
 
 
 def reference(q, k, v, mask=None, causal=False):
@@ -100,7 +100,7 @@ def test_decode_attention_reads_the_cache_as_it_is():
     enable_gqa form shows up there as a clone of K/V expanded to 16 heads."""
     attn, x, rope, k_buf, v_buf, col, mask, kvb = _decode_attention("cpu")
     with torch.no_grad(), _SdpaCalls() as seen, _Ops() as ops:
-        _attend_decode(attn, x, rope, k_buf, v_buf, col, mask, kvb)
+        attn(x, rope, mask, write=ColumnScatter(k_buf, v_buf, col, kvb))
     (args, kwargs), = seen.calls
     q, k, v = args[:3]
     assert not kwargs.get("enable_gqa", False)
@@ -114,7 +114,7 @@ def test_decode_attention_reads_the_cache_as_it_is():
 
     attn, x, rope, k_buf, v_buf, col, mask, kvb = _decode_attention("meta")
     with torch.no_grad(), _Ops() as ops:
-        _attend_decode(attn, x, rope, k_buf, v_buf, col, mask, kvb)
+        attn(x, rope, mask, write=ColumnScatter(k_buf, v_buf, col, kvb))
     k_numel = k_buf[:, :, :kvb].numel()
 
     def expanded(trace):  # an operator whose output holds K/V columns for more heads than the cache has
@@ -153,3 +153,45 @@ def test_fused_ffn_projections_equal_the_two_matmuls_and_keep_the_checkpoint_lay
         ff.load_state_dict(fresh.state_dict())  # loading new weights undoes the fusion ...
         assert ff.w13 is None
         torch.testing.assert_close(ff(x), fresh(x))  # ... so the new weights are the ones used
+
+
+def test_prefill_decode_and_the_reference_run_the_one_attention(s1_model, s1_tok, monkeypatch):
+    """Issue 20: the slot decoder's prefill and decode step and the reference decoder all attend through
+    ``Attention.forward`` (each differs only in where it writes K/V); nothing else calls ``attend``."""
+    from ops.bench.s1mini_reference import generate_batch
+    from stream_workers.engine.s1mini import decode_step as step_module
+    from stream_workers.engine.s1mini import layers
+    from stream_workers.engine.s1mini.slots import RowRequest, SlotDecoder
+    from tests.engine.s1mini_prompts import prompt
+
+    writes: list[str] = []
+    inside = [0]
+    forward, real_attend = layers.Attention.forward, layers.attend
+
+    def counting_forward(self, x, rope, mask, kv=None, start=0, is_causal=False, write=None):
+        writes.append(type(write).__name__ if write is not None else ("SliceWrite" if kv is not None else "none"))
+        inside[0] += 1
+        try:
+            return forward(self, x, rope, mask, kv, start, is_causal, write)
+        finally:
+            inside[0] -= 1
+
+    def guarded_attend(*args, **kwargs):
+        assert inside[0], "attention computed outside Attention.forward"
+        return real_attend(*args, **kwargs)
+
+    monkeypatch.setattr(layers.Attention, "forward", counting_forward)
+    monkeypatch.setattr(layers, "attend", guarded_attend)
+    assert not hasattr(step_module, "attend") and not hasattr(step_module, "_attend_decode")
+    n_slow, n_fast = len(s1_model.layers), len(s1_model.fast_layers)
+    dec = SlotDecoder(s1_model, end_token_id=s1_tok.im_end_id, residual_vocab=32, slots=2, capacity=64, kv_min=32)
+    dec.add([(RowRequest(prompt(s1_tok, "one attention"), 3), "a")])
+    assert writes == ["SlotRowsWrite"] * n_slow
+    writes.clear()
+    dec.step()
+    assert writes.count("ColumnScatter") == n_slow
+    assert writes.count("SliceWrite") >= n_fast  # the fast loop, per codebook
+    writes.clear()
+    generate_batch(s1_model, [RowRequest(prompt(s1_tok, "one attention"), 2)], end_token_id=s1_tok.im_end_id,
+                   residual_vocab=32)
+    assert set(writes) == {"SliceWrite"} and len(writes) >= n_slow

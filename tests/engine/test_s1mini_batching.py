@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from stream_workers.engine.s1mini.generate import RowRequest, generate_batch
+from ops.bench.s1mini_reference import generate_batch
 from stream_workers.engine.s1mini.sampling import apply_repetition_penalty, sample_rows
+from stream_workers.engine.s1mini.slots import RowRequest
 from tests.engine.s1mini_prompts import prompt
 
 

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
+from ops.bench.s1mini_reference import generate_batch
 from stream_workers.engine.s1mini.decode_step import decode_step, sample_static, uniform
-from stream_workers.engine.s1mini.generate import RowRequest, generate_batch
-from stream_workers.engine.s1mini.slots import SlotDecoder, bucket_for, kv_buckets
+from stream_workers.engine.s1mini.slots import RowRequest, SlotDecoder, bucket_for, kv_buckets
 from tests.engine.s1mini_prompts import prompt
 
 

@@ -21,7 +21,7 @@ from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from stream_workers.acks import InOrderAcks
 from stream_workers.batching import BatchPolicy
-from stream_workers.engine.base import SynthesisInput, SynthesisResult
+from stream_workers.engine.base import ContinuousEngine, SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
 from stream_workers.engine.slots import continuous
 from stream_workers.synthesis import SYNTHESIZED_FIELD, Refused, Synthesizer
@@ -55,7 +55,7 @@ class SlowEngine(NullEngine):
         return super().synthesize_batch(inputs)
 
 
-class ManualEngine:
+class ManualEngine(ContinuousEngine):
     """A continuous engine whose rows finish when the test says so (no timing involved)."""
 
     name = "manual"

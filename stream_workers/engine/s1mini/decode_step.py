@@ -1,7 +1,7 @@
 """The static decode step: one frame for every slot, with shapes fixed per (batch bucket, KV bucket).
 
-Unlike generate.py (which grows masks and drops rows each step), everything here lives in buffers
-allocated once (see slots.py): a KV cache of fixed capacity per slot, per-slot lengths, sampling
+Unlike the reference decoder (ops/bench/s1mini_reference.py, which grows masks and drops rows each
+step), everything here lives in buffers allocated once (see slots.py): a KV cache of fixed capacity per slot, per-slot lengths, sampling
 parameters, a repetition ring and the produced codes. One call of :func:`decode_step`
   1. samples codebook 0 (semantic token or the end token) from the logits the previous slow step left,
   2. runs the 10-codebook fast loop (unrolled: 9 fast steps, each sampled),
@@ -23,11 +23,12 @@ is hashed from the request's seed once, at admission; the noise of all ten codeb
 drawn in two tensor passes at the start of the step (codebook 0 over the semantic vocabulary, the nine
 residual codebooks together), not one hash per codebook. A row's draws therefore depend only on its
 seed, its own frame counter and the codebook, never on its batch-mates or its slot. Greedy rows
-(temperature 0) take the argmax after the repetition penalty, exactly as generate.py does.
+(temperature 0) take the argmax after the repetition penalty, exactly as the reference decoder does.
 
 Operator budget: the step is written for few kernels (it is launch-bound at small batches): queries
 and keys are normed and rotated as one tensor, attention reads the cache in packed-GQA form
-(layers.attend), the additive mask and RoPE rows are built once per step, the fast head computes only
+(layers.attend, through ``layers.Attention.forward``: the one attention of the model, which the
+prefill, this step and the reference decoder all run; only where K/V are written differs), the additive mask and RoPE rows are built once per step, the fast head computes only
 the residual codebook's logits, and position 0 of the fast loop skips the last layer's output half
 (only its K/V are read later). ``ops/bench/s1mini.py`` counts the operators on the ``meta`` device.
 """
@@ -40,7 +41,7 @@ from typing import NamedTuple, cast
 import torch
 from torch import Tensor
 
-from .layers import Rope, TransformerBlock, attend
+from .layers import ColumnScatter, Rope, SlotRowsWrite, TransformerBlock
 from .model import DualARTransformer
 from .sampling import apply_repetition_penalty
 
@@ -143,17 +144,6 @@ class StepConsts(NamedTuple):
     repetition_window: int  # 0: no penalty window
 
 
-def _attend_decode(attn, x: Tensor, rope: Rope, k_buf: Tensor, v_buf: Tensor, col: Tensor, mask: Tensor, kvb: int) -> Tensor:
-    """One query per row at per-row column ``col`` (B, 1, 1, 1); reads columns [0, kvb) of the cache
-    as they are (layers.attend: packed GQA, no expanded or upcast copy)."""
-    b = x.shape[0]
-    q, k, v = attn.qkv(x, rope)
-    idx = col.expand(b, attn.n_kv_head, 1, attn.head_dim)
-    k_buf.scatter_(2, idx, k.to(k_buf.dtype))
-    v_buf.scatter_(2, idx, v.to(v_buf.dtype))
-    return attn.out(attend(q, k_buf[:, :, :kvb], v_buf[:, :, :kvb], mask))
-
-
 def decode_mask(lens: Tensor, kvb: int, dtype: torch.dtype) -> Tensor:
     """Additive mask (B, 1, 1, kvb): 0 where column <= the row's length, -inf beyond. Built once per
     step (a bool mask would be converted to this form inside every attention call)."""
@@ -171,8 +161,7 @@ def slow_decode(
     mask = decode_mask(lens, kvb, x.dtype)
     col = lens.view(b, 1, 1, 1)
     for i, layer in enumerate(cast("Iterable[TransformerBlock]", model.layers)):
-        h = x + _attend_decode(layer.attention, layer.attention_norm(x), rope, cache_k[i], cache_v[i], col, mask, kvb)
-        x = h + layer.feed_forward(layer.ffn_norm(h))
+        x = layer(x, rope, mask, write=ColumnScatter(cache_k[i], cache_v[i], col, kvb))
     x = x[:, -1]
     return model.logits_from_hidden(x, head), x
 
@@ -268,11 +257,6 @@ def prefill(
     x = model.embed(tokens)
     rope = model.rope_at(slice(0, width))
     for i, layer in enumerate(cast("Iterable[TransformerBlock]", model.layers)):
-        attn = layer.attention
-        q, k, v = attn.qkv(layer.attention_norm(x), rope)
-        cache_k[i][:, :, :width].index_copy_(0, slots, k.to(cache_k[i].dtype))
-        cache_v[i][:, :, :width].index_copy_(0, slots, v.to(cache_v[i].dtype))
-        h = x + attn.out(attend(q, k, v, mask))
-        x = h + layer.feed_forward(layer.ffn_norm(h))
+        x = layer(x, rope, mask, write=SlotRowsWrite(cache_k[i], cache_v[i], slots))
     last = x[torch.arange(n, device=tokens.device), lens - 1]
     return model.logits_from_hidden(last, head), last

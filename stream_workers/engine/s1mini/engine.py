@@ -8,12 +8,14 @@ Two threads per engine:
     waiting) and resolves each row's future.
 ``submit`` returns one future per input; ``synthesize_batch`` submits and waits. The decode thread first
 runs ``SlotDecoder.warm_up`` (CUDA-graph capture on CUDA); ``ready`` turns true after it.
+
+The engine is the threads. What it runs comes from loader.py (checkpoint, config, tokenizer -> a
+:class:`~.loader.LoadedModel`) and what it decodes from prompts.py (speaker, text, a voice's reference
+frames -> the prompt tensor, plus the row's checked sampling parameters).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import queue
@@ -21,24 +23,21 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
-from .checkpoint import CheckpointError, check_state, load_into, read_codec_state, read_llama_state
-from .codec import CodecDecoder
+from ..base import ContinuousEngine, EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
 from .codec_encoder import ClipEncoderLoader
 from .codec_runner import CODEC_DTYPES, CodecSpec, codec_runner
-from .config import DualARConfig, S1MiniSettings, s1mini_codec_config, s1mini_config
-from .generate import RowRequest
-from .model import DualARTransformer
-from .slots import FinishedRow, SlotDecoder
-from .tokenizer import INTERLEAVE, ByteTokenizer, load_tokenizer
-from .voices import DEFAULT_VOICE, StoreVoices, VoiceRegistry
+from .config import S1MiniSettings
+from .loader import load_model
+from .prompts import PromptBuilder, row_request
+from .slots import FinishedRow, RowRequest, SlotDecoder
+from .voices import DEFAULT_VOICE, StoreVoices
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +61,13 @@ class EngineStats:
     # when every slot first held a row: (perf_counter, steps, row_steps), for throughput at saturation
     first_full: tuple[float, int, int] | None = None
 
-SPEAKER = "<|speaker:0|>"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
-    return _DTYPES[name]
-
 
 def is_oom(e: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-class S1MiniEngine:
+class S1MiniEngine(ContinuousEngine):
     """Batched S1-mini: text (+ optional registered reference voice) -> 44.1 kHz mono float32."""
 
     name = "s1mini"
@@ -87,75 +75,32 @@ class S1MiniEngine:
 
     def __init__(self, settings: S1MiniSettings, *, tokenizer=None) -> None:
         self.settings = s = settings
-        self.device = torch.device(s.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise EngineError("S1-mini: device is cuda but CUDA is not available", code="engine_unavailable")
-        self.dtype = resolve_dtype(s.dtype, self.device)
+        loaded = load_model(s, tokenizer)
+        self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
+        self.device, self.dtype, self.model_version = loaded.device, loaded.dtype, loaded.model_version
+        self.codec_config = loaded.codec_config
         t0 = time.perf_counter()
-        if s.random_init:
-            self.tokenizer = tokenizer or ByteTokenizer(
-                num_semantic=(s.model_config or s1mini_config()).codebook_size
-            )
-            cfg = s.model_config or s1mini_config()
-            if self.tokenizer.vocab_size > cfg.vocab_size:
-                cfg = replace(cfg, vocab_size=self.tokenizer.vocab_size)
-            self.codec_config = s.codec_config or s1mini_codec_config()
-            self.model = DualARTransformer(cfg, self.tokenizer.semantic_begin_id, self.tokenizer.semantic_end_id)
-            self.model.init_random(s.seed)
-            codec_checkpoint = None
-            self.model_version = f"s1mini-random-init-{s.seed}"
-        else:
-            d = Path(s.checkpoint_dir)  # type: ignore[arg-type]
-            if not d.is_dir():
-                raise CheckpointError(f"S1-mini checkpoint directory {d} does not exist")
-            if not (d / "config.json").exists():
-                raise CheckpointError(f"S1-mini checkpoint {d} has no config.json")
-            cfg = s.model_config or DualARConfig.from_json(d / "config.json")
-            try:
-                self.tokenizer = tokenizer or load_tokenizer(d)
-            except (FileNotFoundError, ValueError, ImportError) as e:
-                raise CheckpointError(f"S1-mini tokenizer: {e}") from e
-            self.codec_config = s.codec_config or s1mini_codec_config()
-            self.model = DualARTransformer(cfg, self.tokenizer.semantic_begin_id, self.tokenizer.semantic_end_id)
-            load_into(self.model, read_llama_state(d), "S1-mini model (model.pth)")
-            codec_checkpoint = str(d / "codec.pth")
-            # checked here, with the model's errors, though the codec may be built in its own process
-            with torch.device("meta"):
-                probe = CodecDecoder(self.codec_config)
-            check_state(probe, read_codec_state(codec_checkpoint), "S1-mini codec (codec.pth)")
-            self.model_version = "openaudio-s1-mini-" + hashlib.sha256(
-                json.dumps(cfg.to_dict(), sort_keys=True).encode()
-            ).hexdigest()[:8]
-        self.config = cfg
-        if self.tokenizer.vocab_size > cfg.vocab_size:
-            raise CheckpointError(
-                f"tokenizer has {self.tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}"
-            )
-        if self.tokenizer.num_semantic > cfg.codebook_size:
-            raise CheckpointError(
-                f"tokenizer has {self.tokenizer.num_semantic} semantic tokens, model codebook_size {cfg.codebook_size}"
-            )
-        self.model.to(device=self.device, dtype=self.dtype).eval()
         if s.codec_dtype not in CODEC_DTYPES:
             raise ValueError(f"unknown codec dtype {s.codec_dtype!r}; use one of {', '.join(CODEC_DTYPES)}")
         self.codec_spec = CodecSpec(
-            self.codec_config, str(self.device), s.codec_dtype, codec_checkpoint, s.seed, s.codec_compile, s.codec_threads
+            self.codec_config, str(self.device), s.codec_dtype, loaded.codec_checkpoint, s.seed, s.codec_compile,
+            s.codec_threads,
         )
         self.codec_runner = codec_runner(self.codec_spec, s.codec_process)
         if s.compile_cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(s.compile_cache_dir).resolve()))
-        self.voice_registry = VoiceRegistry(
-            s.voices_dir, cfg.num_codebooks, s.voice_cache_size, build=self._voice_prefix
-        )
+        self.prompts = PromptBuilder(self.tokenizer, self.config.num_codebooks, self.codec_config.codebook_size,
+                                     s.voices_dir, s.voice_cache_size)
+        self.voice_registry = self.prompts.voices
         self.slots = s.slots or (64 if self.device.type == "cuda" else 8)
         self.decoder = SlotDecoder(
             self.model, end_token_id=self.tokenizer.im_end_id, residual_vocab=self.codec_config.codebook_size,
             semantic_vocab=self.tokenizer.num_semantic, slots=self.slots,
-            capacity=min(s.kv_capacity, cfg.max_seq_len), repetition_window=s.repetition_window,
+            capacity=min(s.kv_capacity, self.config.max_seq_len), repetition_window=s.repetition_window,
             prefill_tokens=s.prefill_tokens, use_graphs=self.device.type == "cuda" and s.cuda_graphs,
             compile=self.device.type == "cuda" if s.compile is None else s.compile, compile_backend=s.compile_backend,
         )
-        self.load_s = time.perf_counter() - t0
+        self.load_s = loaded.load_s + time.perf_counter() - t0
         self.warm_up_s: float | None = None
         self.stats = EngineStats()
         self._cond = threading.Condition()
@@ -173,7 +118,7 @@ class S1MiniEngine:
             self.decoder.kv_bytes() / 2**20, self.load_s,
         )
 
-    # ------------------------------------------------------------------ prompts
+    # ------------------------------------------------------------------ prompts (prompts.py)
     def voices(self) -> list[str]:
         return self.voice_registry.names()
 
@@ -188,54 +133,14 @@ class S1MiniEngine:
         """Resolve the registered voices among ``names`` before their jobs are submitted; errors by name."""
         return dict(await self.voice_registry.prepare(names))
 
-    def _text_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(SPEAKER) + self.tokenizer.encode(text)
-
-    def _voice_prefix(self, prompt_text: str, codes: np.ndarray) -> torch.Tensor:
-        """[<|interleave|>] speaker + prompt text, the reference frames, <|im_end|> as (11, L)."""
-        tok = self.tokenizer
-        ids = [tok.token_id(INTERLEAVE)] + self._text_ids(prompt_text)
-        c = torch.from_numpy(codes).long()
-        c[0] = c[0].clamp(0, tok.num_semantic - 1)
-        c[1:] = c[1:].clamp(0, self.codec_config.codebook_size - 1)
-        n_cb = self.config.num_codebooks
-        text_part = torch.zeros((1 + n_cb, len(ids)), dtype=torch.long)
-        text_part[0] = torch.tensor(ids)
-        vq = torch.cat([c[:1] + tok.semantic_begin_id, c], dim=0)
-        end = torch.zeros((1 + n_cb, 1), dtype=torch.long)
-        end[0, 0] = tok.im_end_id
-        return torch.cat([text_part, vq, end], dim=1)
-
     def build_prompt(self, text: str, voice: str = DEFAULT_VOICE) -> torch.Tensor:
-        prefix = self.voice_registry.get(voice)
-        ids = self._text_ids(text)
-        if prefix is None:
-            ids = [self.tokenizer.token_id(INTERLEAVE)] + ids
-        part = torch.zeros((1 + self.config.num_codebooks, len(ids)), dtype=torch.long)
-        part[0] = torch.tensor(ids)
-        return part if prefix is None else torch.cat([prefix, part], dim=1)
+        return self.prompts.build(text, voice)
 
-    # ------------------------------------------------------------------ synthesis
     def _row(self, inp: SynthesisInput) -> RowRequest:
-        s = self.settings
         if not inp.text or not inp.text.strip():
             raise EngineError("empty text", code="invalid_input")
-        prompt = self.build_prompt(inp.text, inp.voice or DEFAULT_VOICE)
-        budget = self.decoder.capacity - prompt.shape[1]
-        if budget < 1:
-            raise EngineError(
-                f"prompt of {prompt.shape[1]} tokens leaves no room in the KV capacity {self.decoder.capacity}",
-                code="max_tokens_exceeded",
-            )
-        temperature = s.temperature if inp.temperature is None else float(inp.temperature)
-        top_p = s.top_p if inp.top_p is None else float(inp.top_p)
-        rp = s.repetition_penalty if inp.repetition_penalty is None else float(inp.repetition_penalty)
-        if not (0 <= temperature <= 2) or not (0 < top_p <= 1) or not (0 < rp <= 2):
-            raise EngineError(
-                f"sampling parameters out of range (temperature {temperature}, top_p {top_p}, repetition_penalty {rp})",
-                code="invalid_input",
-            )
-        return RowRequest(prompt, min(s.max_new_tokens, budget), temperature, top_p, rp, inp.seed)
+        prompt = self.prompts.build(inp.text, inp.voice or DEFAULT_VOICE)
+        return row_request(prompt, inp, self.settings, self.decoder.capacity)
 
     # ------------------------------------------------------------------ readiness
     @property

@@ -7,6 +7,8 @@ reference computes them (the checkpoints were trained and served with those tabl
 
 from __future__ import annotations
 
+from typing import NamedTuple, Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -139,12 +141,65 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class KVWrite(Protocol):
+    """Where an attention call puts its new keys and values, and which keys and values it then reads."""
+
+    def apply(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class SliceWrite(NamedTuple):
+    """The same columns ``[start, start + S)`` for every row; attention reads columns ``[0, start + S)``
+    (the reference decoder's left-padded batch, the fast transformer's per-codebook positions)."""
+
+    k_buf: Tensor
+    v_buf: Tensor
+    start: int
+
+    def apply(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = self.start + k.shape[2]
+        self.k_buf[:, :, self.start : end] = k
+        self.v_buf[:, :, self.start : end] = v
+        return self.k_buf[:, :, :end], self.v_buf[:, :, :end]
+
+
+class ColumnScatter(NamedTuple):
+    """One new column per row at the row's own column ``col`` (B, 1, 1, 1) (the slot decoder's decode
+    step); attention reads columns ``[0, kvb)`` of the cache as they are (a mask hides the rest)."""
+
+    k_buf: Tensor
+    v_buf: Tensor
+    col: Tensor
+    kvb: int
+
+    def apply(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        idx = self.col.expand(k.shape[0], k.shape[1], 1, k.shape[3])
+        self.k_buf.scatter_(2, idx, k.to(self.k_buf.dtype))
+        self.v_buf.scatter_(2, idx, v.to(self.v_buf.dtype))
+        return self.k_buf[:, :, : self.kvb], self.v_buf[:, :, : self.kvb]
+
+
+class SlotRowsWrite(NamedTuple):
+    """Prompts joining the slot decoder: their K/V go to cache rows ``slots`` at columns ``[0, S)``;
+    attention reads the prompts' own K/V (the slot rows held nothing before)."""
+
+    k_buf: Tensor
+    v_buf: Tensor
+    slots: Tensor
+
+    def apply(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        width = k.shape[2]
+        self.k_buf[:, :, :width].index_copy_(0, self.slots, k.to(self.k_buf.dtype))
+        self.v_buf[:, :, :width].index_copy_(0, self.slots, v.to(self.v_buf.dtype))
+        return k, v
+
+
 class Attention(nn.Module):
     """Grouped-query attention with an optional external KV buffer.
 
     ``kv``: (k_buf, v_buf) of shape (B, n_kv_heads, capacity, head_dim); the new keys/values are
     written at columns ``[start, start + S)`` (the same columns for every row: see the left-padding
-    scheme in generate.py) and attention reads columns ``[0, start + S)``.
+    scheme of the reference decoder, ops/bench/s1mini_reference.py) and attention reads columns
+    ``[0, start + S)``.
     ``mask``: bool (B or 1, 1, S, K), True where a query may attend to a key.
     """
 
@@ -194,15 +249,16 @@ class Attention(nn.Module):
         kv: tuple[Tensor, Tensor] | None = None,
         start: int = 0,
         is_causal: bool = False,
+        write: KVWrite | None = None,
     ) -> Tensor:
-        b, s, _ = x.shape
+        """The one attention of the model: the reference decoder, the fast loop, the slot decoder's
+        prefill and its decode step all run it; they differ only in where the new K/V go (``write``,
+        default: :class:`SliceWrite` at ``start`` when ``kv`` is given) and in the mask."""
         q, k, v = self.qkv(x, rope)
-        if kv is not None:
-            k_buf, v_buf = kv
-            k_buf[:, :, start : start + s] = k
-            v_buf[:, :, start : start + s] = v
-            k = k_buf[:, :, : start + s]
-            v = v_buf[:, :, : start + s]
+        if write is None and kv is not None:
+            write = SliceWrite(kv[0], kv[1], start)
+        if write is not None:
+            k, v = write.apply(k, v)
         return self.out(attend(q, k, v, mask, causal=is_causal))
 
     def out(self, y: Tensor) -> Tensor:
@@ -256,8 +312,9 @@ class TransformerBlock(nn.Module):
         kv: tuple[Tensor, Tensor] | None = None,
         start: int = 0,
         is_causal: bool = False,
+        write: KVWrite | None = None,
     ) -> Tensor:
-        a = self.attention(self.attention_norm(x), rope, mask, kv, start, is_causal)
+        a = self.attention(self.attention_norm(x), rope, mask, kv, start, is_causal, write)
         if self.layer_scale:
             a = self.attention_layer_scale(a)
         h = x + a

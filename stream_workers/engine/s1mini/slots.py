@@ -26,10 +26,22 @@ import torch
 from torch import Tensor
 
 from .decode_step import SlotState, StepConsts, decode_step, prefill, row_key
-from .generate import RowRequest
 from .model import DualARTransformer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class RowRequest:
+    """One row to decode: its prompt, frame budget and sampling parameters."""
+
+    prompt: Tensor  # (1 + num_codebooks, L) int, column 0 row = token ids, rows 1.. = codes
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 0.8
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
 
 
 def bucket_for(n: int, buckets: tuple[int, ...]) -> int:

@@ -1,4 +1,9 @@
-"""Batched dual-AR decoding with one KV cache sized for the batch.
+"""The reference decoder: batched dual-AR decoding with one KV cache sized for the batch.
+
+Off the serving path (issue 20): the engine decodes with the slot decoder (stream_workers/engine/s1mini/
+slots.py, decode_step.py). This is what that decoder is checked against (greedy slot decoding equals
+it token for token: tests/engine/test_s1mini_slots.py) and what ``ops/bench/s1mini.py`` compares it with.
+It moved here from ``stream_workers/engine/s1mini/generate.py``.
 
 Padding scheme: LEFT padding. Prompts of lengths L_b are right-aligned in a (B, 11, L) block,
 L = max L_b, pad_b = L - L_b. Consequences:
@@ -23,18 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .model import DualARTransformer
-from .sampling import sample_rows
-
-
-@dataclass
-class RowRequest:
-    prompt: Tensor  # (1 + num_codebooks, L) int, column 0 row = token ids, rows 1.. = codes
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 0.8
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+from stream_workers.engine.s1mini.model import DualARTransformer
+from stream_workers.engine.s1mini.sampling import sample_rows
+from stream_workers.engine.s1mini.slots import RowRequest
 
 
 @dataclass
