@@ -10,15 +10,15 @@ from fastapi import APIRouter, File, Form, Path, UploadFile
 from producer_api.deps import Submitter, Voices
 from producer_api.errors import ApiError
 from producer_api.models import RegisteredVoice
-from producer_api.routes.examples import ERRORS, Responses, _err
+from producer_api.routes.examples import ERRORS, Responses, error_example
 from producer_api.services.voices import voice_object
 
 router = APIRouter(prefix="/v1/audio", tags=["voices"])
 
-VOICE_NOT_FOUND: Responses = dict([_err(404, "No such voice, or another key's", "no voice 'vc_0123456789abcdef01234567' "
+VOICE_NOT_FOUND: Responses = dict([error_example(404, "No such voice, or another key's", "no voice 'vc_0123456789abcdef01234567' "
                                         "registered with this API key; GET /v1/audio/voices lists yours",
                                         "invalid_request_error", "voice_not_found", "voice")])
-BAD_CLIP: Responses = dict([_err(400, "The clip or its transcript cannot be used: code clip_too_short, clip_too_long, "
+BAD_CLIP: Responses = dict([error_example(400, "The clip or its transcript cannot be used: code clip_too_short, clip_too_long, "
                                  "clip_silent, clip_undecodable, clip_format_unsupported, clip_too_large, clip_missing, "
                                  "transcript_missing, transcript_too_long, invalid_name",
                                  "the clip is 1.20 s long; send at least 3 s (up to 30 s) of one speaker",

@@ -106,13 +106,13 @@ async def test_registered_voice_is_encoded_once_and_its_codes_reach_the_prompt(
 
     # synthesize: the prompt the engine decodes from carries the transcript and those codes
     prompts: list[Any] = []
-    build = engine.build_prompt
+    build = engine.prompts.build
 
     def spy(text: str, voice: str = "default") -> Any:
         prompts.append((voice, build(text, voice)))
         return prompts[-1][1]
 
-    monkeypatch.setattr(engine, "build_prompt", spy)
+    monkeypatch.setattr(engine.prompts, "build", spy)
     job = admitted.jobs[0][1]
     segments = [Segment(job, i, text) for i, text in enumerate(job.texts)]
     results = await asyncio.to_thread(synth.run_batch, segments)
@@ -120,8 +120,8 @@ async def test_registered_voice_is_encoded_once_and_its_codes_reach_the_prompt(
     assert prompts and all(v == VOICE for v, _ in prompts)
     prompt = prompts[0][1]
     tok = engine.tokenizer
-    start = 1 + len(engine._text_ids(TRANSCRIPT))
-    assert prompt[0, 1:start].tolist() == engine._text_ids(TRANSCRIPT)
+    start = 1 + len(engine.prompts.text_ids(TRANSCRIPT))
+    assert prompt[0, 1:start].tolist() == engine.prompts.text_ids(TRANSCRIPT)
     frames = stored.shape[1]
     assert (prompt[1:, start:start + frames].numpy() == stored).all()
     assert (prompt[0, start:start + frames].numpy() == stored[0] + tok.semantic_begin_id).all()
