@@ -23,30 +23,31 @@ from schemas.errors import DecodeError
 from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.topics import CPU_FAMILY
-from stream_workers.acks import InOrderAcks
-from stream_workers.batching import BatchPolicy
-from stream_workers.completion import StatusProjector, Storer, fresh_results
-from stream_workers.context import WorkerContext
-from stream_workers.deadletter import dead_letter
-from stream_workers.early_check import EarlyCheck, EarlyCheckMetrics, Facts, topic_facts
+from stream_workers.completion.early_check import EarlyCheck, EarlyCheckMetrics, Facts, topic_facts
+from stream_workers.completion.projection import READ_TIMEOUT_SECONDS, ProjectionGuard
+from stream_workers.completion.projection import rebuild as rebuild_projection
+from stream_workers.completion.status import StatusProjector, fresh_results
+from stream_workers.completion.storage import Storer
+from stream_workers.completion.watchdog import LostRequests, Watchdog
 from stream_workers.engine.base import SpeechEngine
 from stream_workers.engine.slots import continuous
-from stream_workers.faust_driver import FetchWaitApp
-from stream_workers.kafka_security import faust_credentials
-from stream_workers.metrics import (
+from stream_workers.runtime.acks import InOrderAcks
+from stream_workers.runtime.context import WorkerContext
+from stream_workers.runtime.deadletter import dead_letter
+from stream_workers.runtime.faust_driver import FetchWaitApp
+from stream_workers.runtime.kafka_security import faust_credentials
+from stream_workers.runtime.metrics import (
     CompletionMetrics,
     ProgressMetrics,
     SynthesisMetrics,
     faust_consumer_lag,
     track_committed_offsets,
 )
-from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch, faust_assignment, faust_fetched_ends
-from stream_workers.projection import READ_TIMEOUT_SECONDS, ProjectionGuard
-from stream_workers.projection import rebuild as rebuild_projection
-from stream_workers.result_cache import CACHE_REGISTRY
-from stream_workers.synthesis import Refused, Synthesizer
-from stream_workers.synthesis_loop import SynthesisLoop
-from stream_workers.watchdog import LostRequests, Watchdog
+from stream_workers.runtime.progress import GroupOffsets, ProgressMonitor, ProgressWatch, faust_assignment, faust_fetched_ends
+from stream_workers.runtime.result_cache import CACHE_REGISTRY
+from stream_workers.synthesis.batching import BatchPolicy
+from stream_workers.synthesis.loop import SynthesisLoop
+from stream_workers.synthesis.synthesizer import Refused, Synthesizer
 from voicenote.adverts import ADVERT_INTERVAL_SECONDS, publish_advert
 from voicenote.errors import DependencyUnavailable, JobStoreError
 from voicenote.jobstore import redis_client
@@ -174,7 +175,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.timer(interval=ctx.settings.worker.projection_check_seconds)
         async def heal_projection() -> None:
-            # Redis restarted empty: rebuild from the topics without an operator (stream_workers/projection.py).
+            # Redis restarted empty: rebuild from the topics without an operator (stream_workers/completion/projection.py).
             # Job-store calls wait out an outage; a failed topic read is logged and tried next time.
             try:
                 await guard.check()
@@ -209,7 +210,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.timer(interval=ctx.settings.worker.projection_check_seconds)
         async def end_lost_requests() -> None:
-            # The broker lost data (a worker recorded it, stream_workers/progress.py): the jobs whose requests went
+            # The broker lost data (a worker recorded it, stream_workers/runtime/progress.py): the jobs whose requests went
             # with it end as broker_data_lost. A timer: a failed round (broker away) is logged and runs again.
             try:
                 await lost_requests.sweep()
@@ -240,7 +241,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
         @app.timer(interval=ctx.settings.worker.watchdog_interval_seconds)
         async def check_overdue_jobs() -> None:
-            # Jobs past their estimate times a factor, re-examined against the topics (stream_workers/early_check.py).
+            # Jobs past their estimate times a factor, re-examined against the topics (stream_workers/completion/early_check.py).
             try:
                 await early_check.sweep()
             except Exception:  # noqa: BLE001
@@ -295,7 +296,7 @@ def build_app(ctx: WorkerContext, role: Role, engine: SpeechEngine | None = None
 
 
 def _watch_progress(app: FetchWaitApp, ctx: WorkerContext, group: str, topics: list[str], metrics: ProgressMetrics) -> None:
-    """Readiness that watches progress (stream_workers/progress.py): a round every ``worker.progress_check_seconds``."""
+    """Readiness that watches progress (stream_workers/runtime/progress.py): a round every ``worker.progress_check_seconds``."""
     stall, leave = ctx.settings.progress_bounds()
     monitor = ProgressMonitor(group=group, reader=GroupOffsets(ctx.settings.kafka, group), watch=ProgressWatch(stall),
                               health=ctx.health, exit_seconds=leave, assigned=lambda: faust_assignment(app), topics=topics,

@@ -19,9 +19,9 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from stream_workers.batching import Pending, pick_batch
 from stream_workers.engine.base import ContinuousEngine, SpeechEngine, SynthesisInput, SynthesisResult
-from stream_workers.synthesis import synthesize_resilient
+from stream_workers.synthesis.batching import Pending, pick_batch
+from stream_workers.synthesis.synthesizer import synthesize_resilient
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ import pytest
 
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
-from stream_workers.completion import StatusProjector, Storer
-from stream_workers.early_check import RESULT_LOST_CODE, EarlyCheck, Outcome, topic_facts
+from stream_workers.completion.early_check import RESULT_LOST_CODE, EarlyCheck, Outcome, topic_facts
+from stream_workers.completion.status import StatusProjector
+from stream_workers.completion.storage import Storer
 from voicenote.audio import to_wav
 from voicenote.jobstore import JobStore
 from voicenote.kafka import TopicPartition, consumer, ensure_topics, event_codecs, producer

@@ -60,4 +60,4 @@ def test_a_kafka_client_built_outside_voicenote_kafka_breaks_the_build(tmp_path:
     assert "stream_workers.dispatcher -> confluent_kafka" in done.stdout
     assert "voicenote.client -> aiokafka" in done.stdout
     assert "voicenote.kafka.clients -> confluent_kafka" not in done.stdout
-    assert "stream_workers.faust_driver -> aiokafka" not in done.stdout
+    assert "stream_workers.runtime.faust_driver -> aiokafka" not in done.stdout

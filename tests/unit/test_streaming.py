@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from producer_api.streaming import UNKNOWN_SIZE, sse_delta, sse_done, stream_encoder, streaming_wav_header
-from stream_workers.segmentation import join_audio, joined_piece, split_text
+from stream_workers.synthesis.segmentation import join_audio, joined_piece, split_text
 from voicenote.audio import EncodeFailed
 
 RATE = 22050

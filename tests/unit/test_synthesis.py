@@ -11,7 +11,7 @@ import numpy as np
 from schemas.codec import Codecs
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
-from stream_workers.synthesis import Synthesizer, synthesize_resilient
+from stream_workers.synthesis.synthesizer import Synthesizer, synthesize_resilient
 from voicenote.audio import wav_info
 from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage.local import LocalAudioStore

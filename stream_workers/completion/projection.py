@@ -11,7 +11,7 @@ only move forward, so a rebuild running alongside the live agents, or twice, cha
 The same replay restores what the API kept beside the job records: batch records and Idempotency-Key
 answers, rebuilt from the request events; and each job's webhook delivery state (delivered, retrying, failed,
 refused, with its attempts), from the outcomes the webhooks worker records on the deliveries topic
-(stream_workers/restoration.py). Rate-limit buckets are not rebuilt: a bucket that starts full again after a
+(stream_workers/completion/restoration.py). Rate-limit buckets are not rebuilt: a bucket that starts full again after a
 loss is accepted.
 
 Until the rebuild is done, jobs finished before the loss answer 404 and new ones are projected as
@@ -30,8 +30,8 @@ from typing import Any
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import SynthesisRequest, WebhookDelivery
-from stream_workers.completion import StatusProjector
-from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
+from stream_workers.completion.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
+from stream_workers.completion.status import StatusProjector
 from voicenote.jobstore import JobStore
 from voicenote.kafka import event_codecs, read_to_end
 from voicenote.links import Links
@@ -147,7 +147,7 @@ async def _restore_webhook_states(settings: Settings, jobs: JobStore, codecs: Co
 
 
 async def _restore_api_records(settings: Settings, jobs: JobStore, requests: list[SynthesisRequest], report: RebuildReport) -> None:
-    """Batch records and Idempotency-Key answers, from the request events (stream_workers/restoration.py)."""
+    """Batch records and Idempotency-Key answers, from the request events (stream_workers/completion/restoration.py)."""
     now = int(time.time() * 1000)
     batches = batch_records(requests)
     report.batches_incomplete = len(batches.incomplete)

@@ -14,7 +14,7 @@ of every request kept outside Kafka, and a job re-run hours late surprises its c
 error that says what happened. The caller can submit again.
 
 A broker that lost its data is said sooner (issue 22, item 5): a worker that sees it (its group's committed
-offsets or a partition's end going backwards, stream_workers/progress.py) records when in Redis and exits;
+offsets or a partition's end going backwards, stream_workers/runtime/progress.py) records when in Redis and exits;
 :class:`LostRequests` (the completion worker, every ``worker.projection_check_seconds``) then ends, as
 ``failed`` with ``broker_data_lost``, every job indexed before that moment whose request is not on the request
 topics any more, through the same completion event. It waits :data:`LOSS_GRACE_SECONDS` after the loss first, so
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from schemas.events import JobCompletion
 from schemas.status import JobStatus
 from schemas.validation import valid_job_id
-from stream_workers.completion import COMPLETION_EMITTED_FIELD, StatusProjector
+from stream_workers.completion.status import COMPLETION_EMITTED_FIELD, StatusProjector
 from voicenote.jobstore import JobStore
 
 log = logging.getLogger(__name__)

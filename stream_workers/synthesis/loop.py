@@ -30,10 +30,10 @@ from typing import Generic, TypeVar
 
 from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
-from stream_workers.batching import Batcher, BatchPolicy, padding_waste
 from stream_workers.engine.base import ContinuousEngine, SynthesisResult
-from stream_workers.metrics import SynthesisMetrics
-from stream_workers.synthesis import Job, Refused, Segment, Synthesizer, now_ms
+from stream_workers.runtime.metrics import SynthesisMetrics
+from stream_workers.synthesis.batching import Batcher, BatchPolicy, padding_waste
+from stream_workers.synthesis.synthesizer import Job, Refused, Segment, Synthesizer, now_ms
 
 log = logging.getLogger(__name__)
 

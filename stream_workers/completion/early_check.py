@@ -1,6 +1,6 @@
 """No job silent for long (issue 22, item 3): overdue jobs re-examined against the topics, well before the watchdog.
 
-The stuck-job watchdog (stream_workers/watchdog.py) ends a job only after ``worker.stuck_after_seconds`` (2 h).
+The stuck-job watchdog (stream_workers/completion/watchdog.py) ends a job only after ``worker.stuck_after_seconds`` (2 h).
 Every ``worker.watchdog_interval_seconds`` the completion worker also looks at the jobs still indexed (queued or
 running) for longer than ``max(estimate * watchdog.early_check_factor, watchdog.early_check_floor_seconds)``, where
 the estimate is the ``estimated_seconds`` the API answered (kept on the job record; without one, the floor alone).
@@ -15,7 +15,7 @@ For each it reads the facts from the topics (:func:`topic_facts`) and :func:`dec
 - its request was consumed (the synthesis group commits a request only once its result is on the broker) and no
   result exists: the result was lost; the job ends ``failed`` with ``result_lost`` through a completion event
   (``failed``);
-- its request is not on the request topics at all: left to :class:`~stream_workers.watchdog.LostRequests` and the
+- its request is not on the request topics at all: left to :class:`~stream_workers.completion.watchdog.LostRequests` and the
   watchdog (``request_missing``).
 
 Every decision is logged with the job id and reason and counted in ``voicenote_jobs_overdue{outcome}``.
@@ -35,8 +35,8 @@ from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import JobCompletion, SynthesisResult
 from schemas.validation import valid_job_id
-from stream_workers.completion import StatusProjector
-from stream_workers.watchdog import _FIELDS, _finished, failed_completion
+from stream_workers.completion.status import StatusProjector
+from stream_workers.completion.watchdog import _FIELDS, _finished, failed_completion
 from voicenote.jobstore import JobStore
 from voicenote.kafka import committed_offsets, read_to_end
 from voicenote.settings import KafkaSettings

@@ -24,8 +24,8 @@ from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems, valid_job_id
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SpeechEngine, SynthesisInput, SynthesisResult
-from stream_workers.result_cache import ResultCache, cache_key
-from stream_workers.segmentation import join_audio, joined_piece, segment_offsets, split_text
+from stream_workers.runtime.result_cache import ResultCache, cache_key
+from stream_workers.synthesis.segmentation import join_audio, joined_piece, segment_offsets, split_text
 from voicenote import captions
 from voicenote.audio import to_wav
 from voicenote.captions import WordTime
