@@ -71,7 +71,7 @@ async def test_overdue_jobs_are_reapplied_failed_or_left_waiting(settings: Setti
     storer = Storer(LocalAudioStore(tmp_path / "audio", ttl_seconds=3600), settings.storage,
                     public_base_url="http://127.0.0.1:8000/")
 
-    async def reapply(results: Sequence[SynthesisResult]) -> None:  # the completion worker's path (stream_workers/app.py)
+    async def reapply(results: Sequence[SynthesisResult]) -> None:  # the completion worker's path (CompletionHandler.reapply)
         done = await storer.complete_many(results)
         await emit(done)
         await projector.on_completions(done)
