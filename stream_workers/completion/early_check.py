@@ -36,7 +36,7 @@ from schemas.errors import DecodeError
 from schemas.events import JobCompletion, SynthesisResult
 from schemas.validation import valid_job_id
 from stream_workers.completion.status import StatusProjector
-from stream_workers.completion.watchdog import _FIELDS, _finished, failed_completion
+from stream_workers.completion.watchdog import RECORD_FIELDS, failed_completion, finished_record
 from voicenote.jobstore import JobStore
 from voicenote.kafka import committed_offsets, read_to_end
 from voicenote.settings import KafkaSettings
@@ -172,11 +172,11 @@ class EarlyCheck:
         due = [j for j in await self._jobs.pending_before(now_ms - int(self._floor * 1000), self._batch) if valid_job_id(j)]
         if not due:
             return {}
-        records = await self._jobs.get_fields_many(due, (*_FIELDS, ESTIMATE_FIELD))
+        records = await self._jobs.get_fields_many(due, (*RECORD_FIELDS, ESTIMATE_FIELD))
         overdue: dict[str, dict[str, str] | None] = {}
         for job_id, record in zip(due, records, strict=True):
             created = int((record or {}).get("created_at") or 0)
-            if _finished(record) or (created and now_ms - created < overdue_after(record, self._factor, self._floor) * 1000):
+            if finished_record(record) or (created and now_ms - created < overdue_after(record, self._factor, self._floor) * 1000):
                 continue  # finished (the watchdog unindexes it) or not overdue yet
             if created and now_ms - created >= self._stuck_after * 1000:
                 continue  # the watchdog's
