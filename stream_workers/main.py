@@ -8,12 +8,12 @@ import signal
 from typing import Any
 
 from stream_workers.app import Role, build_app
-from stream_workers.context import WorkerContext
 from stream_workers.engine import build_engine
 from stream_workers.engine.base import EngineError
-from stream_workers.faust_driver import DrainingWorker
-from stream_workers.probes import BrokerWatch, Readiness, attach_faust_probes, serve_probes
-from stream_workers.result_cache import ResultCache
+from stream_workers.runtime.context import WorkerContext
+from stream_workers.runtime.faust_driver import DrainingWorker
+from stream_workers.runtime.probes import BrokerWatch, Readiness, attach_faust_probes, serve_probes
+from stream_workers.runtime.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.kafka import ensure_topics, event_codecs
 from voicenote.logs import logging_config

@@ -9,7 +9,7 @@ So that an answer lost with Redis can be given again, the API marks every reques
 under a key (:class:`IdempotencyMark`, in the event's attributes): the key's sha256, the request's
 fingerprint, the endpoint and the estimate it answered with. The rest of an answer is in the events
 themselves (job ids, batch id and order, ignored parameters) or in settings (the public URLs), so
-``stream_workers/restoration.py`` rebuilds the ``done`` record from the request topic.
+``stream_workers/completion/restoration.py`` rebuilds the ``done`` record from the request topic.
 """
 
 from __future__ import annotations

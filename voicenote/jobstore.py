@@ -201,7 +201,7 @@ class JobStore:
         """:meth:`transition` for many jobs with the same fields, in one pipelined round trip."""
         await self.apply([Transition(job_id, status, fields) for job_id in job_ids])
 
-    # -- the watchdog's index of jobs without a completion (stream_workers/watchdog.py) ---------
+    # -- the watchdog's index of jobs without a completion (stream_workers/completion/watchdog.py) ---------
 
     def pending_key(self) -> str:
         return f"{self._prefix}pending"
@@ -231,7 +231,7 @@ class JobStore:
         except RedisError as exc:
             raise JobStoreError(f"cannot read the pending-job index: {exc}") from exc
 
-    # -- broker data losses seen by the workers (stream_workers/progress.py, stream_workers/watchdog.py) ---
+    # -- broker data losses seen by the workers (stream_workers/runtime/progress.py, stream_workers/completion/watchdog.py) ---
 
     def losses_key(self) -> str:
         return f"{self._prefix}broker:data_lost"
@@ -330,7 +330,7 @@ class JobStore:
             raise JobStoreError(f"cannot restore {len(live)} Idempotency-Key answers: {exc}") from exc
         return sum(1 for ok in written if ok)
 
-    # -- the projection's epoch (stream_workers/projection.py) --------------------------------
+    # -- the projection's epoch (stream_workers/completion/projection.py) --------------------------------
 
     def epoch_key(self) -> str:
         return f"{self._prefix}projection:epoch"

@@ -162,7 +162,7 @@ class WorkerSettings(BaseModel):
     watchdog_interval_seconds: float = Field(60.0, gt=0, description="How often the completion worker looks for stuck jobs.")
     early_check_factor: float = Field(5.0, gt=0, description="A job queued or running longer than its estimated_seconds "
                                       "times this (and early_check_floor_seconds) is re-examined against the topics "
-                                      "(stream_workers/early_check.py).")
+                                      "(stream_workers/completion/early_check.py).")
     early_check_floor_seconds: float = Field(120.0, gt=0, description="No job is re-examined as overdue sooner than this "
                                              "after its submission (also the bound of a job without an estimate).")
     broker_check_seconds: float = Field(5.0, gt=0, description="How often a worker asks the broker for metadata; two misses "

@@ -31,11 +31,12 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from voicenote.errors import ConfigError
-from voicenote.settings import TracingSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # settings bring pydantic: the engine (GPU image, no pydantic) imports this module for its spans
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from voicenote.settings import TracingSettings
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 TRACEPARENT = "traceparent"

@@ -36,9 +36,9 @@ from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
-from stream_workers.completion import Storer
-from stream_workers.result_cache import ResultCache
-from stream_workers.synthesis import Synthesizer
+from stream_workers.completion.storage import Storer
+from stream_workers.runtime.result_cache import ResultCache
+from stream_workers.synthesis.synthesizer import Synthesizer
 from voicenote.audio import to_wav
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, ensure_topics

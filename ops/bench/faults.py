@@ -72,7 +72,7 @@ COLUMNS = ("scenario", "accepted", "refused", "succeeded", "failed", "lost", "st
            "duplicate_completions", "webhook_missing", "webhook_duplicates", "seconds")
 SYNC_COLUMNS = ("scenario", "concurrency", "ok", "answered_503", "answered_503_without_job_id", "other", "p50_seconds",
                 "max_seconds", "seconds")
-# The failures a memory:// broker restart may cause, and say (result_lost: the early check, stream_workers/early_check.py)
+# The failures a memory:// broker restart may cause, and say (result_lost: the early check, stream_workers/completion/early_check.py)
 CLEAR_FAILURE_CODES = {"broker_data_lost", "result_lost"}
 
 
@@ -153,7 +153,7 @@ def run_scenario(root: Path, name: str, fault: Callable[[Env], None], jobs: int,
                  storage: str = "disk") -> dict[str, Any]:
     env = Env(root, name, storage)
     started = time.monotonic()
-    # A broker that loses its data makes the workers exit to be started again (stream_workers/progress.py):
+    # A broker that loses its data makes the workers exit to be started again (stream_workers/runtime/progress.py):
     # supervised as `voicenote run` and the kubelet do. Elsewhere a worker that exits fails the scenario.
     supervise = Supervise(env.stack) if storage == "memory" else None
     if supervise is not None:

@@ -69,7 +69,7 @@ class Submission:
         ``stream``: the synthesis worker publishes each finished segment too (docs/streaming.md). ``created_at``:
         the request's time (default now; a batch's items share the batch's). ``attributes``: more for the event
         (a batch item's position, an Idempotency-Key's mark); they do not replace the ones set here.
-        ``estimated_seconds``: the answer's estimate, kept on the record for the early check (stream_workers/early_check.py)."""
+        ``estimated_seconds``: the answer's estimate, kept on the record for the early check (stream_workers/completion/early_check.py)."""
         req, model, voice = routed.request, routed.model, routed.voice
         attributes = {**(attributes or {}), "owner": caller.name, "voice_requested": req.voice, "model_requested": req.model}
         if stream:
@@ -94,7 +94,7 @@ class Submission:
                 "priority": event.priority, "batch_id": event.batch_id, "model": event.model,
                 "ignored_params": attributes.get("ignored_params"), "estimated_seconds": estimated_seconds})
             # Indexed for the watchdog at once, not only once the projection reads the request: a broker that loses
-            # its data before then would leave the job `queued` and unindexed for good (stream_workers/watchdog.py).
+            # its data before then would leave the job `queued` and unindexed for good (stream_workers/completion/watchdog.py).
             await self._jobs.track_pending([(job_id, event.created_at)])
         except JobStoreError as exc:
             # The job is on the request topic; the status projector records it once Redis answers.

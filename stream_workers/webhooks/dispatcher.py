@@ -8,7 +8,7 @@ URL, the completion goes to the webhook dead-letter topic with every attempt lis
 
 Every attempt's outcome (delivered, retrying, failed, refused) is published on the deliveries topic, keyed by
 job_id, before the job record shows it: Redis holds the job's webhook state, the topic the record of it that
-outlives Redis (``voicenote projection rebuild`` restores the state from it, stream_workers/projection.py).
+outlives Redis (``voicenote projection rebuild`` restores the state from it, stream_workers/completion/projection.py).
 
 Each partition has its own worker task, which takes that partition's records one at a time: a slow or
 hanging receiver holds up its own partition (up to the attempt timeout), not the others, and offsets
@@ -40,7 +40,7 @@ from schemas.events import (
     WebhookDelivery,
 )
 from schemas.topics import TopicCatalog
-from stream_workers.metrics import WebhookMetrics
+from stream_workers.runtime.metrics import WebhookMetrics
 from stream_workers.webhooks.delivery import AttemptOutcome, WebhookSender
 from stream_workers.webhooks.schedule import retry_tier, scheduled_delay
 from voicenote.errors import DependencyUnavailable
@@ -208,7 +208,7 @@ class WebhookDispatcher:
 
     def watched_partitions(self) -> set[tuple[str, int]] | None:
         """What the progress watch should see move: the assigned partitions less those parked until a retry
-        is due (they lag on purpose); None while none is assigned (stream_workers/progress.py)."""
+        is due (they lag on purpose); None while none is assigned (stream_workers/runtime/progress.py)."""
         assigned = self._assigned
         if not assigned:
             return None

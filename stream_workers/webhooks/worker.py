@@ -7,9 +7,9 @@ import logging
 import signal
 from typing import Any
 
-from stream_workers.metrics import ProgressMetrics, WebhookMetrics
-from stream_workers.probes import BrokerWatch, Readiness, serve_probes
-from stream_workers.progress import GroupOffsets, ProgressMonitor, ProgressWatch
+from stream_workers.runtime.metrics import ProgressMetrics, WebhookMetrics
+from stream_workers.runtime.probes import BrokerWatch, Readiness, serve_probes
+from stream_workers.runtime.progress import GroupOffsets, ProgressMonitor, ProgressWatch
 from stream_workers.webhooks.delivery import WebhookSender
 from stream_workers.webhooks.dispatcher import WebhookDispatcher, webhook_consumer
 from stream_workers.webhooks.policy import AddressPolicy
@@ -57,7 +57,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                                   health=health, exit_seconds=leave, assigned=dispatcher.watched_partitions,
                                   topics=[catalog.completions.name], gauge=progress.seconds_since_progress.labels(group),
                                   record_loss=jobs.record_broker_data_loss)
-        await monitor.prime()  # the topics' ids before the dispatcher fetches anything (stream_workers/progress.py)
+        await monitor.prime()  # the topics' ids before the dispatcher fetches anything (stream_workers/runtime/progress.py)
         watching = asyncio.create_task(monitor.run(settings.worker.progress_check_seconds), name="progress-watch")
         watching.add_done_callback(lambda task: stop.set())  # it never ends by itself: a failure stops the dispatcher
         readiness.started = True

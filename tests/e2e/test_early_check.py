@@ -8,7 +8,7 @@ import time
 
 from schemas.events import SynthesisRequest
 from schemas.topics import build_catalog
-from stream_workers.early_check import RESULT_LOST_CODE
+from stream_workers.completion.early_check import RESULT_LOST_CODE
 from tests.stack import Stack
 from voicenote.jobstore import JobStore
 from voicenote.kafka import TopicPartition, consumer, ensure_topics, event_codecs, producer

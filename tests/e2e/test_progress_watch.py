@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ops.services import TansuBroker, free_port
-from stream_workers.progress import STALL_EXIT_CODE, GroupOffsets
+from stream_workers.runtime.progress import STALL_EXIT_CODE, GroupOffsets
 from tests.stack import Stack
 from voicenote.client import VoicenoteClient
 from voicenote.kafka import ensure_topics

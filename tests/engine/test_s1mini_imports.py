@@ -28,6 +28,6 @@ def test_the_engine_imports_without_pydantic_fastapi_or_the_worker() -> None:
 
 
 def test_the_check_fails_when_a_blocked_library_is_imported() -> None:
-    done = subprocess.run([sys.executable, "-c", _IMPORTS + "\nimport stream_workers.synthesis\n"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", _IMPORTS + "\nimport stream_workers.synthesis.synthesizer\n"], cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode != 0 and ("ImportError" in done.stderr or "ModuleNotFoundError" in done.stderr), done.stderr

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ops.services import TansuBroker
-from stream_workers.probes import BrokerWatch, Readiness
+from stream_workers.runtime.probes import BrokerWatch, Readiness
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings
 

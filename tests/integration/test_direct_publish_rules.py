@@ -14,9 +14,9 @@ from schemas.codec import Codecs
 from schemas.events import JobCompletion
 from schemas.status import JobStatus
 from schemas.validation import request_digest
-from stream_workers.completion import StatusProjector
+from stream_workers.completion.status import StatusProjector
 from stream_workers.engine.null_engine import NullEngine
-from stream_workers.synthesis import Synthesizer
+from stream_workers.synthesis.synthesizer import Synthesizer
 from tests.integration.conftest import running_api
 from voicenote.jobstore import JobStore
 from voicenote.settings import ApiKey, ApiSettings, Settings, StorageSettings, SynthesisSettings

@@ -15,8 +15,9 @@ import pytest
 
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
-from stream_workers.completion import StatusProjector, Storer
-from stream_workers.early_check import RESULT_LOST_CODE, EarlyCheck, Outcome, topic_facts
+from stream_workers.completion.early_check import RESULT_LOST_CODE, EarlyCheck, Outcome, topic_facts
+from stream_workers.completion.status import StatusProjector
+from stream_workers.completion.storage import Storer
 from voicenote.audio import to_wav
 from voicenote.jobstore import JobStore
 from voicenote.kafka import TopicPartition, consumer, ensure_topics, event_codecs, producer
@@ -70,7 +71,7 @@ async def test_overdue_jobs_are_reapplied_failed_or_left_waiting(settings: Setti
     storer = Storer(LocalAudioStore(tmp_path / "audio", ttl_seconds=3600), settings.storage,
                     public_base_url="http://127.0.0.1:8000/")
 
-    async def reapply(results: Sequence[SynthesisResult]) -> None:  # the completion worker's path (stream_workers/app.py)
+    async def reapply(results: Sequence[SynthesisResult]) -> None:  # the completion worker's path (CompletionHandler.reapply)
         done = await storer.complete_many(results)
         await emit(done)
         await projector.on_completions(done)

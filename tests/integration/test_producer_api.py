@@ -72,7 +72,7 @@ async def test_async_submission_publishes_a_mapped_request_and_records_it(api_fa
     jobs = JobStore.from_settings(settings.redis)
     try:
         assert await jobs.pending_before(job["created_at"] + 1, 10) == [body["job_id"]]
-        # The answer's estimate stays on the record: the early check's bound (stream_workers/early_check.py).
+        # The answer's estimate stays on the record: the early check's bound (stream_workers/completion/early_check.py).
         assert float((await jobs.get(body["job_id"]) or {})["estimated_seconds"]) == body["estimated_seconds"]
     finally:
         await jobs.close()

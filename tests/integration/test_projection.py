@@ -11,7 +11,7 @@ from ops.rebuild import rebuild
 from schemas.codec import Codecs
 from schemas.events import JobCompletion, SynthesisRequest, SynthesisResult
 from schemas.topics import build_catalog
-from stream_workers.completion import StatusProjector
+from stream_workers.completion.status import StatusProjector
 from voicenote.jobstore import JobStore
 from voicenote.kafka import AsyncProducer, client_config, ensure_topics
 from voicenote.settings import Settings
@@ -95,7 +95,7 @@ async def test_completion_with_webhook_shows_pending_until_the_dispatcher_report
 
 async def test_a_second_result_of_a_completed_job_makes_no_second_completion(jobs: JobStore) -> None:
     from schemas.status import JobStatus
-    from stream_workers.completion import fresh_results
+    from stream_workers.completion.status import fresh_results
 
     projector = StatusProjector(jobs)
     now = int(time.time() * 1000)
@@ -168,7 +168,7 @@ async def test_rebuild_reads_every_record_of_batched_produces(settings: Settings
 
 
 async def test_guard_rebuilds_an_emptied_redis_once_and_leaves_a_built_one_alone(settings: Settings, jobs: JobStore) -> None:
-    from stream_workers.projection import ProjectionGuard
+    from stream_workers.completion.projection import ProjectionGuard
 
     catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                             partitions=settings.kafka.partitions)

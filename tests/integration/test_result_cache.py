@@ -10,11 +10,11 @@ import pytest
 
 from schemas.codec import Codecs
 from schemas.events import SynthesisResult as SynthesisResultEvent
-from stream_workers.completion import Storer
+from stream_workers.completion.storage import Storer
 from stream_workers.engine.base import SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
-from stream_workers.result_cache import ResultCache, cache_key
-from stream_workers.synthesis import Synthesizer
+from stream_workers.runtime.result_cache import ResultCache, cache_key
+from stream_workers.synthesis.synthesizer import Synthesizer
 from voicenote.settings import Settings, SynthesisSettings
 from voicenote.storage.local import LocalAudioStore
 

@@ -21,7 +21,7 @@ from stream_workers.engine.null_engine import NullEngine
 from stream_workers.engine.s1mini import S1MiniEngine, S1MiniSettings, tiny_checkpoint
 from stream_workers.engine.s1mini.codec_encoder import checkpoint_fingerprint, load_codec_encoder
 from stream_workers.engine.s1mini.voices import read_wav, voice_key
-from stream_workers.synthesis import Segment, Synthesizer
+from stream_workers.synthesis.synthesizer import Segment, Synthesizer
 from voicenote.settings import Settings, StorageBackend, SynthesisSettings
 from voicenote.storage.s3 import S3AudioStore
 

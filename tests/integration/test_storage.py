@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from schemas.events import SynthesisResult
-from stream_workers.completion import Storer
+from stream_workers.completion.storage import Storer
 from voicenote.audio import to_wav
 from voicenote.errors import AudioNotFound
 from voicenote.settings import Settings, StorageBackend

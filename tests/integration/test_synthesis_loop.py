@@ -19,13 +19,13 @@ from schemas.codec import Codecs
 from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
 from schemas.status import JobStatus
-from stream_workers.acks import InOrderAcks
-from stream_workers.batching import BatchPolicy
 from stream_workers.engine.base import ContinuousEngine, SynthesisInput, SynthesisResult
 from stream_workers.engine.null_engine import NullEngine
 from stream_workers.engine.slots import continuous
-from stream_workers.synthesis import SYNTHESIZED_FIELD, Refused, Synthesizer
-from stream_workers.synthesis_loop import SynthesisLoop
+from stream_workers.runtime.acks import InOrderAcks
+from stream_workers.synthesis.batching import BatchPolicy
+from stream_workers.synthesis.loop import SynthesisLoop
+from stream_workers.synthesis.synthesizer import SYNTHESIZED_FIELD, Refused, Synthesizer
 from voicenote.jobstore import JobStore
 from voicenote.settings import Settings, SynthesisSettings
 from voicenote.storage.local import LocalAudioStore

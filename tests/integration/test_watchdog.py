@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from schemas.events import JobCompletion, SynthesisRequest
-from stream_workers.completion import StatusProjector
-from stream_workers.watchdog import DATA_LOST_CODE, STUCK_CODE, LostRequests, Watchdog
+from stream_workers.completion.status import StatusProjector
+from stream_workers.completion.watchdog import DATA_LOST_CODE, STUCK_CODE, LostRequests, Watchdog
 from voicenote.jobstore import JobStore
 
 pytestmark = pytest.mark.integration

@@ -458,7 +458,7 @@ async def test_webhook_state_is_rebuilt_after_redis_comes_back_empty(own_redis: 
     changed it (72 jobs in one run). The rebuild now restores each job's delivery state from the outcomes the
     dispatcher records on the topics; the dispatcher, which reads its position from Kafka, delivers nothing again."""
     from ops.rebuild import rebuild
-    from stream_workers.completion import StatusProjector
+    from stream_workers.completion.status import StatusProjector
 
     s, redis_port = own_redis
     assert s is harness.settings and f":{redis_port}/" in s.redis.url  # a Redis of this test's own: flushing it is safe

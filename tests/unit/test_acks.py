@@ -1,4 +1,4 @@
-from stream_workers.acks import InOrderAcks
+from stream_workers.runtime.acks import InOrderAcks
 
 
 def test_acks_are_released_in_order_per_partition() -> None:

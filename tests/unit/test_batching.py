@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from stream_workers.batching import Batcher, BatchPolicy, Pending, padding_waste, pick_admission, pick_batch
+from stream_workers.synthesis.batching import Batcher, BatchPolicy, Pending, padding_waste, pick_admission, pick_batch
 
 
 def _pool(sizes: list[int]) -> list[Pending[int]]:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from schemas.events import SynthesisResult
-from stream_workers.completion import Storer
+from stream_workers.completion.storage import Storer
 from voicenote.settings import StorageSettings
 from voicenote.storage.local import LocalAudioStore
 

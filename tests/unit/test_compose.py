@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from ops.observability.dashboard import OUT as DASHBOARD_JSON
 from ops.observability.dashboard import PANELS, render
 from producer_api.metrics import ApiMetrics
-from stream_workers.early_check import EarlyCheckMetrics
-from stream_workers.metrics import CompletionMetrics, ProgressMetrics, SynthesisMetrics, WebhookMetrics
+from stream_workers.completion.early_check import EarlyCheckMetrics
+from stream_workers.runtime.metrics import CompletionMetrics, ProgressMetrics, SynthesisMetrics, WebhookMetrics
 from tests.e2e.test_compose_boot import DEV_TOKEN, compose, interpolate, our_services
 from tests.k8s_support import ROOT, load_yaml, setting_names, settings_from, synthesis_route
 from voicenote.settings import KafkaSettings

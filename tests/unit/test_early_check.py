@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from schemas.events import JobCompletion, SynthesisResult
-from stream_workers.early_check import RESULT_LOST_CODE, EarlyCheck, Facts, Outcome, decide, overdue_after
+from stream_workers.completion.early_check import RESULT_LOST_CODE, EarlyCheck, Facts, Outcome, decide, overdue_after
 
 NOW = 1_000_000.0
 RESULT = SynthesisResult(job_id="job_a", status="succeeded", created_at=1, synthesized_at=2, audio=b"x")

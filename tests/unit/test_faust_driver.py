@@ -1,12 +1,12 @@
-"""The upgrade guard of stream_workers/faust_driver.py: the private Faust and aiokafka hooks it relies on
+"""The upgrade guard of stream_workers/runtime/faust_driver.py: the private Faust and aiokafka hooks it relies on
 (there is no public way to set the consumer's fetch wait) are still there and still do what we need."""
 
 from __future__ import annotations
 
 import pytest
 
-from stream_workers import faust_driver
-from stream_workers.faust_driver import FetchWaitApp
+from stream_workers.runtime import faust_driver
+from stream_workers.runtime.faust_driver import FetchWaitApp
 from voicenote.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 import pytest
 
-from stream_workers.kafka_security import faust_credentials
+from stream_workers.runtime.kafka_security import faust_credentials
 from voicenote.errors import ConfigError
 from voicenote.kafka import client_config
 from voicenote.settings import KafkaSettings

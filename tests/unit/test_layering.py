@@ -12,6 +12,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 PACKAGES = ("schemas", "voicenote", "producer_api", "stream_workers", "ops")
+# The worker's role packages and their runtime (issue 20): the contracts name them, so a stand-in tree has them.
+WORKER_PACKAGES = ("stream_workers/runtime", "stream_workers/synthesis", "stream_workers/completion", "stream_workers/webhooks")
+
+
+def _stand_in(tmp_path: Path) -> dict[str, str]:
+    """A tree with our package names, empty, to shadow ours on the path; the environment that puts it there."""
+    for name in PACKAGES + WORKER_PACKAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    for module in ("app.py", "main.py"):
+        (tmp_path / "stream_workers" / module).write_text("")
+    (tmp_path / "stream_workers" / "engine").mkdir()  # the engine-below-the-worker contract names it
+    (tmp_path / "stream_workers" / "engine" / "__init__.py").write_text("")
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
 
 
 def _lint(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -19,33 +33,23 @@ def _lint(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           env=env, capture_output=True, text=True, timeout=240)
 
 
-def _stand_in_packages(root: Path) -> None:
-    """Empty packages with our names (and the engine, which a contract names), to shadow ours on the path."""
-    for name in PACKAGES:
-        (root / name).mkdir()
-        (root / name / "__init__.py").write_text("")
-    (root / "stream_workers" / "engine").mkdir()
-    (root / "stream_workers" / "engine" / "__init__.py").write_text("")
-
-
 def test_the_tree_keeps_every_layering_contract() -> None:
     done = _lint(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 kept, 0 broken" in done.stdout
+    assert "6 kept, 0 broken" in done.stdout
 
 
 def test_a_contract_importing_the_runtime_breaks_the_build(tmp_path: Path) -> None:
     # A stand-in tree with the same package names, shadowing ours on the path: schemas imports the runtime
     # (the arrow this issue removed) and the runtime imports a worker module.
-    _stand_in_packages(tmp_path)
+    env = _stand_in(tmp_path)
     (tmp_path / "schemas" / "codec.py").write_text("from voicenote import errors\n")
     (tmp_path / "voicenote" / "errors.py").write_text("")
     (tmp_path / "voicenote" / "jobs.py").write_text("import stream_workers.app\n")
     (tmp_path / "stream_workers" / "app.py").write_text("")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = _lint(tmp_path, env)
     assert done.returncode != 0
-    assert "2 kept, 2 broken" in done.stdout, done.stdout  # the Kafka-libraries and engine contracts hold there
+    assert "4 kept, 2 broken" in done.stdout, done.stdout  # the Kafka-libraries, engine and worker contracts hold there
     assert "schemas.codec -> voicenote.errors" in done.stdout
     assert "voicenote.jobs -> stream_workers.app" in done.stdout
 
@@ -53,21 +57,38 @@ def test_a_contract_importing_the_runtime_breaks_the_build(tmp_path: Path) -> No
 def test_a_kafka_client_built_outside_voicenote_kafka_breaks_the_build(tmp_path: Path) -> None:
     # Kafka clients from one place (issue 20): a worker module or the client library importing confluent-kafka
     # or aiokafka themselves breaks the contract; voicenote.kafka and the Faust driver may.
-    _stand_in_packages(tmp_path)
+    env = _stand_in(tmp_path)
     (tmp_path / "voicenote" / "kafka").mkdir()
     (tmp_path / "voicenote" / "kafka" / "__init__.py").write_text("import confluent_kafka\n")
     (tmp_path / "voicenote" / "kafka" / "clients.py").write_text("from confluent_kafka import Consumer\n")
-    (tmp_path / "stream_workers" / "faust_driver.py").write_text("import aiokafka\n")
+    (tmp_path / "stream_workers" / "runtime" / "faust_driver.py").write_text("import aiokafka\n")
     (tmp_path / "stream_workers" / "dispatcher.py").write_text("from confluent_kafka import Consumer\nimport voicenote.kafka\n")
     (tmp_path / "voicenote" / "client.py").write_text("import aiokafka\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = _lint(tmp_path, env)
     assert done.returncode != 0
-    assert "3 kept, 1 broken" in done.stdout, done.stdout
+    assert "5 kept, 1 broken" in done.stdout, done.stdout
     assert "stream_workers.dispatcher -> confluent_kafka" in done.stdout
     assert "voicenote.client -> aiokafka" in done.stdout
     assert "voicenote.kafka.clients -> confluent_kafka" not in done.stdout
-    assert "stream_workers.faust_driver -> aiokafka" not in done.stdout
+    assert "stream_workers.runtime.faust_driver -> aiokafka" not in done.stdout
+
+
+def test_a_role_importing_another_role_or_the_runtime_a_role_breaks_the_build(tmp_path: Path) -> None:
+    # Worker roles as packages (issue 20): synthesis, completion and webhooks import runtime and the engine, never
+    # each other; runtime imports no role. Through a third module too.
+    env = _stand_in(tmp_path)
+    (tmp_path / "stream_workers" / "runtime" / "context.py").write_text("")
+    (tmp_path / "stream_workers" / "runtime" / "metrics.py").write_text("import stream_workers.completion.status\n")
+    (tmp_path / "stream_workers" / "synthesis" / "loop.py").write_text(
+        "import stream_workers.runtime.context\nimport stream_workers.engine\nimport stream_workers.webhooks.policy\n")
+    (tmp_path / "stream_workers" / "webhooks" / "policy.py").write_text("")
+    (tmp_path / "stream_workers" / "completion" / "status.py").write_text("import stream_workers.runtime.context\n")
+    done = _lint(tmp_path, env)
+    assert done.returncode != 0
+    assert "4 kept, 2 broken" in done.stdout, done.stdout
+    assert "stream_workers.synthesis.loop -> stream_workers.webhooks.policy" in done.stdout
+    assert "stream_workers.runtime.metrics -> stream_workers.completion.status" in done.stdout
+    assert "stream_workers.synthesis.loop -> stream_workers.runtime.context" not in done.stdout
 
 
 # -- no private cross-module imports --------------------------------------------------------------------------------
@@ -176,14 +197,9 @@ def tree_private_uses(root: Path) -> list[str]:
     return [use for name in PACKAGES for path in sorted((root / name).rglob("*.py")) for use in private_uses(root, path)]
 
 
-# Known uses inside stream_workers/, left for the worker-roles restructuring (issue 20, item 1) that moves those
-# files: "importer -> module.name". An entry the tree no longer has fails the test, so the list only shrinks.
-ALLOWED_PRIVATE_USES = {
-    # TODO(issue 20): the watchdog's record fields and finished-test, shared with the early check; make them public
-    # (or move them to the completion package's shared module) and drop these entries.
-    "stream_workers.early_check -> stream_workers.watchdog._FIELDS",
-    "stream_workers.early_check -> stream_workers.watchdog._finished",
-}
+# Known exceptions, "importer -> module.name" (none now: the worker-roles step made the last ones public). An entry
+# the tree no longer has fails the test, so the list only shrinks.
+ALLOWED_PRIVATE_USES: set[str] = set()
 
 
 def _without_line(use: str) -> str:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import JobCompletion
-from stream_workers.metrics import CompletionMetrics, SynthesisMetrics, WebhookMetrics, job_latency_seconds
+from stream_workers.runtime.metrics import CompletionMetrics, SynthesisMetrics, WebhookMetrics, job_latency_seconds
 
 
 def _done(created_at: object, completed_at: object, status: str = "succeeded") -> JobCompletion:
@@ -48,7 +48,7 @@ def test_every_webhook_outcome_series_exists_before_its_first_event() -> None:
 
 
 def test_records_behind_counts_from_each_committed_offset_to_the_partition_end() -> None:
-    from stream_workers.metrics import records_behind
+    from stream_workers.runtime.metrics import records_behind
 
     assert records_behind({"a": 100, "b": 40, "c": 7}, {"a": 90, "b": 40, "c": None}) == 10 + 0 + 7
     assert records_behind({"a": 5}, {"a": 9}) == 0  # a commit past a stale end is not negative lag
@@ -57,8 +57,8 @@ def test_records_behind_counts_from_each_committed_offset_to_the_partition_end()
 async def test_committed_offsets_come_from_faust_public_monitor_and_forget_revoked_partitions() -> None:
     from faust.types import TP
 
-    from stream_workers.faust_driver import FetchWaitApp
-    from stream_workers.metrics import track_committed_offsets
+    from stream_workers.runtime.faust_driver import FetchWaitApp
+    from stream_workers.runtime.metrics import track_committed_offsets
 
     app = FetchWaitApp("lag-guard", broker="kafka://127.0.0.1:9", web_enabled=False)
     track_committed_offsets(app)

@@ -1,4 +1,4 @@
-"""Readiness that watches progress (stream_workers/progress.py): the watch on a fake clock, and the
+"""Readiness that watches progress (stream_workers/runtime/progress.py): the watch on a fake clock, and the
 monitor's reports and exit with a fake offset reader (the real broker: tests/integration/test_progress_watch.py)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
-from stream_workers.metrics import ProgressMetrics
-from stream_workers.probes import Readiness
-from stream_workers.progress import DataLossWatch, Offsets, Partition, ProgressMonitor, ProgressWatch
+from stream_workers.runtime.metrics import ProgressMetrics
+from stream_workers.runtime.probes import Readiness
+from stream_workers.runtime.progress import DataLossWatch, Offsets, Partition, ProgressMonitor, ProgressWatch
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings, Settings, WorkerSettings
 

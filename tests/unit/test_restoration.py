@@ -1,5 +1,5 @@
 """Batch records and Idempotency-Key answers rebuilt from request events, webhook states from delivery outcomes
-(stream_workers/restoration.py)."""
+(stream_workers/completion/restoration.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from schemas.codec import Codecs
 from schemas.events import BATCH_INDEX_ATTRIBUTE, BATCH_SIZE_ATTRIBUTE, REPLAY_OF_ATTRIBUTE, SynthesisRequest, WebhookDelivery
-from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
+from stream_workers.completion.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
 from voicenote.idempotency import (
     ASYNC,
     BATCH,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stream_workers.segmentation import join_audio, split_text
+from stream_workers.synthesis.segmentation import join_audio, split_text
 
 
 def test_short_text_is_one_segment() -> None:

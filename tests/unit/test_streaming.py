@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from producer_api.sse import sse_delta, sse_done
-from stream_workers.segmentation import join_audio, joined_piece, split_text
+from stream_workers.synthesis.segmentation import join_audio, joined_piece, split_text
 from voicenote.audio import EncodeFailed
 from voicenote.audio_stream import UNKNOWN_SIZE, stream_encoder, streaming_wav_header
 

@@ -12,7 +12,7 @@ from schemas.codec import Codecs
 from stream_workers.engine.base import EngineError, EngineOutOfMemory, SynthesisInput, SynthesisResult
 from stream_workers.engine.batches import synthesize_resilient
 from stream_workers.engine.null_engine import NullEngine
-from stream_workers.synthesis import Synthesizer
+from stream_workers.synthesis.synthesizer import Synthesizer
 from voicenote.audio import wav_info
 from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage.local import LocalAudioStore

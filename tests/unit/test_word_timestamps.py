@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from schemas.events import TIMESTAMPS_ATTRIBUTE, SynthesisRequest, SynthesisResult
-from stream_workers.completion import Storer, completion_fields
+from stream_workers.completion.status import completion_fields
+from stream_workers.completion.storage import Storer
 from stream_workers.engine.base import SynthesisInput
 from stream_workers.engine.word_timing import TimedPhoneme, word_times
-from stream_workers.segmentation import GAP_MS, join_audio, segment_offsets, split_text
-from stream_workers.synthesis import Job, Segment, Synthesizer
+from stream_workers.synthesis.segmentation import GAP_MS, join_audio, segment_offsets, split_text
+from stream_workers.synthesis.synthesizer import Job, Segment, Synthesizer
 from voicenote import captions
 from voicenote.audio import to_wav
 from voicenote.captions import WordTime

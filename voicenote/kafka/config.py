@@ -22,7 +22,7 @@ def client_config(kafka: KafkaSettings, stack: Literal["confluent", "aiokafka"] 
     """The connection and security settings of ``kafka`` in one client stack's dialect.
 
     ``confluent``: librdkafka properties (the API, the webhook dispatcher, ops tools). ``aiokafka``: the
-    keyword arguments of aiokafka's clients (the Faust workers; see stream_workers/kafka_security.py).
+    keyword arguments of aiokafka's clients (the Faust workers; see stream_workers/runtime/kafka_security.py).
     Both are resolved here from one reading of the settings, so a cluster that needs SASL or TLS is
     reachable by every process or refused by all with the same message, never by the API alone.
     """

@@ -17,7 +17,7 @@ from schemas.events import JobCompletion
 _SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 32, 64)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-# The result cache (stream_workers/result_cache.py) counts its lookups here; module-level because a worker
+# The result cache (stream_workers/runtime/result_cache.py) counts its lookups here; module-level because a worker
 # has one cache while benchmarks and tests build several. Rendered on the synthesis worker's /metrics next
 # to SynthesisMetrics (stream_workers/app.py).
 CACHE_REGISTRY = CollectorRegistry()
@@ -160,7 +160,7 @@ async def faust_consumer_lag(app: Any) -> int:
 
 class ProgressMetrics:
     """Every worker: how long its consumer group has been behind without a committed offset moving
-    (stream_workers/progress.py; 0 while nothing is behind)."""
+    (stream_workers/runtime/progress.py; 0 while nothing is behind)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

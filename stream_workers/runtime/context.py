@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from schemas.codec import Codecs
 from schemas.topics import TopicCatalog
-from stream_workers.result_cache import ResultCache
+from stream_workers.runtime.result_cache import ResultCache
 from voicenote.jobstore import JobStore
 from voicenote.retry import DependencyHealth
 from voicenote.settings import Settings

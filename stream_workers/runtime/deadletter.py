@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from faust.types import EventT
 
+from schemas.clock import now_ms
 from schemas.events import DeadLetter
 
 
@@ -25,5 +24,5 @@ def dead_letter(event: EventT, *, consumer: str, error_type: str, error_message:
         consumer=consumer,
         error_type=error_type,
         error_message=error_message[:4000],
-        failed_at=int(time.time() * 1000),
+        failed_at=now_ms(),
     )

@@ -11,7 +11,7 @@ only move forward, so a rebuild running alongside the live agents, or twice, cha
 The same replay restores what the API kept beside the job records: batch records and Idempotency-Key
 answers, rebuilt from the request events; and each job's webhook delivery state (delivered, retrying, failed,
 refused, with its attempts), from the outcomes the webhooks worker records on the deliveries topic
-(stream_workers/restoration.py). Rate-limit buckets are not rebuilt: a bucket that starts full again after a
+(stream_workers/completion/restoration.py). Rate-limit buckets are not rebuilt: a bucket that starts full again after a
 loss is accepted.
 
 Until the rebuild is done, jobs finished before the loss answer 404 and new ones are projected as
@@ -27,11 +27,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import SynthesisRequest, WebhookDelivery
-from stream_workers.completion import StatusProjector
-from stream_workers.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
+from stream_workers.completion.restoration import batch_records, describes_api_records, idempotency_answers, webhook_states
+from stream_workers.completion.status import StatusProjector
 from voicenote.jobstore import JobStore
 from voicenote.kafka import event_codecs, read_to_end
 from voicenote.links import Links
@@ -82,7 +83,7 @@ async def rebuild(settings: Settings, jobs: JobStore, codecs: Codecs | None = No
     codecs = codecs or event_codecs(settings.kafka)  # the registry too, when one is configured
     projector = StatusProjector(jobs)
     report = RebuildReport()
-    oldest = int(time.time() * 1000) - settings.redis.job_ttl_seconds * 1000
+    oldest = now_ms() - settings.redis.job_ttl_seconds * 1000
     sources: list[tuple[str, Any, Callable[[Any], Awaitable[list[bool]]], bool]] = [
         (spec.name, codecs.request, projector.on_requests, True) for spec in catalog.request_topics()]
     sources.append((catalog.completions.name, codecs.completion, projector.on_completions, False))
@@ -147,8 +148,8 @@ async def _restore_webhook_states(settings: Settings, jobs: JobStore, codecs: Co
 
 
 async def _restore_api_records(settings: Settings, jobs: JobStore, requests: list[SynthesisRequest], report: RebuildReport) -> None:
-    """Batch records and Idempotency-Key answers, from the request events (stream_workers/restoration.py)."""
-    now = int(time.time() * 1000)
+    """Batch records and Idempotency-Key answers, from the request events (stream_workers/completion/restoration.py)."""
+    now = now_ms()
     batches = batch_records(requests)
     report.batches_incomplete = len(batches.incomplete)
     for start in range(0, len(batches.restored), _CHUNK):

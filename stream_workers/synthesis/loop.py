@@ -24,16 +24,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, TypeVar
 
+from schemas.clock import now_ms
 from schemas.events import SpeechSegment
 from schemas.events import SynthesisResult as SynthesisResultEvent
-from stream_workers.batching import Batcher, BatchPolicy, padding_waste
 from stream_workers.engine.base import ContinuousEngine, SynthesisResult
-from stream_workers.metrics import SynthesisMetrics
-from stream_workers.synthesis import Job, Refused, Segment, Synthesizer, now_ms
+from stream_workers.runtime.metrics import SynthesisMetrics
+from stream_workers.synthesis.batching import Batcher, BatchPolicy, padding_waste
+from stream_workers.synthesis.synthesizer import Job, Refused, Segment, Synthesizer, Timing
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,37 @@ Publish = Callable[[list[SynthesisResultEvent]], Awaitable[None]]
 PublishSegment = Callable[[SpeechSegment], Awaitable[None]]
 
 INTERACTIVE = "interactive"
+
+
+@dataclass(eq=False)
+class _Flight(Generic[H]):
+    """The loop's own state of one job in flight; the job itself (request, segment outcomes) is the synthesizer's."""
+
+    job: Job
+    handle: H  # the source event, acknowledged once the result is published
+    started_ms: int = 0
+    batch_wait_ms: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    engine_ms: int = 0
+    finished: bool = False  # its result is on its way: results of its segments still in the engine are dropped
+    emitted: int = 0  # streaming: how many leading segments are on the segments topic
+    held: list[_Item[H]] = field(default_factory=list)  # streaming: segments admitted once the first one is in the engine
+
+    @property
+    def interactive(self) -> bool:
+        return self.job.request.priority == INTERACTIVE
+
+    def timing(self) -> Timing:
+        return Timing(batch_size=max(self.batch_sizes, default=0), started_ms=self.started_ms,
+                      batch_wait_ms=self.batch_wait_ms, engine_ms=self.engine_ms)
+
+
+@dataclass(eq=False)  # identity: the batcher's waits are keyed by item
+class _Item(Generic[H]):
+    """One segment in the batcher, with the flight of its job."""
+
+    segment: Segment
+    flight: _Flight[H]
 
 
 @dataclass
@@ -82,7 +114,7 @@ class SynthesisLoop(Generic[H]):
         self._publish_segment = publish_segment
         self._dead_letter = dead_letter
         self._ack = ack
-        self._batcher: Batcher[Segment] = Batcher(policy)
+        self._batcher: Batcher[_Item[H]] = Batcher(policy)
         self._intake: asyncio.Queue[tuple[H, bytes | None]] = asyncio.Queue(intake_size)
         self._admit_group = admit_group
         # Bounds result groups in flight: backpressure on the collector, and no herd of senders
@@ -93,7 +125,7 @@ class SynthesisLoop(Generic[H]):
         self._group: asyncio.TaskGroup | None = None
         self._in_flight = 0  # segments submitted whose results the collector has not taken yet
         # Results the engine resolved, appended from its thread, taken by the collector.
-        self._incoming: list[tuple[Segment, _Group, Future[SynthesisResult]]] = []
+        self._incoming: list[tuple[_Item[H], _Group, Future[SynthesisResult]]] = []
         self._incoming_lock = threading.Lock()
         self._wakeup_pending = False
         self._results_ready = asyncio.Event()
@@ -148,15 +180,14 @@ class SynthesisLoop(Generic[H]):
             if admission.results:
                 await self._spawn_publish([(handles[i], record) for i, record in admission.results])
             for i, job in admission.jobs:
-                job.handle = handles[i]
-                interactive = job.request.priority == INTERACTIVE
-                segments = job.segments()
-                if job.streaming and self._publish_segment is not None and len(segments) > 1:
+                flight = _Flight(job, handles[i])
+                items = [_Item(segment, flight) for segment in job.segments()]
+                if job.streaming and self._publish_segment is not None and len(items) > 1:
                     # The first segment alone: batched with the others it would wait for the longest of
                     # them. The rest follow once it is in the engine (see _submit).
-                    segments, job.held = segments[:1], segments[1:]
-                for segment in segments:
-                    self._batcher.add(segment, len(segment.text), interactive=interactive)
+                    items, flight.held = items[:1], items[1:]
+                for item in items:
+                    self._batcher.add(item, len(item.segment.text), interactive=flight.interactive)
 
     def _idle(self) -> bool:
         return self._in_flight == 0
@@ -167,50 +198,49 @@ class SynthesisLoop(Generic[H]):
                 self._slots_changed.clear()
                 await self._slots_changed.wait()
             timed = await self._batcher.next_timed(self.engine.free_slots, self._idle)
-            waits = dict(timed)  # by segment (identity): each one's own wait in the batcher
-            segments = await self._drop_expired([segment for segment, _ in timed])
-            if segments:
-                self._submit(segments, waits)
+            waits = dict(timed)  # by item (identity): each one's own wait in the batcher
+            items = await self._drop_expired([item for item, _ in timed])
+            if items:
+                self._submit(items, waits)
 
-    def _submit(self, segments: list[Segment], waits: Mapping[Segment, float]) -> None:
+    def _submit(self, items: list[_Item[H]], waits: Mapping[_Item[H], float]) -> None:
         """Hand a group to the engine (no await: a drain never leaves a group half submitted). ``waits``: how long
         each segment waited in the batcher (seconds, on its monotonic clock)."""
         now = time.monotonic()
-        waited = max(waits[segment] for segment in segments)  # the group's: its oldest member's (metrics)
+        waited = max(waits[item] for item in items)  # the group's: its oldest member's (metrics)
         if self._in_flight == 0:
             if self._idle_since is not None:
                 self.metrics.idle(now - self._idle_since)
             self._busy_since = now
         wall_ms = now_ms()
-        for segment in segments:
-            job = segment.job
-            job.started_ms = job.started_ms or wall_ms
+        for item in items:
+            flight = item.flight
+            flight.started_ms = flight.started_ms or wall_ms
             # The job's batch wait: the longest its own segments waited, on one clock (the batcher's monotonic one,
             # from each segment's add to now). It was the group's "oldest item in the pool" wait, which could belong to
             # another job that came long before this one: 196 s of wait reported for a job that lived 72 s.
-            job.batch_wait_ms = max(job.batch_wait_ms, int(waits[segment] * 1000))
-            job.batch_sizes.append(len(segments))
-        futures = self.engine.submit([s.to_input() for s in segments])
-        for segment in segments:
-            if segment.job.held:
-                held, segment.job.held = segment.job.held, []
-                interactive = segment.job.request.priority == INTERACTIVE
+            flight.batch_wait_ms = max(flight.batch_wait_ms, int(waits[item] * 1000))
+            flight.batch_sizes.append(len(items))
+        futures = self.engine.submit([item.segment.to_input() for item in items])
+        for item in items:
+            if item.flight.held:
+                held, item.flight.held = item.flight.held, []
                 for rest in held:
-                    self._batcher.add(rest, len(rest.text), interactive=interactive)
-        group = _Group(len(segments), waited, padding_waste([len(s.text) for s in segments]), now, len(segments))
-        self._in_flight += len(segments)
+                    self._batcher.add(rest, len(rest.segment.text), interactive=rest.flight.interactive)
+        group = _Group(len(items), waited, padding_waste([len(item.segment.text) for item in items]), now, len(items))
+        self._in_flight += len(items)
         self.batches += 1
         loop = asyncio.get_running_loop()
-        for segment, future in zip(segments, futures, strict=True):
+        for item, future in zip(items, futures, strict=True):
             # Futures resolve on the engine's thread; the results are taken on the loop, in bursts.
-            future.add_done_callback(partial(self._resolved_from_engine, loop, segment, group))
+            future.add_done_callback(partial(self._resolved_from_engine, loop, item, group))
 
-    def _resolved_from_engine(self, loop: asyncio.AbstractEventLoop, segment: Segment, group: _Group,
+    def _resolved_from_engine(self, loop: asyncio.AbstractEventLoop, item: _Item[H], group: _Group,
                               future: Future[SynthesisResult]) -> None:
         # Runs on the engine's thread. One wake-up per burst of results, not one per row: each wake-up is
         # a write to the loop's self-pipe and a fight for the GIL, and a batch resolves its rows together.
         with self._incoming_lock:
-            self._incoming.append((segment, group, future))
+            self._incoming.append((item, group, future))
             if self._wakeup_pending:
                 return
             self._wakeup_pending = True
@@ -227,9 +257,9 @@ class SynthesisLoop(Generic[H]):
                 self._results_ready.clear()
                 await self._results_ready.wait()
                 continue
-            finished: list[Job] = []
+            finished: list[_Flight[H]] = []
             now = time.monotonic()
-            for segment, group, future in resolved:
+            for item, group, future in resolved:
                 self._in_flight -= 1
                 result = future.result()  # an engine that raises instead of failing the row crashes the worker
                 group.left -= 1
@@ -237,46 +267,48 @@ class SynthesisLoop(Generic[H]):
                     group.audio_seconds += len(result.audio) / result.sample_rate
                 if group.left == 0:
                     self.metrics.batch(group.size, group.waited, now - group.submitted, group.audio_seconds, group.waste)
-                job = segment.job
-                if job.finished:
+                flight, job = item.flight, item.flight.job
+                if flight.finished:
                     continue  # failed or expired already, result out
-                self.synth.record(segment, result)
+                self.synth.record(item.segment, result)
                 if job.streaming and self._publish_segment is not None:
                     # In order: a segment goes out once every one before it has.
-                    for index in job.ready_segments():
+                    start, flight.emitted = flight.emitted, job.finished_from(flight.emitted)
+                    for index in range(start, flight.emitted):
                         await self._publish_segment(job.segment_record(index))
                 if job.done:
-                    job.finished = True
-                    job.engine_ms = int(now_ms() - job.started_ms) if job.started_ms else 0
-                    finished.append(job)
+                    flight.finished = True
+                    flight.engine_ms = int(now_ms() - flight.started_ms) if flight.started_ms else 0
+                    finished.append(flight)
             if self._busy_since is not None:  # counted as it goes: under load the engine never empties
                 self.metrics.busy(now - self._busy_since)
                 self._busy_since = now if self._in_flight else None
                 if not self._in_flight:
                     self._idle_since = now
-            if any(job.error is not None for job in finished):
+            if any(flight.job.error is not None for flight in finished):
                 # a failed job's other segments need no engine time
-                self._batcher.remove(lambda s: not s.job.finished)
+                self._batcher.remove(lambda item: not item.flight.finished)
             self._slots_changed.set()
             self._batcher.wake()
             if finished:
                 await self._spawn_finish(finished)
 
-    async def _drop_expired(self, segments: list[Segment]) -> list[Segment]:
+    async def _drop_expired(self, items: list[_Item[H]]) -> list[_Item[H]]:
         now = now_ms()
-        expired = {id(s.job): s.job for s in segments if s.job.past_deadline(now) and not s.job.finished}
+        expired = {id(i.flight): i.flight for i in items if i.flight.job.past_deadline(now) and not i.flight.finished}
         if not expired:
-            return segments
-        for job in expired.values():
-            job.finished = True
-        self._batcher.remove(lambda s: id(s.job) not in expired)
-        await self._spawn_publish([(job.handle, self.synth.deadline_result(job.request)) for job in expired.values()])
-        return [s for s in segments if id(s.job) not in expired]
+            return items
+        for flight in expired.values():
+            flight.finished = True
+        self._batcher.remove(lambda i: id(i.flight) not in expired)
+        await self._spawn_publish([(flight.handle, self.synth.deadline_result(flight.job.request))
+                                   for flight in expired.values()])
+        return [i for i in items if id(i.flight) not in expired]
 
-    async def _spawn_finish(self, jobs: list[Job]) -> None:
+    async def _spawn_finish(self, flights: list[_Flight[H]]) -> None:
         async def finish_and_publish() -> None:
-            records = [await self.synth.finish(job) for job in jobs]
-            await self._publish_acked([(job.handle, record) for job, record in zip(jobs, records, strict=True)])
+            records = [await self.synth.finish(flight.job, flight.timing()) for flight in flights]
+            await self._publish_acked([(flight.handle, record) for flight, record in zip(flights, records, strict=True)])
 
         await self._spawn(finish_and_publish)
 

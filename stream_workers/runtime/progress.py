@@ -2,7 +2,7 @@
 
 A worker can be connected to a broker that answers and still consume nothing: after a broker restart
 on disk storage, workers stayed ``ready`` for 40 minutes with 98 jobs queued. :class:`BrokerWatch`
-(stream_workers/probes.py) only asks whether the broker answers. This module asks whether the worker's
+(stream_workers/runtime/probes.py) only asks whether the broker answers. This module asks whether the worker's
 consumer group moves:
 
 - :class:`ProgressWatch` (pure logic, a clock passed in) is fed, per watched partition, the group's
@@ -298,7 +298,7 @@ class ProgressMonitor:
     async def data_lost(self, went_back: Mapping[Partition, tuple[Offsets, Offsets]],
                         recreated: Mapping[str, tuple[str, str]] | None = None) -> None:
         """The broker lost data under this worker: say so, record when (the completion worker ends the jobs whose
-        requests went with it as ``broker_data_lost``, stream_workers/watchdog.py), and exit with
+        requests went with it as ``broker_data_lost``, stream_workers/completion/watchdog.py), and exit with
         :data:`DATA_LOST_EXIT_CODE`: the consumer's positions and the producer's id belong to the broker that was."""
         log.error("group %s: the broker lost data (restarted without its storage, or topics re-created): %s; "
                   "exiting with code %d so that the worker is started again with a new consumer and producer",

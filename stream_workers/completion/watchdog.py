@@ -14,7 +14,7 @@ of every request kept outside Kafka, and a job re-run hours late surprises its c
 error that says what happened. The caller can submit again.
 
 A broker that lost its data is said sooner (issue 22, item 5): a worker that sees it (its group's committed
-offsets or a partition's end going backwards, stream_workers/progress.py) records when in Redis and exits;
+offsets or a partition's end going backwards, stream_workers/runtime/progress.py) records when in Redis and exits;
 :class:`LostRequests` (the completion worker, every ``worker.projection_check_seconds``) then ends, as
 ``failed`` with ``broker_data_lost``, every job indexed before that moment whose request is not on the request
 topics any more, through the same completion event. It waits :data:`LOSS_GRACE_SECONDS` after the loss first, so
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from schemas.events import JobCompletion
 from schemas.status import JobStatus
 from schemas.validation import valid_job_id
-from stream_workers.completion import COMPLETION_EMITTED_FIELD, StatusProjector
+from stream_workers.completion.status import COMPLETION_EMITTED_FIELD, StatusProjector
 from voicenote.jobstore import JobStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 STUCK_CODE = "stuck_timeout"
 DATA_LOST_CODE = "broker_data_lost"
 LOSS_GRACE_SECONDS = 15.0
-_FIELDS = ("status", COMPLETION_EMITTED_FIELD, "created_at", "webhook_url", "batch_id", "format")
+# The job-record fields a failed completion is built from, and that tell a finished job.
+RECORD_FIELDS = ("status", COMPLETION_EMITTED_FIELD, "created_at", "webhook_url", "batch_id", "format")
 
 
 def stuck_completion(job_id: str, record: dict[str, str] | None, now_ms: int, stuck_after: float) -> JobCompletion:
@@ -58,7 +59,8 @@ def failed_completion(job_id: str, record: dict[str, str] | None, now_ms: int, c
     )
 
 
-def _finished(record: dict[str, str] | None) -> bool:
+def finished_record(record: dict[str, str] | None) -> bool:
+    """Whether a job record is past its completion: the completion was emitted, or the status is terminal."""
     status = (record or {}).get("status")
     return bool(record and (record.get(COMPLETION_EMITTED_FIELD) or (status and JobStatus(status).terminal)))
 
@@ -91,10 +93,10 @@ class Watchdog:
             due = [job_id for job_id in due if valid_job_id(job_id)]
             if not due:
                 return []
-        records = await self._jobs.get_fields_many(due, _FIELDS)
+        records = await self._jobs.get_fields_many(due, RECORD_FIELDS)
         finished, stuck = [], []
         for job_id, record in zip(due, records, strict=True):
-            if _finished(record):
+            if finished_record(record):
                 finished.append(job_id)  # completed after all (the index is only a hint)
             else:
                 stuck.append(stuck_completion(job_id, record, now_ms, self._stuck_after))
@@ -136,13 +138,13 @@ class LostRequests:
         start = 0
         while due := await self._jobs.pending_before(max(losses) + 1, self._batch, start):
             candidates = [job_id for job_id in due if valid_job_id(job_id)]  # invalid ones: the watchdog drops them
-            records = await self._jobs.get_fields_many(candidates, _FIELDS) if candidates else []
-            finished = [job_id for job_id, record in zip(candidates, records, strict=True) if _finished(record)]
+            records = await self._jobs.get_fields_many(candidates, RECORD_FIELDS) if candidates else []
+            finished = [job_id for job_id, record in zip(candidates, records, strict=True) if finished_record(record)]
             lost = [failed_completion(job_id, record, now_ms, DATA_LOST_CODE,
                                       "the broker lost this job's request (it restarted without its data) before the "
                                       "job finished; submit it again")
                     for job_id, record in zip(candidates, records, strict=True)
-                    if not _finished(record) and job_id not in present]
+                    if not finished_record(record) and job_id not in present]
             if lost:
                 await self._emit(lost)  # the events first, as the watchdog does
                 await self._projector.on_completions(lost)

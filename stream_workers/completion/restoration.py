@@ -1,6 +1,6 @@
 """What Redis kept beside the job records' status, rebuilt from the events after Redis lost it: batch records and
 Idempotency-Key answers (from the request events), and each job's webhook delivery state (from the webhooks worker's
-delivery outcomes). The projection rebuild writes them (stream_workers/projection.py).
+delivery outcomes). The projection rebuild writes them (stream_workers/completion/projection.py).
 
 Pure functions over decoded events.
 

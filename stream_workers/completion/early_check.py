@@ -1,6 +1,6 @@
 """No job silent for long (issue 22, item 3): overdue jobs re-examined against the topics, well before the watchdog.
 
-The stuck-job watchdog (stream_workers/watchdog.py) ends a job only after ``worker.stuck_after_seconds`` (2 h).
+The stuck-job watchdog (stream_workers/completion/watchdog.py) ends a job only after ``worker.stuck_after_seconds`` (2 h).
 Every ``worker.watchdog_interval_seconds`` the completion worker also looks at the jobs still indexed (queued or
 running) for longer than ``max(estimate * watchdog.early_check_factor, watchdog.early_check_floor_seconds)``, where
 the estimate is the ``estimated_seconds`` the API answered (kept on the job record; without one, the floor alone).
@@ -15,7 +15,7 @@ For each it reads the facts from the topics (:func:`topic_facts`) and :func:`dec
 - its request was consumed (the synthesis group commits a request only once its result is on the broker) and no
   result exists: the result was lost; the job ends ``failed`` with ``result_lost`` through a completion event
   (``failed``);
-- its request is not on the request topics at all: left to :class:`~stream_workers.watchdog.LostRequests` and the
+- its request is not on the request topics at all: left to :class:`~stream_workers.completion.watchdog.LostRequests` and the
   watchdog (``request_missing``).
 
 Every decision is logged with the job id and reason and counted in ``voicenote_jobs_overdue{outcome}``.
@@ -35,8 +35,8 @@ from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import JobCompletion, SynthesisResult
 from schemas.validation import valid_job_id
-from stream_workers.completion import StatusProjector
-from stream_workers.watchdog import _FIELDS, _finished, failed_completion
+from stream_workers.completion.status import StatusProjector
+from stream_workers.completion.watchdog import RECORD_FIELDS, failed_completion, finished_record
 from voicenote.jobstore import JobStore
 from voicenote.kafka import committed_offsets, read_to_end
 from voicenote.settings import KafkaSettings
@@ -172,11 +172,11 @@ class EarlyCheck:
         due = [j for j in await self._jobs.pending_before(now_ms - int(self._floor * 1000), self._batch) if valid_job_id(j)]
         if not due:
             return {}
-        records = await self._jobs.get_fields_many(due, (*_FIELDS, ESTIMATE_FIELD))
+        records = await self._jobs.get_fields_many(due, (*RECORD_FIELDS, ESTIMATE_FIELD))
         overdue: dict[str, dict[str, str] | None] = {}
         for job_id, record in zip(due, records, strict=True):
             created = int((record or {}).get("created_at") or 0)
-            if _finished(record) or (created and now_ms - created < overdue_after(record, self._factor, self._floor) * 1000):
+            if finished_record(record) or (created and now_ms - created < overdue_after(record, self._factor, self._floor) * 1000):
                 continue  # finished (the watchdog unindexes it) or not overdue yet
             if created and now_ms - created >= self._stuck_after * 1000:
                 continue  # the watchdog's

@@ -38,7 +38,7 @@ import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
-from stream_workers.probes import Readiness
+from stream_workers.runtime.probes import Readiness
 from voicenote.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class FetchWaitApp(faust.App):
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int = 50, **kwargs: Any) -> None:
         if problems := hook_problems():
-            raise ConfigError("the installed faust-streaming/aiokafka do not fit stream_workers/faust_driver.py "
+            raise ConfigError("the installed faust-streaming/aiokafka do not fit stream_workers/runtime/faust_driver.py "
                               f"(tested with faust-streaming 0.15, aiokafka 0.14): {'; '.join(problems)}")
         self.fetch_max_wait_ms = fetch_max_wait_ms
         # Set by a role that must finish work in hand before the worker stops (see main.run_worker).

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 # CACHE_REGISTRY is re-exported: app.py renders it from here.
-from stream_workers.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_REGISTRY  # noqa: F401
+from stream_workers.runtime.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_REGISTRY  # noqa: F401
 from voicenote.errors import ResultCacheError
 from voicenote.jobstore import redis_client
 from voicenote.settings import RedisSettings

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from schemas.clock import now_ms
 from schemas.codec import Codecs
 from schemas.errors import DecodeError
 from schemas.events import STREAM_ATTRIBUTE, TIMESTAMPS_ATTRIBUTE, WORD_TIMESTAMPS, SpeechSegment, SynthesisRequest, carried
@@ -25,8 +26,8 @@ from schemas.status import JobStatus
 from schemas.validation import REQUEST_DIGEST_FIELD, request_digest, request_problems, valid_job_id
 from stream_workers.engine.base import EngineError, SpeechEngine, SynthesisInput, SynthesisResult
 from stream_workers.engine.batches import synthesize_resilient  # split-and-retry is the engine's (engine/batches.py)
-from stream_workers.result_cache import ResultCache, cache_key
-from stream_workers.segmentation import join_audio, joined_piece, segment_offsets, split_text
+from stream_workers.runtime.result_cache import ResultCache, cache_key
+from stream_workers.synthesis.segmentation import join_audio, joined_piece, segment_offsets, split_text
 from voicenote import captions
 from voicenote.audio import to_wav
 from voicenote.captions import WordTime
@@ -79,24 +80,19 @@ class Segment:
 
 @dataclass(eq=False)  # identity: two jobs are never "equal", and comparing audio arrays is costly
 class Job:
-    """An accepted request on its way through the engine, one segment at a time."""
+    """An accepted request on its way through the engine, one segment at a time. The synthesizer's own: admission
+    fills the request part, :meth:`Synthesizer.record` each segment's outcome. How the loop schedules the job (its
+    source event, batches, waits, streaming progress) is the loop's, and reaches :meth:`Synthesizer.finish` as
+    :class:`Timing`."""
 
     request: SynthesisRequest
     texts: list[str]
-    handle: Any = None  # the source event, acknowledged once the result is published
     admitted_ms: int = 0
     admitted_at: float = field(default_factory=time.monotonic)  # the same, on this process's monotonic clock
     audio: list[np.ndarray | None] = field(default_factory=list)
     words: list[list[WordTime] | None] = field(default_factory=list)  # per segment, when timestamps are asked for
     sample_rate: int = 0
     error: EngineError | None = None
-    batch_sizes: list[int] = field(default_factory=list)
-    batch_wait_ms: int = 0
-    engine_ms: int = 0
-    started_ms: int = 0
-    finished: bool = False  # its result is on its way: results of its segments still in the engine are dropped
-    emitted: int = 0  # streaming: how many leading segments are on the segments topic
-    held: list[Segment] = field(default_factory=list)  # streaming: segments admitted once the first one is in the engine
 
     def __post_init__(self) -> None:
         self.audio = [None] * len(self.texts)
@@ -130,12 +126,13 @@ class Job:
     def streaming(self) -> bool:
         return (self.request.attributes or {}).get(STREAM_ATTRIBUTE) == "true"
 
-    def ready_segments(self) -> list[int]:
-        """Streaming: the indexes of the finished segments that follow the emitted ones, in order (marked emitted)."""
-        start = self.emitted
-        while self.error is None and self.emitted < len(self.audio) and self.audio[self.emitted] is not None:
-            self.emitted += 1
-        return list(range(start, self.emitted))
+    def finished_from(self, start: int) -> int:
+        """The end of the run of finished segments that begins at ``start`` (``start`` itself when that one is not
+        finished, or the job failed): streaming sends segments in order."""
+        end = start
+        while self.error is None and end < len(self.audio) and self.audio[end] is not None:
+            end += 1
+        return end
 
     def segment_record(self, index: int) -> SpeechSegment:
         """The SpeechSegment event of finished segment ``index``: the piece it adds to the joined audio."""
@@ -159,6 +156,16 @@ class Job:
         return deadline is not None and now_ms > deadline
 
 
+@dataclass(frozen=True)
+class Timing:
+    """What the synthesis loop measured of a job, for its result record."""
+
+    batch_size: int = 0  # the largest group the job's segments were submitted in
+    started_ms: int = 0  # wall clock: its first segment into the engine
+    batch_wait_ms: int = 0  # the longest its own segments waited for a slot
+    engine_ms: int = 0  # from its first segment into the engine to its last result
+
+
 @dataclass
 class Admission:
     """What :meth:`Synthesizer.admit` made of a group of raw request values (by index)."""
@@ -167,10 +174,6 @@ class Admission:
     results: list[tuple[int, SynthesisResultEvent]] = field(default_factory=list)  # ends without the engine
     skipped: list[int] = field(default_factory=list)  # finished before (a redelivery): no new result
     jobs: list[tuple[int, Job]] = field(default_factory=list)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def result_record(request: SynthesisRequest, **fields: Any) -> SynthesisResultEvent:
@@ -310,18 +313,19 @@ class Synthesizer:
         elif job.error is None:
             job.error = result.error
 
-    async def finish(self, job: Job) -> SynthesisResultEvent:
-        """The result record of a job whose segments are all done (or one of which failed)."""
-        request = job.request
+    async def finish(self, job: Job, timing: Timing | None = None) -> SynthesisResultEvent:
+        """The result record of a job whose segments are all done (or one of which failed); ``timing``: what the
+        loop measured of it (none when the job was run outside the loop)."""
+        request, timing = job.request, timing or Timing()
         common = {
             "engine": self.engine.name,
             "model_version": self.engine.model_version,
-            "batch_size": max(job.batch_sizes, default=0),
+            "batch_size": timing.batch_size,
             # created_at is the publisher's clock (another host): clamped, a clock ahead of ours would make it negative.
-            "queued_ms": max(0, job.started_ms - request.created_at),
+            "queued_ms": max(0, timing.started_ms - request.created_at),
             # Measured on this process's monotonic clock, within the job's life here; the bound only makes it explicit.
-            "batch_wait_ms": min(job.batch_wait_ms, int((time.monotonic() - job.admitted_at) * 1000)),
-            "engine_ms": job.engine_ms,
+            "batch_wait_ms": min(timing.batch_wait_ms, int((time.monotonic() - job.admitted_at) * 1000)),
+            "engine_ms": timing.engine_ms,
         }
         if self._cache is not None:
             common["cache_key"] = cache_key(request.to_record(), self.engine.name, self.engine.model_version)
