@@ -137,7 +137,7 @@ def _wire_completion(app: FetchWaitApp, ctx: WorkerContext, role: CompletionRole
 
     @app.timer(ctx.settings.synthesis.lag_interval_seconds)
     async def sample_completion_lag() -> None:
-        handler.metrics.consumer_lag.set(await faust_consumer_lag(app))
+        handler.metrics.consumer_lag.labels(group=consumer_group(ctx, Role.completion)).set(await faust_consumer_lag(app))
 
     if role.local_store is not None:
         @app.timer(interval=3600.0)
@@ -226,4 +226,5 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, role: SynthesisRole, 
 
     @app.timer(ctx.settings.synthesis.lag_interval_seconds)
     async def sample_lag() -> None:
-        role.metrics.consumer_lag.set(await faust_consumer_lag(app))
+        lag = await faust_consumer_lag(app)
+        role.metrics.consumer_lag.labels(group=consumer_group(ctx, Role.synthesis), model=family_of(ctx.settings.engine.kind)).set(lag)

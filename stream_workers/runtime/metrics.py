@@ -48,7 +48,10 @@ class SynthesisMetrics:
         self.results = Counter(prefix + "results", "Result events published, by status.", ["status"], registry=r)
         self.dead_letters = Counter(prefix + "dead_letters", "Request events dead-lettered.", registry=r)
         self.skipped = Counter(prefix + "skipped_redeliveries", "Redelivered requests whose job was already done.", registry=r)
-        self.consumer_lag = Gauge(prefix + "consumer_lag", "Request events not yet committed by this worker.", registry=r)
+        # Labelled by the exporter itself (issue 21): its consumer group and the model family its engine serves, so a
+        # dashboard splits CPU and GPU lag whatever the scrape config adds.
+        self.consumer_lag = Gauge(prefix + "consumer_lag", "Request events not yet committed by this worker.",
+                                  ["group", "model"], registry=r)
         self._busy = 0.0
         self._idle = 0.0
 
@@ -109,7 +112,7 @@ class CompletionMetrics:
         self.dead_letters = Counter("voicenote_completion_dead_letters", "Audio events the completion role dead-lettered.",
                                     registry=r)
         self.consumer_lag = Gauge("voicenote_completion_consumer_lag", "Audio events not yet committed by this worker.",
-                                  registry=r)
+                                  ["group"], registry=r)
 
     def completed(self, completions: list[JobCompletion]) -> None:
         for completion in completions:

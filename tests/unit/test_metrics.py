@@ -79,3 +79,12 @@ def test_idle_fraction_is_idle_over_idle_plus_busy_and_is_exported() -> None:
     assert "voicenote_synthesis_engine_idle_fraction 0.25" in text
     assert "voicenote_synthesis_real_time_factor 0.5" in text
     assert 'voicenote_synthesis_batch_size_bucket{le="8.0"} 1.0' in text
+
+
+def test_lag_series_carry_the_workers_own_group_and_model() -> None:
+    """Issue 21: the exporter sets `group` (and `model` for synthesis) on its lag, so no scrape config has to."""
+    synthesis, completion = SynthesisMetrics(), CompletionMetrics()
+    synthesis.consumer_lag.labels(group="voicenote-synthesis-s1mini", model="s1mini").set(7)
+    completion.consumer_lag.labels(group="voicenote-completion").set(3)
+    assert b'voicenote_synthesis_consumer_lag{group="voicenote-synthesis-s1mini",model="s1mini"} 7.0' in synthesis.render()
+    assert b'voicenote_completion_consumer_lag{group="voicenote-completion"} 3.0' in completion.render()
