@@ -51,7 +51,7 @@ class Router(Protocol):
         ...
 
     def topic(self, model_id: str) -> str:
-        """The request topic of ``model_id`` (a model id ``resolve`` returned)."""
+        """The request topic of ``model_id`` (a model id ``resolve`` returned; ``tts-1`` names the default topic)."""
         ...
 
 
@@ -231,7 +231,7 @@ class VoicenoteClient:
         self.consumer_config = dict(consumer_config or {})
         self.topic_prefix = topic_prefix
         self.router: Router = router or StockRouter(topic_prefix)
-        self.requests_topic = self.router.topic(self.router.resolve("tts-1", "default")[0])  # the default model's
+        self.requests_topic = self.router.topic("tts-1")  # the default model's (each request goes to its model's)
         self.completions_topic = f"{topic_prefix}voicenote.completions.v1"
         self._registry = HttpSchemaRegistry(schema_registry_url) if schema_registry_url and codecs is None else None
         self.codecs: EventCodecs = codecs or Codecs(self._registry)
