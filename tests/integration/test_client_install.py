@@ -50,21 +50,28 @@ def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def install_into_fresh_venv(venv: Path, *pip_args: str) -> tuple[Path, dict[str, str]]:
+    """A new virtualenv at ``venv`` with ``pip install *pip_args`` done: its python, and an environment without this
+    checkout on the path. Skips when no package index answers (the build needs setuptools from one)."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pip_args],
+                               capture_output=True, text=True, timeout=300, env=env)
+    if installed.returncode != 0 and any(sign in installed.stdout + installed.stderr for sign in OFFLINE):
+        pytest.skip(f"no package index reachable: {installed.stderr.strip().splitlines()[-1:]}")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return python, env
+
+
 def test_the_client_installs_alone_into_a_fresh_venv(tmp_path: Path) -> None:
     # Build from a copy: an in-tree build leaves build/ and *.egg-info in the checkout.
     source = tmp_path / "src"
     shutil.copytree(SOURCE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     venv = tmp_path / "venv"
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
-                               capture_output=True, text=True, timeout=300, env=env)
+    python, env = install_into_fresh_venv(venv, str(source))
     install_s = time.monotonic() - started
-    if installed.returncode != 0 and any(sign in installed.stdout + installed.stderr for sign in OFFLINE):
-        pytest.skip(f"no package index reachable: {installed.stderr.strip().splitlines()[-1:]}")
-    assert installed.returncode == 0, installed.stdout + installed.stderr
 
     # Run from elsewhere, so this checkout's packages are not on the path.
     probe = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
@@ -116,15 +123,8 @@ def test_the_server_distribution_ships_the_client_it_is_built_on(tmp_path: Path,
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("build", "*.egg-info", "__pycache__")}
                                              if copy is shutil.copytree else {}))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # --no-deps: the server's dependencies are not what this checks (and are hundreds of MB).
-    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                                *(["-e"] if editable else []), str(source)], capture_output=True, text=True, timeout=300, env=env)
-    if installed.returncode != 0 and any(sign in installed.stdout + installed.stderr for sign in OFFLINE):
-        pytest.skip(f"no package index reachable: {installed.stderr.strip().splitlines()[-1:]}")
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    python, env = install_into_fresh_venv(venv, "--no-deps", *(["-e"] if editable else []), str(source))
     probe = subprocess.run([str(python), "-c", SPEC_PROBE], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)
