@@ -13,6 +13,7 @@ COPY voicenote ./voicenote
 COPY producer_api ./producer_api
 COPY stream_workers ./stream_workers
 COPY ops ./ops
+COPY clients/python/src ./clients/python/src
 RUN pip install .
 # Containers serve worker metrics and probes to the network (the embedded default keeps them on loopback).
 ENV HOME=/var/lib/voicenote VOICENOTE_WORKER__WEB_HOST=0.0.0.0 VOICENOTE_STORAGE__LOCAL_DIR=/var/lib/voicenote/audio

@@ -16,6 +16,9 @@ from ops.services import free_port
 from voicenote.settings import Settings, to_env
 
 REPO = Path(__file__).resolve().parent.parent
+# What a child process needs on its path to run this checkout: the server's packages and the client's source root
+# (voicenote.client imports voicenote_client, clients/python/src), as the editable install maps them.
+CHECKOUT_PATH = os.pathsep.join((str(REPO), str(REPO / "clients" / "python" / "src")))
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Stack:
         env.update(to_env(self.settings))
         if not self.settings.api.keys:  # without keys the stack runs anonymous, explicitly, as the API demands
             env["VOICENOTE_API__ALLOW_ANONYMOUS"] = "true"
-        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+        env.update({"PYTHONPATH": CHECKOUT_PATH, "PYTHONUNBUFFERED": "1",
                     "VOICENOTE_API__PORT": str(self.api_port), "VOICENOTE_API__PUBLIC_BASE_URL": self.base_url})
         env.update(self.extra_env)
         return env

@@ -40,6 +40,7 @@ from ops.services import free_port
 from tests.conftest import Backends
 from tests.karapace import NativeKarapace, find_karapace, pinned_version
 from tests.registry_standin import RegistryStandIn
+from tests.stack import CHECKOUT_PATH
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +119,7 @@ class ComposeHost:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
         env.update(self.environment(name, svc))
         env.update(override or {})
-        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+        env.update({"PYTHONPATH": CHECKOUT_PATH, "PYTHONUNBUFFERED": "1"})
         log = open(self.tmp / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *self.command(name, svc)], env=env, cwd=self.tmp,
                                 stdout=log, stderr=subprocess.STDOUT)
@@ -227,7 +228,7 @@ def test_every_service_of_ours_starts_from_the_compose_file_and_serves_a_job(hos
 
     checkpoint = host.tmp / "models" / "openaudio-s1-mini"
     made = subprocess.run([sys.executable, "-m", "ops.cli", "s1mini", "tiny-checkpoint", str(checkpoint)], capture_output=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": CHECKOUT_PATH}, timeout=120)
     assert made.returncode == 0, made.stderr.decode()
     assert "./models:/models:ro" in services["worker-synthesis-gpu"]["volumes"]
     for name in ("api", "worker-synthesis", "worker-completion", "worker-webhooks"):

@@ -23,6 +23,7 @@ import pytest
 from ops.embedded import wait_ready
 from ops.services import free_port, redis_answers
 from tests.conftest import _forget_redis_keys
+from tests.stack import CHECKOUT_PATH
 from voicenote.kafka import admin_client
 from voicenote.settings import KafkaSettings
 
@@ -104,7 +105,7 @@ class Run:
 def run_env() -> Iterator[dict[str, str]]:
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
-    env.update({"VOICENOTE_REDIS__KEY_PREFIX": prefix, "VOICENOTE_ENGINE__KIND": "null", "PYTHONPATH": str(REPO)})
+    env.update({"VOICENOTE_REDIS__KEY_PREFIX": prefix, "VOICENOTE_ENGINE__KIND": "null", "PYTHONPATH": CHECKOUT_PATH})
     yield env
     if redis_answers(LOCAL_REDIS):  # the run used it (else a Valkey of its own, gone with it)
         _forget_redis_keys(LOCAL_REDIS, f"{prefix}*")

@@ -21,7 +21,7 @@ from ops.lag import group_lag, list_groups
 from ops.services import free_port
 from schemas.codec import Codecs
 from schemas.topics import build_catalog
-from tests.stack import REPO, Stack
+from tests.stack import CHECKOUT_PATH, REPO, Stack
 from voicenote.kafka import client_config
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +37,7 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     pytest.importorskip("tiktoken")  # the checkpoint's BPE tokenizer needs it
     d = tmp_path / "openaudio-s1-mini-tiny"
     made = subprocess.run([sys.executable, "-m", "ops.cli", "s1mini", "tiny-checkpoint", str(d)], capture_output=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": CHECKOUT_PATH}, timeout=120)
     assert made.returncode == 0, made.stderr.decode()
     assert f"VOICENOTE_ENGINE__S1MINI_CHECKPOINT_DIR={d}" in made.stdout.decode()
     return d

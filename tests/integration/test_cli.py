@@ -21,6 +21,7 @@ from producer_api.auth import hash_token
 from schemas.codec import Codecs
 from schemas.events import WebhookDelivery
 from tests.integration.test_client import completion, publish_completions
+from tests.stack import CHECKOUT_PATH
 from voicenote.kafka import client_config, ensure_topics
 from voicenote.settings import Settings, to_env
 
@@ -433,7 +434,7 @@ def test_watch_into_a_closed_pipe_ends_quietly(settings: Settings, topics: None)
     # Regression: `voicenote watch | head -1` ended with a BrokenPipeError traceback.
     publish_completions(settings, [completion("job_p1")])
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICENOTE_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = CHECKOUT_PATH
     watch = subprocess.Popen([sys.executable, "-m", "ops.cli", "--bootstrap-server", settings.kafka.bootstrap_servers,
                               "--topic-prefix", settings.kafka.topic_prefix, "watch", "--from-beginning"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

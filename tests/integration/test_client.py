@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 
 from ops.replay import Range, read_range
 from schemas.codec import Codecs
+from schemas.errors import DecodeError
 from voicenote.client import Completion, InvalidRequest, JobTimeout, VoicenoteClient
 from voicenote.kafka import client_config, ensure_topics
 from voicenote.settings import Settings
@@ -83,11 +84,12 @@ def test_invalid_requests_are_refused_and_nothing_is_sent(client: VoicenoteClien
 def test_completions_come_back_typed_and_undecodable_ones_are_reported(client: VoicenoteClient, settings: Settings) -> None:
     publish_completions(settings, [completion("job_a", audio_url="http://api/v1/jobs/job_a/audio"),
                                    completion("job_b", "failed", error_code="engine_error", error_message="boom")], junk=True)
-    with pytest.raises(Exception, match="not an Avro event"):
+    with pytest.raises(DecodeError, match="not an Avro event"):  # the server codec's error, as before
         list(client.completions(from_beginning=True, until_end=True))
-    bad: list[int] = []
-    got = list(client.completions(from_beginning=True, until_end=True, on_undecodable=lambda m, _e: bad.append(m.offset())))
-    assert len(bad) == 1
+    bad: list[tuple[int, str]] = []
+    got = list(client.completions(from_beginning=True, until_end=True,
+                                  on_undecodable=lambda m, e: bad.append((m.offset(), e.reason))))
+    assert [reason for _offset, reason in bad] == ["undecodable"]
     by_id = {c.job_id: c for c in got}
     assert set(by_id) == {"job_a", "job_b"}
     assert isinstance(by_id["job_a"], Completion) and by_id["job_a"].ok and by_id["job_a"].audio_url.endswith("job_a/audio")
@@ -122,3 +124,22 @@ def test_an_unreachable_broker_is_a_publish_error(settings: Settings) -> None:
     client.publish("Hello.")
     with pytest.raises(PublishError, match="not acknowledged|refused"):
         client.close(timeout=3)
+
+
+def test_publish_takes_a_delivery_callback(client: VoicenoteClient, settings: Settings) -> None:
+    delivered: list[tuple[object, str]] = []
+    job_id = client.publish("Hello.", on_delivery=lambda err, jid: delivered.append((err, jid)))
+    client.flush()
+    assert delivered == [(None, job_id)]
+    [msg] = list(read_range(settings.kafka, client.requests_topic, Range()))
+    assert msg.key() == job_id.encode()
+
+
+def test_an_unreadable_completion_topic_is_a_dependency_error(settings: Settings) -> None:
+    from voicenote.errors import DependencyUnavailable
+
+    client = VoicenoteClient(settings.kafka, topic_prefix="missing.")  # no topics under this prefix
+    with pytest.raises(DependencyUnavailable, match="missing.voicenote.completions.v1 does not exist.*voicenote topics create"):
+        list(client.completions(until_end=True))
+    with pytest.raises(DependencyUnavailable):
+        client.wait("job_x", timeout=1)

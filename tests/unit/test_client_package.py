@@ -169,3 +169,90 @@ def test_bad_requests_are_refused_before_anything_is_sent() -> None:
     assert client._producer is None  # nothing was ever queued
     with pytest.raises(ValueError, match="bootstrap.servers"):
         voicenote_client.VoicenoteClient({"security.protocol": "SSL"})
+
+
+class _TenantRouter:
+    """A router of one's own: every model to one topic, voices looked up in a dict."""
+
+    def __init__(self) -> None:
+        self.voices = {"narrator": "voice_123"}
+
+    def resolve(self, model: str, voice: str) -> tuple[str, str]:
+        if voice not in self.voices:
+            raise ValueError(f"unknown voice {voice!r} for this tenant")
+        return "s1-mini", self.voices[voice]
+
+    def topic(self, model_id: str) -> str:
+        return f"tenant.requests.{model_id}"
+
+
+class _StrictError(Exception):
+    pass
+
+
+class _StrictCodecs:
+    """A codec object that is not voicenote_client.Codecs, with errors of its own."""
+
+    def __init__(self) -> None:
+        self.request, self.completion = self, self
+
+    def encode(self, record: Any) -> bytes:
+        if record.get("seed") == 13:
+            raise _StrictError("seed 13 is refused")
+        return b"encoded"
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        raise _StrictError("never decodes")
+
+
+def test_a_router_and_a_codec_of_ones_own_replace_the_stock_ones() -> None:
+    client = voicenote_client.VoicenoteClient({"bootstrap.servers": "unused:9092"}, router=_TenantRouter(),
+                                              codecs=_StrictCodecs(), encode_errors=(_StrictError,))
+    assert client.requests_topic == "tenant.requests.tts-1"
+    record = client.request("Hello.", voice="narrator")
+    assert (record["model"], record["voice"], record["attributes"]["voice_requested"]) == ("s1-mini", "voice_123", "narrator")
+    with pytest.raises(voicenote_client.InvalidRequest, match="unknown voice 'alloy' for this tenant"):
+        client.request("Hello.", voice="alloy")
+    assert client.encode(record) == b"encoded"
+    with pytest.raises(voicenote_client.InvalidRequest, match="seed 13 is refused"):  # an encode_errors error: refused
+        client.encode({**record, "seed": 13})
+    # Without the hooks nothing changed: the stock table, which passes unknown voice ids through.
+    stock = voicenote_client.VoicenoteClient({"bootstrap.servers": "unused:9092"}, topic_prefix="t.")
+    assert isinstance(stock.router, voicenote_client.StockRouter)
+    assert stock.requests_topic == "t.voicenote.requests.v1"
+    assert stock.request("Hi.", model="s1-mini", voice="narrator")["voice"] == "narrator"
+
+
+def test_the_server_client_is_the_standalone_one_set_up_from_settings() -> None:
+    from pydantic import SecretStr
+
+    from schemas.errors import DecodeError, EncodeError
+    from voicenote.client import InvalidRequest, JobTimeout
+    from voicenote.errors import VoicenoteError
+
+    settings = KafkaSettings(bootstrap_servers="broker:9093", topic_prefix="tenant.", security_protocol="SASL_SSL",
+                             sasl_mechanism="SCRAM-SHA-512", sasl_username="svc", sasl_password=SecretStr("pw"),
+                             ssl_ca_location="/etc/ca.pem", delivery_timeout_ms=4321)
+    client = ServerClient(settings)
+    assert isinstance(client, voicenote_client.VoicenoteClient)
+    # The librdkafka config is voicenote.kafka's (SASL/TLS included); the producer is idempotent as the API's.
+    assert client.config == {"bootstrap.servers": "broker:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                             "sasl.username": "svc", "sasl.password": "pw", "ssl.ca.location": "/etc/ca.pem"}
+    assert client.producer_config == {"enable.idempotence": True, "delivery.timeout.ms": 4321}
+    assert client.consumer_config == {"session.timeout.ms": settings.session_timeout_ms,
+                                      "heartbeat.interval.ms": settings.heartbeat_interval_ms}
+    assert isinstance(client.codecs, server_codec.Codecs)  # voicenote.kafka.event_codecs
+    assert (client.encode_errors, client.decode_errors) == ((EncodeError,), (DecodeError,))
+    assert client.requests_topic == "tenant.voicenote.requests.v1"
+    assert client.completions_topic == "tenant.voicenote.completions.v1"
+    assert client.router.topic("s1-mini") == "tenant.voicenote.requests.s1mini.v1"
+    # The deployment's registry decides voices: an unknown one is refused here (the stock table passes it on).
+    with pytest.raises(InvalidRequest, match="unknown voice 'bob'") as caught:
+        client.request("Hi.", voice="bob")
+    assert isinstance(caught.value, VoicenoteError) and isinstance(caught.value, voicenote_client.InvalidRequest)
+    assert voicenote_client.VoicenoteClient({"bootstrap.servers": "unused:9092"}).request("Hi.", voice="bob")["voice"] == "bob"
+    with pytest.raises(InvalidRequest, match="does not match its schema"):  # the server codec's EncodeError, as InvalidRequest
+        client.submit("Hi.", seed="seven")
+    assert client._producer is None
+    assert issubclass(JobTimeout, VoicenoteError) and issubclass(JobTimeout, voicenote_client.JobTimeout)
+    assert ServerClient.publish is ServerClient.submit

@@ -72,8 +72,8 @@ def test_an_injected_registry_replaces_the_settings_one() -> None:
 def test_the_client_reads_with_the_settings_registry(registry: RegistryStandIn) -> None:
     framed = event_codecs(KafkaSettings(schema_registry_url=registry.url)).completion.encode(COMPLETION)
     client = VoicenoteClient(KafkaSettings(schema_registry_url=registry.url))
-    assert client._codecs.completion.decode(framed)["job_id"] == "job_c"
-    assert not VoicenoteClient(KafkaSettings())._codecs.completion.uses_registry
+    assert client.codecs.completion.decode(framed)["job_id"] == "job_c"
+    assert not VoicenoteClient(KafkaSettings()).codecs.completion.uses_registry
 
 
 def _calls(path: Path, names: set[str]) -> list[str]:

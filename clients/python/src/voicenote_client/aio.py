@@ -25,7 +25,6 @@ from voicenote_client.client import (
     VoicenoteClient,
 )
 from voicenote_client.codec import DecodeError
-from voicenote_client.models import route
 
 
 class AsyncVoicenoteClient:
@@ -63,7 +62,9 @@ class AsyncVoicenoteClient:
         """
         record = self.sync.request(text, **options)
         codec = self.sync.codecs.request
-        value = await asyncio.to_thread(self.sync.encode, record) if codec.uses_registry else self.sync.encode(record)
+        # A registry codec may call the registry (HTTP) on its first record: off the loop. A codec that does not
+        # say whether it uses one is treated as if it did.
+        value = await asyncio.to_thread(self.sync.encode, record) if getattr(codec, "uses_registry", True) else self.sync.encode(record)
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[None] = loop.create_future()
         job_id = str(record["job_id"])
@@ -161,7 +162,7 @@ class AsyncVoicenoteClient:
         raise JobTimeout(f"no completion for {job_id} on {self.completions_topic} within {timeout:g}s")
 
     def _topic(self, record: Mapping[str, Any]) -> str:
-        return route(record["model"]).topic(self.sync.topic_prefix)
+        return self.sync.router.topic(record["model"])
 
     def _ensure_poller(self) -> None:
         if self._poller is None:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -25,6 +25,48 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 CLOCK_SLACK_MS = 60_000  # ``wait`` reads from this long before the job was submitted: workers' clocks may lag ours
 
 DeliveryCallback = Callable[[KafkaError | None, str], None]
+
+
+class EventCodec(Protocol):
+    def encode(self, record: Mapping[str, Any]) -> bytes: ...
+
+    def decode(self, data: bytes | None) -> dict[str, Any]: ...
+
+
+class EventCodecs(Protocol):
+    """What the client needs of a codec: ``voicenote_client.Codecs``, or any object with these two codecs."""
+
+    @property
+    def request(self) -> EventCodec: ...
+
+    @property
+    def completion(self) -> EventCodec: ...
+
+
+class Router(Protocol):
+    """Where a model's requests go and which voice id a name means (``StockRouter``: a stock deployment's)."""
+
+    def resolve(self, model: str, voice: str) -> tuple[str, str]:
+        """(model id, voice id) for the names asked for; ValueError for an unknown model or voice."""
+        ...
+
+    def topic(self, model_id: str) -> str:
+        """The request topic of ``model_id`` (a model id ``resolve`` returned; ``tts-1`` names the default topic)."""
+        ...
+
+
+class StockRouter:
+    """The model table of ``voicenote_client.models``, under the deployment's topic prefix."""
+
+    def __init__(self, topic_prefix: str = "") -> None:
+        self.topic_prefix = topic_prefix
+
+    def resolve(self, model: str, voice: str) -> tuple[str, str]:
+        target = route(model)
+        return target.id, target.resolve_voice(voice)
+
+    def topic(self, model_id: str) -> str:
+        return route(model_id).topic(self.topic_prefix)
 
 
 class VoicenoteClientError(Exception):
@@ -142,11 +184,11 @@ class _CompletionReader:
         self.last = time.monotonic()
         self.at_end.discard(msg.partition() or 0)
         try:
-            completion = Completion.from_record(self.client.codecs.completion.decode(msg.value()))
-        except DecodeError as exc:
+            completion = self.client.completion_type.from_record(self.client.codecs.completion.decode(msg.value()))
+        except self.client.decode_errors as exc:
             if self.on_undecodable is None:
                 raise
-            self.on_undecodable(msg, exc)
+            self.on_undecodable(msg, exc)  # type: ignore[arg-type]  # a DecodeError, or what decode_errors names
             completion = None
         if self.group_id:
             self._pending = msg  # the generators store its offset only once the loop body ran for it (at least once)
@@ -168,21 +210,32 @@ class VoicenoteClient:
     ``producer_config``/``consumer_config`` add keys for one of them. ``topic_prefix`` is the deployment's
     (``VOICENOTE_KAFKA__TOPIC_PREFIX``). With ``schema_registry_url`` the requests carry the Confluent
     framing and registry-framed completions can be read.
+
+    For programs that bring their own wire setup (the server distribution's ``voicenote.client`` does):
+    ``codecs`` replaces the codec (any :class:`EventCodecs`; ``encode_errors``/``decode_errors`` name the
+    exceptions its ``encode``/``decode`` raise for a bad record), ``router`` the model table
+    (:class:`Router`), and a subclass may set ``completion_type`` (a :class:`Completion` subclass).
     """
+
+    completion_type: type[Completion] = Completion
 
     def __init__(self, config: Mapping[str, Any], *, topic_prefix: str = "", schema_registry_url: str | None = None,
                  producer_config: Mapping[str, Any] | None = None, consumer_config: Mapping[str, Any] | None = None,
-                 codecs: Codecs | None = None) -> None:
+                 codecs: EventCodecs | None = None, router: Router | None = None,
+                 encode_errors: tuple[type[Exception], ...] = (EncodeError,),
+                 decode_errors: tuple[type[Exception], ...] = (DecodeError,)) -> None:
         if "bootstrap.servers" not in config:
             raise ValueError("config needs 'bootstrap.servers' (a librdkafka configuration dict)")
         self.config = dict(config)
         self.producer_config = {"enable.idempotence": True, **(producer_config or {})}
         self.consumer_config = dict(consumer_config or {})
         self.topic_prefix = topic_prefix
-        self.requests_topic = route("tts-1").topic(topic_prefix)
+        self.router: Router = router or StockRouter(topic_prefix)
+        self.requests_topic = self.router.topic("tts-1")  # the default model's (each request goes to its model's)
         self.completions_topic = f"{topic_prefix}voicenote.completions.v1"
-        self._registry = HttpSchemaRegistry(schema_registry_url) if schema_registry_url else None
-        self.codecs = codecs or Codecs(self._registry)
+        self._registry = HttpSchemaRegistry(schema_registry_url) if schema_registry_url and codecs is None else None
+        self.codecs: EventCodecs = codecs or Codecs(self._registry)
+        self.encode_errors, self.decode_errors = encode_errors, decode_errors
         self._producer: Producer | None = None
         self._failures: list[str] = []
         self._submitted_at: dict[str, int] = {}
@@ -202,12 +255,12 @@ class VoicenoteClient:
         The voice name asked for is kept in ``attributes["voice_requested"]``, as the API does.
         """
         try:
-            target = route(model)
+            model_id, voice_id = self.router.resolve(model, voice)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         record: dict[str, Any] = {
             "job_id": job_id or new_job_id(), "created_at": int(time.time() * 1000), "text": text,
-            "voice": target.resolve_voice(voice), "format": format, "speed": speed, "model": target.id, "priority": priority,
+            "voice": voice_id, "format": format, "speed": speed, "model": model_id, "priority": priority,
             "webhook_url": webhook_url, "trace_parent": trace_parent or new_traceparent(),
             "attributes": {"voice_requested": voice, "model_requested": model, **(attributes or {})}, **fields,
         }
@@ -219,7 +272,7 @@ class VoicenoteClient:
     def encode(self, record: Mapping[str, Any]) -> bytes:
         try:
             return self.codecs.request.encode(record)
-        except EncodeError as exc:
+        except self.encode_errors as exc:
             raise InvalidRequest(str(exc)) from None
 
     def submit(self, text: str, *, on_delivery: DeliveryCallback | None = None,
@@ -315,7 +368,7 @@ class VoicenoteClient:
 
     def _produce(self, record: Mapping[str, Any], value: bytes, headers: Mapping[str, str | bytes] | None,
                  callback: Callable[[KafkaError | None, Message], None]) -> None:
-        job_id, topic = record["job_id"], route(record["model"]).topic(self.topic_prefix)
+        job_id, topic = record["job_id"], self.router.topic(record["model"])
         wire_headers = [("traceparent", record["trace_parent"].encode())]
         wire_headers += [(k, v if isinstance(v, bytes) else v.encode()) for k, v in (headers or {}).items()]
         producer = self._ensure_producer()
