@@ -58,6 +58,9 @@ EMBEDDED_KAFKA_ENV = {
     "VOICENOTE_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
     "VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS": "100",
     "VOICENOTE_KAFKA__REQUEST_PARTITIONS": "4",
+    # Each partition is a parked fetch the broker answers every wait: 2 per other topic halves the idle cost
+    # of 12 with the same latency and burst (docs/reliability.md, results/broker_stack_4x2.json).
+    "VOICENOTE_KAFKA__PARTITIONS": "2",
 }
 
 
