@@ -135,9 +135,12 @@ def _wire_completion(app: FetchWaitApp, ctx: WorkerContext, role: CompletionRole
     handler = role.handler
     _metrics_page(app, lambda: handler.metrics.render() + progress.render())
 
+    # The labelled series exists from the start (at 0), not only after the first sample.
+    lag_gauge = handler.metrics.consumer_lag.labels(group=consumer_group(ctx, Role.completion))
+
     @app.timer(ctx.settings.synthesis.lag_interval_seconds)
     async def sample_completion_lag() -> None:
-        handler.metrics.consumer_lag.labels(group=consumer_group(ctx, Role.completion)).set(await faust_consumer_lag(app))
+        lag_gauge.set(await faust_consumer_lag(app))
 
     if role.local_store is not None:
         @app.timer(interval=3600.0)
@@ -224,7 +227,9 @@ def _wire_synthesis(app: FetchWaitApp, ctx: WorkerContext, role: SynthesisRole, 
         # Not a consumer: a missed advert only leaves GET /v1/audio/voices without this engine for a while.
         await role.advertise()
 
+    # The labelled series exists from the start (at 0), not only after the first sample.
+    lag_gauge = role.metrics.consumer_lag.labels(group=consumer_group(ctx, Role.synthesis), model=family_of(ctx.settings.engine.kind))
+
     @app.timer(ctx.settings.synthesis.lag_interval_seconds)
     async def sample_lag() -> None:
-        lag = await faust_consumer_lag(app)
-        role.metrics.consumer_lag.labels(group=consumer_group(ctx, Role.synthesis), model=family_of(ctx.settings.engine.kind)).set(lag)
+        lag_gauge.set(await faust_consumer_lag(app))

@@ -70,7 +70,8 @@ def _check_metrics(stack: Stack) -> None:
     assert values["voicenote_synthesis_engine_busy_seconds_total"] >= 1.0  # a second per batch
     assert 0.0 <= values["voicenote_synthesis_engine_idle_fraction"] < 1.0
     # The lag carries the worker's own consumer group and model family (issue 21), whatever the scrape adds.
-    assert any(k.startswith('voicenote_synthesis_consumer_lag{group="voicenote-synthesis",model="') for k in values), \
+    group = f"{stack.settings.worker.group_id}-synthesis"
+    assert any(k.startswith(f'voicenote_synthesis_consumer_lag{{group="{group}",model="') for k in values), \
         [k for k in values if "consumer_lag" in k]
 
 
