@@ -10,10 +10,12 @@ import io
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
+import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
@@ -154,9 +156,11 @@ def test_speak_streams_plays_and_downloads(stack: Stack, token: str, page: tuple
     shown = p.eval_on_selector_all("#words span", "spans => spans.map(s => s.textContent)")
     assert shown == TEXT.split(), shown
     assert re.fullmatch(rf"{len(shown)} words .*", p.text_content("#wordinfo") or ""), p.text_content("#wordinfo")
-    p.wait_for_function("() => document.querySelector('#words span.on') !== null", timeout=30_000)
-    lit = p.evaluate("""() => { const on = document.querySelector('#words span.on'); const a = document.getElementById('audio');
-                                 return {word: on.textContent, start: Number(on.dataset.start), t: a.currentTime}; }""")
+    # Read in the same frame that finds a lit word (between two words, none is lit).
+    lit = p.wait_for_function("""() => { const on = document.querySelector('#words span.on');
+                                          const a = document.getElementById('audio');
+                                          return on && {word: on.textContent, start: Number(on.dataset.start), t: a.currentTime}; }""",
+                              timeout=30_000).json_value()
     assert lit["start"] <= lit["t"] + 0.1, lit
     assert p.eval_on_selector_all("#words span.on", "spans => spans.length") <= 1
     if os.environ.get("VOICENOTE_UPDATE_SCREENSHOT"):  # make playground-screenshot: the picture in docs
@@ -185,6 +189,39 @@ def test_speak_streams_plays_and_downloads(stack: Stack, token: str, page: tuple
     # No console error (nothing blocked by the CSP), no exception, and no failed request but the first listing of the
     # models, before the key was typed (how the page learns that this server needs one).
     assert problems == [f"401 GET {stack.base_url}/v1/models"], problems
+
+
+def test_a_voice_is_registered_from_a_clip(stack: Stack, token: str, page: tuple[Page, list[str]], tmp_path: Path) -> None:
+    """The "Register a voice" form: a clip of real speech (espeak-ng) and its transcript posted as multipart with the
+    key; the page shows the new voice's id, and a clip too short is refused with the API's reason."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run installs it)")
+    transcript = "This clip of speech becomes a voice that the playground registers."
+    clip = tmp_path / "clip.wav"
+    subprocess.run(["espeak-ng", "-w", str(clip), transcript], check=True, timeout=60)
+    short = tmp_path / "short.wav"
+    subprocess.run(["espeak-ng", "-w", str(short), "Hi."], check=True, timeout=60)
+    stack.start_api()  # registration needs the API and the store only
+    p, problems = page
+    _login(p, stack, token)
+    p.set_input_files("#clip", str(short))
+    p.fill("#transcript", "Hi.")
+    p.click("#register")
+    assert _wait_state(p, "registered", "error", timeout_s=30) == "error"
+    message = p.text_content("#error") or ""
+    assert "HTTP 400" in message and "[clip_too_short]" in message, message
+
+    p.set_input_files("#clip", str(clip))
+    p.fill("#transcript", transcript)
+    p.fill("#clipname", "espeak")
+    p.click("#register")
+    assert _wait_state(p, "registered", "error", timeout_s=30) == "registered", p.text_content("#error")
+    shown = p.text_content("#voiceid") or ""
+    assert re.fullmatch(r"vc_[0-9a-f]{24} \(espeak\), \d+\.\d s", shown), shown
+    voice_id = shown.split()[0]
+    listed = httpx.get(f"{stack.base_url}/v1/audio/voices/{voice_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert listed.status_code == 200 and listed.json()["transcript"] == transcript, listed.text
+    assert problems == [f"401 GET {stack.base_url}/v1/models", f"400 POST {stack.base_url}/v1/audio/voices"], problems
 
 
 def test_api_errors_are_shown(stack: Stack, token: str, page: tuple[Page, list[str]]) -> None:
