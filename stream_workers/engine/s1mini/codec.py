@@ -202,6 +202,21 @@ class QuantizerDecode(nn.Module):
         return self.upsample(self.post_module(z))
 
 
+def init_random_weights(module: nn.Module, seed: int) -> None:
+    """Random weights for tests and benchmarks without a checkpoint (encoder and decoder alike), from ``seed``,
+    leaving torch's global generator as it was."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=1.0)
+    torch.random.set_rng_state(state)
+
+
 class CodecDecoder(nn.Module):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
@@ -214,16 +229,7 @@ class CodecDecoder(nn.Module):
         return self.config.hop_length
 
     def init_random(self, seed: int = 0) -> CodecDecoder:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=1.0)
-        torch.random.set_rng_state(state)
+        init_random_weights(self, seed)
         return self
 
     @torch.inference_mode()

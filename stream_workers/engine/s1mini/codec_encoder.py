@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, load_into, read_codec_state
-from .codec import ConvNeXtBlock, ResidualUnit, Snake1d, WindowTransformer
+from .codec import ConvNeXtBlock, ResidualUnit, Snake1d, WindowTransformer, init_random_weights
 from .config import CodecConfig
 
 # fish-speech gives an encoder block's transformer dim // 64 heads, whatever head_dim says
@@ -192,16 +192,7 @@ class CodecEncoder(nn.Module):
         return math.prod(self.config.encoder_rates) * _FRAMES_PER_PAD
 
     def init_random(self, seed: int = 0) -> CodecEncoder:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=1.0)
-        torch.random.set_rng_state(state)
+        init_random_weights(self, seed)  # the encoder has no transposed convolutions: the same draws as before
         return self
 
     @torch.inference_mode()
