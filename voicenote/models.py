@@ -23,6 +23,7 @@ from typing import Any
 from schemas.topics import CPU_FAMILY, TopicCatalog
 from voicenote import voices as piper_voices
 from voicenote.errors import ConfigError, InvalidInput
+from voicenote.registered_voices import is_voice_id
 from voicenote.settings import EngineKind, Settings
 
 SAMPLING_PARAMS = ("temperature", "top_p", "repetition_penalty", "seed")
@@ -156,7 +157,7 @@ def _piper_models(settings: Settings, catalog: TopicCatalog, group: str) -> list
 def _s1mini_models(settings: Settings, catalog: TopicCatalog, group: str) -> list[Model]:
     registered = sorted({*settings.models.s1mini_voices, *registered_s1mini_voices(settings.engine.s1mini_voices_dir)}
                         - {S1MINI_DEFAULT_VOICE})
-    if clash := [name for name in registered if name.startswith("vc_")]:
+    if clash := [name for name in registered if is_voice_id(name)]:
         # vc_ names the voices registered through the API (docs/voices.md): a built-in one would never be reached.
         raise ConfigError(f"S1-mini voice names must not start with 'vc_' (registered voices' ids do): {', '.join(clash)}")
     voices = (Voice(S1MINI_DEFAULT_VOICE, "S1-mini without a reference: the model's own voice, which varies with the seed"),

@@ -32,6 +32,7 @@ from voicenote import captions
 from voicenote.audio import to_wav
 from voicenote.captions import WordTime
 from voicenote.jobstore import JobStore
+from voicenote.registered_voices import is_voice_id
 from voicenote.settings import StorageSettings, SynthesisSettings
 from voicenote.storage import AudioStore
 from voicenote.storage.base import claim_key
@@ -39,8 +40,6 @@ from voicenote.tracing import batch_attributes, batch_span, span
 
 log = logging.getLogger(__name__)
 
-# A registered S1-mini voice's id starts so (``vc_`` + 24 hex, docs/voices.md); built-in names never do.
-REGISTERED_VOICE_PREFIX = "vc_"
 SYNTHESIZED_FIELD = "synthesized_at"  # set on a job record once its result is on the audio topic
 
 
@@ -267,7 +266,7 @@ class Synthesizer:
         """Fetch the registered (``vc_``) voices the admitted jobs name before they reach the engine, whose
         ``submit`` cannot wait for the store; a job whose voice fails ends here, with the voice's error code
         (``voice_not_found``; ``voice_model_mismatch`` on an engine without registered voices)."""
-        wanted = {job.request.voice for _, job in out.jobs if job.request.voice.startswith(REGISTERED_VOICE_PREFIX)}
+        wanted = {job.request.voice for _, job in out.jobs if is_voice_id(job.request.voice)}
         if not wanted:
             return
         prepare = getattr(self.engine, "prepare_voices", None)

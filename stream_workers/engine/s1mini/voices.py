@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from voicenote.registered_voices import voice_prefix
+from voicenote.registered_voices import SAMPLE_RATE, VOICE_ID, is_voice_id, voice_prefix
 
 from ..base import UnknownVoice
 
@@ -67,7 +67,7 @@ class VoiceRegistry:
         builder), codes (num_codebooks, T) int64. None for the default voice."""
         if name == DEFAULT_VOICE:
             return None
-        if is_registered(name):
+        if is_voice_id(name):
             return self._registered(name)
         with self._lock:
             if name in self._cache:
@@ -91,7 +91,7 @@ class VoiceRegistry:
     async def prepare(self, names: Sequence[str]) -> dict[str, UnknownVoice]:
         """Resolve the registered voices among ``names`` from the store; the error of each that failed."""
         errors: dict[str, UnknownVoice] = {}
-        wanted = sorted({n for n in names if is_registered(n)})
+        wanted = sorted({n for n in names if is_voice_id(n)})
         if self.store is None:
             return {n: VoiceNotFound(f"voice {n!r}: this worker has no voice store") for n in wanted}
         outcomes = await asyncio.gather(*(self.store.resolve(n) for n in wanted), return_exceptions=True)
@@ -130,10 +130,8 @@ class VoiceRegistry:
 
 
 # ---------------------------------------------------------------- registered voices from the audio store
-#: A registered voice's id (docs/voices.md): ``vc_`` + 24 lowercase hex; built-in names never start with ``vc_``.
-VOICE_ID = re.compile(r"^vc_[0-9a-f]{24}$")
-REGISTERED_PREFIX = "vc_"
-SAMPLE_RATE = 44100
+# A registered voice's id, its layout and its clip's rate are the API's and the workers' one contract:
+# voicenote.registered_voices (VOICE_ID, SAMPLE_RATE, is_voice_id, voice_prefix).
 
 
 class VoiceNotFound(UnknownVoice):
@@ -144,10 +142,6 @@ class VoiceUnusable(UnknownVoice):
     """The voice is in the store but its files cannot be used (bad WAV or meta.json), or the store failed."""
 
     code = "voice_unavailable"
-
-
-def is_registered(name: str) -> bool:
-    return name.startswith(REGISTERED_PREFIX)
 
 
 def voice_key(voice_id: str, name: str) -> str:
