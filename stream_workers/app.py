@@ -25,6 +25,7 @@ from stream_workers.engine.base import SpeechEngine
 from stream_workers.runtime.context import WorkerContext
 from stream_workers.runtime.deadletter import dead_letter
 from stream_workers.runtime.faust_driver import FetchWaitApp
+from stream_workers.runtime.grouping import event_groups
 from stream_workers.runtime.kafka_security import faust_credentials
 from stream_workers.runtime.metrics import ProgressMetrics, faust_consumer_lag, track_committed_offsets
 from stream_workers.runtime.progress import GroupOffsets, ProgressMonitor, ProgressWatch, faust_assignment, faust_fetched_ends
@@ -35,7 +36,8 @@ from voicenote.models import family_of, synthesis_group
 log = logging.getLogger(__name__)
 
 
-# Records the completion role handles concurrently, and how long it waits to fill a group.
+# Records the completion role handles concurrently, and how long it waits to fill a group once one has come
+# (stream_workers/runtime/grouping.py: no timer runs while the worker is idle).
 COMPLETION_GROUP_SIZE = 64
 COMPLETION_GROUP_SECONDS = 0.01
 
@@ -64,6 +66,8 @@ def _faust_app(ctx: WorkerContext, role: Role) -> FetchWaitApp:
         broker=";".join(f"kafka://{h}" for h in s.kafka.bootstrap_servers.split(",")),
         broker_credentials=faust_credentials(s.kafka),
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
+        fetch_idle_wait_ms=s.kafka.fetch_idle_wait_ms or None,
+        fetch_idle_after_seconds=s.kafka.fetch_idle_after_seconds,
         broker_session_timeout=s.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=s.kafka.heartbeat_interval_ms / 1000,
         broker_commit_interval=s.worker.commit_interval_seconds,
@@ -165,18 +169,24 @@ def _wire_completion(app: FetchWaitApp, ctx: WorkerContext, role: CompletionRole
 
     @app.agent(audio, name="storage", supervisor_strategy=CrashingSupervisor)
     async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        assert isinstance(stream, faust.Stream)  # faust.StreamT lacks take_events; what an agent gets has it
-        async for events in stream.take_events(COMPLETION_GROUP_SIZE, within=COMPLETION_GROUP_SECONDS):
+        assert isinstance(stream, faust.Stream)  # faust.StreamT lacks noack; what an agent gets has it
+        manual = stream.noack()
+        async for events in event_groups(manual.events(), COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS):
             await handler.storage(events)
+            for event in events:
+                await manual.ack(event)
             yield None
 
     every_request_topic = app.topic(*(spec.name for spec in ctx.catalog.request_topics()), key_type=bytes, value_type=bytes)
 
     @app.agent(every_request_topic, name="status-requests", supervisor_strategy=CrashingSupervisor)
     async def status_requests_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        assert isinstance(stream, faust.Stream)  # faust.StreamT lacks take_events; what an agent gets has it
-        async for events in stream.take_events(COMPLETION_GROUP_SIZE, within=COMPLETION_GROUP_SECONDS):
+        assert isinstance(stream, faust.Stream)  # faust.StreamT lacks noack; what an agent gets has it
+        manual = stream.noack()
+        async for events in event_groups(manual.events(), COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS):
             await handler.status(events)
+            for event in events:
+                await manual.ack(event)
             yield None
 
 
@@ -191,6 +201,9 @@ def _watch_progress(app: FetchWaitApp, ctx: WorkerContext, group: str, topics: l
 
     @app.timer(ctx.settings.worker.progress_check_seconds)
     async def watch_progress() -> None:
+        if monitor.may_rest(app.fetch_wait.idle, ctx.settings.worker.progress_idle_check_seconds):
+            monitor.report()
+            return
         await monitor.check()
 
     @app.task

@@ -34,6 +34,12 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = Field(10, description="Tansu answers a parked fetch only when this runs out, so it adds up to "
                                    "this much to every consumer hop (docs/architecture.md); Kafka answers when data arrives.")
+    fetch_idle_wait_ms: int = Field(0, ge=0, description="The Faust workers' fetch wait once no record has come "
+                                           "for fetch_idle_after_seconds (stream_workers/runtime/fetch_wait.py): fewer "
+                                           "fetches for Tansu to answer while idle, and up to half this wait more on the "
+                                           "first hop after a quiet spell. 0: the wait never changes (Kafka).")
+    fetch_idle_after_seconds: float = Field(10.0, gt=0, description="No record this long: a worker fetches with "
+                                            "fetch_idle_wait_ms.")
     worker_linger_ms: int = Field(0, ge=0, description="How long the workers' producers wait to fill a produce request.")
     delivery_timeout_ms: int = Field(10_000, ge=1, description="The API's producer: a request fails fast (503) when the broker is away.")
     worker_delivery_timeout_ms: int = Field(120_000, ge=1, description="The webhooks worker's producer: it waits out a broker "
@@ -171,6 +177,10 @@ class WorkerSettings(BaseModel):
     # unless set (Settings.progress_bounds).
     progress_check_seconds: float = Field(5.0, gt=0, description="How often a worker reads its group's committed offsets "
                                                                  "and the partitions' ends, to see whether it progresses.")
+    progress_idle_check_seconds: float | None = Field(None, gt=0, description="While the worker has fetched no record "
+                                                      "for kafka.fetch_idle_after_seconds and its last read found nothing "
+                                                      "behind, it reads only this often (a stall starting then is seen "
+                                                      "that much later). Unset: every progress_check_seconds.")
     stall_seconds: float | None = Field(None, gt=0, description="Partitions with lag and no committed offset moving this "
                                         "long: /readyz says it waits on progress. Unset: 3 x kafka.session_timeout_ms.")
     stall_exit_seconds: float | None = Field(None, gt=0, description="Stalled this long (broker answering, nothing else "
@@ -218,6 +228,9 @@ class ApiSettings(BaseModel):
     sync_timeout_seconds: float = Field(60.0, gt=0, description="POST /v1/audio/speech answers 504 with the job id after this.")
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
     estimate_refresh_seconds: float = Field(2.0, gt=0, description="How often the synthesis lag is sampled.")
+    estimate_idle_refresh_seconds: float | None = Field(None, gt=0, description="While the lag is 0 and unchanged and no "
+                                                        "request asks for an estimate, it is sampled only this often "
+                                                        "(a submission wakes it). Unset: every estimate_refresh_seconds.")
     ready_requires_workers: bool = Field(False, description="/readyz waits until the synthesis group of each served "
                                          "family and the completion group have a member. Off by default (Kubernetes: "
                                          "workers scaled from zero must not take the API out of its Service); "
@@ -248,6 +261,8 @@ class WebhookSettings(BaseModel):
     allow_hosts: list[str] = Field(default_factory=list, description="Hosts or CIDRs delivered to even if private/loopback.")
     max_redirects: int = Field(3, ge=0)
     poll_seconds: float = Field(0.5, gt=0, description="Longest wait in the dispatcher loop while retries are not due.")
+    fetch_max_wait_ms: int = Field(0, ge=0, description="The dispatcher's fetch wait; 0: kafka.fetch_max_wait_ms. On Tansu "
+                                   "a delivery starts up to about half of it later (the one-machine stack sets 1000).")
 
     @field_validator("retry_schedule_seconds")
     @classmethod

@@ -2,7 +2,8 @@
 
 Everything else in stream_workers uses public Faust API only (sensors, signals, timers, agents).
 
-**Fetch wait.** A Faust Kafka driver whose consumer fetch wait is a setting.
+**Fetch wait.** A Faust Kafka driver whose consumer fetch wait is a setting, and changes with traffic
+(:class:`~stream_workers.runtime.fetch_wait.FetchWaitPolicy`: long once the consumer has been idle a while).
 
 Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``: an idle partition's fetch then parks
 for 1.5 s on the broker, which makes a 100 ms batch window meaningless (measured against Tansu: p50
@@ -33,11 +34,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka
+import aiokafka.consumer.fetcher
 import faust
 import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
+from stream_workers.runtime.fetch_wait import FetchWaitPolicy
 from stream_workers.runtime.probes import Readiness
 from voicenote.errors import ConfigError
 
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 # (owner, attribute) of every private hook this module overrides or sets.
 _HOOKS = (
     (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records"),
     (faust_aiokafka.Consumer, "_new_consumer_thread"),
     (faust.App, "_new_transport"),
     (mode.Worker, "_on_sigterm"),
@@ -53,6 +57,8 @@ _HOOKS = (
 )
 # What aiokafka's AIOKafkaConsumer.start() must still do for the attribute we set to take effect.
 _FETCHER_READS_IT = "fetch_max_wait_ms=self._fetch_max_wait_ms"
+# What aiokafka's Fetcher must still do for the wait set on it between fetches (FetchWaitPolicy) to take effect.
+_REQUEST_READS_IT = "FetchRequest(self._fetch_max_wait_ms,"
 # What mode's Worker must still do for our _on_sigterm to be the SIGTERM handler.
 _SIGTERM_CALLS_IT = "add_signal_handler(signal.SIGTERM,self._on_sigterm)"
 
@@ -72,6 +78,13 @@ def hook_problems() -> list[str]:
         if _FETCHER_READS_IT not in start.replace(" ", ""):
             problems.append(f"aiokafka.AIOKafkaConsumer.start no longer builds its Fetcher with {_FETCHER_READS_IT}")
     try:
+        actions = _source(aiokafka.consumer.fetcher.Fetcher._get_actions_per_node)
+    except (OSError, TypeError, AttributeError) as exc:
+        problems.append(f"cannot read aiokafka's Fetcher._get_actions_per_node: {exc}")
+    else:
+        if _REQUEST_READS_IT.replace(" ", "") not in "".join(actions.split()):
+            problems.append(f"aiokafka's Fetcher no longer builds each fetch request with {_REQUEST_READS_IT}")
+    try:
         handlers = _source(mode.Worker._install_signal_handlers_unix)
     except (OSError, TypeError, AttributeError) as exc:
         problems.append(f"cannot read mode.Worker._install_signal_handlers_unix: {exc}")
@@ -90,6 +103,20 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
         return consumer
 
+    async def _fetch_records(self, consumer: aiokafka.AIOKafkaConsumer, active_partitions: Any,
+                             timeout: float | None = None, max_records: int | None = None) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        app = self.app
+        assert isinstance(app, FetchWaitApp)
+        # Runs on the consumer thread, before the fetcher's task builds its next request (fetched_records only
+        # signals it): that request parks for the wait chosen here. Records in hand: the short wait again.
+        wait = app.fetch_wait.observe(bool(records))
+        fetcher = consumer._fetcher
+        if fetcher._fetch_max_wait_ms != wait:
+            log.debug("fetch wait now %d ms (%s)", wait, "idle" if wait != app.fetch_wait.busy_ms else "records flowing")
+            fetcher._fetch_max_wait_ms = wait
+        return records
+
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -103,11 +130,13 @@ class FetchWaitTransport(faust_aiokafka.Transport):
 class FetchWaitApp(faust.App):
     """A Faust app using :class:`FetchWaitTransport` for its consumer."""
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int = 50, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_ms: int = 50, fetch_idle_wait_ms: int | None = None,
+                 fetch_idle_after_seconds: float = 10.0, **kwargs: Any) -> None:
         if problems := hook_problems():
             raise ConfigError("the installed faust-streaming/aiokafka do not fit stream_workers/runtime/faust_driver.py "
                               f"(tested with faust-streaming 0.15, aiokafka 0.14): {'; '.join(problems)}")
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_wait = FetchWaitPolicy(fetch_max_wait_ms, fetch_idle_wait_ms, fetch_idle_after_seconds)
         # Set by a role that must finish work in hand before the worker stops (see main.run_worker).
         self.drain_hook: Callable[[], Awaitable[None]] | None = None
         super().__init__(*args, **kwargs)

@@ -42,7 +42,7 @@ from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from voicenote.kafka import KafkaException, TopicCollection, TopicPartition, admin_client
+from voicenote.kafka import KafkaException, TopicCollection, TopicPartition, admin_client, list_offsets
 from voicenote.kafka import consumer as new_consumer
 from voicenote.retry import DependencyHealth
 from voicenote.settings import KafkaSettings
@@ -193,14 +193,14 @@ class GroupOffsets:
             if self._closed:
                 raise KafkaException(f"offset reader of {self.group} is closed")
             committed = self._consumer.committed([TopicPartition(t, p) for t, p in sorted(partitions)], timeout=self._timeout)
-            read = {}
+            positions = {}
             for tp in committed:
                 if tp.error is not None:
                     raise KafkaException(tp.error)
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=self._timeout,
-                                                                 cached=False)
-                read[(tp.topic, tp.partition)] = Offsets(tp.offset if tp.offset >= 0 else low, high)
-            return read
+                positions[(tp.topic, tp.partition)] = tp.offset
+            ends = list_offsets(self._consumer, positions, "latest", self._timeout)
+            starts = list_offsets(self._consumer, [tp for tp, at in positions.items() if at < 0], "earliest", self._timeout)
+            return {tp: Offsets(at if at >= 0 else starts[tp], ends[tp]) for tp, at in positions.items()}
 
     def topic_ids(self, topics: Collection[str]) -> dict[str, str]:
         """Each topic's id (a metadata request through an admin client; a topic re-created gets a new one); raises
@@ -250,6 +250,16 @@ class ProgressMonitor:
         self._record_loss, self._wall_clock = record_loss, wall_clock
         self._leave_lost = leave_lost or exit_data_lost
         self.read_failed: str | None = None  # why the last read failed (the broker not answering); None: it worked
+        self._read_at: float | None = None  # monotonic time of the last read the broker answered
+
+    def may_rest(self, idle: bool, rest_seconds: float | None, now: float | None = None) -> bool:
+        """Whether a round may skip the broker: the worker has fetched no record for a while (``idle``), its last
+        read answered and found nothing behind, and it is younger than ``rest_seconds`` (None: never skip).
+        An idle stack's offset reads were most of what its broker did (issue 24); the price is that a stall
+        starting while idle is seen up to ``rest_seconds`` later."""
+        if not idle or rest_seconds is None or self._read_at is None or self.read_failed is not None or self.watch.behind:
+            return False
+        return (time.monotonic() if now is None else now) - self._read_at < rest_seconds
 
     async def check(self) -> None:
         """One round; a read the broker does not answer leaves the watch as it was (BrokerWatch reports the broker)."""
@@ -266,6 +276,7 @@ class ProgressMonitor:
             self.read_failed = str(exc)
         else:
             self.read_failed = None
+            self._read_at = time.monotonic()
             went_back = self.lost.observe(offsets)  # the broker's own answers, before the worker's fetched ends
             recreated = self.lost.observe_ids(await self._topic_ids({t for t, _ in watched}))
             if went_back or recreated:
@@ -331,9 +342,13 @@ class ProgressMonitor:
                       ", ".join(f"{t}[{p}]" for t, p in behind), sum(behind.values()), STALL_EXIT_CODE)
             self._leave()
 
-    async def run(self, interval: float) -> None:
+    async def run(self, interval: float, rest_seconds: float | None = None, idle: Callable[[], bool] = lambda: False) -> None:
+        """A round every ``interval``; one that :meth:`may_rest` (``idle`` says the worker gets no records) only reports."""
         while True:
-            await self.check()
+            if self.may_rest(idle(), rest_seconds):
+                self.report()
+            else:
+                await self.check()
             await asyncio.sleep(interval)
 
     def close(self) -> None:

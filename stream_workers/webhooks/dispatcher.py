@@ -83,7 +83,9 @@ def webhook_consumer(settings: Settings) -> Consumer:
         "auto.commit.interval.ms": 200,
         "session.timeout.ms": settings.kafka.session_timeout_ms,
         "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
-        "fetch.wait.max.ms": settings.kafka.fetch_max_wait_ms,
+        # Its own wait: a webhook is not waited on by a request, and on Tansu a shorter wait is more fetches
+        # to answer while idle (issue 24).
+        "fetch.wait.max.ms": settings.webhooks.fetch_max_wait_ms or settings.kafka.fetch_max_wait_ms,
     })
 
 
@@ -107,6 +109,7 @@ class WebhookDispatcher:
         self._producer = producer
         self._rng = rng or random.Random()
         self._clock = clock
+        self._last_record_at = time.monotonic()  # the progress reader rests while none comes (seconds_without_records)
         self._metrics = metrics or WebhookMetrics()
         self._retry_topics = [spec.name for spec in catalog.webhook_retries]
         self.group = webhook_group(settings)
@@ -126,6 +129,10 @@ class WebhookDispatcher:
         # them), so workers leave theirs here and the loop applies them between polls.
         self._ops: list[Callable[[], None]] = []
 
+    def seconds_without_records(self) -> float:
+        """Since the consumer last handed over a record (or an error), or since the dispatcher was made."""
+        return time.monotonic() - self._last_record_at
+
     async def run(self, stop: asyncio.Event) -> None:
         self._consumer.subscribe([self._catalog.completions.name, *self._retry_topics], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
@@ -140,6 +147,7 @@ class WebhookDispatcher:
                 self._apply_ops()
                 if msg is None:
                     continue
+                self._last_record_at = time.monotonic()
                 error = msg.error()
                 if error is not None:
                     if error.fatal():

@@ -58,7 +58,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                                   topics=[catalog.completions.name], gauge=progress.seconds_since_progress.labels(group),
                                   record_loss=jobs.record_broker_data_loss)
         await monitor.prime()  # the topics' ids before the dispatcher fetches anything (stream_workers/runtime/progress.py)
-        watching = asyncio.create_task(monitor.run(settings.worker.progress_check_seconds), name="progress-watch")
+        quiet_after = settings.kafka.fetch_idle_after_seconds
+        watching = asyncio.create_task(monitor.run(settings.worker.progress_check_seconds, settings.worker.progress_idle_check_seconds,
+                                                   idle=lambda: dispatcher.seconds_without_records() >= quiet_after),
+                                       name="progress-watch")
         watching.add_done_callback(lambda task: stop.set())  # it never ends by itself: a failure stops the dispatcher
         readiness.started = True
         await dispatcher.run(stop)

@@ -7,6 +7,7 @@ import pytest
 
 from stream_workers.runtime import faust_driver
 from stream_workers.runtime.faust_driver import FetchWaitApp
+from stream_workers.runtime.fetch_wait import FetchWaitPolicy
 from voicenote.errors import ConfigError
 
 
@@ -49,3 +50,47 @@ def test_a_renamed_shutdown_hook_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.delattr(mode.Worker, "_schedule_shutdown")
     assert any("_schedule_shutdown" in p for p in faust_driver.hook_problems())
+
+
+async def test_the_consumer_thread_sets_the_fetchers_wait_from_what_each_fetch_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    app = FetchWaitApp("guard", broker="kafka://127.0.0.1:9", fetch_max_wait_ms=100, fetch_idle_wait_ms=2000,
+                       fetch_idle_after_seconds=10.0, web_enabled=False)
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    now = [0.0]
+    app.fetch_wait = FetchWaitPolicy(100, 2000, 10.0, clock=lambda: now[0])  # the app's policy, on a clock of our own
+
+    class Fetcher:
+        _fetch_max_wait_ms = 100
+
+    class Consumer:
+        _fetcher = Fetcher()
+
+    answers: list[dict] = []
+
+    async def fetched(self: object, consumer: object, active: object, timeout: float | None = None,
+                      max_records: int | None = None) -> dict:
+        return answers.pop(0)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", fetched)
+    consumer = Consumer()
+    now[0] = 11.0
+    answers.append({})
+    await thread._fetch_records(consumer, set(), timeout=1.0)
+    assert consumer._fetcher._fetch_max_wait_ms == 2000  # quiet past the bound: the next request parks long
+    answers.append({"tp": ["record"]})
+    assert await thread._fetch_records(consumer, set(), timeout=1.0) == {"tp": ["record"]}
+    assert consumer._fetcher._fetch_max_wait_ms == 100  # records in hand: short again before the next request
+
+
+def test_aiokafka_building_fetch_requests_without_the_fetchers_wait_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = faust_driver._source
+
+    def source(obj: object) -> str:
+        if getattr(obj, "__name__", "") == "_get_actions_per_node":
+            return "req = FetchRequest(self._max_wait, self._fetch_min_bytes)"
+        return real(obj)
+
+    monkeypatch.setattr(faust_driver, "_source", source)
+    assert any("FetchRequest(self._fetch_max_wait_ms," in p for p in faust_driver.hook_problems())

@@ -304,3 +304,26 @@ async def test_the_topic_ids_read_at_start_are_the_baseline_before_any_round() -
     reader.ids = {A[0]: "AaJR/yoUc8ChCxBKVRdAtw"}  # restarted empty and re-created before the first round
     await monitor.check()
     assert left == [1]
+
+
+async def test_an_idle_worker_rests_between_reads_only_while_its_last_read_found_nothing_behind() -> None:
+    clock, exits = Clock(), []
+    health = DependencyHealth(clock=clock)
+    reader = FakeReader({A: Offsets(50, 50)})
+    monitor, _ = _monitor(reader, clock, health, exits, assigned={A})
+    assert not monitor.may_rest(True, 30.0, now=0.0)  # never read yet
+    await monitor.check()
+    import time as _time
+
+    read_at = _time.monotonic()
+    assert monitor.may_rest(True, 30.0, now=read_at + 29)
+    assert not monitor.may_rest(True, 30.0, now=read_at + 31)  # the rest is over: read again
+    assert not monitor.may_rest(False, 30.0, now=read_at + 1)  # records flowing: every round reads
+    assert not monitor.may_rest(True, None, now=read_at + 1)  # no rest configured
+    reader.offsets[A] = Offsets(50, 60)
+    await monitor.check()
+    assert not monitor.may_rest(True, 30.0, now=_time.monotonic())  # something behind: keep watching it
+    reader.offsets[A] = Offsets(60, 60)
+    reader.down = True
+    await monitor.check()
+    assert not monitor.may_rest(True, 30.0, now=_time.monotonic())  # the last read failed
