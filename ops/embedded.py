@@ -54,9 +54,19 @@ from voicenote.settings import Settings
 #   a streamed note's first byte came 6-12 s late instead of ~1.5 s (results/broker_stack.json; cause
 #   not found yet). Topics made by an earlier run keep their partition counts.
 EMBEDDED_KAFKA_ENV = {
-    "VOICENOTE_KAFKA__SESSION_TIMEOUT_MS": "2000",
-    "VOICENOTE_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+    # A heartbeat is a write of the group's state to the broker's storage: one a second per member, not two
+    # (issue 24), with a session of three of them.
+    "VOICENOTE_KAFKA__SESSION_TIMEOUT_MS": "3000",
+    "VOICENOTE_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
     "VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS": "100",
+    # Idle, the workers' fetches park 2 s instead (stream_workers/runtime/fetch_wait.py), and the webhook
+    # dispatcher's always 1 s: fewer fetches for Tansu to answer while nothing happens (issue 24).
+    "VOICENOTE_KAFKA__FETCH_IDLE_WAIT_MS": "2000",
+    "VOICENOTE_WEBHOOKS__FETCH_MAX_WAIT_MS": "1000",
+    # Idle, the lag and progress readers read the broker every 30 s instead of every 2-5 s (their reads were
+    # most of what an idle broker and its storage did; a stall that starts while idle is seen that much later).
+    "VOICENOTE_API__ESTIMATE_IDLE_REFRESH_SECONDS": "30",
+    "VOICENOTE_WORKER__PROGRESS_IDLE_CHECK_SECONDS": "30",
     "VOICENOTE_KAFKA__REQUEST_PARTITIONS": "4",
     # Each partition is a parked fetch the broker answers every wait: 2 per other topic halves the idle cost
     # of 12 with the same latency and burst (docs/reliability.md, results/broker_stack_4x2.json).

@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         waiter = CompletionWaiter(redis, job_store.done_channel(""))
         monitors = [LagMonitor(GroupLag(settings.kafka, synthesis_group(settings.worker.group_id, family)),
                                catalog.requests_for(family).name, catalog.requests_for(family).partitions, family_estimator,
-                               settings.api.estimate_refresh_seconds)
+                               settings.api.estimate_refresh_seconds, settings.api.estimate_idle_refresh_seconds)
                     for family, family_estimator in estimators.items()]
         # /readyz waits for the workers' groups only where asked (voicenote run); see services/worker_groups.py.
         workers = WorkerGroups(settings) if settings.api.ready_requires_workers else None

@@ -12,7 +12,8 @@
   once it resumes. Averaging them in drove the rate to its floor and the estimate to 23,600 s during a
   10 s Redis outage; now the estimate grows with the lag only.
 
-Sampling runs in the background every ``api.estimate_refresh_seconds``; requests only read the result.
+Sampling runs in the background every ``api.estimate_refresh_seconds`` (``api.estimate_idle_refresh_seconds``
+while nothing moves and nobody asks); requests only read the result.
 It reads with a plain consumer of the group's id that never subscribes (OffsetFetch and watermarks),
 not with the admin API: librdkafka 2.16's ListOffsets aborts the process (``rd_kafka_enq_once_del_source_return:
 Assertion `eonce->refcnt > 0' failed``) when its requests time out while the broker is down for a few
@@ -24,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from voicenote.kafka import KafkaException, TopicPartition
+from voicenote.kafka import KafkaException, TopicPartition, list_offsets
 from voicenote.kafka import consumer as new_consumer
 from voicenote.settings import KafkaSettings
 
@@ -51,6 +53,7 @@ class ThroughputEstimator:
         self.measured = False
         self._alpha = smoothing
         self._last: LagSample | None = None
+        self.on_asked: Callable[[], None] | None = None  # told of every estimate asked for (LagMonitor wakes on it)
 
     def observe(self, sample: LagSample) -> None:
         last, self._last, self.lag = self._last, sample, sample.lag
@@ -67,6 +70,8 @@ class ThroughputEstimator:
 
     def estimate_seconds(self, ahead: int = 0) -> float:
         """Seconds until a job submitted now (with ``ahead`` more of its own batch before it) is done."""
+        if self.on_asked is not None:
+            self.on_asked()
         return round((self.lag + ahead + 1) / max(self.rate, _MIN_RATE), 2)
 
 
@@ -89,14 +94,19 @@ class GroupLag:
 
     def _sample(self, topic: str, partitions: int, timeout: float) -> tuple[int, int]:
         committed = self._consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
-        total_committed = lag = 0
+        positions = {}
         for tp in committed:
             if tp.error is not None:
                 raise KafkaException(tp.error)
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout, cached=False)
-            position = tp.offset if tp.offset >= 0 else low  # nothing committed: the group starts at the earliest
+            positions[(tp.topic, tp.partition)] = tp.offset
+        ends = list_offsets(self._consumer, positions, "latest", timeout)
+        # Nothing committed: the group starts at the earliest.
+        starts = list_offsets(self._consumer, [part for part, at in positions.items() if at < 0], "earliest", timeout)
+        total_committed = lag = 0
+        for part, at in positions.items():
+            position = at if at >= 0 else starts[part]
             total_committed += position
-            lag += max(0, high - position)
+            lag += max(0, ends[part] - position)
         return total_committed, lag
 
     def close(self) -> None:
@@ -109,24 +119,39 @@ class GroupLag:
 class LagMonitor:
     """Samples the lag in the background and keeps the estimator current."""
 
-    def __init__(self, reader: GroupLag, topic: str, partitions: int, estimator: ThroughputEstimator, period: float) -> None:
+    def __init__(self, reader: GroupLag, topic: str, partitions: int, estimator: ThroughputEstimator, period: float,
+                 idle_period: float | None = None) -> None:
+        """``idle_period``: while the lag is 0 and the committed offsets do not move, sample only this often,
+        or as soon as a request asks for an estimate (an idle API's lag reads were a steady load on an idle
+        broker, issue 24). None: always every ``period``."""
         self.estimator = estimator
         self._reader, self._topic, self._partitions = reader, topic, partitions
-        self._period = period
+        self._period, self._idle_period = period, idle_period
         self._task: asyncio.Task[None] | None = None
+        self._asked = asyncio.Event()
+        estimator.on_asked = self._asked.set
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lag-monitor")
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        last: tuple[int, int] | None = None
         while True:
+            quiet = False
             try:
                 committed, lag = await asyncio.to_thread(self._reader.sample, self._topic, self._partitions)
                 self.estimator.observe(LagSample(loop.time(), committed, lag))
+                quiet, last = lag == 0 and last == (committed, lag), (committed, lag)
             except KafkaException as exc:
                 log.info("lag sample of %s failed (keeping the last estimate): %s", self._reader.group, exc)
+            self._asked.clear()
             await asyncio.sleep(self._period)
+            if quiet and self._idle_period is not None and not self._asked.is_set():
+                try:
+                    await asyncio.wait_for(self._asked.wait(), max(0.0, self._idle_period - self._period))
+                except TimeoutError:
+                    pass
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -51,8 +51,8 @@ class SegmentRouter:
         self._conf = {
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
-            # A segment should not sit in the broker waiting for a fuller fetch; 50 ms keeps an idle API's
-            # fetches at 20/s.
+            # A segment should not sit in the broker waiting for a fuller fetch; while no stream waits, the
+            # partitions are paused and nothing is fetched (_run).
             "fetch.wait.max.ms": 50,
             "allow.auto.create.topics": False,
         }
@@ -61,6 +61,7 @@ class SegmentRouter:
         self._waiting: dict[str, asyncio.Queue[SpeechSegment]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by watch(): a stream now waits, so the paused reading resumes
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()  # assigned at the end of every partition: later segments are seen
         self.decode_failures = 0
@@ -72,6 +73,7 @@ class SegmentRouter:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -80,6 +82,7 @@ class SegmentRouter:
         """The queue of ``job_id``'s segments; register before publishing the request."""
         queue: asyncio.Queue[SpeechSegment] = asyncio.Queue()
         self._waiting[job_id] = queue
+        self._wake.set()
         try:
             yield queue
         finally:
@@ -99,7 +102,22 @@ class SegmentRouter:
                     parts.append(TopicPartition(self._topic.name, p, high if high >= 0 else OFFSET_END))
                 consumer.assign(parts)
                 self.ready.set()
+                paused = False
                 while not self._stop.is_set():
+                    # No stream waiting: no fetching either (an idle API's fetches kept Tansu reading the topic's
+                    # partitions 20 times a second, issue 24). Paused partitions keep their position, so a resume
+                    # reads on from where it stopped and misses nothing; watch() wakes this loop at once.
+                    if not self._waiting:
+                        if not paused:
+                            consumer.pause(consumer.assignment())
+                            paused = True
+                        consumer.poll(0)  # serves the client's callbacks while paused
+                        self._wake.wait(self.POLL_SECONDS)
+                        self._wake.clear()
+                        continue
+                    if paused:
+                        consumer.resume(consumer.assignment())
+                        paused = False
                     msg = consumer.poll(self.POLL_SECONDS)
                     if msg is None:
                         continue

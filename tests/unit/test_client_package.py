@@ -237,7 +237,8 @@ def test_the_server_client_is_the_standalone_one_set_up_from_settings() -> None:
     assert isinstance(client, voicenote_client.VoicenoteClient)
     # The librdkafka config is voicenote.kafka's (SASL/TLS included); the producer is idempotent as the API's.
     assert client.config == {"bootstrap.servers": "broker:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-                             "sasl.username": "svc", "sasl.password": "pw", "ssl.ca.location": "/etc/ca.pem"}
+                             "sasl.username": "svc", "sasl.password": "pw", "ssl.ca.location": "/etc/ca.pem",
+                             "enable.metrics.push": False}
     assert client.producer_config == {"enable.idempotence": True, "delivery.timeout.ms": 4321}
     assert client.consumer_config == {"session.timeout.ms": settings.session_timeout_ms,
                                       "heartbeat.interval.ms": settings.heartbeat_interval_ms}

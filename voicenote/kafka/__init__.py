@@ -41,7 +41,7 @@ from voicenote.kafka.clients import (
 )
 from voicenote.kafka.codec import event_codecs, schema_registry
 from voicenote.kafka.config import SASL_MECHANISMS, client_config
-from voicenote.kafka.reading import OFFSET_BEGINNING, committed_offsets, read_to_end
+from voicenote.kafka.reading import OFFSET_BEGINNING, committed_offsets, list_offsets, read_to_end
 from voicenote.kafka.topics import TopicCheck, broker_answers, check_topics, ensure_topics
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "TopicCollection",
     "TopicPartition",
     "OFFSET_BEGINNING",
+    "list_offsets",
     "committed_offsets",
     "SASL_MECHANISMS",
     "AsyncProducer",

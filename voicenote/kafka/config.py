@@ -37,7 +37,10 @@ def client_config(kafka: KafkaSettings, stack: Literal["confluent", "aiokafka"] 
             raise ConfigError(f"kafka.security_protocol={protocol} needs kafka.sasl_username and kafka.sasl_password")
     tls = protocol.endswith("SSL")
     if stack == "confluent":
-        conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": protocol}
+        # No client-metrics push (KIP-714): a broker without it (Tansu) is asked again every few seconds by every
+        # client, a steady load on an idle stack (issue 24); the workers' metrics go through /metrics anyway.
+        conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": protocol,
+                                "enable.metrics.push": False}
         if sasl:
             conf.update({"sasl.mechanism": mechanism, "sasl.username": kafka.sasl_username, "sasl.password": password})
         if tls and kafka.ssl_ca_location:

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Literal
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from voicenote.errors import DependencyUnavailable
 from voicenote.kafka.clients import consumer as new_consumer
 from voicenote.settings import KafkaSettings
 
 OFFSET_BEGINNING = -2
+_OFFSET_LATEST = -1  # offsets_for_times: these "timestamps" ask for a partition's start (-2) or end (-1)
+
+
+def list_offsets(consumer: Consumer, partitions: Collection[tuple[str, int]], which: Literal["earliest", "latest"],
+                 timeout: float) -> dict[tuple[str, int], int]:
+    """The first (``earliest``) or next-to-be-written (``latest``) offset of each partition, asked for all of them
+    in one ListOffsets request per broker; ``get_watermark_offsets`` sends two per partition, which made the
+    progress and lag readers of an idle stack the broker's biggest callers (issue 24). Raises KafkaException."""
+    if not partitions:
+        return {}
+    spec = OFFSET_BEGINNING if which == "earliest" else _OFFSET_LATEST
+    answered = consumer.offsets_for_times([TopicPartition(t, p, spec) for t, p in sorted(partitions)], timeout=timeout)
+    found = {}
+    for tp in answered:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        found[(tp.topic, tp.partition)] = tp.offset
+    return found
 
 
 def read_to_end(settings: KafkaSettings, topic: str, *, starts: Mapping[int, int] | None = None,
