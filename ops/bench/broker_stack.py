@@ -1,11 +1,15 @@
 """``make bench-broker-storage`` (its stack half): the whole ``voicenote run`` stack on each broker storage,
 one after another in one run, measured as a newcomer meets it.
 
-For each storage (``--storages``; each an ``NAME[@FETCH_WAIT_MS]``, the wait given to every consumer as
-``VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS``, default: the embedded stack's own):
+For each storage (``--storages``; each ``NAME[@FETCH_WAIT_MS[:IDLE_WAIT_MS|:off][/REQUEST_PARTITIONS/PARTITIONS]]``,
+the waits given to every worker as ``VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS`` and ``..._FETCH_IDLE_WAIT_MS``; unset
+parts take the embedded stack's own):
 
 - **idle CPU**: percent of one core used by the broker, its storage server and the whole stack over
-  ``--idle-seconds`` with no traffic, from each process's ``/proc/PID/stat`` (user + system);
+  ``--idle-seconds`` with no traffic, from each process's ``/proc/PID/stat`` (user + system), measured once
+  the workers have been without records for ``kafka.fetch_idle_after_seconds`` (their idle fetch wait);
+- **sync after idle**: the same one-sentence request, each one after a quiet spell past that bound
+  (``--after-idle`` of them): what the idle fetch wait costs the first request after a pause;
 - **sync p50**: ``POST /v1/audio/speech`` of one sentence (Piper, each note new so no cache answers),
   ``--sync`` requests one after another, whole answer read;
 - **first byte p50**: a 1,000-character note streamed (the default), time to the first body byte;
@@ -42,8 +46,8 @@ from ops.embedded import EMBEDDED_KAFKA_ENV, wait_ready
 from ops.services import free_port
 from voicenote.settings import KafkaSettings
 
-COLUMNS = ("storage", "fetch_max_wait_ms", "partitions", "ready_seconds", "idle_cpu_broker_pct", "idle_cpu_stack_pct", "sync_p50_s",
-           "sync_vs_memory", "first_byte_p50_s", "first_byte_vs_memory", "burst_completed", "burst_failed", "burst_open",
+COLUMNS = ("storage", "fetch_max_wait_ms", "fetch_idle_wait_ms", "partitions", "ready_seconds", "idle_cpu_broker_pct",
+           "idle_cpu_stack_pct", "sync_p50_s", "sync_vs_memory", "sync_after_idle_p50_s", "first_byte_p50_s", "first_byte_vs_memory", "burst_completed", "burst_failed", "burst_open",
            "burst_seconds")
 FINAL = {"succeeded", "failed", "cancelled"}
 SENTENCE = "This is voice note number {n}, spoken once and then sent on its way."
@@ -97,10 +101,12 @@ def idle_cpu(run_pid: int, seconds: float) -> tuple[float, float, dict[str, floa
 
 
 def start_stack(storage: str, fetch_wait: int | None, data: Path, port: int, redis_url: str,
-                engine: str = "piper", partitions: tuple[int, int] | None = None) -> subprocess.Popen[bytes]:
+                engine: str = "piper", partitions: tuple[int, int] | None = None, idle_wait: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VOICENOTE_ENGINE__KIND": engine, **({"VOICENOTE_REDIS__URL": redis_url} if redis_url else {})}
     if fetch_wait is not None:
         env["VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS"] = str(fetch_wait)
+    if idle_wait is not None:
+        env["VOICENOTE_KAFKA__FETCH_IDLE_WAIT_MS"] = "0" if idle_wait == "off" else idle_wait  # 0: a fixed wait
     if partitions is not None:
         env["VOICENOTE_KAFKA__REQUEST_PARTITIONS"], env["VOICENOTE_KAFKA__PARTITIONS"] = map(str, partitions)
     log = open(data / "run.log", "ab")
@@ -125,6 +131,19 @@ def sync_p50(base: str, count: int, tag: str) -> float:
             r.raise_for_status()
             if n:  # the first one warms the voice
                 times.append(time.perf_counter() - t0)
+    return pct(times, 50)
+
+
+def sync_after_idle_p50(base: str, count: int, quiet: float, tag: str) -> float:
+    """Sync requests each after ``quiet`` seconds without traffic (past the workers' idle bound)."""
+    times = []
+    with httpx.Client(timeout=120) as client:
+        for n in range(count):
+            time.sleep(quiet)
+            t0 = time.perf_counter()
+            r = client.post(base + "/v1/audio/speech", json={"input": SENTENCE.format(n=f"{tag}-idle-{n}"), "response_format": "wav"})
+            r.raise_for_status()
+            times.append(time.perf_counter() - t0)
     return pct(times, 50)
 
 
@@ -191,22 +210,26 @@ async def burst(base: str, count: int, timeout: float, tag: str) -> dict[str, An
 
 
 def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> dict[str, Any]:
-    storage, fetch_wait, partitions = parse_storage(spec)
+    storage, fetch_wait, partitions, idle_wait = parse_storage(spec)
+    quiet = KafkaSettings().fetch_idle_after_seconds + 3  # past the workers' idle bound (voicenote run sets no other)
     row: dict[str, Any] = {"storage": spec, "fetch_max_wait_ms": fetch_wait or EMBEDDED_KAFKA_ENV["VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS"],
+                           "fetch_idle_wait_ms": idle_wait or EMBEDDED_KAFKA_ENV.get("VOICENOTE_KAFKA__FETCH_IDLE_WAIT_MS", "off"),
                            "partitions": "/".join(map(str, partitions)) if partitions else
                            f"{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__REQUEST_PARTITIONS']}/{KafkaSettings.model_fields['partitions'].default}"}
     with tempfile.TemporaryDirectory(prefix=f"bench-stack-{storage}-") as tmp:
         data, port = Path(tmp), free_port()
         base = f"http://127.0.0.1:{port}"
-        proc = start_stack(storage, fetch_wait, data, port, args.redis_url, partitions=partitions)
+        proc = start_stack(storage, fetch_wait, data, port, args.redis_url, partitions=partitions, idle_wait=idle_wait)
         try:
             row["ready_seconds"] = round(until_ready(base, proc, data), 1)
-            time.sleep(5)  # let the groups settle
+            time.sleep(max(5.0, quiet))  # let the groups settle, and the workers reach their idle fetch wait
             broker, stack, by_process = idle_cpu(proc.pid, args.idle_seconds)
             row.update(idle_cpu_broker_pct=round(broker, 1), idle_cpu_stack_pct=round(stack, 1), idle_cpu_by_process_pct=by_process)
             log(f"  {storage}: ready {row['ready_seconds']} s, idle broker {broker:.1f}% stack {stack:.1f}% {by_process}")
             row["sync_p50_s"] = round(sync_p50(base, args.sync, tag), 3)
             row["first_byte_p50_s"] = round(first_byte_p50(base, args.first_byte, tag), 3)
+            if args.after_idle:
+                row["sync_after_idle_p50_s"] = round(sync_after_idle_p50(base, args.after_idle, quiet, tag), 3)
             log(f"  {storage}: sync p50 {row['sync_p50_s']} s, first byte p50 {row['first_byte_p50_s']} s")
         finally:
             stop(proc)
@@ -214,7 +237,8 @@ def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> 
         with tempfile.TemporaryDirectory(prefix=f"bench-burst-{storage}-") as tmp:
             data, port = Path(tmp), free_port()
             base = f"http://127.0.0.1:{port}"
-            proc = start_stack(storage, fetch_wait, data, port, args.redis_url, engine="null", partitions=partitions)
+            proc = start_stack(storage, fetch_wait, data, port, args.redis_url, engine="null", partitions=partitions,
+                               idle_wait=idle_wait)
             try:
                 until_ready(base, proc, data)
                 row.update(asyncio.run(burst(base, args.burst, args.burst_timeout, tag)))
@@ -240,12 +264,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_storage(spec: str) -> tuple[str, int | None, tuple[int, int] | None]:
-    """``NAME[@WAIT_MS[/REQUEST_PARTITIONS/PARTITIONS]]``: unset parts take ``voicenote run``'s own."""
+def parse_storage(spec: str) -> tuple[str, int | None, tuple[int, int] | None, str | None]:
+    """``NAME[@WAIT_MS[:IDLE_WAIT_MS|:off][/REQUEST_PARTITIONS/PARTITIONS]]``: unset parts take ``voicenote run``'s own."""
     name, _, rest = spec.partition("@")
-    wait, _, parts = rest.partition("/")
+    waits, _, parts = rest.partition("/")
+    wait, _, idle = waits.partition(":")
     request_parts, _, other_parts = parts.partition("/")
-    return name, int(wait) if wait else None, (int(request_parts), int(other_parts)) if parts else None
+    return (name, int(wait) if wait else None, (int(request_parts), int(other_parts)) if parts else None,
+            (idle if idle == "off" else str(int(idle))) if idle else None)
 
 
 def main() -> int:
@@ -257,6 +283,7 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--sync", type=int, default=20)
     parser.add_argument("--first-byte", type=int, default=5)
+    parser.add_argument("--after-idle", type=int, default=3, help="sync requests each after a quiet spell")
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--burst-timeout", type=float, default=900)
     parser.add_argument("--redis-url", default=os.environ.get("VOICENOTE_REDIS__URL", ""),
