@@ -42,8 +42,12 @@ karapace: ## optional, not in CI: .venv-karapace from a Karapace source tree (KA
 run: $(RUN_STAMP) ## install the service alone (CPU voice; `make install` adds torch, S1-mini and test tools) and run it here: broker, Redis, API on :8000, workers (Ctrl-C stops all)
 	$(BIN)/voicenote run
 
-test: $(STAMP) $(CRD_STAMP) ## install and run the whole suite (unit, integration, end-to-end)
-	$(BIN)/python -m pytest -q -ra
+# The suite's end-to-end tests mostly wait on their processes: 3 pytest workers keep 2 cores busy (docs/testing.md).
+# Each worker takes whole files (--dist loadfile), so a module's shared stack stays in one process.
+TEST_WORKERS ?= 3
+
+test: $(STAMP) $(CRD_STAMP) ## install and run the whole suite (unit, integration, end-to-end), TEST_WORKERS (3) files at a time
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: $(STAMP) $(CRD_STAMP) ## fast tests of the pure parts
 	$(BIN)/python -m pytest -q tests/unit

@@ -38,6 +38,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # mypy's test starts its (CPU-bound, cold on a fresh clone) run now, in the background, if this run holds it.
+    # Not under pytest-xdist: every worker collects every test, and only one of them will run this one (mypy
+    # runs when that worker gets to it, beside the other workers' tests).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     for item in session.items:
         if isinstance(item, pytest.Function) and item.name == "test_mypy_finds_no_error":
             item.module.start_early()
