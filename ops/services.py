@@ -305,12 +305,27 @@ class WeedS3(ChildProcess):
                                       preexec_fn=die_with_parent(signal.SIGKILL))
         deadline = time.monotonic() + timeout
         wait_for_port("127.0.0.1", self.port, timeout, "SeaweedFS S3", self._proc)
-        while not self._answers():  # the S3 port opens before the filer behind it is ready
+        # The S3 port opens before the filer behind it is ready, and the filer answers before the volume server has
+        # registered with the master: until then every read of existing data is a 500 ("volume 2 not found"), and a
+        # broker restarted on its data gave up after its 10 retries (2.7 s; seen under load in tests/e2e/test_embedded_run.py).
+        while not (self._answers() and self._volume_servers() > 0):
             if self._proc.poll() is not None or time.monotonic() >= deadline:
                 raise DependencyUnavailable("seaweedfs", f"SeaweedFS did not answer on {self.endpoint_url} within {timeout:.0f}s"
                                             + (f" (see {self.log_path})" if self.log_path else ""))
             time.sleep(0.1)
         return self
+
+    def _volume_servers(self) -> int:
+        """Volume servers the master knows (``/dir/status``); 0 while none has sent its first heartbeat."""
+        import json
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['master.port']}/dir/status", timeout=2) as answer:
+                topology = json.load(answer).get("Topology") or {}
+        except (OSError, ValueError):
+            return 0
+        return sum(len(rack.get("DataNodes") or []) for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or [])
 
     def stop(self) -> None:
         _terminate(self._proc, timeout=2.0)  # SIGTERM, then SIGKILL: see start()

@@ -91,3 +91,40 @@ def test_the_children_keep_the_callers_settings(tmp_path: Path, monkeypatch) -> 
         "redis://127.0.0.1:6379/7", "8001", "b:1")  # what the run decides
     monkeypatch.delenv("VOICENOTE_STORAGE__LOCAL_DIR")
     assert child_env("b:1", "redis://r", 8001, tmp_path)["VOICENOTE_STORAGE__LOCAL_DIR"] == str(tmp_path / "audio")
+
+
+def test_seaweedfs_counts_as_started_only_once_a_volume_server_has_registered(tmp_path: Path) -> None:
+    # A restart on existing data: the S3 gateway answers before the volume server's first heartbeat, and every read
+    # is a 500 until then (the broker gave up after its retries). The master's /dir/status says when it has one.
+    import http.server
+    import json
+    import threading
+
+    from ops.services import WeedS3
+
+    answers = [{"Topology": {"Max": 0, "Free": 0, "DataCenters": None, "Layouts": None}},
+               {"Topology": {"Max": 8, "DataCenters": [{"Id": "DefaultDataCenter", "Racks": [
+                   {"Id": "DefaultRack", "DataNodes": [{"Url": "127.0.0.1:61045", "Volumes": 2}]}]}]}}]
+
+    class Master(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(answers[0] if self.path == "/dir/status" else {}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Master)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        weed = WeedS3(root=tmp_path, ports={"master.port": server.server_address[1]})
+        assert weed._volume_servers() == 0
+        answers.pop(0)
+        assert weed._volume_servers() == 1
+        server.shutdown()
+        server.server_close()
+        assert weed._volume_servers() == 0  # no master answering: not ready either
+    finally:
+        server.server_close()
