@@ -215,7 +215,7 @@ def measure(spec: str, args: argparse.Namespace, tag: str, log: Any = print) -> 
     row: dict[str, Any] = {"storage": spec, "fetch_max_wait_ms": fetch_wait or EMBEDDED_KAFKA_ENV["VOICENOTE_KAFKA__FETCH_MAX_WAIT_MS"],
                            "fetch_idle_wait_ms": idle_wait or EMBEDDED_KAFKA_ENV.get("VOICENOTE_KAFKA__FETCH_IDLE_WAIT_MS", "off"),
                            "partitions": "/".join(map(str, partitions)) if partitions else
-                           f"{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__REQUEST_PARTITIONS']}/{KafkaSettings.model_fields['partitions'].default}"}
+                           f"{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__REQUEST_PARTITIONS']}/{EMBEDDED_KAFKA_ENV['VOICENOTE_KAFKA__PARTITIONS']}"}
     with tempfile.TemporaryDirectory(prefix=f"bench-stack-{storage}-") as tmp:
         data, port = Path(tmp), free_port()
         base = f"http://127.0.0.1:{port}"
@@ -276,10 +276,11 @@ def parse_storage(spec: str) -> tuple[str, int | None, tuple[int, int] | None, s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storages", default="memory@10/24/12,disk,memory,diskstore@10/24/12",
-                        help="NAME[@WAIT_MS[/REQUEST_PARTITIONS/PARTITIONS]], comma-separated; the first memory one is the "
-                             "baseline of the ratios (default: memory and ops.diskstore as they were before issue 24, "
-                             "then disk and memory as voicenote run has them now)")
+    parser.add_argument("--storages", default="memory,disk,disk@100:off",
+                        help="NAME[@WAIT_MS[:IDLE_WAIT_MS|:off][/REQUEST_PARTITIONS/PARTITIONS]], comma-separated; the first "
+                             "memory one is the baseline of the ratios (default: memory and disk as voicenote run has them, "
+                             "then disk without the idle fetch wait; memory@10/24/12 and diskstore@10/24/12 were the stack "
+                             "before issue 24)")
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--sync", type=int, default=20)
     parser.add_argument("--first-byte", type=int, default=5)
