@@ -1,9 +1,10 @@
 """mypy finds no error in the packages and the standalone client (pyproject.toml [tool.mypy] files; `make typecheck`).
 
 A subprocess, so `make test` (what CI runs) fails on a type error. mypy's incremental cache (.mypy_cache) makes
-a second run about a second; a fresh clone pays the cold run once (about 45 s of CPU). That run starts in the
-background as soon as collection is done (tests/conftest.py), so in `make test` it overlaps the end-to-end tests,
-which mostly wait on their processes, and this test only collects its result (docs/testing.md).
+a second run about a second; a fresh clone pays the cold run once (about 45 s of CPU). In a serial run it starts in
+the background as soon as collection is done (tests/conftest.py), so it overlaps the end-to-end tests, which mostly
+wait on their processes, and this test only collects its result. Under pytest-xdist (`make test`), it runs when its
+worker gets to it, beside the other workers' files (docs/testing.md).
 """
 
 from __future__ import annotations
