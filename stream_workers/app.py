@@ -25,7 +25,7 @@ from stream_workers.engine.base import SpeechEngine
 from stream_workers.runtime.context import WorkerContext
 from stream_workers.runtime.deadletter import dead_letter
 from stream_workers.runtime.faust_driver import FetchWaitApp
-from stream_workers.runtime.grouping import event_groups
+from stream_workers.runtime.grouping import acked_groups
 from stream_workers.runtime.kafka_security import faust_credentials
 from stream_workers.runtime.metrics import ProgressMetrics, faust_consumer_lag, track_committed_offsets
 from stream_workers.runtime.progress import GroupOffsets, ProgressMonitor, ProgressWatch, faust_assignment, faust_fetched_ends
@@ -170,11 +170,8 @@ def _wire_completion(app: FetchWaitApp, ctx: WorkerContext, role: CompletionRole
     @app.agent(audio, name="storage", supervisor_strategy=CrashingSupervisor)
     async def storage_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         assert isinstance(stream, faust.Stream)  # faust.StreamT lacks noack; what an agent gets has it
-        manual = stream.noack()
-        async for events in event_groups(manual.events(), COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS):
+        async for events in acked_groups(stream, COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS):
             await handler.storage(events)
-            for event in events:
-                await manual.ack(event)
             yield None
 
     every_request_topic = app.topic(*(spec.name for spec in ctx.catalog.request_topics()), key_type=bytes, value_type=bytes)
@@ -182,11 +179,8 @@ def _wire_completion(app: FetchWaitApp, ctx: WorkerContext, role: CompletionRole
     @app.agent(every_request_topic, name="status-requests", supervisor_strategy=CrashingSupervisor)
     async def status_requests_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         assert isinstance(stream, faust.Stream)  # faust.StreamT lacks noack; what an agent gets has it
-        manual = stream.noack()
-        async for events in event_groups(manual.events(), COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS):
+        async for events in acked_groups(stream, COMPLETION_GROUP_SIZE, COMPLETION_GROUP_SECONDS):
             await handler.status(events)
-            for event in events:
-                await manual.ack(event)
             yield None
 
 

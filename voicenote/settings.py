@@ -32,8 +32,9 @@ class KafkaSettings(BaseModel):
     # production Kafka keeps normal ones.
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
-    fetch_max_wait_ms: int = Field(10, description="Tansu answers a parked fetch only when this runs out, so it adds up to "
-                                   "this much to every consumer hop (docs/architecture.md); Kafka answers when data arrives.")
+    fetch_max_wait_ms: int = Field(10, description="Tansu re-reads a parked fetch's partitions within this wait (after half "
+                                   "of it, then half of what is left), so it adds up to about half of it to every consumer "
+                                   "hop (docs/architecture.md); Kafka answers when data arrives.")
     fetch_idle_wait_ms: int = Field(0, ge=0, description="The Faust workers' fetch wait once no record has come "
                                            "for fetch_idle_after_seconds (stream_workers/runtime/fetch_wait.py): fewer "
                                            "fetches for Tansu to answer while idle, and up to half this wait more on the "

@@ -135,11 +135,15 @@ class FetchWaitApp(faust.App):
         if problems := hook_problems():
             raise ConfigError("the installed faust-streaming/aiokafka do not fit stream_workers/runtime/faust_driver.py "
                               f"(tested with faust-streaming 0.15, aiokafka 0.14): {'; '.join(problems)}")
-        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_wait = FetchWaitPolicy(fetch_max_wait_ms, fetch_idle_wait_ms, fetch_idle_after_seconds)
         # Set by a role that must finish work in hand before the worker stops (see main.run_worker).
         self.drain_hook: Callable[[], Awaitable[None]] | None = None
         super().__init__(*args, **kwargs)
+
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """The fetch wait while records flow (the policy's short one)."""
+        return self.fetch_wait.busy_ms
 
     def _new_transport(self) -> TransportT:
         return FetchWaitTransport(self.conf.broker_consumer, self)

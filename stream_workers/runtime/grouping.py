@@ -5,8 +5,8 @@ completion worker's two agents, grouping within 10 ms, woke its event loop 200 t
 it the costliest process of an idle stack (5% of a core; issue 24). :func:`event_groups` waits for a first
 event with no timeout, then up to ``within`` for more (at most ``max_size``), so an idle worker sleeps.
 
-The events come from a ``noack`` stream: the caller acknowledges each one once its group is handled, as
-take_events did, so a group that fails is redelivered whole.
+:func:`acked_groups` runs it over a ``noack`` copy of a Faust stream and acknowledges each group once the
+caller asks for the next one (its handling done), as take_events did, so a group that fails is redelivered whole.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import faust
 
 E = TypeVar("E")
 
@@ -68,3 +70,13 @@ async def event_groups(events: AsyncIterator[E], max_size: int, within: float) -
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
+
+
+async def acked_groups(stream: faust.Stream[Any], max_size: int, within: float) -> AsyncIterator[list[Any]]:
+    """:func:`event_groups` of an agent's ``stream``; each group's events are acknowledged when the caller comes back
+    for the next group, so only a group it handled without raising is ever committed."""
+    manual = stream.noack()
+    async for events in event_groups(manual.events(), max_size, within):
+        yield events
+        for event in events:
+            await manual.ack(event)

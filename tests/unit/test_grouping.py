@@ -89,3 +89,34 @@ async def test_an_error_of_the_stream_comes_out_after_the_events_before_it() -> 
 def test_nonsense_sizes_are_refused() -> None:
     with pytest.raises(ValueError):
         asyncio.run(anext(event_groups(from_queue(asyncio.Queue()), 0, 0.1)))
+
+
+class FakeStream:
+    """What acked_groups uses of a Faust stream: noack(), events() and ack()."""
+
+    def __init__(self, events: list[int]) -> None:
+        self._events, self.acked = events, []
+
+    def noack(self) -> FakeStream:
+        return self
+
+    async def events(self) -> AsyncIterator[int]:
+        for event in self._events:
+            yield event
+
+    async def ack(self, event: int) -> bool:
+        self.acked.append(event)
+        return True
+
+
+async def test_a_group_is_acknowledged_once_handled_and_never_if_its_handling_failed() -> None:
+    from stream_workers.runtime.grouping import acked_groups
+
+    stream = FakeStream([1, 2, 3])
+    groups = acked_groups(stream, 2, within=0.05)  # type: ignore[arg-type]
+    assert await anext(groups) == [1, 2]
+    assert stream.acked == []  # handed over, not yet handled
+    assert await anext(groups) == [3]
+    assert stream.acked == [1, 2]  # the caller came back: the first group was handled
+    await groups.aclose()  # the handler of [3] raised: the agent stops without coming back
+    assert stream.acked == [1, 2]
