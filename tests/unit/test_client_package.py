@@ -229,6 +229,7 @@ def test_the_server_client_is_the_standalone_one_set_up_from_settings() -> None:
     from schemas.errors import DecodeError, EncodeError
     from voicenote.client import InvalidRequest, JobTimeout
     from voicenote.errors import VoicenoteError
+    from voicenote.kafka.config import LIBRDKAFKA_LOGGER
 
     settings = KafkaSettings(bootstrap_servers="broker:9093", topic_prefix="tenant.", security_protocol="SASL_SSL",
                              sasl_mechanism="SCRAM-SHA-512", sasl_username="svc", sasl_password=SecretStr("pw"),
@@ -238,7 +239,7 @@ def test_the_server_client_is_the_standalone_one_set_up_from_settings() -> None:
     # The librdkafka config is voicenote.kafka's (SASL/TLS included); the producer is idempotent as the API's.
     assert client.config == {"bootstrap.servers": "broker:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
                              "sasl.username": "svc", "sasl.password": "pw", "ssl.ca.location": "/etc/ca.pem",
-                             "enable.metrics.push": False}
+                             "enable.metrics.push": False, "logger": LIBRDKAFKA_LOGGER}
     assert client.producer_config == {"enable.idempotence": True, "delivery.timeout.ms": 4321}
     assert client.consumer_config == {"session.timeout.ms": settings.session_timeout_ms,
                                       "heartbeat.interval.ms": settings.heartbeat_interval_ms}

@@ -81,3 +81,25 @@ def test_a_sasl_cluster_without_credentials_is_refused_by_both_stacks() -> None:
     for stack in ("confluent", "aiokafka"):
         with pytest.raises(ConfigError, match="sasl_username"):
             client_config(kafka, stack)  # type: ignore[arg-type]
+
+
+def test_librdkafka_lines_go_through_python_logging_not_straight_to_stderr(caplog, capfd) -> None:
+    """A JSON-logging process writes only JSON: librdkafka's own lines reach the ``voicenote.kafka.librdkafka``
+    logger (and so the configured formatter) instead of its ``%3|...|FAIL|`` lines on stderr."""
+    import logging
+
+    from ops.services import free_port
+    from voicenote.kafka import producer
+
+    port = free_port()  # nothing listens: librdkafka logs the refused connection at once
+    client = producer(KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}"))
+    with caplog.at_level(logging.INFO, logger="voicenote.kafka.librdkafka"):
+        for _ in range(40):  # 4 s at most; the first refusal comes within milliseconds
+            client.poll(0.1)
+            if any("Connection refused" in r.getMessage() for r in caplog.records):
+                break
+    client.flush(0)
+    del client
+    refused = [r for r in caplog.records if r.name == "voicenote.kafka.librdkafka" and "Connection refused" in r.getMessage()]
+    assert refused and refused[0].levelno == logging.ERROR, [r.getMessage() for r in caplog.records]
+    assert f"127.0.0.1:{port}" not in capfd.readouterr().err

@@ -8,6 +8,7 @@ process or refused by all with the same message.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any, Literal
 
@@ -16,6 +17,12 @@ from voicenote.settings import KafkaSettings
 
 # What both stacks speak: aiokafka (the workers, through Faust) knows no other SASL mechanism.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+# librdkafka's own lines (a refused connection, a purged queue at close) go through Python logging under this
+# name, so ``VOICENOTE_LOG__FORMAT=json`` holds for every line a process writes; without a logger librdkafka
+# prints its ``%3|1796701413.297|FAIL|...`` lines straight to stderr. confluent-kafka serves them from the
+# client's poll(): a Producer's poll thread and a Consumer's consume() do; an AdminClient's wait for its poll().
+LIBRDKAFKA_LOGGER = logging.getLogger("voicenote.kafka.librdkafka")
 
 
 def client_config(kafka: KafkaSettings, stack: Literal["confluent", "aiokafka"] = "confluent") -> dict[str, Any]:
@@ -40,7 +47,7 @@ def client_config(kafka: KafkaSettings, stack: Literal["confluent", "aiokafka"] 
         # No client-metrics push (KIP-714): a broker without it (Tansu) is asked again every few seconds by every
         # client, a steady load on an idle stack (issue 24); the workers' metrics go through /metrics anyway.
         conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": protocol,
-                                "enable.metrics.push": False}
+                                "enable.metrics.push": False, "logger": LIBRDKAFKA_LOGGER}
         if sasl:
             conf.update({"sasl.mechanism": mechanism, "sasl.username": kafka.sasl_username, "sasl.password": password})
         if tls and kafka.ssl_ca_location:
