@@ -102,4 +102,6 @@ def test_librdkafka_lines_go_through_python_logging_not_straight_to_stderr(caplo
     del client
     refused = [r for r in caplog.records if r.name == "voicenote.kafka.librdkafka" and "Connection refused" in r.getMessage()]
     assert refused and refused[0].levelno == logging.ERROR, [r.getMessage() for r in caplog.records]
-    assert f"127.0.0.1:{port}" not in capfd.readouterr().err
+    # librdkafka's own format (``%3|<time>|FAIL|rdkafka#producer-1| ...``); a handler some earlier test left on
+    # the root logger may still print the record itself, in Python's format.
+    assert "|FAIL|rdkafka#" not in capfd.readouterr().err
