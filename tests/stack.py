@@ -86,12 +86,20 @@ class Stack:
             proc.send_signal(sig)
         return proc.wait(timeout)
 
-    def stop_all(self) -> None:
-        for name in list(self.procs):
+    def stop_all(self, timeout: float = 20) -> None:
+        """SIGTERM to every process at once, then up to ``timeout`` for all of them together; a process still
+        running then is killed. (One after another, each shutdown's waits on the broker added up.)"""
+        for proc in self.procs.values():
+            proc.expected_exit = True  # type: ignore[attr-defined]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
             try:
-                self.stop(name, timeout=20)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.procs[name].kill()
+                proc.kill()
+                proc.wait()
 
     def wait_job(self, job_id: str, timeout: float = 60, terminal: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict:
         deadline = time.monotonic() + timeout

@@ -29,13 +29,16 @@ from voicenote.settings import EngineKind, Settings
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[TansuBroker]:
+def own_broker(stack: Stack, tmp_path: Path) -> Iterator[TansuBroker]:
     broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
     try:
         yield broker
     finally:
         if broker.pid is not None:
             os.kill(broker.pid, signal.SIGCONT)  # a paused broker does not stop on SIGTERM
+        # The workers go first, while their broker still answers: stopped after it, each spent its shutdown
+        # waiting on it (25-30 s of teardown a test).
+        stack.stop_all()
         broker.stop()
 
 

@@ -24,7 +24,11 @@ pytestmark = pytest.mark.integration
 @asynccontextmanager
 async def member(settings: Settings, group: str, topic: str) -> AsyncIterator[None]:
     """A real consumer in ``group`` on ``topic``, polled in one thread, entered once it got its partitions."""
-    c = consumer(settings.kafka, group, {"enable.auto.commit": False, "log_level": 2})
+    # The workers' session timeout (the tests' short one): with librdkafka's 45 s default, Tansu took ~23 s to
+    # hand a lone member its partitions.
+    c = consumer(settings.kafka, group, {"enable.auto.commit": False, "log_level": 2,
+                                         "session.timeout.ms": settings.kafka.session_timeout_ms,
+                                         "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms})
     stop, assigned = threading.Event(), threading.Event()
 
     def poll() -> None:
