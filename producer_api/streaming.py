@@ -43,6 +43,8 @@ class SegmentRouter:
     for its job; segments of jobs nobody here waits for are dropped (another process is serving them)."""
 
     POLL_SECONDS = 0.2
+    # Paused (no stream waits), the loop only serves the client's callbacks: watch() and stop() wake it at once.
+    PAUSED_WAKE_SECONDS = 2.0
 
     def __init__(self, settings: KafkaSettings, topic: TopicSpec, codecs: Codecs) -> None:
         self._settings = settings
@@ -112,7 +114,7 @@ class SegmentRouter:
                             consumer.pause(consumer.assignment())
                             paused = True
                         consumer.poll(0)  # serves the client's callbacks while paused
-                        self._wake.wait(self.POLL_SECONDS)
+                        self._wake.wait(self.PAUSED_WAKE_SECONDS)
                         self._wake.clear()
                         continue
                     if paused:

@@ -59,6 +59,8 @@ _HOOKS = (
 _FETCHER_READS_IT = "fetch_max_wait_ms=self._fetch_max_wait_ms"
 # What aiokafka's Fetcher must still do for the wait set on it between fetches (FetchWaitPolicy) to take effect.
 _REQUEST_READS_IT = "FetchRequest(self._fetch_max_wait_ms,"
+# ... and read per round for the fetcher's own wake-up interval (set longer while the fetch wait is long).
+_ROUND_READS_IT = "backoff=self._fetcher_timeout"
 # What mode's Worker must still do for our _on_sigterm to be the SIGTERM handler.
 _SIGTERM_CALLS_IT = "add_signal_handler(signal.SIGTERM,self._on_sigterm)"
 
@@ -84,6 +86,8 @@ def hook_problems() -> list[str]:
     else:
         if _REQUEST_READS_IT.replace(" ", "") not in "".join(actions.split()):
             problems.append(f"aiokafka's Fetcher no longer builds each fetch request with {_REQUEST_READS_IT}")
+        if _ROUND_READS_IT not in "".join(actions.split()):
+            problems.append(f"aiokafka's Fetcher no longer times its rounds with {_ROUND_READS_IT}")
     try:
         handlers = _source(mode.Worker._install_signal_handlers_unix)
     except (OSError, TypeError, AttributeError) as exc:
@@ -95,6 +99,8 @@ def hook_problems() -> list[str]:
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    _fetcher_timeout: float | None = None  # aiokafka's own, read from the fetcher the first time the wait changes
+
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         app = self.app
@@ -115,6 +121,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if fetcher._fetch_max_wait_ms != wait:
             log.debug("fetch wait now %d ms (%s)", wait, "idle" if wait != app.fetch_wait.busy_ms else "records flowing")
             fetcher._fetch_max_wait_ms = wait
+            # The fetcher's task also wakes every fetcher_timeout (0.2 s) to look for work, though a parked fetch's
+            # answer, an assignment or a resume wakes it anyway: while parked for long, it looks less often.
+            if self._fetcher_timeout is None:
+                self._fetcher_timeout = fetcher._fetcher_timeout
+            fetcher._fetcher_timeout = max(self._fetcher_timeout, wait / 2000)
         return records
 
 

@@ -63,6 +63,7 @@ async def test_the_consumer_thread_sets_the_fetchers_wait_from_what_each_fetch_r
 
     class Fetcher:
         _fetch_max_wait_ms = 100
+        _fetcher_timeout = 0.2  # aiokafka's default
 
     class Consumer:
         _fetcher = Fetcher()
@@ -79,9 +80,11 @@ async def test_the_consumer_thread_sets_the_fetchers_wait_from_what_each_fetch_r
     answers.append({})
     await thread._fetch_records(consumer, set(), timeout=1.0)
     assert consumer._fetcher._fetch_max_wait_ms == 2000  # quiet past the bound: the next request parks long
+    assert consumer._fetcher._fetcher_timeout == 1.0  # and the fetcher's own task looks for work every half wait
     answers.append({"tp": ["record"]})
     assert await thread._fetch_records(consumer, set(), timeout=1.0) == {"tp": ["record"]}
     assert consumer._fetcher._fetch_max_wait_ms == 100  # records in hand: short again before the next request
+    assert consumer._fetcher._fetcher_timeout == 0.2
 
 
 def test_aiokafka_building_fetch_requests_without_the_fetchers_wait_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,3 +97,4 @@ def test_aiokafka_building_fetch_requests_without_the_fetchers_wait_is_caught(mo
 
     monkeypatch.setattr(faust_driver, "_source", source)
     assert any("FetchRequest(self._fetch_max_wait_ms," in p for p in faust_driver.hook_problems())
+    assert any("backoff=self._fetcher_timeout" in p for p in faust_driver.hook_problems())
