@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 CRD_STAMP := tests/crd/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming playground-screenshot bench-broker-storage client-schemas
+.PHONY: help install karapace run test test-unit test-integration test-e2e lint typecheck topics clean bench-engine bench-pipeline bench-e2e bench-completion bench-api bench-s1mini bench-client capacity dashboard bench-faults bench-streaming playground-screenshot bench-broker-storage bench-storage-requests client-schemas
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -115,7 +115,10 @@ bench-client: $(STAMP) ## client publish/read rates, dlq redrive rate (run twice
 bench-faults: $(STAMP) ## faults at ~200 jobs each (Redis emptied, broker restart on disk and on memory, broker + storage restart, kill -9 per worker, 300 concurrent sync requests) -> results/bench_faults.json
 	$(BIN)/python -m ops.bench.faults
 
-bench-broker-storage: $(STAMP) ## broker storage in one run: memory://, s3:// on SeaweedFS, moto, ops.diskstore, s3rver (-> results/broker_storage.json); then the whole stack per storage: idle CPU, sync p50, first byte, 1,000-note burst (-> results/broker_stack.json)
+bench-storage-requests: $(STAMP) ## CPU per S3 request (GET, PUT, LIST) of the broker's two disk storages, diskstore and SeaweedFS -> results/storage_requests.json
+	$(BIN)/python -m ops.bench.storage_requests
+
+bench-broker-storage: $(STAMP) ## broker storage in one run: memory://, s3:// on ops.diskstore (the default), SeaweedFS, moto, s3rver (-> results/broker_storage.json); then the whole stack per storage: idle CPU, sync p50, first byte, 1,000-note burst (-> results/broker_stack.json)
 	npm ci --prefix ops/bench/s3rver --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m ops.bench.broker_storage
 	$(BIN)/python -m ops.bench.broker_stack
