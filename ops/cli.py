@@ -674,10 +674,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", help="run the whole service here (embedded broker, Redis, API, workers)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--data-dir", default="var")
-    run.add_argument("--broker-storage", choices=["disk", "diskstore", "memory"], default="disk",
-                     help="disk (default): topics and accepted work kept in <data-dir>/broker across broker restarts "
-                          "and runs (Tansu on SeaweedFS); diskstore: the same on ops.diskstore (slower, kept for "
-                          "comparison); memory: lost when the broker stops")
+    run.add_argument("--broker-storage", choices=["diskstore", "disk", "memory"], default=None,
+                     help="diskstore (default): topics and accepted work kept in <data-dir>/broker across broker restarts, "
+                          "runs and power cuts (Tansu on ops.diskstore); disk: the same on SeaweedFS (the default of "
+                          "a data dir that already holds SeaweedFS data); memory: lost when the broker stops")
     run.set_defaults(func=_cmd_run)
 
     api = command("api", help="run the HTTP producer API (settings from VOICENOTE_* env)")

@@ -1,10 +1,13 @@
-"""A disk-backed S3-compatible server on loopback: the embedded broker's durable storage until issue 24
-(``voicenote run --broker-storage diskstore``; the default is now SeaweedFS, ``ops.services.WeedS3``).
+"""A disk-backed S3-compatible server on loopback: the embedded broker's durable storage, the default of
+``voicenote run`` (``--broker-storage diskstore``; ``disk`` is SeaweedFS, ``ops.services.WeedS3``).
 
-Why it was replaced: each fetch Tansu answers costs it a few storage reads per partition, and this
-server, Python on one event loop, spent most of a core answering them while the stack sat idle; on a
-burst it fell behind, the broker's answers took seconds, and the workers' 2 s sessions expired over and
-over (docs/reliability.md, results/broker_stack.json). SeaweedFS answers the same reads in Go.
+Its history: SeaweedFS replaced it in issue 24, because each fetch Tansu answers costs a few storage reads
+per partition, and with every fetch waiting 10 ms this server, Python on one event loop, spent most of a
+core answering them while the stack sat idle; on a burst it fell behind and the workers' 2 s sessions
+expired over and over (docs/reliability.md, results/broker_stack.json). Once idle fetches were made rare
+(a 2 s idle wait, 4/2 partitions), it kept up with the same burst, and its ~1.5-2 ms of CPU per request
+against SeaweedFS's ~3-4 ms made the idle stack 4.0% of a core against 5.7% (results/broker_stack_default.json,
+results/storage_requests.json): it is the default again.
 
 ``voicenote run`` puts Tansu on its ``s3://`` storage engine. Tansu needs an S3 that honours
 conditional writes: it appends a record batch with ``If-None-Match: *`` and moves a partition's

@@ -14,11 +14,15 @@ It supervises: a child that dies (a crash, an OOM kill, kill -9) is started agai
 rest keeps running. Redis blips are waited out by the workers themselves (voicenote/retry.py).
 
 The broker's storage (``--broker-storage``):
-- ``disk`` (the default): Tansu's ``s3://`` engine on ``ops.diskstore``, a disk-backed S3-compatible
-  server started as one more supervised child, its objects in ``<data-dir>/broker/objects.sqlite3``.
-  Topics, records and committed offsets outlive a broker crash, a crash of that server, and stopping
-  and starting ``voicenote run`` again: accepted requests not yet synthesized are done on the next run.
-  ``make clean`` (or deleting ``var/broker``) starts from nothing.
+- ``diskstore`` (the default): Tansu's ``s3://`` engine on ``ops.diskstore``, our disk-backed S3-compatible
+  server (SQLite, an fsync per write) started as one more supervised child, its objects in
+  ``<data-dir>/broker/objects.sqlite3``. Topics, records and committed offsets outlive a broker crash, a crash
+  of that server, stopping and starting ``voicenote run`` again, and a power cut: accepted requests not yet
+  synthesized are done on the next run. ``make clean`` (or deleting ``var/broker``) starts from nothing.
+- ``disk``: the same on SeaweedFS (``weed server``), its data in ``<data-dir>/broker/seaweedfs``; the default
+  from issue 24 until the idle stack's fetches were made rare, when SeaweedFS's cost per request (~3 ms of CPU
+  against the broker's ~10 idle reads a second) made it the larger idle cost. A data dir that already holds
+  SeaweedFS data and no diskstore data keeps using it when no storage is named (:func:`default_broker_storage`).
 - ``memory``: Tansu's ``memory://`` engine; a little faster to start (see results/broker_storage.json),
   but a broker restart loses every topic (the supervisor re-creates them from the catalog, empty) and
   so does stopping ``voicenote run``. Most tests use it.
@@ -259,7 +263,17 @@ def tansu_on_s3(endpoint_url: str, port: int, log_path: Path, bucket: str = TANS
     return TansuBroker(port=port, log_path=log_path, storage=f"s3://{bucket}/", env=env)
 
 
-BROKER_STORAGES = ("disk", "diskstore", "memory")
+BROKER_STORAGES = ("diskstore", "disk", "memory")
+DEFAULT_BROKER_STORAGE = "diskstore"
+
+
+def default_broker_storage(data_dir: Path) -> str:
+    """The storage of a run that names none: ``diskstore``, unless ``data_dir`` holds SeaweedFS data from a run
+    of ``disk`` (the default before) and no diskstore data, whose topics and accepted work it keeps serving."""
+    broker = data_dir / "broker"
+    if (broker / "seaweedfs").is_dir() and not (broker / "objects.sqlite3").exists():
+        return "disk"
+    return DEFAULT_BROKER_STORAGE
 
 
 def start_broker(storage: str, log_dir: Path, port: int, objects_dir: Path | None = None) -> tuple[TansuBroker, DiskS3 | WeedS3 | None]:
@@ -280,7 +294,8 @@ def start_broker(storage: str, log_dir: Path, port: int, objects_dir: Path | Non
     return tansu_on_s3(objects.endpoint_url, port, log_dir / "tansu.log").start(), objects
 
 
-def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_storage: str = "disk") -> int:
+def run_embedded(data_dir: Path = Path("var"), api_port: int = 8000, broker_storage: str | None = None) -> int:
+    broker_storage = broker_storage or default_broker_storage(data_dir)
     log_dir = data_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     if port_open("127.0.0.1", api_port):

@@ -276,10 +276,10 @@ def parse_storage(spec: str) -> tuple[str, int | None, tuple[int, int] | None, s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storages", default="memory,disk,disk@100:off",
+    parser.add_argument("--storages", default="memory,diskstore,disk",
                         help="NAME[@WAIT_MS[:IDLE_WAIT_MS|:off][/REQUEST_PARTITIONS/PARTITIONS]], comma-separated; the first "
-                             "memory one is the baseline of the ratios (default: memory and disk as voicenote run has them, "
-                             "then disk without the idle fetch wait; memory@10/24/12 and diskstore@10/24/12 were the stack "
+                             "memory one is the baseline of the ratios (default: memory, diskstore and disk as voicenote run has "
+                             "them; disk@100:off is disk without the idle fetch wait; memory@10/24/12 and diskstore@10/24/12 were the stack "
                              "before issue 24)")
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--sync", type=int, default=20)

@@ -128,3 +128,13 @@ def test_seaweedfs_counts_as_started_only_once_a_volume_server_has_registered(tm
         assert weed._volume_servers() == 0  # no master answering: not ready either
     finally:
         server.server_close()
+
+
+def test_a_run_that_names_no_storage_gets_diskstore_unless_its_data_dir_holds_seaweedfs_data(tmp_path: Path) -> None:
+    from ops.embedded import default_broker_storage
+
+    assert default_broker_storage(tmp_path) == "diskstore"  # a fresh data dir
+    (tmp_path / "broker" / "seaweedfs").mkdir(parents=True)
+    assert default_broker_storage(tmp_path) == "disk"  # an earlier run's SeaweedFS data: its queued work is served
+    (tmp_path / "broker" / "objects.sqlite3").write_bytes(b"")
+    assert default_broker_storage(tmp_path) == "diskstore"  # diskstore data there too: the default's
