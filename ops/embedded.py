@@ -265,13 +265,16 @@ def tansu_on_s3(endpoint_url: str, port: int, log_path: Path, bucket: str = TANS
 
 BROKER_STORAGES = ("diskstore", "disk", "memory")
 DEFAULT_BROKER_STORAGE = "diskstore"
+SEAWEEDFS_DIR = "seaweedfs"  # ``disk``'s data, under the broker's objects directory
 
 
 def default_broker_storage(data_dir: Path) -> str:
     """The storage of a run that names none: ``diskstore``, unless ``data_dir`` holds SeaweedFS data from a run
     of ``disk`` (the default before) and no diskstore data, whose topics and accepted work it keeps serving."""
+    from ops.diskstore import DB_FILE
+
     broker = data_dir / "broker"
-    if (broker / "seaweedfs").is_dir() and not (broker / "objects.sqlite3").exists():
+    if (broker / SEAWEEDFS_DIR).is_dir() and not (broker / DB_FILE).exists():
         return "disk"
     return DEFAULT_BROKER_STORAGE
 
@@ -287,7 +290,7 @@ def start_broker(storage: str, log_dir: Path, port: int, objects_dir: Path | Non
     root = objects_dir or log_dir / "broker"
     objects: DiskS3 | WeedS3
     if storage == "disk":
-        objects = WeedS3(root=root / "seaweedfs", log_path=log_dir / "broker-objects.log").start()
+        objects = WeedS3(root=root / SEAWEEDFS_DIR, log_path=log_dir / "broker-objects.log").start()
     else:
         objects = DiskS3(root=root, log_path=log_dir / "broker-objects.log").start()
     objects.create_bucket(TANSU_BUCKET)

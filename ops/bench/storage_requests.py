@@ -50,8 +50,8 @@ def measure(name: str, server: DiskS3 | WeedS3, rate: float, seconds: float) -> 
         for i in range(20):
             s3.put_object(Bucket="tansu", Key=f"p/records/{i:020d}.batch", Body=b"x" * 300)
         time.sleep(5)  # past start-up work
-        assert server._proc is not None
-        pid, hz = server._proc.pid, os.sysconf("SC_CLK_TCK")
+        assert server.pid is not None
+        pid, hz = server.pid, os.sysconf("SC_CLK_TCK")
         t0 = cpu_ticks(pid)
         time.sleep(seconds)
         idle_per_second = (cpu_ticks(pid) - t0) / hz / seconds
